@@ -1,0 +1,112 @@
+"""PPO's policy: the clipped surrogate objective with an adaptive KL penalty and a clipped value loss.
+
+Schulman et al. 2017, "Proximal Policy Optimization Algorithms", https://arxiv.org/abs/1707.06347:
+eq. 7 (clipped surrogate), eq. 8 and section 4 (adaptive KL penalty), eq. 9 (value loss and entropy bonus).
+The value clipping around the old prediction (``vf_clip_param``) follows the OpenAI baselines implementation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from relayrl.evaluation.postprocessing import Postprocessing, bootstrap_value, compute_advantages
+from relayrl.policy.sample_batch import SampleBatch
+from relayrl.policy.torch_policy import vf_preds_fetches
+from relayrl.policy.torch_policy_template import build_torch_policy
+
+
+def ppo_surrogate_loss(policy, model, dist_class, train_batch: dict) -> torch.Tensor:
+    config = policy.config
+    logits, _ = model({"obs": train_batch[SampleBatch.OBS], "is_training": True}, [], None)
+    curr = dist_class(logits, model)
+    prev = dist_class(train_batch[SampleBatch.ACTION_DIST_INPUTS], model)
+    advantages = train_batch[Postprocessing.ADVANTAGES]
+
+    logp_ratio = torch.exp(curr.logp(train_batch[SampleBatch.ACTIONS]) - train_batch[SampleBatch.ACTION_LOGP])
+    surrogate = torch.min(
+        advantages * logp_ratio,
+        advantages * torch.clamp(logp_ratio, 1 - config["clip_param"], 1 + config["clip_param"]),
+    )
+    action_kl = prev.kl(curr)
+    entropy = curr.entropy()
+
+    total = -surrogate + policy.kl_coeff * action_kl - config["entropy_coeff"] * entropy
+    if config["use_gae"]:
+        value_fn = model.value_function()
+        vf_preds = train_batch[SampleBatch.VF_PREDS]
+        targets = train_batch[Postprocessing.VALUE_TARGETS]
+        vf_loss1 = (value_fn - targets).pow(2)
+        vf_clipped = vf_preds + torch.clamp(value_fn - vf_preds, -config["vf_clip_param"], config["vf_clip_param"])
+        vf_loss2 = (vf_clipped - targets).pow(2)
+        vf_loss = torch.max(vf_loss1, vf_loss2)
+        total = total + config["vf_loss_coeff"] * vf_loss
+        policy._stats = {"vf_loss": vf_loss.mean(), "vf_explained_var": explained_variance(targets, value_fn)}
+    else:
+        policy._stats = {}
+    loss = total.mean()
+    policy._stats.update(
+        total_loss=loss,
+        policy_loss=-surrogate.mean(),
+        kl=action_kl.mean(),
+        entropy=entropy.mean(),
+        cur_kl_coeff=torch.tensor(policy.kl_coeff),
+    )
+    return loss
+
+
+def ppo_stats(policy, train_batch: dict) -> dict:
+    return {k: v.item() for k, v in policy._stats.items()}
+
+
+def explained_variance(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """1 - Var[y - pred] / Var[y]; 1 is a perfect value function, 0 no better than a constant."""
+    var_y = y.var(unbiased=False)
+    return torch.clamp(1 - (y - pred).var(unbiased=False) / var_y, min=-1.0) if var_y > 0 else torch.zeros(())
+
+
+def postprocess_ppo_gae(policy, batch: SampleBatch, other_agent_batches=None, episode=None) -> SampleBatch:
+    """GAE with bootstrapping: V(next obs) unless the trajectory ends in a termination."""
+    last_r = bootstrap_value(policy, batch) if policy.config["use_gae"] else 0.0
+    return compute_advantages(batch, last_r, policy.config["gamma"], policy.config["lambda"], policy.config["use_gae"])
+
+
+class KLCoeffMixin:
+    """The adaptive KL penalty coefficient (PPO paper, section 4)."""
+
+    def update_kl(self, sampled_kl: float) -> float:
+        if sampled_kl > 2.0 * self.config["kl_target"]:
+            self.kl_coeff *= 1.5
+        elif sampled_kl < 0.5 * self.config["kl_target"]:
+            self.kl_coeff *= 0.5
+        return self.kl_coeff
+
+    def get_state(self) -> dict:
+        return {**super().get_state(), "kl_coeff": self.kl_coeff}
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        self.kl_coeff = float(state.get("kl_coeff", self.kl_coeff))
+
+
+def _before_init(policy, obs_space, action_space, config: dict) -> None:
+    # PPO's top-level vf_share_layers (seed 004) decides the model's layout.
+    config["model"] = {**config.get("model", {}), "vf_share_layers": config["vf_share_layers"]}
+    policy.kl_coeff = float(config["kl_coeff"])
+
+
+def _default_config() -> dict:
+    from relayrl.agents.ppo.ppo import DEFAULT_CONFIG
+
+    return DEFAULT_CONFIG
+
+
+PPOTorchPolicy = build_torch_policy(
+    "PPOTorchPolicy",
+    loss_fn=ppo_surrogate_loss,
+    get_default_config=_default_config,
+    stats_fn=ppo_stats,
+    postprocess_fn=postprocess_ppo_gae,
+    extra_action_out_fn=vf_preds_fetches,
+    before_init=_before_init,
+    mixins=[KLCoeffMixin],
+)

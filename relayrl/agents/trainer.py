@@ -1,0 +1,331 @@
+"""Trainer: config + WorkerSet + PolicyOptimizer, with train / save / restore / compute_action.
+
+    trainer = PPOTrainer(env="CartPole-v1", config={"num_workers": 2})
+    result = trainer.train()                    # one iteration -> result dict
+    path = trainer.save()                       # a checkpoint directory
+    trainer.restore(path)
+    action = trainer.compute_action(obs)
+
+Trainers are plain classes (importing relayrl does not import Ray Tune); ``relayrl.agents.tune_adapter``
+wraps each one as a ``ray.tune.Trainable`` for ``tune.run_experiments`` and the CLI. An algorithm is
+written with ``build_trainer`` (trainer_template.py), not by subclassing this directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+import relayrl
+from relayrl.agents import checkpoint as ckpt
+from relayrl.config import COMMON_CONFIG, merge_dicts, validate_config, with_common_config  # noqa: F401
+from relayrl.env.registry import get_env_creator
+from relayrl.evaluation.metrics import MetricsWindow, RolloutMetrics
+from relayrl.evaluation.rollout_worker import RolloutWorker
+from relayrl.evaluation.worker_set import WorkerSet
+from relayrl.policy.sample_batch import DEFAULT_POLICY_ID
+
+logger = logging.getLogger(__name__)
+
+
+class Trainer:
+    _name = "Trainer"
+    _default_config: dict = COMMON_CONFIG
+    _policy: Any = None
+
+    def __init__(self, config: dict | None = None, env: Any = None, logger_creator: Any = None):
+        user_config = dict(config or {})
+        env = env if env is not None else user_config.get("env")
+        validate_config(user_config, self._default_config, self._name, self._validate_config)
+        self.config = merge_dicts(self._default_config, user_config)
+        self.config["env"] = env
+        self.raw_user_config = user_config
+        logging.getLogger("relayrl").setLevel(str(self.config["log_level"]).upper().replace("WARNING", "WARN"))
+        self.env_creator = get_env_creator(env)
+        self._env_id = env if isinstance(env, str) else getattr(env, "__name__", repr(env))
+        self.iteration = 0
+        self._time_total = 0.0
+        self._timesteps_total = 0
+        self._metrics = MetricsWindow(self.config["metrics_smoothing_episodes"])
+        self._logdir = logger_creator if isinstance(logger_creator, str) else None
+        if self.config["seed"] is not None:
+            import torch
+
+            np.random.seed(self.config["seed"])
+            torch.manual_seed(self.config["seed"])
+        self._init(self.config, self.env_creator)
+        self._evaluation_workers: WorkerSet | None = None
+
+    # --- to be provided by build_trainer ---------------------------------------------------------------------
+    def _init(self, config: dict, env_creator: Any) -> None:
+        raise NotImplementedError
+
+    def _train(self) -> dict:
+        raise NotImplementedError
+
+    @staticmethod
+    def _validate_config(config: dict) -> None:
+        pass
+
+    # --- training ------------------------------------------------------------------------------------------
+    def train(self) -> dict:
+        start = time.time()
+        result = self._train()
+        if self.config["ignore_worker_failures"]:
+            self.workers.recreate_failed_workers()
+        self.iteration += 1
+        elapsed = time.time() - start
+        self._time_total += elapsed
+        steps_this_iter = result.pop("timesteps_this_iter", 0)
+        self._timesteps_total += steps_this_iter
+        result.update(
+            training_iteration=self.iteration,
+            timesteps_this_iter=steps_this_iter,
+            timesteps_total=self._timesteps_total,
+            time_this_iter_s=elapsed,
+            time_total_s=self._time_total,
+            num_steps_per_s=steps_this_iter / elapsed if elapsed > 0 else 0.0,
+            date=datetime.now().strftime("%Y-%m-%d_%H-%M-%S"),
+            hostname=platform.node(),
+            pid=os.getpid(),
+            done=False,
+        )
+        interval = self.config["evaluation_interval"]
+        if interval and self.iteration % interval == 0:
+            result["evaluation"] = self._evaluate()
+        callback = (self.config.get("callbacks") or {}).get("on_train_result")
+        if callback is not None:
+            callback({"trainer": self, "result": result})
+        return result
+
+    def collect_metrics(self) -> dict:
+        """Episode statistics over the last ``metrics_smoothing_episodes`` episodes of every worker."""
+        episodes: list[RolloutMetrics] = self.workers.local_worker().get_metrics()
+        perf = [self.workers.local_worker().sampler_perf()]
+        remotes = self.workers.remote_workers()
+        if remotes:
+            import ray
+
+            timeout = self.config["collect_metrics_timeout"]
+            futures = [w.get_metrics.remote() for w in remotes]
+            perf_futures = [w.sampler_perf.remote() for w in remotes]
+            ready, _ = ray.wait(futures, num_returns=len(futures), timeout=timeout)
+            for f in ready:
+                episodes.extend(ray.get(f))
+            perf.extend(ray.get(perf_futures))
+        result = self._metrics.add(episodes)
+        perf = [p for p in perf if p]
+        result["sampler_perf"] = {k: float(np.mean([p[k] for p in perf])) for k in perf[0]} if perf else {}
+        return result
+
+    def _evaluate(self) -> dict:
+        """Runs ``evaluation_num_episodes`` episodes with ``evaluation_config`` applied; returns their summary."""
+        if self._evaluation_workers is None:
+            eval_config = merge_dicts(
+                self.config, {**self.config["evaluation_config"], "num_envs_per_worker": 1, "sample_batch_size": 1,
+                              "batch_mode": "complete_episodes"})
+            self._evaluation_workers = WorkerSet(self.env_creator, self._policy, eval_config, num_workers=0)
+        worker = self._evaluation_workers.local_worker()
+        local = self.workers.local_worker()
+        worker.set_weights(local.get_weights())
+        worker.set_filter_states(local.get_filter_states())
+        episodes: list[RolloutMetrics] = []
+        while len(episodes) < self.config["evaluation_num_episodes"]:
+            worker.sample()
+            episodes.extend(worker.get_metrics())
+        episodes = episodes[: self.config["evaluation_num_episodes"]]
+        window = MetricsWindow(len(episodes))
+        return window.add(episodes)
+
+    # --- acting --------------------------------------------------------------------------------------------
+    def compute_action(
+        self,
+        observation: Any,
+        state: list | None = None,
+        prev_action: Any = None,
+        prev_reward: Any = None,
+        info: Any = None,
+        policy_id: str = DEFAULT_POLICY_ID,
+        full_fetch: bool = False,
+        explore: bool | None = None,
+    ) -> Any:
+        """The policy's action for one raw observation (preprocessed and filtered like in training, without
+        updating the filter). Returns ``(action, state_out, extra)`` when ``state`` is given or ``full_fetch``."""
+        worker = self.workers.local_worker()
+        obs = worker.preprocessors[policy_id].transform(observation)
+        obs = worker.filters[policy_id](np.asarray(obs)[None], update=False)[0]
+        policy = worker.policy_map[policy_id]
+        kwargs = {} if explore is None else {"explore": explore}
+        action, state_out, extra = policy.compute_single_action(
+            obs, state or None, prev_action=prev_action, prev_reward=prev_reward, info=info, **kwargs
+        )
+        if state is not None or full_fetch:
+            return action, state_out, extra
+        return action
+
+    def get_policy(self, policy_id: str = DEFAULT_POLICY_ID):
+        return self.workers.local_worker().get_policy(policy_id)
+
+    def get_weights(self, policies: list[str] | None = None) -> dict:
+        return self.workers.local_worker().get_weights(policies)
+
+    def set_weights(self, weights: dict) -> None:
+        self.workers.local_worker().set_weights(weights)
+        self.workers.sync_weights()
+
+    @property
+    def local_evaluator(self) -> RolloutWorker:
+        return self.workers.local_worker()
+
+    @property
+    def remote_evaluators(self) -> list:
+        return self.workers.remote_workers()
+
+    # --- checkpoints ---------------------------------------------------------------------------------------
+    def save(self, checkpoint_dir: str | None = None) -> str:
+        """Writes a checkpoint directory and returns its path (``restore`` takes it)."""
+        base = checkpoint_dir or self.logdir
+        path = os.path.join(base, f"checkpoint_{self.iteration:06d}")
+        return self.save_to_path(path)
+
+    def save_to_path(self, path: str) -> str:
+        local = self.workers.local_worker()
+        manifest = {
+            "library": "relayrl",
+            "library_version": relayrl.__version__,
+            "trainer": self._name,
+            "env": self._env_id if isinstance(self._env_id, str) else None,
+            "spaces": {pid: _space_signature(p) for pid, p in local.policy_map.items()},
+            "counters": {
+                "iteration": self.iteration,
+                "timesteps_total": self._timesteps_total,
+                "time_total_s": self._time_total,
+                "episodes_total": self._metrics.episodes_total,
+            },
+        }
+        state = {
+            "config": _portable_config(self.config),
+            "policies": {pid: p.get_state() for pid, p in local.policy_map.items()},
+            "filters": local.get_filter_states(),
+            "optimizer": self.optimizer.save(),
+            "trainer": self._extra_state(),
+        }
+        return ckpt.write_checkpoint(path, manifest, state)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Loads a checkpoint; on any problem raises CheckpointError and leaves this trainer unchanged."""
+        manifest, state = ckpt.read_checkpoint(checkpoint_path)
+        if manifest["trainer"] != self._name:
+            raise ckpt.CheckpointError(
+                f"checkpoint {checkpoint_path} was written by trainer {manifest['trainer']!r}, not {self._name!r}"
+            )
+        local = self.workers.local_worker()
+        expected = {pid: _space_signature(p) for pid, p in local.policy_map.items()}
+        if manifest.get("spaces") != expected:
+            raise ckpt.CheckpointError(
+                f"checkpoint {checkpoint_path} has spaces {manifest.get('spaces')}, this trainer has {expected}"
+            )
+        policies = state.get("policies", {})
+        for pid, policy in local.policy_map.items():
+            _check_weights(checkpoint_path, pid, policy.get_weights(), policies.get(pid, {}).get("weights"))
+        backup = {pid: p.get_state() for pid, p in local.policy_map.items()}
+        try:
+            for pid, policy in local.policy_map.items():
+                policy.set_state(policies[pid])
+            local.set_filter_states(state.get("filters", {}))
+        except Exception as e:
+            for pid, policy in local.policy_map.items():
+                policy.set_state(backup[pid])
+            raise ckpt.CheckpointError(f"checkpoint {checkpoint_path} could not be loaded: {e}") from e
+        counters = manifest.get("counters", {})
+        self.iteration = int(counters.get("iteration", 0))
+        self._timesteps_total = int(counters.get("timesteps_total", 0))
+        self._time_total = float(counters.get("time_total_s", 0.0))
+        self._metrics.episodes_total = int(counters.get("episodes_total", 0))
+        self.optimizer.restore(state.get("optimizer", {}))
+        self._restore_extra_state(state.get("trainer", {}))
+        self.workers.sync_weights()
+        if self.workers.remote_workers():
+            import ray
+
+            filters = ray.put(local.get_filters())
+            ray.get([w.sync_filters.remote(filters) for w in self.workers.remote_workers()])
+
+    @classmethod
+    def from_checkpoint(cls, path: str, config_overrides: dict | None = None) -> "Trainer":
+        """Rebuilds the trainer named in a checkpoint's manifest with the stored config, then restores it."""
+        from relayrl.agents.registry import get_trainer_class
+
+        manifest, state = ckpt.read_checkpoint(path)
+        trainer_cls = get_trainer_class(manifest["trainer"])
+        stored = state.get("config", {})
+        config = {k: v for k, v in stored.items() if k in trainer_cls._default_config and k != "env"}
+        config = merge_dicts(config, config_overrides or {})
+        trainer = trainer_cls(config=config, env=stored.get("env") or manifest.get("env"))
+        trainer.restore(path)
+        return trainer
+
+    def _extra_state(self) -> dict:
+        return {}
+
+    def _restore_extra_state(self, state: dict) -> None:
+        pass
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        if getattr(self, "workers", None) is not None:
+            self.workers.stop()
+        if self._evaluation_workers is not None:
+            self._evaluation_workers.stop()
+        if getattr(self, "optimizer", None) is not None:
+            self.optimizer.stop()
+
+    @property
+    def logdir(self) -> str:
+        """Where ``save()`` puts checkpoints by default: made on first use under ~/ray_results."""
+        if self._logdir is None:
+            base = os.path.expanduser("~/ray_results")
+            os.makedirs(base, exist_ok=True)
+            stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+            self._logdir = tempfile.mkdtemp(prefix=f"{self._name}_{self._env_id}_{stamp}_", dir=base)
+        os.makedirs(self._logdir, exist_ok=True)
+        return self._logdir
+
+    def __repr__(self) -> str:
+        return f"{self._name}Trainer(env={self._env_id!r}, iteration={self.iteration})"
+
+
+def _space_signature(policy: Any) -> dict:
+    return {"observation_space": repr(policy.observation_space), "action_space": repr(policy.action_space)}
+
+
+def _check_weights(path: str, pid: str, current: Any, stored: Any) -> None:
+    if not isinstance(current, dict):
+        return
+    if not isinstance(stored, dict):
+        raise ckpt.CheckpointError(f"checkpoint {path} has no weights for policy {pid!r}")
+    if set(current) != set(stored):
+        raise ckpt.CheckpointError(
+            f"checkpoint {path}: policy {pid!r} weights {sorted(stored)} do not match the model's {sorted(current)}"
+        )
+    for k, v in current.items():
+        if np.shape(v) != np.shape(stored[k]):
+            raise ckpt.CheckpointError(
+                f"checkpoint {path}: policy {pid!r} weight {k!r} has shape {np.shape(stored[k])},"
+                f" the model's is {np.shape(v)}"
+            )
+
+
+def _portable_config(config: dict) -> dict:
+    out = copy.copy(config)
+    if not isinstance(out.get("env"), str):
+        out["env"] = None
+    return out

@@ -1,0 +1,243 @@
+"""The configuration every trainer shares (RLlib 0.7's common config) and its validation.
+
+Configs are plain dicts: ``DEFAULT_CONFIG.copy()``, ``with_common_config({...})``, YAML files and Tune's
+``grid_search`` all work on them. ``validate_config`` rejects an unknown key, a wrong type or an impossible
+value with a ValueError that names the key (and suggests the closest known key).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from typing import Any, Callable
+
+from relayrl.models.catalog import MODEL_DEFAULTS
+
+CALLBACK_NAMES = (
+    "on_episode_start", "on_episode_step", "on_episode_end", "on_sample_end", "on_postprocess_traj",
+    "on_train_result",
+)
+
+COMMON_CONFIG: dict[str, Any] = {
+    # === Debugging ===
+    # Record videos of episodes (gymnasium's RecordVideo) in the trial directory.
+    "monitor": False,
+    # Logging level of relayrl's loggers: DEBUG, INFO, WARN or ERROR.
+    "log_level": "WARN",
+    # Functions called with an info dict at points of sampling and training; see CALLBACK_NAMES.
+    "callbacks": {name: None for name in CALLBACK_NAMES},
+    # Carry on when a remote worker dies (it is recreated) instead of failing the iteration.
+    "ignore_worker_failures": False,
+    # === Policy ===
+    # Model options, see relayrl.models.catalog.MODEL_DEFAULTS.
+    "model": MODEL_DEFAULTS,
+    # Options of the policy optimizer (algorithm-specific).
+    "optimizer": {},
+    # Use the stochastic policy when acting (False: greedy / noise-free actions).
+    "explore": True,
+    # Legacy switch of the seed configs; relayrl always uses PyTorch.
+    "use_pytorch": True,
+    # === Environment ===
+    # Cut episodes after this many steps (a truncation: values are bootstrapped). None: the env's own limit.
+    "horizon": None,
+    # Passed to the env creator (and as keyword arguments to gymnasium.make).
+    "env_config": {},
+    # The environment: a Gymnasium id or a name given to register_env. Usually set by the trainer's `env`.
+    "env": None,
+    # True: clip rewards to their sign; a number c: clip to [-c, c]; None/False: no clipping.
+    "clip_rewards": None,
+    # Clip Box actions to the action space's bounds before stepping the env.
+    "clip_actions": True,
+    # Discount factor of the MDP.
+    "gamma": 0.99,
+    # Learning rate.
+    "lr": 0.0001,
+    # === Evaluation ===
+    # Evaluate every this many iterations (None: never); results go under "evaluation" in the result.
+    "evaluation_interval": None,
+    # Episodes per evaluation.
+    "evaluation_num_episodes": 10,
+    # Config overrides of the evaluation worker, e.g. {"explore": False}.
+    "evaluation_config": {},
+    # === Resources ===
+    # Remote rollout workers (Ray actors). 0: everything in this process, without Ray.
+    "num_workers": 0,
+    # GPUs of the learner (fractions allowed). CPU when no CUDA device is present.
+    "num_gpus": 0,
+    # CPUs reserved for each remote worker.
+    "num_cpus_per_worker": 1,
+    # GPUs reserved for each remote worker.
+    "num_gpus_per_worker": 0,
+    # Extra Ray resources reserved for each remote worker.
+    "custom_resources_per_worker": {},
+    # CPUs reserved for the driver (the learner) when run under Tune.
+    "num_cpus_for_driver": 1,
+    # Sub-environments per worker, stepped together with one batched policy call per step.
+    "num_envs_per_worker": 1,
+    # Steps per sub-environment in one sample() fragment.
+    "sample_batch_size": 200,
+    # Steps per training batch.
+    "train_batch_size": 200,
+    # "truncate_episodes": fixed-size fragments (values bootstrapped at cuts); "complete_episodes": whole episodes.
+    "batch_mode": "truncate_episodes",
+    # Sample in a background thread of the worker (A3C).
+    "sample_async": False,
+    # Observation filter: "NoFilter" or "MeanStdFilter".
+    "observation_filter": "NoFilter",
+    # Merge the workers' filter statistics after every iteration.
+    "synchronize_filters": True,
+    # LZ4-compress observations in sample batches.
+    "compress_observations": False,
+    # Seconds to wait for episode metrics of remote workers.
+    "collect_metrics_timeout": 180,
+    # Episodes in the window of episode_reward_mean and friends.
+    "metrics_smoothing_episodes": 100,
+    # An iteration lasts at least this many seconds.
+    "min_iter_time_s": 0,
+    # An iteration samples at least this many env steps.
+    "timesteps_per_iteration": 0,
+    # Seed of the env, torch and numpy generators (None: not seeded).
+    "seed": None,
+    # === Multi-agent ===
+    "multiagent": {
+        # policy id -> (policy class or None for the trainer's default, obs_space, act_space, config overrides).
+        "policies": {},
+        # agent id -> policy id.
+        "policy_mapping_fn": None,
+        # Policy ids to train (None: all).
+        "policies_to_train": None,
+    },
+}
+
+# Keys whose default is None (or a number) but which take these types.
+_NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
+    "horizon": (int,),
+    "clip_rewards": (bool, int, float),
+    "evaluation_interval": (int,),
+    "seed": (int,),
+    "lr_schedule": (list, tuple),
+    "grad_clip": (int, float),
+    "grad_norm_clipping": (int, float),
+    "env": (str, type, Callable),
+    "policy_mapping_fn": (Callable,),
+    "policies_to_train": (list, tuple),
+    "custom_model": (str,),
+    "custom_preprocessor": (str,),
+    "custom_action_dist": (str,),
+    "conv_filters": (list, tuple),
+    "num_gpus": (int, float),
+    "num_gpus_per_worker": (int, float),
+    "num_cpus_per_worker": (int, float),
+}
+# Dict-valued keys whose contents are free-form (checked elsewhere or user-defined).
+_FREE_DICTS = {"env_config", "optimizer", "custom_options", "custom_resources_per_worker", "policies"}
+
+
+def merge_dicts(base: dict, override: dict) -> dict:
+    """Deep merge: nested dicts are merged key by key; other values are replaced."""
+    out = copy.deepcopy(base)
+    for k, v in (override or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("policies",):
+            out[k] = merge_dicts(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def with_common_config(extra: dict) -> dict:
+    """An algorithm's DEFAULT_CONFIG: the common config updated with the algorithm's keys."""
+    return merge_dicts(COMMON_CONFIG, extra)
+
+
+def validate_config(config: dict, defaults: dict, name: str = "trainer", check_values: Callable | None = None) -> None:
+    """Raises ValueError for unknown keys, wrong types and impossible values, naming the key."""
+    _check_keys_and_types(config, defaults, name, prefix="")
+    _check_common_values(config, name)
+    if check_values is not None:
+        check_values(config)
+
+
+def _check_keys_and_types(config: dict, defaults: dict, name: str, prefix: str) -> None:
+    for key, value in config.items():
+        path = prefix + key
+        if key not in defaults:
+            if key.startswith("_"):
+                continue  # private keys (set by the library itself) are not validated
+            close = difflib.get_close_matches(key, list(defaults), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{name} config: unknown key {path!r}{hint}")
+        if isinstance(value, dict) and "grid_search" in value:
+            raise ValueError(
+                f"{name} config: {path!r} is a grid_search; grid searches run through tune.run_experiments"
+                " or `relayrl train`, not a trainer built by hand"
+            )
+        _check_type(path, value, defaults[key], name)
+        if key == "evaluation_config":
+            _check_keys_and_types(value, COMMON_CONFIG | defaults, name, prefix=path + ".")
+        elif isinstance(value, dict) and key not in _FREE_DICTS and defaults[key]:
+            _check_keys_and_types(value, defaults[key], name, prefix=path + ".")
+
+
+def _check_type(path: str, value: Any, default: Any, name: str) -> None:
+    key = path.rsplit(".", 1)[-1]
+    if value is None:
+        return
+    allowed = _NULLABLE_TYPES.get(key)
+    if allowed is None:
+        if default is None:
+            return
+        if isinstance(default, bool):
+            allowed = (bool,)
+        elif isinstance(default, int):
+            allowed = (int,)
+        elif isinstance(default, float):
+            allowed = (int, float)
+        elif isinstance(default, str):
+            allowed = (str,)
+        elif isinstance(default, (list, tuple)):
+            allowed = (list, tuple)
+        elif isinstance(default, dict):
+            allowed = (dict,)
+        else:
+            return
+    def matches(t: type) -> bool:
+        if t is Callable:
+            return callable(value)
+        # bool is an int subclass, but True is no learning rate.
+        return isinstance(value, t) and not (isinstance(value, bool) and bool not in allowed)
+
+    ok = any(matches(t) for t in allowed)
+    if not ok:
+        expected = " or ".join("callable" if t is Callable else t.__name__ for t in allowed)
+        raise ValueError(f"{name} config: {path!r} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _check_common_values(config: dict, name: str) -> None:
+    def need(key: str, ok: bool, what: str) -> None:
+        if key in config and config[key] is not None and not ok:
+            raise ValueError(f"{name} config: {key!r} must be {what}, got {config[key]!r}")
+
+    get = config.get
+    need("num_workers", get("num_workers", 0) >= 0, ">= 0")
+    need("num_envs_per_worker", get("num_envs_per_worker", 1) >= 1, ">= 1")
+    need("sample_batch_size", get("sample_batch_size", 1) >= 1, ">= 1")
+    need("train_batch_size", get("train_batch_size", 1) >= 1, ">= 1")
+    need("gamma", 0.0 <= get("gamma", 0.99) <= 1.0, "in [0, 1]")
+    need("lr", get("lr", 0.0) >= 0, ">= 0")
+    need("num_gpus", (get("num_gpus") or 0) >= 0, ">= 0")
+    need("num_cpus_per_worker", (get("num_cpus_per_worker") or 0) >= 0, ">= 0")
+    need("num_gpus_per_worker", (get("num_gpus_per_worker") or 0) >= 0, ">= 0")
+    need("horizon", (get("horizon") or 1) >= 1, "None or >= 1")
+    need("metrics_smoothing_episodes", get("metrics_smoothing_episodes", 1) >= 1, ">= 1")
+    need("evaluation_interval", (get("evaluation_interval") or 1) >= 1, "None or >= 1")
+    need("evaluation_num_episodes", get("evaluation_num_episodes", 1) >= 1, ">= 1")
+    need("batch_mode", get("batch_mode") in ("truncate_episodes", "complete_episodes"),
+         "'truncate_episodes' or 'complete_episodes'")
+    need("observation_filter", get("observation_filter") in ("NoFilter", "MeanStdFilter"),
+         "'NoFilter' or 'MeanStdFilter'")
+    need("log_level", str(get("log_level", "WARN")).upper() in ("DEBUG", "INFO", "WARN", "WARNING", "ERROR"),
+         "DEBUG, INFO, WARN or ERROR")
+    callbacks = get("callbacks") or {}
+    for cb_name, fn in callbacks.items():
+        if fn is not None and not callable(fn):
+            raise ValueError(f"{name} config: callbacks.{cb_name} must be callable, got {fn!r}")

@@ -1,0 +1,253 @@
+"""RolloutWorker (seed alias: PolicyEvaluator): an environment, its policies and the sampler between them.
+
+    worker = RolloutWorker(lambda ctx: gym.make("CartPole-v1"), MyPolicy)
+    batch = worker.sample()                          # a SampleBatch of experience
+    worker.learn_on_batch(batch)                     # or compute_gradients / apply_gradients
+    remote = RolloutWorker.as_remote().remote(env_creator, MyPolicy, policy_config={"num_envs_per_worker": 8})
+    batch = ray.get(remote.sample.remote())
+
+Options come from ``policy_config`` (a trainer config; missing keys take the common defaults) and may be
+overridden by keyword (``sample_batch_size=50``; the seed-era names ``batch_steps``, ``episode_horizon`` and
+``num_envs`` are accepted too).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+
+from relayrl.config import COMMON_CONFIG, merge_dicts
+from relayrl.env.multi_agent_env import MultiAgentEnv
+from relayrl.env.registry import EnvContext
+from relayrl.env.vector_env import VectorEnv
+from relayrl.evaluation.metrics import RolloutMetrics
+from relayrl.evaluation.sampler import SyncSampler
+from relayrl.models.catalog import ModelCatalog
+from relayrl.policy.policy import Policy
+from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
+from relayrl.utils.filters import Filter, get_filter
+
+logger = logging.getLogger(__name__)
+
+_LEGACY_NAMES = {"batch_steps": "sample_batch_size", "episode_horizon": "horizon", "num_envs": "num_envs_per_worker"}
+
+
+class RolloutWorker:
+    @classmethod
+    def as_remote(cls, num_cpus: float | None = None, num_gpus: float | None = None, memory: int | None = None,
+                  resources: dict | None = None):
+        """The Ray actor class of this worker: ``RolloutWorker.as_remote().remote(env_creator, policy, ...)``."""
+        import ray
+
+        return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources)(cls)
+
+    def __init__(
+        self,
+        env_creator: Callable[[EnvContext], Any],
+        policy: type[Policy] | dict,
+        policy_mapping_fn: Callable | None = None,
+        policies_to_train: list[str] | None = None,
+        policy_config: dict | None = None,
+        worker_index: int = 0,
+        **overrides: Any,
+    ):
+        overrides = {_LEGACY_NAMES.get(k, k): v for k, v in overrides.items()}
+        for k in ("tf_session_creator", "preprocessor_pref", "monitor_path", "log_dir", "input_creator"):
+            overrides.pop(k, None)
+        config = merge_dicts(COMMON_CONFIG, policy_config or {})
+        config = merge_dicts(config, overrides)
+        self.config = config
+        self.worker_index = worker_index
+        seed = config.get("seed")
+        self.seed = None if seed is None else seed + 1000 * worker_index
+        if self.seed is not None:
+            import torch
+
+            torch.manual_seed(self.seed)
+            np.random.seed(self.seed % 2**32)
+
+        self.env_context = EnvContext(config.get("env_config"), worker_index)
+        self.env_creator = env_creator
+        self.env = env_creator(self.env_context)
+        if isinstance(self.env, MultiAgentEnv):
+            raise NotImplementedError("multi-agent environments are not supported by the sampler yet")
+
+        self.policy_map: dict[str, Policy] = self._build_policies(policy, config, worker_index)
+        self.policy_mapping_fn = policy_mapping_fn or config["multiagent"].get("policy_mapping_fn")
+        self.policies_to_train = policies_to_train or config["multiagent"].get("policies_to_train") or list(
+            self.policy_map
+        )
+        self.filters: dict[str, Filter] = {
+            pid: get_filter(config["observation_filter"], self.preprocessors[pid].shape) for pid in self.policy_map
+        }
+        self._sampler: SyncSampler | None = None  # built at the first sample(): a learner-only worker never steps
+        self._compress = config["compress_observations"]
+
+    # --- construction ----------------------------------------------------------------------------------------
+    def _build_policies(self, policy: Any, config: dict, worker_index: int) -> dict[str, Policy]:
+        if isinstance(policy, dict):
+            specs = policy
+        else:
+            specs = {DEFAULT_POLICY_ID: (policy, self.env.observation_space, self.env.action_space, {})}
+        policy_map, self.preprocessors = {}, {}
+        for pid, (cls, obs_space, act_space, overrides) in specs.items():
+            obs_space = obs_space or self.env.observation_space
+            act_space = act_space or self.env.action_space
+            prep = ModelCatalog.get_preprocessor_for_space(obs_space, config.get("model"))
+            self.preprocessors[pid] = prep
+            pconf = merge_dicts(config, overrides or {})
+            pconf["worker_index"] = worker_index
+            if self.seed is not None:
+                pconf["seed"] = self.seed
+            policy_map[pid] = cls(prep.observation_space, act_space, pconf)
+        return policy_map
+
+    def _vectorize(self, env: Any, num_envs: int) -> VectorEnv:
+        if isinstance(env, VectorEnv):
+            return env
+        if not isinstance(env, gym.Env) and not hasattr(env, "step"):
+            raise ValueError(f"the env creator returned {env!r}, which is not an environment")
+
+        def make_env(vector_index: int):
+            return self.env_creator(self.env_context.copy_with_overrides(vector_index=vector_index))
+
+        return VectorEnv.wrap(make_env, num_envs, existing_envs=[env])
+
+    @property
+    def sampler(self) -> SyncSampler:
+        if self._sampler is None:
+            config = self.config
+            self._sampler = SyncSampler(
+                self._vectorize(self.env, config["num_envs_per_worker"]),
+                self.policy_map[DEFAULT_POLICY_ID],
+                self.preprocessors[DEFAULT_POLICY_ID],
+                self.filters[DEFAULT_POLICY_ID],
+                fragment_length=config["sample_batch_size"],
+                batch_mode=config["batch_mode"],
+                horizon=config["horizon"],
+                clip_rewards=config["clip_rewards"],
+                clip_actions=config["clip_actions"],
+                callbacks=config.get("callbacks"),
+                worker=self,
+                seed=self.seed,
+            )
+        return self._sampler
+
+    @property
+    def async_env(self) -> VectorEnv:
+        return self.sampler.env
+
+    # --- sampling ------------------------------------------------------------------------------------------
+    def sample(self) -> SampleBatch | MultiAgentBatch:
+        batch = self.sampler.sample()
+        if self._compress:
+            batch.compress(bulk=self._compress == "bulk")
+        return batch
+
+    def sample_with_count(self) -> tuple[SampleBatch, int]:
+        batch = self.sample()
+        return batch, batch.count
+
+    def get_metrics(self) -> list[RolloutMetrics]:
+        return self._sampler.get_metrics() if self._sampler is not None else []
+
+    def sampler_perf(self) -> dict:
+        return self._sampler.perf_stats() if self._sampler is not None else {}
+
+    # --- learning ------------------------------------------------------------------------------------------
+    def learn_on_batch(self, samples: SampleBatch | MultiAgentBatch) -> dict:
+        if isinstance(samples, MultiAgentBatch):
+            return {
+                pid: self.policy_map[pid].learn_on_batch(batch)
+                for pid, batch in samples.policy_batches.items()
+                if pid in self.policies_to_train
+            }
+        return self.policy_map[DEFAULT_POLICY_ID].learn_on_batch(samples)
+
+    def compute_gradients(self, samples: SampleBatch | MultiAgentBatch) -> tuple[Any, dict]:
+        if isinstance(samples, MultiAgentBatch):
+            grads, infos = {}, {}
+            for pid, batch in samples.policy_batches.items():
+                if pid in self.policies_to_train:
+                    grads[pid], infos[pid] = self.policy_map[pid].compute_gradients(batch)
+            return grads, infos
+        return self.policy_map[DEFAULT_POLICY_ID].compute_gradients(samples)
+
+    def apply_gradients(self, grads: Any) -> None:
+        if isinstance(grads, dict):
+            for pid, g in grads.items():
+                self.policy_map[pid].apply_gradients(g)
+        else:
+            self.policy_map[DEFAULT_POLICY_ID].apply_gradients(grads)
+
+    # --- policies and weights -----------------------------------------------------------------------------
+    def get_policy(self, policy_id: str = DEFAULT_POLICY_ID) -> Policy:
+        return self.policy_map[policy_id]
+
+    def for_policy(self, func: Callable, policy_id: str = DEFAULT_POLICY_ID) -> Any:
+        return func(self.policy_map[policy_id])
+
+    def foreach_policy(self, func: Callable) -> list:
+        return [func(policy, pid) for pid, policy in self.policy_map.items()]
+
+    def foreach_trainable_policy(self, func: Callable) -> list:
+        return [func(self.policy_map[pid], pid) for pid in self.policies_to_train]
+
+    def get_weights(self, policies: list[str] | None = None) -> dict[str, Any]:
+        return {pid: p.get_weights() for pid, p in self.policy_map.items() if policies is None or pid in policies}
+
+    def set_weights(self, weights: dict[str, Any], global_vars: dict | None = None) -> None:
+        for pid, w in weights.items():
+            self.policy_map[pid].set_weights(w)
+        if global_vars:
+            self.set_global_vars(global_vars)
+
+    def set_global_vars(self, global_vars: dict) -> None:
+        for p in self.policy_map.values():
+            p.on_global_var_update(global_vars)
+
+    # --- filters ------------------------------------------------------------------------------------------
+    def get_filters(self, flush_after: bool = False) -> dict[str, Filter]:
+        out = {pid: f.copy() for pid, f in self.filters.items()}
+        if flush_after:
+            for f in self.filters.values():
+                f.clear_buffer()
+        return out
+
+    def sync_filters(self, new_filters: dict[str, Filter]) -> None:
+        for pid, f in new_filters.items():
+            self.filters[pid].sync(f)
+
+    def get_filter_states(self) -> dict[str, dict]:
+        return {pid: f.to_state() for pid, f in self.filters.items()}
+
+    def set_filter_states(self, states: dict[str, dict]) -> None:
+        for pid, state in states.items():
+            if pid in self.filters:
+                self.filters[pid].set_state(state)
+
+    # --- misc ----------------------------------------------------------------------------------------------
+    def apply(self, func: Callable, *args: Any) -> Any:
+        """Runs ``func(self, *args)`` here (on the actor when remote)."""
+        return func(self, *args)
+
+    def foreach_env(self, func: Callable) -> list:
+        return [func(env) for env in self.async_env.get_sub_environments()]
+
+    def ping(self) -> str:
+        return "pong"
+
+    def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.env.close()
+        else:
+            self.env.close()
+
+    def __repr__(self) -> str:
+        return f"RolloutWorker(index={self.worker_index}, policies={list(self.policy_map)})"
+
+
+PolicyEvaluator = RolloutWorker

@@ -1,0 +1,113 @@
+"""Preprocessors turn an environment's raw observation into the flat float array a model takes.
+
+``get_preprocessor(space)`` picks one: Box -> as is (flattened by the model), Discrete / MultiDiscrete ->
+one-hot, Dict / Tuple -> their parts flattened and concatenated (Dict keys in sorted order).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+
+class Preprocessor:
+    is_identity = False
+
+    def __init__(self, obs_space: gym.Space, options: dict | None = None):
+        self.obs_space = obs_space
+        self.options = options or {}
+        self.shape = self._init_shape()
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, self.shape, dtype=np.float32)
+
+    def _init_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def transform(self, obs: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def transform_batch(self, obs_list: list) -> np.ndarray:
+        return np.stack([self.transform(o) for o in obs_list])
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+class NoPreprocessor(Preprocessor):
+    is_identity = True
+
+    def __init__(self, obs_space: gym.Space, options: dict | None = None):
+        super().__init__(obs_space, options)
+        self.observation_space = obs_space
+
+    def _init_shape(self) -> tuple[int, ...]:
+        return tuple(self.obs_space.shape)
+
+    def transform(self, obs: Any) -> np.ndarray:
+        return np.asarray(obs)
+
+    def transform_batch(self, obs_list: list) -> np.ndarray:
+        return np.asarray(obs_list)
+
+
+class OneHotPreprocessor(Preprocessor):
+    def _init_shape(self) -> tuple[int, ...]:
+        if isinstance(self.obs_space, gym.spaces.Discrete):
+            return (int(self.obs_space.n),)
+        return (int(np.sum(self.obs_space.nvec)),)
+
+    def transform(self, obs: Any) -> np.ndarray:
+        out = np.zeros(self.shape, dtype=np.float32)
+        if isinstance(self.obs_space, gym.spaces.Discrete):
+            out[int(obs) - int(self.obs_space.start)] = 1.0
+        else:
+            offsets = np.concatenate([[0], np.cumsum(self.obs_space.nvec)[:-1]])
+            out[offsets + np.asarray(obs, dtype=np.int64)] = 1.0
+        return out
+
+
+class FlattenPreprocessor(Preprocessor):
+    """Dict and Tuple spaces: each part preprocessed, flattened and concatenated."""
+
+    def __init__(self, obs_space: gym.Space, options: dict | None = None):
+        if isinstance(obs_space, gym.spaces.Dict):
+            self._keys = sorted(obs_space.spaces)
+            spaces = [obs_space.spaces[k] for k in self._keys]
+        else:
+            self._keys = None
+            spaces = list(obs_space.spaces)
+        self._parts = [get_preprocessor(s)(s, options) for s in spaces]
+        super().__init__(obs_space, options)
+
+    def _init_shape(self) -> tuple[int, ...]:
+        return (sum(p.size for p in self._parts),)
+
+    def transform(self, obs: Any) -> np.ndarray:
+        items = [obs[k] for k in self._keys] if self._keys is not None else list(obs)
+        return np.concatenate(
+            [np.asarray(p.transform(x), dtype=np.float32).ravel() for p, x in zip(self._parts, items)]
+        )
+
+
+_CUSTOM: dict[str, type[Preprocessor]] = {}
+
+
+def register_custom_preprocessor(name: str, cls: type[Preprocessor]) -> None:
+    _CUSTOM[name] = cls
+
+
+def get_preprocessor(space: gym.Space, options: dict | None = None) -> type[Preprocessor]:
+    custom = (options or {}).get("custom_preprocessor")
+    if custom:
+        if custom not in _CUSTOM:
+            raise ValueError(f"custom_preprocessor {custom!r} is not registered; known: {sorted(_CUSTOM)}")
+        return _CUSTOM[custom]
+    if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
+        return OneHotPreprocessor
+    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        return FlattenPreprocessor
+    if isinstance(space, gym.spaces.Box):
+        return NoPreprocessor
+    raise ValueError(f"observation space {space} is not supported (Box, Discrete, MultiDiscrete, Dict, Tuple are)")

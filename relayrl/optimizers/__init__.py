@@ -1,0 +1,12 @@
+"""Policy optimizers: how samples from a WorkerSet become policy improvement."""
+
+from relayrl.optimizers.multi_gpu import LocalMultiGPUOptimizer
+from relayrl.optimizers.policy_optimizer import PolicyOptimizer
+from relayrl.optimizers.sync_samples import LocalSyncOptimizer, SyncSamplesOptimizer
+
+__all__ = [
+    "PolicyOptimizer",
+    "SyncSamplesOptimizer",
+    "LocalSyncOptimizer",
+    "LocalMultiGPUOptimizer",
+]

@@ -1,0 +1,171 @@
+"""LocalMultiGPUOptimizer: minibatch SGD with the train batch loaded onto the device once.
+
+After gathering ``train_batch_size`` steps, each trainable policy's batch is converted to tensors on its
+device a single time; then ``num_sgd_iter`` epochs index shuffled minibatches of ``sgd_batch_size`` rows out of
+those tensors (no host-to-device copies inside the loop). On a machine without CUDA the one device is the CPU.
+With ``num_gpus > 1`` each minibatch is split across the GPUs ("towers"), each tower computes gradients on its
+share with a replica of the model, and their average is applied to the learner's model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from relayrl.optimizers.policy_optimizer import PolicyOptimizer
+from relayrl.optimizers.rollout import collect_samples
+from relayrl.optimizers.sync_samples import standardize
+from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch
+from relayrl.policy.torch_policy import LEARNER_STATS_KEY, TorchPolicy
+from relayrl.utils.timers import TimerStat
+
+logger = logging.getLogger(__name__)
+
+
+class LocalMultiGPUOptimizer(PolicyOptimizer):
+    def __init__(
+        self,
+        workers: Any,
+        remote_workers: list | None = None,
+        *,
+        sgd_batch_size: int = 128,
+        num_sgd_iter: int = 10,
+        train_batch_size: int = 1024,
+        num_gpus: float = 0,
+        standardize_fields: tuple[str, ...] = (),
+        seed: int | None = None,
+        **_ignored: Any,
+    ):
+        super().__init__(workers, remote_workers)
+        self.batch_size = sgd_batch_size
+        self.num_sgd_iter = num_sgd_iter
+        self.train_batch_size = train_batch_size
+        self.standardize_fields = tuple(standardize_fields)
+        local = self.workers.local_worker()
+        self.policies = {pid: local.policy_map[pid] for pid in local.policies_to_train}
+        for pid, policy in self.policies.items():
+            if not isinstance(policy, TorchPolicy):
+                raise ValueError(
+                    f"LocalMultiGPUOptimizer needs TorchPolicies; policy {pid!r} is {type(policy).__name__}"
+                )
+        self.devices = _devices(num_gpus)
+        multi = len(self.devices) > 1
+        self._towers = {pid: _Towers(p, self.devices) for pid, p in self.policies.items()} if multi else {}
+        self._generator = torch.Generator().manual_seed(0 if seed is None else seed)
+        self.sample_timer = TimerStat()
+        self.load_timer = TimerStat()
+        self.grad_timer = TimerStat()
+        self.update_weights_timer = TimerStat()
+        self.learner_stats: dict = {}
+
+    def step(self) -> dict:
+        with self.update_weights_timer:
+            self.workers.sync_weights()
+        with self.sample_timer:
+            samples = collect_samples(self.workers, self.train_batch_size)
+        self.sample_timer.push_units_processed(samples.count)
+        batches = samples.policy_batches if isinstance(samples, MultiAgentBatch) else {DEFAULT_POLICY_ID: samples}
+        stats = {}
+        for pid, batch in batches.items():
+            if pid not in self.policies:
+                continue
+            standardize(batch, self.standardize_fields)
+            policy = self.policies[pid]
+            with self.load_timer:
+                tensors = policy.load_batch(batch)
+            with self.grad_timer:
+                stats[pid] = self._sgd(pid, policy, tensors, batch.count)
+            self.grad_timer.push_units_processed(batch.count * self.num_sgd_iter)
+        self.learner_stats = stats
+        self.num_steps_sampled += samples.count
+        self.num_steps_trained += samples.count
+        return stats
+
+    def _sgd(self, pid: str, policy: TorchPolicy, tensors: dict[str, torch.Tensor], n: int) -> dict:
+        size = min(self.batch_size, n) if self.batch_size else n
+        num_batches = max(1, n // size)
+        towers = self._towers.get(pid)
+        epoch_stats: list[dict] = []
+        for _ in range(self.num_sgd_iter):
+            perm = torch.randperm(n, generator=self._generator).to(next(iter(tensors.values())).device)
+            epoch_stats = []
+            for b in range(num_batches):
+                idx = perm[b * size:(b + 1) * size]
+                minibatch = {k: v[idx] for k, v in tensors.items()}
+                fetch = towers.learn(minibatch) if towers else policy.learn_on_tensors(minibatch)
+                epoch_stats.append(fetch[LEARNER_STATS_KEY])
+        return _mean_stats(epoch_stats)
+
+    def stats(self) -> dict:
+        return {
+            **super().stats(),
+            "sample_time_ms": round(1000 * self.sample_timer.mean, 3),
+            "load_time_ms": round(1000 * self.load_timer.mean, 3),
+            "grad_time_ms": round(1000 * self.grad_timer.mean, 3),
+            "update_time_ms": round(1000 * self.update_weights_timer.mean, 3),
+            "learner_throughput": round(self.grad_timer.mean_throughput, 1),
+            "sample_throughput": round(self.sample_timer.mean_throughput, 1),
+            "learner": self.learner_stats,
+        }
+
+
+def _devices(num_gpus: float) -> list[torch.device]:
+    if num_gpus and torch.cuda.is_available():
+        n = min(max(1, math.ceil(num_gpus)), torch.cuda.device_count())
+        return [torch.device(f"cuda:{i}") for i in range(n)]
+    if num_gpus:
+        logger.warning("num_gpus=%s but CUDA is not available: learning on the CPU", num_gpus)
+    return [torch.device("cpu")]
+
+
+class _Towers:
+    """Data-parallel gradient computation: model replicas on the other devices share each minibatch."""
+
+    def __init__(self, policy: TorchPolicy, devices: list[torch.device]):
+        self.policy = policy
+        self.replicas = [copy.deepcopy(policy.model).to(d) for d in devices[1:]]
+        self.devices = devices
+
+    def learn(self, minibatch: dict[str, torch.Tensor]) -> dict:
+        policy = self.policy
+        n = next(iter(minibatch.values())).shape[0]
+        shares = np.array_split(np.arange(n), len(self.devices))
+        params = list(policy.model.parameters())
+        for opt in policy._optimizers:
+            opt.zero_grad(set_to_none=True)
+        stats = {}
+        for model, device, share in zip([policy.model, *self.replicas], self.devices, shares):
+            if model is not policy.model:
+                model.load_state_dict(policy.model.state_dict())
+            idx = torch.as_tensor(share, device=minibatch[next(iter(minibatch))].device)
+            shard = {k: v[idx].to(device, non_blocking=True) for k, v in minibatch.items()}
+            loss = policy._loss_fn(policy, model, policy.dist_class, shard) * (len(share) / n)
+            grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+            for p, g in zip(params, grads):
+                if g is not None:
+                    g = g.to(p.device)
+                    p.grad = g if p.grad is None else p.grad + g
+            if model is policy.model:
+                stats = policy.stats(shard)
+        grad_info = policy.extra_grad_process()
+        for opt in policy._optimizers:
+            opt.step()
+        return {LEARNER_STATS_KEY: {**grad_info, **stats}}
+
+
+def _mean_stats(stats: list[dict]) -> dict:
+    if not stats:
+        return {}
+    out = {}
+    for k in stats[0]:
+        vals = [s[k] for s in stats if k in s]
+        try:
+            out[k] = float(np.mean(vals))
+        except (TypeError, ValueError):
+            out[k] = vals[-1]
+    return out

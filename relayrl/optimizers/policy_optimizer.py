@@ -1,0 +1,98 @@
+"""PolicyOptimizer: the strategy that turns a WorkerSet's samples into policy improvement.
+
+    optimizer = SyncSamplesOptimizer(workers, train_batch_size=200)
+    while optimizer.num_steps_sampled < 100_000:
+        optimizer.step()
+    optimizer.stats()
+
+Seed-era construction is accepted too: ``Optimizer(local_evaluator, remote_evaluators, **options)`` and
+``Optimizer.make(env_creator, policy, num_workers=2, optimizer_config={...})``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from relayrl.evaluation.metrics import RolloutMetrics
+from relayrl.evaluation.worker_set import WorkerSet
+
+
+class PolicyOptimizer:
+    def __init__(self, workers: Any, remote_workers: list | None = None):
+        if not isinstance(workers, WorkerSet):
+            workers = WorkerSet.from_workers(workers, remote_workers)
+        self.workers = workers
+        self.num_steps_sampled = 0
+        self.num_steps_trained = 0
+        self.episode_history: list[RolloutMetrics] = []
+
+    # --- seed-era accessors -----------------------------------------------------------------------------------
+    @property
+    def local_evaluator(self):
+        return self.workers.local_worker()
+
+    @property
+    def remote_evaluators(self) -> list:
+        return self.workers.remote_workers()
+
+    def step(self) -> dict:
+        """One round of sampling and learning; returns learner stats."""
+        raise NotImplementedError
+
+    def stats(self) -> dict:
+        return {"num_steps_sampled": self.num_steps_sampled, "num_steps_trained": self.num_steps_trained}
+
+    def save(self) -> dict:
+        """Counters to store in a checkpoint."""
+        return {"num_steps_sampled": self.num_steps_sampled, "num_steps_trained": self.num_steps_trained}
+
+    def restore(self, data: dict) -> None:
+        self.num_steps_sampled = int(data.get("num_steps_sampled", 0))
+        self.num_steps_trained = int(data.get("num_steps_trained", 0))
+
+    def stop(self) -> None:
+        pass
+
+    def foreach_worker(self, func: Callable) -> list:
+        """``func(worker)`` on every worker, the local one first."""
+        return self.workers.foreach_worker(func)
+
+    foreach_evaluator = foreach_worker
+
+    def foreach_worker_with_index(self, func: Callable) -> list:
+        return self.workers.foreach_worker_with_index(func)
+
+    foreach_evaluator_with_index = foreach_worker_with_index
+
+    @classmethod
+    def make(
+        cls,
+        env_creator_or_worker_cls: Any,
+        policy_or_args: Any = None,
+        num_workers: int = 0,
+        optimizer_config: dict | None = None,
+        worker_config: dict | None = None,
+        evaluator_kwargs: dict | None = None,
+    ) -> "PolicyOptimizer":
+        """Builds the workers and the optimizer in one call.
+
+        ``make(env_creator, PolicyClass, num_workers, optimizer_config, worker_config)`` builds RolloutWorkers;
+        ``make(EvaluatorClass, [args...], num_workers, optimizer_config)`` (seed 000) instantiates a user's
+        own evaluator class locally and as Ray actors."""
+        if isinstance(env_creator_or_worker_cls, type):
+            evaluator_cls = env_creator_or_worker_cls
+            args, kwargs = list(policy_or_args or []), dict(evaluator_kwargs or {})
+            local = evaluator_cls(*args, **kwargs)
+            remotes = []
+            if num_workers:
+                import ray
+
+                from relayrl.evaluation.worker_set import ensure_ray
+
+                ensure_ray()
+                remote_cls = ray.remote(num_cpus=1)(evaluator_cls)
+                remotes = [remote_cls.remote(*args, **kwargs) for _ in range(num_workers)]
+            workers = WorkerSet.from_workers(local, remotes)
+        else:
+            workers = WorkerSet(env_creator_or_worker_cls, policy_or_args, worker_config or {}, num_workers)
+        return cls(workers, **(optimizer_config or {}))

@@ -1,0 +1,249 @@
+"""TorchPolicy: a Policy whose model is a torch module and whose learning is a loss function.
+
+An algorithm does not subclass this; it calls ``build_torch_policy(name, loss_fn, ...)`` (see
+``torch_policy_template.py``). Learning comes in two grains:
+
+    stats = policy.learn_on_batch(batch)               # one gradient step on a whole SampleBatch
+    tensors = policy.load_batch(batch)                 # once per train batch (LocalMultiGPUOptimizer) ...
+    stats = policy.learn_on_tensors(minibatch)         # ... then one step per minibatch of those tensors
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from relayrl.models.action_dist import ActionDistribution
+from relayrl.models.catalog import ModelCatalog
+from relayrl.models.torch_model import TorchModel
+from relayrl.policy.policy import Policy
+from relayrl.policy.sample_batch import SampleBatch
+from relayrl.utils.schedules import PiecewiseSchedule
+from relayrl.utils.torch_optim import Adam
+
+LEARNER_STATS_KEY = "learner_stats"
+
+
+def vf_preds_fetches(policy: "TorchPolicy", input_dict, state_batches, model: TorchModel, action_dist) -> dict:
+    """``extra_action_out_fn`` that records the value estimate of every observation (actor-critics)."""
+    return {SampleBatch.VF_PREDS: model.value_function()}
+
+
+class TorchPolicy(Policy):
+    # Hooks, filled in by build_torch_policy.
+    _loss_fn: Callable | None = None
+    _stats_fn: Callable | None = None
+    _postprocess_fn: Callable | None = None
+    _extra_action_out_fn: Callable | None = None
+    _extra_grad_process_fn: Callable | None = None
+    _optimizer_fn: Callable | None = None
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        config: dict,
+        model: TorchModel | None = None,
+        dist_class: type[ActionDistribution] | None = None,
+    ):
+        super().__init__(observation_space, action_space, config)
+        use_gpu = config.get("num_gpus", 0) > 0 and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        if dist_class is None:
+            dist_class, num_outputs = ModelCatalog.get_action_dist(action_space, config.get("model"))
+        else:
+            num_outputs = dist_class.required_model_output_shape(action_space, config.get("model", {}))
+        self.dist_class = dist_class
+        if model is None:
+            model = ModelCatalog.get_model(observation_space, action_space, num_outputs, config.get("model", {}))
+        self.model = model.to(self.device)
+        self._discrete = isinstance(action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete))
+        self._rng = np.random.default_rng(config.get("seed"))
+        self._np_sample = getattr(dist_class, "numpy_sample", None)
+        self._fast_path = (
+            self.device.type == "cpu"
+            and not model.get_initial_state()
+            and self._extra_action_out_fn in (None, vf_preds_fetches)
+            and type(model).numpy_forward is not TorchModel.numpy_forward
+            and getattr(dist_class, "numpy_sample", None) is not None
+            and dist_class.numpy_sample is not ActionDistribution.numpy_sample
+        )
+        self._wants_value = self._extra_action_out_fn is vf_preds_fetches
+        self.global_timestep = 0
+        self.cur_lr = config.get("lr", 1e-4)
+        schedule = config.get("lr_schedule")
+        self._lr_schedule = PiecewiseSchedule(schedule) if schedule else None
+        self._optimizers = self._make_optimizers()
+
+    # --- acting -------------------------------------------------------------------------------------------
+    def compute_actions(
+        self,
+        obs_batch: Any,
+        state_batches: list | None = None,
+        prev_action_batch: Any = None,
+        prev_reward_batch: Any = None,
+        info_batch: Any = None,
+        episodes: list | None = None,
+        explore: bool | None = None,
+        **kwargs: Any,
+    ) -> tuple[np.ndarray, list, dict]:
+        explore = self.config.get("explore", True) if explore is None else explore
+        obs = np.asarray(obs_batch, dtype=np.float32)
+        if self._fast_path and not state_batches:
+            # Value estimates do not influence the action: postprocess_trajectory computes them for a whole
+            # trajectory in one batched forward (same weights, same numbers) instead of once per step.
+            out = self.model.numpy_forward(obs, value=False)
+            if out is not None:
+                actions, logp = self._np_sample(out[0], self._rng, explore)
+                return actions, [], {SampleBatch.ACTION_DIST_INPUTS: out[0], SampleBatch.ACTION_LOGP: logp}
+        with torch.no_grad():
+            input_dict = {"obs": torch.from_numpy(obs).to(self.device), "is_training": False}
+            if prev_action_batch is not None:
+                input_dict[SampleBatch.PREV_ACTIONS] = torch.as_tensor(
+                    np.asarray(prev_action_batch), device=self.device
+                )
+            if prev_reward_batch is not None:
+                input_dict[SampleBatch.PREV_REWARDS] = torch.as_tensor(
+                    np.asarray(prev_reward_batch, dtype=np.float32), device=self.device
+                )
+            state = [torch.as_tensor(np.asarray(s), device=self.device) for s in state_batches or []]
+            seq_lens = torch.ones(len(obs), dtype=torch.int32) if state else None
+            dist_inputs, state_out = self.model(input_dict, state, seq_lens)
+            dist = self.dist_class(dist_inputs, self.model)
+            actions = dist.sample() if explore else dist.deterministic_sample()
+            extra = {SampleBatch.ACTION_DIST_INPUTS: dist_inputs, SampleBatch.ACTION_LOGP: dist.logp(actions)}
+            if self._extra_action_out_fn is not None:
+                extra.update(self._extra_action_out_fn(self, input_dict, state, self.model, dist))
+            return (
+                actions.cpu().numpy(),
+                [s.cpu().numpy() for s in state_out],
+                {k: v.cpu().numpy() for k, v in extra.items()},
+            )
+
+    def value(self, obs: np.ndarray) -> np.ndarray:
+        """The model's value estimates of a batch of observations (for bootstrapping)."""
+        obs = np.asarray(obs, dtype=np.float32)
+        if self._fast_path:
+            values = self.model.numpy_value(obs)
+            if values is not None:
+                return values
+        with torch.inference_mode():
+            self.model({"obs": torch.from_numpy(obs).to(self.device), "is_training": False}, [], None)
+            return self.model.value_function().cpu().numpy()
+
+    def get_initial_state(self) -> list[np.ndarray]:
+        return [np.asarray(s) for s in self.model.get_initial_state()]
+
+    def postprocess_trajectory(self, sample_batch, other_agent_batches=None, episode=None):
+        if self._wants_value and SampleBatch.VF_PREDS not in sample_batch:
+            sample_batch[SampleBatch.VF_PREDS] = self.value(sample_batch[SampleBatch.OBS])
+        if self._postprocess_fn is None:
+            return sample_batch
+        return self._postprocess_fn(self, sample_batch, other_agent_batches, episode)
+
+    # --- learning -----------------------------------------------------------------------------------------
+    def load_batch(self, batch: SampleBatch) -> dict[str, torch.Tensor]:
+        """Moves the numeric columns of a batch to this policy's device, once."""
+        tensors = {}
+        for key, col in batch.items():
+            if col.dtype == object or key == SampleBatch.INFOS:
+                continue
+            if key == SampleBatch.ACTIONS and self._discrete:
+                col = col.astype(np.int64, copy=False)
+            elif col.dtype == np.float64:
+                col = col.astype(np.float32)
+            tensors[key] = torch.from_numpy(np.ascontiguousarray(col)).to(self.device, non_blocking=True)
+        return tensors
+
+    def learn_on_batch(self, samples: SampleBatch) -> dict:
+        return self.learn_on_tensors(self.load_batch(samples))
+
+    def learn_on_tensors(self, train_batch: dict[str, torch.Tensor]) -> dict:
+        """One optimizer step on a (mini)batch of tensors; returns ``{"learner_stats": {...}}``."""
+        loss = self._loss_fn(self, self.model, self.dist_class, train_batch)
+        losses = loss if isinstance(loss, (list, tuple)) else [loss]
+        for opt in self._optimizers:
+            opt.zero_grad(set_to_none=True)
+        for i, each in enumerate(losses):
+            each.backward(retain_graph=i < len(losses) - 1)
+        grad_info = self.extra_grad_process()
+        for opt in self._optimizers:
+            opt.step()
+        return {LEARNER_STATS_KEY: {**grad_info, **self.stats(train_batch)}}
+
+    def compute_gradients(self, postprocessed_batch: SampleBatch) -> tuple[list[np.ndarray], dict]:
+        train_batch = self.load_batch(postprocessed_batch)
+        loss = self._loss_fn(self, self.model, self.dist_class, train_batch)
+        for opt in self._optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_info = self.extra_grad_process()
+        grads = [
+            None if p.grad is None else p.grad.detach().cpu().numpy().copy() for p in self.model.parameters()
+        ]
+        info = {LEARNER_STATS_KEY: {**grad_info, **self.stats(train_batch)}, "batch_count": postprocessed_batch.count}
+        return grads, info
+
+    def apply_gradients(self, gradients: list[np.ndarray]) -> None:
+        for p, g in zip(self.model.parameters(), gradients):
+            p.grad = None if g is None else torch.as_tensor(g, device=self.device)
+        for opt in self._optimizers:
+            opt.step()
+
+    def extra_grad_process(self) -> dict:
+        if self._extra_grad_process_fn is not None:
+            return self._extra_grad_process_fn(self)
+        clip = self.config.get("grad_clip")
+        if clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            return {"grad_gnorm": float(norm)}
+        return {}
+
+    def stats(self, train_batch: dict) -> dict:
+        stats = {"cur_lr": self.cur_lr}
+        if self._stats_fn is not None:
+            stats.update({k: _to_float(v) for k, v in self._stats_fn(self, train_batch).items()})
+        return stats
+
+    def _make_optimizers(self) -> list:
+        if self._optimizer_fn is not None:
+            opts = self._optimizer_fn(self, self.config)
+            return list(opts) if isinstance(opts, (list, tuple)) else [opts]
+        return [Adam(self.model.parameters(), lr=self.cur_lr)]
+
+    def on_global_var_update(self, global_vars: dict) -> None:
+        super().on_global_var_update(global_vars)
+        if self._lr_schedule is not None:
+            self.cur_lr = self._lr_schedule.value(self.global_timestep)
+            for opt in self._optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = self.cur_lr
+
+    # --- weights and state --------------------------------------------------------------------------------
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        self.model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()})
+
+    def get_state(self) -> dict:
+        return {
+            "weights": self.get_weights(),
+            "optimizers": [opt.state_dict() for opt in self._optimizers],
+            "global_timestep": self.global_timestep,
+        }
+
+    def set_state(self, state: dict) -> None:
+        self.set_weights(state["weights"])
+        for opt, opt_state in zip(self._optimizers, state.get("optimizers", [])):
+            opt.load_state_dict(opt_state)
+        self.global_timestep = state.get("global_timestep", 0)
+
+
+def _to_float(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else v.detach().cpu().numpy()
+    return v

@@ -1,0 +1,235 @@
+"""Observation filters: running mean/std normalisation that stays in sync across workers.
+
+Each worker's filter keeps two sets of statistics: ``rs`` (everything it knows, used to normalise) and
+``buffer`` (what it has seen since the last sync). The driver folds every worker's buffer into its own
+filter with ``apply_changes`` and sends the result back with ``sync``; counting each observation once.
+
+The statistics use the parallel-variance merge of Chan, Golub & LeVeque (1979), so a batch of
+observations updates them in a handful of numpy operations and two workers' statistics merge exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class RunningStat:
+    """Count, mean and sum of squared deviations (M2) of a stream of arrays of one shape."""
+
+    __slots__ = ("n", "mean", "m2")
+
+    def __init__(self, shape: tuple[int, ...] = ()):
+        self.n = 0
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.m2 = np.zeros(shape, dtype=np.float64)
+
+    def push_batch(self, x: np.ndarray) -> None:
+        """Adds the rows of ``x`` (shape ``[k, *shape]``)."""
+        k = x.shape[0]
+        if k == 0:
+            return
+        batch_mean = x.mean(axis=0)
+        batch_m2 = ((x - batch_mean) ** 2).sum(axis=0)
+        self._merge(k, batch_mean, batch_m2)
+
+    def push(self, x: np.ndarray) -> None:
+        self.push_batch(np.asarray(x, dtype=np.float64)[None])
+
+    def update(self, other: "RunningStat") -> None:
+        """Merges another stat's observations into this one."""
+        if other.n:
+            self._merge(other.n, other.mean, other.m2)
+
+    def _merge(self, k: int, mean: np.ndarray, m2: np.ndarray) -> None:
+        n = self.n + k
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (k / n)
+        self.m2 = self.m2 + m2 + delta * delta * (self.n * k / n)
+        self.n = n
+
+    @property
+    def var(self) -> np.ndarray:
+        return self.m2 / (self.n - 1) if self.n > 1 else np.square(self.mean)
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.var)
+
+    def copy(self) -> "RunningStat":
+        other = RunningStat(self.mean.shape)
+        other.n, other.mean, other.m2 = self.n, self.mean.copy(), self.m2.copy()
+        return other
+
+    def to_state(self) -> dict[str, Any]:
+        return {"n": int(self.n), "mean": self.mean.copy(), "m2": self.m2.copy()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "RunningStat":
+        stat = cls(np.shape(state["mean"]))
+        stat.n = int(state["n"])
+        stat.mean = np.array(state["mean"], dtype=np.float64)
+        stat.m2 = np.array(state["m2"], dtype=np.float64)
+        return stat
+
+
+class Filter:
+    """Interface: ``filter(batch)`` maps a batch of observations ``[k, *shape]`` to the policy's input."""
+
+    is_identity = False
+
+    def __call__(self, x: np.ndarray, update: bool = True) -> np.ndarray:
+        raise NotImplementedError
+
+    def apply_changes(self, other: "Filter", with_buffer: bool = False) -> None:
+        pass
+
+    def sync(self, other: "Filter") -> None:
+        pass
+
+    def clear_buffer(self) -> None:
+        pass
+
+    def copy(self) -> "Filter":
+        return self
+
+    def to_state(self) -> dict[str, Any]:
+        return {"type": type(self).__name__}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class NoFilter(Filter):
+    is_identity = True
+
+    def __call__(self, x: np.ndarray, update: bool = True) -> np.ndarray:
+        return x
+
+
+class MeanStdFilter(Filter):
+    """Normalises to zero mean and unit variance with running statistics, then clips to ``[-clip, clip]``.
+
+    Statistics include every observation filtered so far (as in RLlib 2019 and the ES/PPO reference code).
+    To keep the per-step cost to three numpy operations, new observations are buffered and folded into the
+    statistics in one batch as soon as they make up 1/64 of everything seen (every step at first, every
+    few hundred steps later), so the normalisation constants never lag by more than 1.6% of the data.
+    Reading ``rs``, ``buffer`` or the state folds the pending rows in first, so what is read is exact.
+    """
+
+    _REFRESH_FRACTION = 64
+
+    def __init__(self, shape: tuple[int, ...], demean: bool = True, destd: bool = True, clip: float = 10.0):
+        self.shape = tuple(shape)
+        self.demean, self.destd, self.clip = demean, destd, clip
+        self._rs = RunningStat(self.shape)
+        self._buffer = RunningStat(self.shape)
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+        self._refresh_constants()
+
+    @property
+    def rs(self) -> RunningStat:
+        self._flush()
+        return self._rs
+
+    @rs.setter
+    def rs(self, value: RunningStat) -> None:
+        self._flush()
+        self._rs = value
+        self._refresh_constants()
+
+    @property
+    def buffer(self) -> RunningStat:
+        self._flush()
+        return self._buffer
+
+    @buffer.setter
+    def buffer(self, value: RunningStat) -> None:
+        self._flush()
+        self._buffer = value
+
+    def __call__(self, x: np.ndarray, update: bool = True) -> np.ndarray:
+        if update:
+            self._pending.append(np.array(x, dtype=np.float64))
+            self._pending_rows += len(x)
+            if self._pending_rows * self._REFRESH_FRACTION >= self._rs.n + self._pending_rows:
+                self._flush()
+        out = (np.asarray(x, dtype=np.float32) - self._mean) * self._inv_std
+        if self.clip:
+            np.clip(out, -self.clip, self.clip, out=out)
+        return out
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+        self._pending, self._pending_rows = [], 0
+        self._rs.push_batch(batch)
+        self._buffer.push_batch(batch)
+        self._refresh_constants()
+
+    def _refresh_constants(self) -> None:
+        rs = self._rs
+        mean = rs.mean if self.demean and rs.n > 0 else np.zeros(self.shape)
+        std = rs.std if self.destd and rs.n > 1 else np.ones(self.shape)
+        self._mean = mean.astype(np.float32)
+        self._inv_std = (1.0 / (std + 1e-8)).astype(np.float32)
+
+    def apply_changes(self, other: "MeanStdFilter", with_buffer: bool = False) -> None:
+        """Adds what ``other`` saw since its last sync (its buffer) to this filter's statistics."""
+        self.rs.update(other.buffer)
+        self._refresh_constants()
+        if with_buffer:
+            self.buffer = other.buffer.copy()
+
+    def sync(self, other: "MeanStdFilter") -> None:
+        """Takes over ``other``'s statistics, keeping this filter's own un-synced buffer."""
+        self.rs = other.rs.copy()
+
+    def clear_buffer(self) -> None:
+        self.buffer = RunningStat(self.shape)
+
+    def copy(self) -> "MeanStdFilter":
+        other = MeanStdFilter(self.shape, self.demean, self.destd, self.clip)
+        other.rs, other.buffer = self.rs.copy(), self.buffer.copy()
+        return other
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "type": "MeanStdFilter",
+            "shape": list(self.shape),
+            "clip": self.clip,
+            "demean": self.demean,
+            "destd": self.destd,
+            "rs": self.rs.to_state(),
+            "buffer": self.buffer.to_state(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.rs = RunningStat.from_state(state["rs"])
+        self.buffer = RunningStat.from_state(state["buffer"])
+
+    def __repr__(self) -> str:
+        return f"MeanStdFilter(shape={self.shape}, n={self.rs.n})"
+
+
+FILTERS = {"NoFilter": NoFilter, "MeanStdFilter": MeanStdFilter}
+
+
+def get_filter(name: str, shape: tuple[int, ...]) -> Filter:
+    """Builds the filter named by the ``observation_filter`` config key."""
+    if name == "NoFilter":
+        return NoFilter()
+    if name == "MeanStdFilter":
+        return MeanStdFilter(shape)
+    raise ValueError(f"observation_filter={name!r} is unknown; choose one of {sorted(FILTERS)}")
+
+
+def filter_from_state(state: dict[str, Any]) -> Filter:
+    if state.get("type") == "MeanStdFilter":
+        f = MeanStdFilter(tuple(state["shape"]), state["demean"], state["destd"], state["clip"])
+        f.set_state(state)
+        return f
+    return NoFilter()
