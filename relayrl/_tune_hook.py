@@ -13,6 +13,9 @@ import sys
 
 
 def _register() -> None:
+    adapter = sys.modules.get("relayrl.agents.tune_adapter")
+    if adapter is not None and not hasattr(adapter, "register_all"):
+        return  # ray.tune imported by tune_adapter itself (e.g. a Tune worker unpickling a trainable): no cycle
     from relayrl.agents.tune_adapter import register_all
 
     register_all()

@@ -140,7 +140,7 @@ def merge_dicts(base: dict, override: dict) -> dict:
         if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("policies",):
             out[k] = merge_dicts(out[k], v)
         else:
-            out[k] = v
+            out[k] = copy.deepcopy(v)
     return out
 
 

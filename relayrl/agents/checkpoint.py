@@ -183,11 +183,15 @@ def read_manifest(path: str) -> dict:
 
 
 def checkpoint_dir(path: str) -> str:
-    """Accepts the checkpoint directory or a file inside it."""
+    """Accepts the checkpoint directory, a file inside it, or the Tune checkpoint directory around it."""
     path = os.path.abspath(os.path.expanduser(str(path)))
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint path {path} does not exist")
-    return os.path.dirname(path) if os.path.isfile(path) else path
+    if os.path.isfile(path):
+        return os.path.dirname(path)
+    if not os.path.isfile(os.path.join(path, MANIFEST)) and os.path.isfile(os.path.join(path, "relayrl", MANIFEST)):
+        return os.path.join(path, "relayrl")  # a Tune checkpoint directory holding ours (see tune_adapter.py)
+    return path
 
 
 def _fsync(path: str) -> None:

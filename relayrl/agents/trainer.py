@@ -171,6 +171,13 @@ class Trainer:
             return action, state_out, extra
         return action
 
+    def export_policy_model(self, export_dir: str, policy_id: str = DEFAULT_POLICY_ID) -> dict:
+        """Exports a policy (ONNX, TorchScript, JSON sidecar) with this trainer's observation filter baked in."""
+        worker = self.workers.local_worker()
+        return worker.policy_map[policy_id].export_model(
+            export_dir, obs_filter=worker.filters[policy_id], raw_obs_space=worker.preprocessors[policy_id].obs_space
+        )
+
     def get_policy(self, policy_id: str = DEFAULT_POLICY_ID):
         return self.workers.local_worker().get_policy(policy_id)
 

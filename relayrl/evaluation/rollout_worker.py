@@ -32,6 +32,15 @@ from relayrl.utils.filters import Filter, get_filter
 
 logger = logging.getLogger(__name__)
 
+class PolicyMap(dict):
+    """policy id -> Policy; the seed-era id "default" finds "default_policy"."""
+
+    def __missing__(self, key: str) -> Policy:
+        if key == "default" and DEFAULT_POLICY_ID in self:
+            return self[DEFAULT_POLICY_ID]
+        raise KeyError(key)
+
+
 _LEGACY_NAMES = {"batch_steps": "sample_batch_size", "episode_horizon": "horizon", "num_envs": "num_envs_per_worker"}
 
 
@@ -92,7 +101,7 @@ class RolloutWorker:
             specs = policy
         else:
             specs = {DEFAULT_POLICY_ID: (policy, self.env.observation_space, self.env.action_space, {})}
-        policy_map, self.preprocessors = {}, {}
+        policy_map, self.preprocessors = PolicyMap(), {}
         for pid, (cls, obs_space, act_space, overrides) in specs.items():
             obs_space = obs_space or self.env.observation_space
             act_space = act_space or self.env.action_space
@@ -134,6 +143,10 @@ class RolloutWorker:
                 worker=self,
                 seed=self.seed,
             )
+            if config["sample_async"]:
+                from relayrl.evaluation.async_sampler import AsyncSampler
+
+                self._sampler = AsyncSampler(self._sampler)
         return self._sampler
 
     @property
@@ -242,12 +255,14 @@ class RolloutWorker:
 
     def stop(self) -> None:
         if self._sampler is not None:
+            getattr(self._sampler, "stop", lambda: None)()
             self._sampler.env.close()
         else:
             self.env.close()
 
     def __repr__(self) -> str:
-        return f"RolloutWorker(index={self.worker_index}, policies={list(self.policy_map)})"
+        index, policies = getattr(self, "worker_index", "?"), list(getattr(self, "policy_map", {}))
+        return f"RolloutWorker(index={index}, policies={policies})"
 
 
 PolicyEvaluator = RolloutWorker

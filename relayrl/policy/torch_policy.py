@@ -222,6 +222,13 @@ class TorchPolicy(Policy):
                 for group in opt.param_groups:
                     group["lr"] = self.cur_lr
 
+    def export_model(self, export_dir: str, obs_filter: Any = None, raw_obs_space: Any = None) -> dict:
+        """ONNX + TorchScript + JSON sidecar of the deterministic policy (relayrl/policy/export.py); without
+        ``obs_filter`` the observation filter is the identity (Trainer.export_policy_model passes the worker's)."""
+        from relayrl.policy.export import export_policy
+
+        return export_policy(self, export_dir, obs_filter=obs_filter, raw_obs_space=raw_obs_space)
+
     # --- weights and state --------------------------------------------------------------------------------
     def get_weights(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}

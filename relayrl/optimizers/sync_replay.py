@@ -1,0 +1,201 @@
+"""SyncReplayOptimizer (seed alias LocalSyncReplayOptimizer): sample, store in a replay buffer, learn on replay.
+
+The loop behind DQN and DDPG (Mnih et al. 2015; Schaul et al. 2016 for prioritized replay)::
+
+    opt = SyncReplayOptimizer(workers, learning_starts=1000, buffer_size=50000, train_batch_size=32)
+    while True:
+        opt.step()   # weights -> workers; sample_batch_size steps per worker -> buffer; one replayed update
+
+One ``step()``: the workers sample (each returns ``sample_batch_size * num_envs`` steps), the steps go to one
+replay buffer per policy; once ``learning_starts`` steps were sampled, one batch of ``train_batch_size`` is
+replayed and learned on; with prioritized replay the sampled rows get new priorities |TD error| and beta is
+annealed linearly from ``prioritized_replay_beta`` to ``final_prioritized_replay_beta`` over
+``beta_annealing_fraction * schedule_max_timesteps`` trained steps. Every ``target_network_update_freq``
+sampled steps ``policy.update_target()`` runs on every trained policy that has one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from relayrl.optimizers.policy_optimizer import PolicyOptimizer
+from relayrl.optimizers.replay_buffer import PrioritizedReplayBuffer, ReplayBuffer
+from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
+from relayrl.policy.torch_policy import LEARNER_STATS_KEY
+from relayrl.utils.schedules import LinearSchedule
+from relayrl.utils.timers import TimerStat
+
+SB = SampleBatch
+# The columns a replayed transition needs (plus any of OPTIONAL_COLUMNS the batches carry).
+REPLAY_COLUMNS = (SB.OBS, SB.ACTIONS, SB.REWARDS, SB.NEXT_OBS, SB.TERMINATEDS)
+OPTIONAL_COLUMNS = ("n_step_discount",)
+PRIORITIES = "priorities"
+
+
+def replay_columns(batch: SampleBatch) -> dict[str, np.ndarray]:
+    """The columns of a (decompressed) batch that go into a replay buffer."""
+    cols = {k: batch[k] for k in REPLAY_COLUMNS}
+    cols.update({k: batch[k] for k in OPTIONAL_COLUMNS if k in batch})
+    cols[SB.TERMINATEDS] = cols[SB.TERMINATEDS].astype(np.float32)
+    return cols
+
+
+def make_buffer(buffer_size: int, prioritized: bool, alpha: float, eps: float, compress: bool,
+                seed: int | None = None) -> ReplayBuffer:
+    compress_columns = (SB.OBS, SB.NEXT_OBS) if compress else ()
+    if prioritized:
+        return PrioritizedReplayBuffer(buffer_size, alpha=alpha, eps=eps, compress_columns=compress_columns,
+                                       seed=seed)
+    return ReplayBuffer(buffer_size, compress_columns=compress_columns, seed=seed)
+
+
+def add_to_buffer(buffer: ReplayBuffer, batch: SampleBatch) -> None:
+    """Adds a batch's transitions; worker-side priorities (a ``priorities`` column) are used when present."""
+    batch.decompress_if_needed()
+    cols = replay_columns(batch)
+    if isinstance(buffer, PrioritizedReplayBuffer) and PRIORITIES in batch:
+        buffer.add_batch(cols, priorities=np.asarray(batch[PRIORITIES], dtype=np.float64))
+    else:
+        buffer.add_batch(cols)
+
+
+class SyncReplayOptimizer(PolicyOptimizer):
+    def __init__(
+        self,
+        workers: Any,
+        remote_workers: list | None = None,
+        *,
+        learning_starts: int = 1000,
+        buffer_size: int = 10000,
+        prioritized_replay: bool = True,
+        prioritized_replay_alpha: float = 0.6,
+        prioritized_replay_beta: float = 0.4,
+        final_prioritized_replay_beta: float = 0.4,
+        beta_annealing_fraction: float = 0.2,
+        schedule_max_timesteps: int = 100000,
+        prioritized_replay_eps: float = 1e-6,
+        train_batch_size: int = 32,
+        sample_batch_size: int = 4,
+        target_network_update_freq: int = 0,
+        compress_observations: bool = False,
+        seed: int | None = None,
+    ):
+        super().__init__(workers, remote_workers)
+        self.learning_starts = learning_starts
+        self.train_batch_size = train_batch_size
+        self.sample_batch_size = sample_batch_size
+        self.prioritized_replay = prioritized_replay
+        self.target_network_update_freq = target_network_update_freq
+        self.beta_schedule = LinearSchedule(
+            int(beta_annealing_fraction * schedule_max_timesteps),
+            final_p=final_prioritized_replay_beta, initial_p=prioritized_replay_beta,
+        )
+        self._buffer_args = (buffer_size, prioritized_replay, prioritized_replay_alpha, prioritized_replay_eps,
+                             compress_observations, seed)
+        self.replay_buffers: dict[str, ReplayBuffer] = {}
+        self._rng = np.random.default_rng(seed)
+        self.last_target_update_ts = 0
+        self.num_target_updates = 0
+        self.sample_timer, self.replay_timer, self.grad_timer = TimerStat(), TimerStat(), TimerStat()
+        self.update_weights_timer, self.update_priorities_timer = TimerStat(), TimerStat()
+        self.learner_stats: dict = {}
+
+    def buffer(self, policy_id: str = DEFAULT_POLICY_ID) -> ReplayBuffer:
+        if policy_id not in self.replay_buffers:
+            self.replay_buffers[policy_id] = make_buffer(*self._buffer_args)
+        return self.replay_buffers[policy_id]
+
+    def step(self) -> dict:
+        with self.update_weights_timer:
+            if self.workers.remote_workers():
+                self.workers.sync_weights(global_vars={"timestep": self.num_steps_sampled})
+        with self.sample_timer:
+            batch = self._sample()
+            for pid, b in _by_policy(batch).items():
+                add_to_buffer(self.buffer(pid), b)
+        self.num_steps_sampled += batch.count
+        if self.num_steps_sampled >= self.learning_starts:
+            self._optimize()
+        if (self.target_network_update_freq
+                and self.num_steps_sampled - self.last_target_update_ts >= self.target_network_update_freq):
+            self.update_targets()
+        return self.learner_stats
+
+    def _sample(self) -> SampleBatch | MultiAgentBatch:
+        remotes = self.workers.remote_workers()
+        if not remotes:
+            return self.workers.local_worker().sample()
+        import ray
+
+        return SampleBatch.concat_samples(ray.get([w.sample.remote() for w in remotes]))
+
+    def _optimize(self) -> None:
+        local = self.workers.local_worker()
+        beta = self.beta_schedule.value(self.num_steps_trained)
+        stats = {}
+        for pid, buffer in self.replay_buffers.items():
+            if pid not in local.policies_to_train:
+                continue
+            with self.replay_timer:
+                if self.prioritized_replay:
+                    rows = buffer.sample(self.train_batch_size, beta=beta)
+                else:
+                    rows = buffer.sample(self.train_batch_size)
+                idx = rows.pop("batch_indexes")
+            with self.grad_timer:
+                info = local.policy_map[pid].learn_on_batch(SampleBatch(rows))
+            self.grad_timer.push_units_processed(self.train_batch_size)
+            if self.prioritized_replay:
+                with self.update_priorities_timer:
+                    buffer.update_priorities(idx, np.abs(info["td_error"]))
+            stats[pid] = info.get(LEARNER_STATS_KEY, {})
+        self.learner_stats = stats
+        self.num_steps_trained += self.train_batch_size * len(stats)
+
+    def update_targets(self) -> None:
+        local = self.workers.local_worker()
+        for pid in local.policies_to_train:
+            policy = local.policy_map[pid]
+            if hasattr(policy, "update_target"):
+                policy.update_target()
+        self.last_target_update_ts = self.num_steps_sampled
+        self.num_target_updates += 1
+
+    def stats(self) -> dict:
+        return {
+            **super().stats(),
+            "sample_time_ms": round(1000 * self.sample_timer.mean, 3),
+            "replay_time_ms": round(1000 * self.replay_timer.mean, 3),
+            "grad_time_ms": round(1000 * self.grad_timer.mean, 3),
+            "update_time_ms": round(1000 * self.update_weights_timer.mean, 3),
+            "update_priorities_time_ms": round(1000 * self.update_priorities_timer.mean, 3),
+            "opt_peak_throughput": round(self.grad_timer.mean_throughput, 3),
+            "num_target_updates": self.num_target_updates,
+            "replay_shard_0": {pid: _buffer_stats(b) for pid, b in self.replay_buffers.items()},
+            "learner": self.learner_stats,
+        }
+
+    def save(self) -> dict:
+        return {**super().save(), "last_target_update_ts": self.last_target_update_ts,
+                "num_target_updates": self.num_target_updates}
+
+    def restore(self, data: dict) -> None:
+        super().restore(data)
+        self.last_target_update_ts = int(data.get("last_target_update_ts", 0))
+        self.num_target_updates = int(data.get("num_target_updates", 0))
+
+
+def _by_policy(batch: SampleBatch | MultiAgentBatch) -> dict[str, SampleBatch]:
+    if isinstance(batch, MultiAgentBatch):
+        return batch.policy_batches
+    return {DEFAULT_POLICY_ID: batch}
+
+
+def _buffer_stats(buffer: ReplayBuffer) -> dict:
+    stats = buffer.stats()
+    return {k: v for k, v in stats.items() if isinstance(v, (int, float))}
+
+
+LocalSyncReplayOptimizer = SyncReplayOptimizer
