@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import importlib
 import importlib.util
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 # name -> (module, class)
 ALGORITHMS: dict[str, tuple[str, str]] = {
@@ -31,6 +34,9 @@ def available_algorithms() -> list[str]:
         try:
             get_trainer_class(name)
         except ValueError:
+            continue
+        except Exception as e:  # noqa: BLE001 - a broken algorithm module must not break the others
+            logger.warning("algorithm %s cannot be imported: %s", name, e)
             continue
         names.append(name)
     return names

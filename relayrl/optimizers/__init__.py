@@ -1,5 +1,7 @@
 """Policy optimizers: how samples from a WorkerSet become policy improvement."""
 
+from relayrl.optimizers.async_gradients import AsyncGradientsOptimizer
+from relayrl.optimizers.async_samples import AsyncSamplesOptimizer
 from relayrl.optimizers.multi_gpu import LocalMultiGPUOptimizer
 from relayrl.optimizers.policy_optimizer import PolicyOptimizer
 from relayrl.optimizers.sync_samples import LocalSyncOptimizer, SyncSamplesOptimizer
@@ -9,4 +11,5 @@ __all__ = [
     "SyncSamplesOptimizer",
     "LocalSyncOptimizer",
     "LocalMultiGPUOptimizer",
+    "AsyncGradientsOptimizer", "AsyncSamplesOptimizer",
 ]

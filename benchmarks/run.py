@@ -1,0 +1,177 @@
+"""relayrl benchmarks: one command, one table.
+
+    python benchmarks/run.py            # the core table (about 2 minutes on 2 cores)
+    python benchmarks/run.py --quick    # fewer repeats
+    python benchmarks/run.py --all      # plus the off-policy and async families' tables, where present
+
+Every figure is measured in this run on this machine; throughput is set next to the raw environment's rate
+measured in the same run, and repeated measurements report the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+PPO_CARTPOLE = {
+    "num_envs_per_worker": 8, "sample_batch_size": 64, "train_batch_size": 512, "sgd_minibatch_size": 128,
+    "num_sgd_iter": 10, "lr": 0.001, "gamma": 0.99, "lambda": 0.95, "clip_param": 0.2, "vf_clip_param": 1000.0,
+    "entropy_coeff": 0.0, "kl_coeff": 0.0, "model": {"fcnet_hiddens": [64, 64]},
+}
+
+
+def raw_env_rate(num_envs: int = 8, steps: int = 10_000) -> float:
+    """Env steps/s of ``num_envs`` CartPole-v1 envs stepped in a Python loop with pre-drawn random actions."""
+    import gymnasium as gym
+    import numpy as np
+
+    envs = [gym.make("CartPole-v1") for _ in range(num_envs)]
+    for i, env in enumerate(envs):
+        env.reset(seed=i)
+    actions = np.random.default_rng(0).integers(0, 2, size=(steps, num_envs)).tolist()
+    start = time.perf_counter()
+    for row in actions:
+        for env, a in zip(envs, row):
+            _, _, terminated, truncated, _ = env.step(a)
+            if terminated or truncated:
+                env.reset()
+    return steps * num_envs / (time.perf_counter() - start)
+
+
+def sampling_rate(repeats: int = 3, seconds: float = 2.0) -> dict:
+    """One RolloutWorker, 8 sub-envs, PPO's default config and model, next to the raw rate in the same run."""
+    from relayrl.agents.ppo import DEFAULT_CONFIG, PPOTorchPolicy
+    from relayrl.env.registry import get_env_creator
+    from relayrl.evaluation import RolloutWorker
+
+    worker = RolloutWorker(get_env_creator("CartPole-v1"), PPOTorchPolicy,
+                           policy_config=dict(DEFAULT_CONFIG, num_envs_per_worker=8))
+    worker.sample()
+    raws, rates = [], []
+    for _ in range(repeats):
+        raws.append(raw_env_rate())
+        start, n = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            n += worker.sample().count
+        rates.append(n / (time.perf_counter() - start))
+    raw, rate = statistics.median(raws), statistics.median(rates)
+    return {"raw_steps_per_s": raw, "sample_steps_per_s": rate, "ratio": rate / raw}
+
+
+def learner_rate() -> dict:
+    """PPO's SGD throughput (samples through the loss per second) on its default config, and PG's."""
+    from relayrl.agents.pg import PGTrainer
+    from relayrl.agents.ppo import PPOTrainer
+
+    ppo = PPOTrainer(env="CartPole-v1", config={"seed": 0})
+    ppo.train()
+    ppo.train()
+    info = ppo.train()["info"]
+    pg = PGTrainer(env="CartPole-v1", config={"seed": 0, "train_batch_size": 4000})
+    pg.train()
+    pg_info = pg.train()["info"]
+    return {"ppo_learner_samples_per_s": info["learner_throughput"],
+            "pg_learner_samples_per_s": pg_info["opt_peak_throughput"]}
+
+
+_SOLVE = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+from relayrl.agents.ppo import PPOTrainer
+config = json.loads(sys.argv[1])
+t1 = time.perf_counter()
+trainer = PPOTrainer(env="CartPole-v1", config=config)
+while True:
+    r = trainer.train()
+    if r["episode_reward_mean"] >= 475 or r["timesteps_total"] >= 500_000:
+        break
+t2 = time.perf_counter()
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"solved": r["episode_reward_mean"] >= 475, "train_s": t2 - t1, "process_s": t2 - t0,
+                  "steps": r["timesteps_total"], "peak_rss_mb": rss}))
+"""
+
+
+def time_to_solve(seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+    """PPO CartPole-v1 wall seconds until the 100-episode mean return >= 475, each seed in a fresh process."""
+    runs = []
+    for seed in seeds:
+        out = subprocess.run([sys.executable, "-c", _SOLVE, json.dumps({**PPO_CARTPOLE, "seed": seed})],
+                             capture_output=True, text=True, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return {
+        "solved": all(r["solved"] for r in runs),
+        "train_s_median": statistics.median(r["train_s"] for r in runs),
+        "process_s_median": statistics.median(r["process_s"] for r in runs),
+        "steps_median": statistics.median(r["steps"] for r in runs),
+        "peak_rss_mb_max": max(r["peak_rss_mb"] for r in runs),
+        "runs": runs,
+    }
+
+
+_STARTUP = r"""
+import time
+t = time.perf_counter()
+import relayrl
+from relayrl.agents.ppo import PPOTrainer
+PPOTrainer(env="CartPole-v1", config={"num_workers": 0})
+print(time.perf_counter() - t)
+"""
+
+
+def startup(repeats: int = 3) -> dict:
+    """``import relayrl`` plus building a PPO trainer (num_workers 0), in a fresh process."""
+    times = [float(subprocess.run([sys.executable, "-c", _STARTUP], capture_output=True, text=True,
+                                  check=True).stdout.strip()) for _ in range(repeats)]
+    return {"startup_s_median": statistics.median(times)}
+
+
+def core_rows(quick: bool = False) -> list[tuple[str, str, str]]:
+    s = sampling_rate(repeats=1 if quick else 3)
+    solve = time_to_solve((0,) if quick else (0, 1, 2))
+    st = startup(1 if quick else 3)
+    lr = learner_rate()
+    return [
+        ("raw CartPole-v1, 8 envs, random actions", f"{s['raw_steps_per_s']:,.0f} steps/s", "reference"),
+        ("sampling, 1 worker, 8 sub-envs, PPO default model", f"{s['sample_steps_per_s']:,.0f} steps/s",
+         f"{100 * s['ratio']:.0f}% of raw (target >= 50%)"),
+        ("PPO learner (default config: 4000 x 30 epochs)", f"{lr['ppo_learner_samples_per_s']:,.0f} samples/s", ""),
+        ("PG learner (train_batch_size 4000)", f"{lr['pg_learner_samples_per_s']:,.0f} samples/s", ""),
+        ("PPO CartPole-v1 time to mean 475 (train)", f"{solve['train_s_median']:.1f} s",
+         f"median of {len(solve['runs'])} seeds, {solve['steps_median']:,.0f} steps (target <= 10 s)"),
+        ("  same, whole process incl. imports", f"{solve['process_s_median']:.1f} s", ""),
+        ("start-up: import + PPO trainer", f"{st['startup_s_median']:.2f} s", "target <= 2 s"),
+        ("peak RSS of the PPO CartPole run", f"{solve['peak_rss_mb_max']:.0f} MB", "one process, no Ray"),
+    ]
+
+
+def print_table(title: str, rows: list[tuple[str, str, str]]) -> None:
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    print(f"\n{title}\n" + "-" * (w0 + w1 + 40))
+    for name, value, note in rows:
+        print(f"{name:<{w0}}  {value:>{w1}}  {note}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one repeat / one seed instead of three")
+    parser.add_argument("--all", action="store_true", help="also run the other families' benchmark tables")
+    args = parser.parse_args()
+    print_table("relayrl core benchmarks", core_rows(args.quick))
+    if args.all:
+        for module in ("offpolicy", "async_family"):
+            if os.path.exists(os.path.join(HERE, module + ".py")):
+                __import__(module).main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""The ``relayrl`` command (also ``python -m relayrl``): train through Ray Tune, roll out a checkpoint, plot.
+
+    relayrl train --run PPO --env CartPole-v1 --stop '{"episode_reward_mean": 475}' --checkpoint-at-end
+    relayrl train -f relayrl/tuned_examples/ppo/cartpole-ppo.yaml
+    relayrl rollout ~/ray_results/default/PPO_CartPole-v1_.../checkpoint_000003 --run PPO --env CartPole-v1
+    relayrl plot ~/ray_results/default
+
+A user mistake (unknown algorithm, env or config key, bad JSON or YAML, missing checkpoint) ends the command
+with exit status 2 and one line ``relayrl: error: ...`` plus a hint; ``-v`` adds the traceback. Everything is
+checked before Ray starts. A failed trial ends ``train`` with exit status 1 and the trial's error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from typing import Any
+
+from relayrl.experiments import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_FAILED = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error format of the rest of the CLI."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(message, f"see `{self.prog} --help`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more output: Tune's reports and full tracebacks (-vv: Ray's logs too)")
+    parser = _Parser(prog="relayrl", description="Train, roll out and plot relayrl agents.", parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", parents=[common], help="train through Ray Tune",
+                           description="Train one or more experiments through Ray Tune.")
+    train.add_argument("--run", help="algorithm to train, e.g. PPO, PG, A2C, IMPALA, DQN")
+    train.add_argument("--env", help="environment: a Gymnasium id such as CartPole-v1")
+    train.add_argument("--config", default="{}", help="trainer config overrides as a JSON object")
+    train.add_argument("--stop", default="{}", help="stopping criteria as JSON, e.g. '{\"episode_reward_mean\": 475}'")
+    train.add_argument("-f", "--config-file", dest="file", help="experiment YAML file (name: {run, env, stop, config})")
+    train.add_argument("--experiment-name", default="default", help="experiment directory name (without -f)")
+    train.add_argument("--checkpoint-freq", type=int, default=None, help="save a checkpoint every N iterations")
+    train.add_argument("--checkpoint-at-end", action="store_true", help="save a checkpoint when each trial ends")
+    train.add_argument("--local-dir", default=None, help="results directory (default ~/ray_results)")
+    train.add_argument("--restore", default=None, help="checkpoint directory to resume training from")
+    train.add_argument("--num-samples", type=int, default=None, help="repetitions of each grid-search point")
+    train.add_argument("--ray-address", default=None, help="address of a running Ray cluster (default: start one)")
+    train.add_argument("--ray-num-cpus", type=int, default=None,
+                       help="CPUs of the local Ray instance (default: enough for the largest trial)")
+    train.add_argument("--plot", action="store_true", help="write a learning-curve PNG into each trial directory")
+
+    rollout = sub.add_parser("rollout", parents=[common], help="run a checkpoint without exploration",
+                             description="Roll out a trained checkpoint with deterministic actions.")
+    rollout.add_argument("checkpoint", help="checkpoint directory (as printed by `relayrl train`)")
+    rollout.add_argument("--run", help="algorithm of the checkpoint (checked against it)")
+    rollout.add_argument("--env", help="environment to roll out in (default: the checkpoint's)")
+    rollout.add_argument("--episodes", type=int, default=None, help="number of episodes (default 10)")
+    rollout.add_argument("--steps", type=int, default=None, help="stop after this many environment steps")
+    rollout.add_argument("--render", action="store_true", help="render the environment (render_mode='human')")
+    rollout.add_argument("--out", default=None, help="write each episode as a JSON line to this file")
+    rollout.add_argument("--config", default="{}", help="config overrides as a JSON object")
+
+    plot = sub.add_parser("plot", parents=[common], help="learning curve of a run",
+                          description="Plot episode_reward_mean against timesteps_total from progress.csv.")
+    plot.add_argument("result_dir", help="a trial directory or an experiment directory of trials")
+    plot.add_argument("--out", default=None, help="PNG path (default RESULT_DIR/learning_curve.png)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    verbose = sum(a.count("v") for a in argv if a.startswith("-") and set(a[1:]) == {"v"}) + argv.count("--verbose")
+    try:
+        args = build_parser().parse_args(argv)
+        verbose = max(verbose, args.verbose)
+        return {"train": train, "rollout": rollout, "plot": plot}[args.command](args)
+    except UserError as e:
+        if verbose:
+            traceback.print_exc()
+        print(f"relayrl: error: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"relayrl: hint: {e.hint}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("relayrl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - anything else: one line, the traceback only with -v
+        if verbose:
+            traceback.print_exc()
+        print(f"relayrl: error: {type(e).__name__}: {e}", file=sys.stderr)
+        print("relayrl: hint: rerun with -v for the full traceback", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def parse_json(text: str, flag: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{flag} is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno}): {text!r}",
+                        f"quote the JSON for the shell: {flag} '{{\"lr\": 0.001}}'") from e
+    if not isinstance(value, dict):
+        raise UserError(f"{flag} must be a JSON object, got {text!r}", f"e.g. {flag} '{{\"lr\": 0.001}}'")
+    return value
+
+
+# --- train -------------------------------------------------------------------------------------------------
+def experiments_from_args(args: argparse.Namespace) -> dict[str, dict]:
+    from relayrl.experiments import load_experiment_file
+
+    config, stop = parse_json(args.config, "--config"), parse_json(args.stop, "--stop")
+    if args.file:
+        experiments = load_experiment_file(args.file)
+        for spec in experiments.values():  # flags given on the command line apply to every experiment
+            if args.run:
+                spec["run"] = args.run
+            if args.env:
+                spec["env"] = args.env
+            if config:
+                spec["config"] = {**(spec.get("config") or {}), **config}
+            if stop:
+                spec["stop"] = stop
+    else:
+        if not args.run or not (args.env or config.get("env")):
+            raise UserError("train needs --run and --env, or -f FILE.yaml",
+                            "e.g. relayrl train --run PPO --env CartPole-v1 --stop '{\"training_iteration\": 10}'")
+        experiments = {args.experiment_name: {"run": args.run, "env": args.env or config.pop("env"),
+                                              "stop": stop, "config": config}}
+    for spec in experiments.values():
+        for key, value in (("checkpoint_freq", args.checkpoint_freq), ("restore", args.restore),
+                           ("num_samples", args.num_samples)):
+            if value is not None:
+                spec[key] = value
+        if args.checkpoint_at_end:
+            spec["checkpoint_at_end"] = True
+    return experiments
+
+
+def train(args: argparse.Namespace) -> int:
+    from relayrl.experiments import normalize_experiments, run_experiments, start_ray, trial_error, validate_experiments
+
+    experiments = experiments_from_args(args)
+    cpus = validate_experiments(experiments)
+    experiments = normalize_experiments(experiments, args.local_dir)
+    num_cpus = args.ray_num_cpus or (None if args.ray_address else max(os.cpu_count() or 1, cpus))
+    if args.ray_num_cpus is not None and args.ray_num_cpus < cpus:
+        raise UserError(f"a trial needs {cpus} CPUs but --ray-num-cpus is {args.ray_num_cpus}",
+                        "raise --ray-num-cpus or lower num_workers in --config")
+    start_ray(args.ray_address, num_cpus, args.verbose)
+    trials = run_experiments(experiments, verbose=args.verbose)
+    failed = [t for t in trials if t.status != "TERMINATED"]
+    for t in trials:
+        result = t.last_result or {}
+        print(f"{t}: {t.status}, {result.get('training_iteration', 0)} iterations, "
+              f"{result.get('timesteps_total', 0)} timesteps, episode_reward_mean {result.get('episode_reward_mean')}")
+        print(f"  results: {t.path}")
+        if t.checkpoint is not None:
+            print(f"  checkpoint: {t.checkpoint.path}")
+        if args.plot and t.path and os.path.isfile(os.path.join(t.path, "progress.csv")):
+            from relayrl.utils.plot import plot_learning_curve
+
+            print(f"  plot: {plot_learning_curve(t.path)}")
+    if failed:
+        t = failed[0]
+        print(f"relayrl: error: trial {t} {t.status}: {trial_error(t)}", file=sys.stderr)
+        where = f"full traceback in {t.error_file}" if getattr(t, "error_file", None) else "rerun with -v"
+        print(f"relayrl: hint: {len(failed)} of {len(trials)} trials did not finish; {where}", file=sys.stderr)
+        return EXIT_FAILED
+    last = [t for t in trials if t.checkpoint is not None]
+    if last:
+        spec = next(iter(experiments.values()))
+        print(f"roll out with: relayrl rollout {last[-1].checkpoint.path} --run {spec['run']} "
+              f"--env {spec['config'].get('env')} --episodes 10")
+    return 0
+
+
+# --- rollout -----------------------------------------------------------------------------------------------
+def rollout(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from relayrl.agents.checkpoint import CheckpointError, read_manifest
+    from relayrl.agents.trainer import Trainer
+    from relayrl.env.registry import EnvContext, get_env_creator
+
+    overrides = parse_json(args.config, "--config")
+    try:
+        manifest = read_manifest(args.checkpoint)
+    except CheckpointError as e:
+        raise UserError(str(e), "pass a checkpoint directory printed by `relayrl train` (checkpoint_...)") from e
+    if args.run and args.run != manifest["trainer"]:
+        from relayrl.agents.registry import get_trainer_class
+
+        try:
+            get_trainer_class(args.run)
+        except ValueError as e:
+            raise UserError(str(e), f"this checkpoint was written by {manifest['trainer']}") from e
+        raise UserError(f"checkpoint {args.checkpoint} was written by {manifest['trainer']}, not {args.run}",
+                        f"use --run {manifest['trainer']}")
+    env_name = args.env or manifest.get("env")
+    if env_name is None:
+        raise UserError("the checkpoint names no environment", "pass --env")
+    try:
+        creator = get_env_creator(env_name)
+    except ValueError as e:
+        raise UserError(str(e), "use a Gymnasium id such as CartPole-v1") from e
+    overrides.setdefault("num_workers", 0)
+    overrides.setdefault("evaluation_interval", None)
+    try:
+        trainer = Trainer.from_checkpoint(args.checkpoint, overrides)
+    except CheckpointError as e:
+        raise UserError(str(e), "the checkpoint does not fit this relayrl or this trainer") from e
+    except ValueError as e:
+        raise UserError(str(e), "check --config against the trainer's DEFAULT_CONFIG") from e
+    env_config = dict(trainer.config.get("env_config") or {})
+    if args.render:
+        env_config["render_mode"] = "human"
+    env = creator(EnvContext(env_config))
+    episodes = args.episodes if args.episodes is not None else (None if args.steps else 10)
+    out = open(args.out, "w") if args.out else None
+    returns, steps = [], 0
+    try:
+        while (episodes is None or len(returns) < episodes) and (args.steps is None or steps < args.steps):
+            seed = trainer.config.get("seed")
+            obs, _ = env.reset(seed=None if seed is None else seed + len(returns))
+            record: dict[str, list] = {"obs": [], "actions": [], "rewards": []}
+            done = False
+            while not done and (args.steps is None or steps < args.steps):
+                action = trainer.compute_action(obs, explore=False)
+                env_action = _clip_action(action, env.action_space) if trainer.config.get("clip_actions") else action
+                next_obs, reward, terminated, truncated, _ = env.step(env_action)
+                if args.render:
+                    env.render()
+                for key, value in (("obs", obs), ("actions", action), ("rewards", reward)):
+                    record[key].append(np.asarray(value).tolist())
+                obs, steps, done = next_obs, steps + 1, terminated or truncated
+            ret = float(np.sum(record["rewards"]))
+            returns.append(ret)
+            print(f"episode {len(returns):4d}  return {ret:10.2f}  length {len(record['rewards'])}", flush=True)
+            if out:
+                out.write(json.dumps({"episode": len(returns) - 1, "return": ret, "length": len(record["rewards"]),
+                                      **record}) + "\n")
+    finally:
+        if out:
+            out.close()
+        env.close()
+        trainer.stop()
+    if returns:
+        print(f"mean return over {len(returns)} episodes: {float(np.mean(returns)):.2f}")
+    return 0
+
+
+def _clip_action(action: Any, space: Any) -> Any:
+    import gymnasium as gym
+    import numpy as np
+
+    if isinstance(space, gym.spaces.Box):
+        return np.clip(action, space.low, space.high)
+    return action
+
+
+# --- plot --------------------------------------------------------------------------------------------------
+def plot(args: argparse.Namespace) -> int:
+    from relayrl.utils.plot import plot_learning_curve
+
+    if not os.path.isdir(os.path.expanduser(args.result_dir)):
+        raise UserError(f"result directory {args.result_dir} does not exist",
+                        "pass a trial directory under ~/ray_results/<experiment>/")
+    try:
+        print(plot_learning_curve(os.path.expanduser(args.result_dir), args.out))
+    except FileNotFoundError as e:
+        raise UserError(str(e), "a result directory holds progress.csv (written by `relayrl train`)") from e
+    except ImportError as e:
+        raise UserError(f"plotting needs matplotlib: {e}", "pip install 'relayrl[plot]'") from e
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""Experiments as in RLlib's tuned examples, checked before Ray starts, then run with ``tune.run_experiments``.
+
+    experiments = load_experiment_file("tuned_examples/ppo/cartpole-ppo.yaml")   # {name: spec}
+    validate_experiments(experiments)            # UserError naming the experiment and key; no Ray yet
+    trials = run_experiments(experiments, ray_num_cpus=2)
+
+A spec is ``{run, env, stop, config}`` plus Tune options (``num_samples``, ``checkpoint_freq``,
+``checkpoint_at_end``, ``local_dir``/``storage_path``, ``restore``) and an optional ``expected`` (a tuned
+example's target, read by ``relayrl/tuned_examples/regression.py`` and stripped before Tune sees the spec).
+Each trial writes params.json, result.json, progress.csv and a TensorBoard event file under
+``<local_dir>/<experiment>/<trial>/`` (default ``~/ray_results``).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+DEFAULT_LOCAL_DIR = "~/ray_results"
+SPEC_KEYS = {
+    "run": "trainer name (PPO, PG, ...)",
+    "env": "environment name",
+    "stop": "stopping criteria, e.g. {episode_reward_mean: 475}",
+    "config": "trainer config",
+    "num_samples": "repetitions of each grid point",
+    "checkpoint_freq": "iterations between checkpoints",
+    "checkpoint_at_end": "checkpoint when the trial ends",
+    "keep_checkpoints_num": "checkpoints to keep",
+    "local_dir": "results directory (default ~/ray_results)",
+    "storage_path": "same as local_dir",
+    "restore": "checkpoint to start from",
+    "max_failures": "trial retries",
+    "time_budget_s": "wall-clock budget of the experiment",
+    "expected": "a tuned example's expected result (not passed to Tune)",
+}
+
+
+class UserError(Exception):
+    """A mistake in the user's input: reported as one line plus a hint, without a traceback."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.hint = hint
+
+
+# --- loading ---------------------------------------------------------------------------------------------
+def load_experiment_file(path: str) -> dict[str, dict]:
+    import yaml
+
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise UserError(f"experiment file {path} does not exist", "pass -f with the path of a YAML file")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"cannot parse YAML file {path}{where}: {problem}",
+                        "the format is `name: {run: PPO, env: CartPole-v1, stop: {...}, config: {...}}`") from e
+    if not isinstance(data, dict) or not data or not all(isinstance(v, dict) for v in data.values()):
+        raise UserError(f"{path} holds no experiments",
+                        "the format is `name: {run: PPO, env: CartPole-v1, stop: {...}, config: {...}}`")
+    return data
+
+
+def normalize_experiments(experiments: dict[str, dict], local_dir: str | None = None) -> dict[str, dict]:
+    """Specs Tune accepts: checkpoint options in ``checkpoint_config``, paths absolute, ``expected`` removed."""
+    out = {}
+    for name, spec in experiments.items():
+        spec = copy.deepcopy(spec)
+        spec.pop("expected", None)
+        ckpt = {}
+        if spec.get("checkpoint_freq"):
+            ckpt["checkpoint_frequency"] = int(spec.pop("checkpoint_freq"))
+        if spec.get("checkpoint_at_end"):
+            ckpt["checkpoint_at_end"] = bool(spec.pop("checkpoint_at_end"))
+        if spec.get("keep_checkpoints_num"):
+            ckpt["num_to_keep"] = int(spec.pop("keep_checkpoints_num"))
+        for key in ("checkpoint_freq", "checkpoint_at_end", "keep_checkpoints_num"):
+            spec.pop(key, None)
+        if ckpt:
+            spec["checkpoint_config"] = ckpt
+        storage = spec.pop("local_dir", None) or spec.pop("storage_path", None) or local_dir or DEFAULT_LOCAL_DIR
+        spec["storage_path"] = os.path.abspath(os.path.expanduser(storage))
+        if spec.get("restore"):
+            spec["restore"] = os.path.abspath(os.path.expanduser(spec["restore"]))
+        out[name] = spec
+    return out
+
+
+# --- validation (before Ray starts) ------------------------------------------------------------------------
+def validate_experiments(experiments: dict[str, dict]) -> int:
+    """Raises UserError for the first mistake; returns the CPUs the largest trial needs."""
+    from relayrl.agents.registry import get_trainer_class
+    from relayrl.config import merge_dicts, validate_config
+    from relayrl.env.registry import get_env_creator
+
+    cpus = 1
+    for name, spec in experiments.items():
+        where = f"experiment {name!r}"
+        for key in spec:
+            if key not in SPEC_KEYS:
+                raise UserError(f"{where}: unknown key {key!r}{_did_you_mean(key, SPEC_KEYS)}",
+                                f"an experiment has the keys {', '.join(SPEC_KEYS)}")
+        if "run" not in spec:
+            raise UserError(f"{where} names no algorithm", "add `run: PPO` (or pass --run)")
+        try:
+            trainer_cls = get_trainer_class(spec["run"])
+        except ValueError as e:
+            raise UserError(f"{where}: {e}", "pick one with --run (names are case-sensitive)") from e
+        config = spec.get("config") or {}
+        if not isinstance(config, dict):
+            raise UserError(f"{where}: config must be a mapping, got {config!r}", "e.g. --config '{\"lr\": 0.001}'")
+        env = spec.get("env", config.get("env"))
+        if env is None:
+            raise UserError(f"{where} names no environment", "pass --env CartPole-v1 (or `env:` in the YAML)")
+        try:
+            get_env_creator(env)
+        except ValueError as e:
+            raise UserError(f"{where}: {e}", "use a Gymnasium id such as CartPole-v1 or Pendulum-v1") from e
+        stop = spec.get("stop") or {}
+        if not isinstance(stop, dict) or not all(isinstance(v, (int, float)) for v in stop.values()):
+            raise UserError(f"{where}: stop must map result keys to numbers, got {stop!r}",
+                            "e.g. --stop '{\"episode_reward_mean\": 475, \"timesteps_total\": 100000}'")
+        for variant in grid_variants(config):
+            variant.pop("env", None)
+            try:
+                validate_config(variant, trainer_cls._default_config, spec["run"], trainer_cls._validate_config)
+            except ValueError as e:
+                raise UserError(f"{where}: {e}", f"see the documented keys of relayrl {spec['run']} DEFAULT_CONFIG") \
+                    from e
+            full = merge_dicts(trainer_cls._default_config, variant)
+            need = (full.get("num_cpus_for_driver") or 1) + full["num_workers"] * (full["num_cpus_per_worker"] or 0)
+            cpus = max(cpus, int(-(-need // 1)))
+        if spec.get("restore"):
+            _check_restore(where, spec["restore"], spec["run"])
+    return cpus
+
+
+def grid_variants(config: dict) -> list[dict]:
+    """Every combination of the config's ``grid_search`` values (a config without one is its only variant)."""
+    paths: list[tuple[tuple, list]] = []
+
+    def find(node: Any, path: tuple) -> None:
+        if isinstance(node, dict):
+            if set(node) == {"grid_search"}:
+                paths.append((path, list(node["grid_search"])))
+                return
+            for k, v in node.items():
+                find(v, path + (k,))
+
+    find(config, ())
+    variants = []
+    for values in itertools.product(*[vals for _, vals in paths]) if paths else [()]:
+        variant = copy.deepcopy(config)
+        for (path, _), value in zip(paths, values):
+            node = variant
+            for k in path[:-1]:
+                node = node[k]
+            node[path[-1]] = value
+        variants.append(variant)
+    return variants
+
+
+def _check_restore(where: str, path: str, run: str) -> None:
+    from relayrl.agents.checkpoint import CheckpointError, read_manifest
+
+    try:
+        manifest = read_manifest(path)
+    except CheckpointError as e:
+        raise UserError(f"{where}: --restore {e}", "pass a checkpoint directory printed by `relayrl train`") from e
+    if manifest["trainer"] != run:
+        raise UserError(f"{where}: checkpoint {path} was written by {manifest['trainer']}, not {run}",
+                        f"use --run {manifest['trainer']}")
+
+
+def _did_you_mean(key: str, known: Any) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --- running -----------------------------------------------------------------------------------------------
+def start_ray(address: str | None = None, num_cpus: int | None = None, verbose: int = 0) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose > 0,
+                                  logging_level=logging.INFO if verbose > 1 else logging.ERROR)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def run_experiments(experiments: dict[str, dict], verbose: int = 0, quiet: bool = False) -> list:
+    """Runs normalized, validated experiments through Tune; returns Tune's trials (failed ones included)."""
+    from ray import tune
+
+    import relayrl  # noqa: F401  (installs the hook that registers our trainables when ray.tune is imported)
+    from relayrl.agents.tune_adapter import register_all
+
+    register_all()
+    if not verbose:
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+        logging.getLogger("ray.train").setLevel(logging.CRITICAL)
+    callbacks = [_ParamsJsonLogger()] + ([] if quiet else [_ProgressLine()])
+    return tune.run_experiments(experiments, verbose=min(verbose, 2), raise_on_failed_trial=False,
+                                callbacks=callbacks)
+
+
+def trial_error(trial: Any) -> str:
+    """The last line of a failed trial's traceback (the exception and its message)."""
+    text = None
+    try:
+        text = trial.get_error()
+    except Exception:  # noqa: BLE001 - the error file may be gone; fall back to the status
+        text = None
+    lines = [ln.strip() for ln in str(text or "").splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if not ln.startswith(("File ", "^", "~")) and ":" in ln:
+            return ln
+    return lines[-1] if lines else f"status {trial.status}"
+
+
+def _make_callbacks():
+    from ray.tune import Callback
+    from ray.tune.logger import JsonLoggerCallback
+    from ray.tune.logger.json import EXPR_PARAM_FILE, SafeFallbackEncoder
+
+    class ParamsJsonLogger(JsonLoggerCallback):
+        """Tune's JSON logger without its params.pkl: relayrl writes no pickle."""
+
+        def update_config(self, trial, config):
+            import json
+            from pathlib import Path
+
+            self._trial_configs[trial] = config
+            with Path(trial.local_path, EXPR_PARAM_FILE).open("w") as f:
+                json.dump(config, f, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
+
+    class ProgressLine(Callback):
+        """One line per result: trial, iteration, timesteps, mean reward, steps/s."""
+
+        def __init__(self):
+            self._start = time.time()
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            reward = result.get("episode_reward_mean")
+            reward = "    nan" if reward is None or reward != reward else f"{reward:8.2f}"
+            it, ts = result.get("training_iteration", 0), result.get("timesteps_total", 0)
+            sps = result.get("num_steps_per_s", 0.0)
+            print(f"{trial} iter {it:4d}  ts {ts:8d}  reward {reward}  {sps:7.0f} steps/s"
+                  f"  {time.time() - self._start:6.1f}s", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"{trial} FAILED: {trial_error(trial)}", file=sys.stderr, flush=True)
+
+    return ParamsJsonLogger, ProgressLine
+
+
+def _ParamsJsonLogger():  # noqa: N802 - built lazily so that importing this module does not import Tune
+    return _make_callbacks()[0]()
+
+
+def _ProgressLine():  # noqa: N802
+    return _make_callbacks()[1]()

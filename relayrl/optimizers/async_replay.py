@@ -1,0 +1,312 @@
+"""AsyncReplayOptimizer (alias ApexOptimizer): Ape-X's distributed prioritized replay.
+
+Horgan et al. 2018, "Distributed Prioritized Experience Replay" (https://arxiv.org/abs/1803.00933), Algorithm 1
+and 2. Three kinds of processes share the work:
+
+- actors (remote RolloutWorkers) sample with their own epsilon (``per_worker_exploration``) and, with
+  ``worker_side_prioritization``, compute the initial |TD| priority of every transition before sending it
+  (the DQN/DDPG postprocessing adds a ``priorities`` column);
+- ``num_replay_buffer_shards`` ReplayActors (Ray actors) each hold a prioritized buffer; a worker's batch goes
+  straight from the worker to a random shard (the driver only passes the object reference);
+- a LearnerThread in the driver process learns on replayed batches and hands back new priorities.
+
+The driver's ``step()`` is bookkeeping only::
+
+    ready samples  -> count them, forward the batch reference to a shard, relaunch the worker's sample();
+                      every ``max_weight_sync_delay`` steps of a worker, send it the newest weights
+    ready replays  -> into the learner's queue, relaunch the shard's replay()
+    learner output -> shard.update_priorities(indexes, |td|)
+
+The target network is updated in the learner thread every ``target_network_update_freq`` trained steps.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from relayrl.optimizers.policy_optimizer import PolicyOptimizer
+from relayrl.optimizers.replay_buffer import PrioritizedReplayBuffer
+from relayrl.optimizers.sync_replay import add_to_buffer, make_buffer
+from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, SampleBatch
+from relayrl.policy.torch_policy import LEARNER_STATS_KEY
+from relayrl.utils.schedules import LinearSchedule
+from relayrl.utils.timers import TimerStat
+
+
+class ReplayActor:
+    """One shard of the replay memory: ``buffer_size / num_shards`` rows, replays once it holds
+    ``learning_starts / num_shards``. Runs as a Ray actor (``ray.remote(num_cpus=0)(ReplayActor)``)."""
+
+    def __init__(self, num_shards: int, learning_starts: int, buffer_size: int, train_batch_size: int,
+                 prioritized_replay: bool, alpha: float, eps: float, compress: bool, seed: int | None = None):
+        self.buffer = make_buffer(max(1, buffer_size // num_shards), prioritized_replay, alpha, eps, compress, seed)
+        self.learning_starts = learning_starts // num_shards
+        self.train_batch_size = train_batch_size
+        self.add_timer, self.replay_timer, self.update_timer = TimerStat(), TimerStat(), TimerStat()
+
+    def add_batch(self, batch: SampleBatch) -> int:
+        with self.add_timer:
+            add_to_buffer(self.buffer, batch)
+        return batch.count
+
+    def replay(self, beta: float) -> SampleBatch | None:
+        if len(self.buffer) < max(1, self.learning_starts):
+            return None
+        with self.replay_timer:
+            if isinstance(self.buffer, PrioritizedReplayBuffer):
+                rows = self.buffer.sample(self.train_batch_size, beta=beta)
+            else:
+                rows = self.buffer.sample(self.train_batch_size)
+            return SampleBatch(rows)
+
+    def update_priorities(self, idxes: np.ndarray, td_errors: np.ndarray) -> None:
+        if isinstance(self.buffer, PrioritizedReplayBuffer):
+            with self.update_timer:
+                self.buffer.update_priorities(np.asarray(idxes), np.abs(np.asarray(td_errors, dtype=np.float64)))
+
+    def stats(self) -> dict:
+        out = {k: v for k, v in self.buffer.stats().items() if isinstance(v, (int, float))}
+        out.update(add_time_ms=1000 * self.add_timer.mean, replay_time_ms=1000 * self.replay_timer.mean,
+                   update_priorities_time_ms=1000 * self.update_timer.mean)
+        return out
+
+
+class LearnerThread(threading.Thread):
+    """Learns on ``(shard, batch)`` items of ``inqueue``; puts ``(shard, indexes, td_errors, count)`` on
+    ``outqueue``. ``lock`` is held during each update so the driver can read consistent weights."""
+
+    def __init__(self, policy: Any, target_network_update_freq: int = 0):
+        super().__init__(name="relayrl-learner", daemon=True)
+        self.policy = policy
+        self.inqueue: queue.Queue = queue.Queue(maxsize=16)
+        self.outqueue: queue.Queue = queue.Queue()
+        self.lock = threading.Lock()
+        self.target_network_update_freq = target_network_update_freq
+        self.num_steps_trained = 0
+        self.last_target_update = 0
+        self.num_target_updates = 0
+        self.weights_version = 0
+        self.stats: dict = {}
+        self.error: BaseException | None = None
+        self.grad_timer, self.queue_timer = TimerStat(), TimerStat()
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stopped.is_set():
+                self.step()
+        except BaseException as e:  # noqa: BLE001 - surfaced by the driver's next step()
+            self.error = e
+
+    def step(self) -> None:
+        with self.queue_timer:
+            try:
+                shard, batch = self.inqueue.get(timeout=0.5)
+            except queue.Empty:
+                return
+        idx = batch.data.pop("batch_indexes")
+        with self.grad_timer, self.lock:
+            info = self.policy.learn_on_batch(batch)
+            self.num_steps_trained += batch.count
+            self.weights_version += 1
+            if (self.target_network_update_freq
+                    and self.num_steps_trained - self.last_target_update >= self.target_network_update_freq):
+                self.policy.update_target()
+                self.last_target_update = self.num_steps_trained
+                self.num_target_updates += 1
+        self.grad_timer.push_units_processed(batch.count)
+        self.stats = info.get(LEARNER_STATS_KEY, {})
+        self.outqueue.put((shard, idx, info.get("td_error"), batch.count))
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+class AsyncReplayOptimizer(PolicyOptimizer):
+    def __init__(
+        self,
+        workers: Any,
+        remote_workers: list | None = None,
+        *,
+        learning_starts: int = 1000,
+        buffer_size: int = 10000,
+        prioritized_replay: bool = True,
+        prioritized_replay_alpha: float = 0.6,
+        prioritized_replay_beta: float = 0.4,
+        final_prioritized_replay_beta: float = 0.4,
+        beta_annealing_fraction: float = 0.2,
+        schedule_max_timesteps: int = 100000,
+        prioritized_replay_eps: float = 1e-6,
+        train_batch_size: int = 512,
+        sample_batch_size: int = 50,
+        target_network_update_freq: int = 0,
+        compress_observations: bool = False,
+        num_replay_buffer_shards: int = 1,
+        max_weight_sync_delay: int = 400,
+        num_sample_requests_in_flight_per_worker: int = 2,
+        num_replay_requests_in_flight_per_shard: int = 2,
+        debug: bool = False,
+        seed: int | None = None,
+    ):
+        super().__init__(workers, remote_workers)
+        if not self.workers.remote_workers():
+            raise ValueError("AsyncReplayOptimizer needs remote workers (num_workers >= 1)")
+        import ray
+
+        self.max_weight_sync_delay = max_weight_sync_delay
+        self.debug = debug
+        self.beta_schedule = LinearSchedule(
+            int(beta_annealing_fraction * schedule_max_timesteps),
+            final_p=final_prioritized_replay_beta, initial_p=prioritized_replay_beta,
+        )
+        actor_cls = ray.remote(num_cpus=0)(ReplayActor)
+        self.replay_actors = [
+            actor_cls.remote(num_replay_buffer_shards, learning_starts, buffer_size, train_batch_size,
+                             prioritized_replay, prioritized_replay_alpha, prioritized_replay_eps,
+                             compress_observations, None if seed is None else seed + i)
+            for i in range(num_replay_buffer_shards)
+        ]
+        self.learner = LearnerThread(self.workers.local_worker().get_policy(DEFAULT_POLICY_ID),
+                                     target_network_update_freq)
+        self._rng = random.Random(seed)
+        self._num_samples_in_flight = num_sample_requests_in_flight_per_worker
+        self._num_replays_in_flight = num_replay_requests_in_flight_per_shard
+        self._sample_tasks: dict = {}  # count ref -> (worker, batch ref)
+        self._replay_tasks: dict = {}  # batch ref -> shard
+        self._steps_since_sync: dict = {}
+        self._weights_ref = None
+        self._weights_version = -1
+        self._started = False
+        self.num_weight_syncs = 0
+        self.num_samples_dropped = 0
+        self._t0 = time.time()
+        self.timers = {k: TimerStat() for k in ("put_weights", "sample_processing", "replay_processing",
+                                                "update_priorities", "wait")}
+
+    # --- the loop ------------------------------------------------------------------------------------------
+    def _start(self) -> None:
+        self._started = True
+        self._t0 = time.time()
+        self.learner.start()
+        weights = self._current_weights()
+        for w in self.workers.remote_workers():
+            w.set_weights.remote(weights)
+            self._steps_since_sync[w] = 0
+            for _ in range(self._num_samples_in_flight):
+                self._launch_sample(w)
+        for shard in self.replay_actors:
+            for _ in range(self._num_replays_in_flight):
+                self._launch_replay(shard)
+
+    def _launch_sample(self, worker: Any) -> None:
+        batch_ref, count_ref = worker.sample_with_count.options(num_returns=2).remote()
+        self._sample_tasks[count_ref] = (worker, batch_ref)
+
+    def _launch_replay(self, shard: Any) -> None:
+        self._replay_tasks[shard.replay.remote(self.beta_schedule.value(self.num_steps_trained))] = shard
+
+    def _current_weights(self):
+        import ray
+
+        if self._weights_version != self.learner.weights_version or self._weights_ref is None:
+            with self.timers["put_weights"], self.learner.lock:
+                self._weights_version = self.learner.weights_version
+                self._weights_ref = ray.put(self.workers.local_worker().get_weights())
+        return self._weights_ref
+
+    def step(self) -> dict:
+        import ray
+
+        if not self._started:
+            self._start()
+        if self.learner.error is not None:
+            raise RuntimeError("the Ape-X learner thread failed") from self.learner.error
+        with self.timers["wait"]:
+            pending = list(self._sample_tasks) + list(self._replay_tasks)
+            ready, _ = ray.wait(pending, num_returns=1, timeout=0.2)
+            if ready:
+                ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
+        ready_set = set(ready)
+        with self.timers["sample_processing"]:
+            for count_ref in [r for r in ready if r in self._sample_tasks]:
+                worker, batch_ref = self._sample_tasks.pop(count_ref)
+                count = ray.get(count_ref)
+                self._rng.choice(self.replay_actors).add_batch.remote(batch_ref)
+                self.num_steps_sampled += count
+                self._steps_since_sync[worker] += count
+                if self._steps_since_sync[worker] >= self.max_weight_sync_delay:
+                    worker.set_weights.remote(self._current_weights(), {"timestep": self.num_steps_sampled})
+                    self._steps_since_sync[worker] = 0
+                    self.num_weight_syncs += 1
+                self._launch_sample(worker)
+        with self.timers["replay_processing"]:
+            for ref in [r for r in ready if r in ready_set and r in self._replay_tasks]:
+                shard = self._replay_tasks.pop(ref)
+                batch = ray.get(ref)
+                if batch is not None:
+                    batch = SampleBatch({k: np.array(v) for k, v in batch.items()})  # writable copies
+                    self.learner.inqueue.put((shard, batch))  # blocks while the learner is 16 batches behind
+                self._launch_replay(shard)
+        with self.timers["update_priorities"]:
+            while True:
+                try:
+                    shard, idx, td, count = self.learner.outqueue.get_nowait()
+                except queue.Empty:
+                    break
+                if td is not None:
+                    shard.update_priorities.remote(idx, td)
+                self.num_steps_trained += count
+        return self.learner.stats
+
+    # --- reporting and lifecycle --------------------------------------------------------------------------
+    def stats(self) -> dict:
+        elapsed = max(1e-9, time.time() - self._t0)
+        out = {
+            **super().stats(),
+            "sample_throughput": round(self.num_steps_sampled / elapsed, 3),
+            "train_throughput": round(self.num_steps_trained / elapsed, 3),
+            "num_weight_syncs": self.num_weight_syncs,
+            "num_target_updates": self.learner.num_target_updates,
+            "learner_queue_size": self.learner.inqueue.qsize(),
+            "learner_grad_time_ms": round(1000 * self.learner.grad_timer.mean, 3),
+            "learner_dequeue_time_ms": round(1000 * self.learner.queue_timer.mean, 3),
+            "learner_peak_throughput": round(self.learner.grad_timer.mean_throughput, 3),
+            **{f"{k}_time_ms": round(1000 * t.mean, 3) for k, t in self.timers.items()},
+            "learner": {DEFAULT_POLICY_ID: self.learner.stats},
+        }
+        if self.debug:
+            import ray
+
+            out["replay_shard_0"] = ray.get(self.replay_actors[0].stats.remote())
+        return out
+
+    def save(self) -> dict:
+        return {**super().save(), "num_target_updates": self.learner.num_target_updates,
+                "last_target_update": self.learner.last_target_update}
+
+    def restore(self, data: dict) -> None:
+        super().restore(data)
+        self.learner.num_steps_trained = self.num_steps_trained
+        self.learner.last_target_update = int(data.get("last_target_update", 0))
+        self.learner.num_target_updates = int(data.get("num_target_updates", 0))
+
+    def stop(self) -> None:
+        self.learner.stop()
+        if self.learner.is_alive():
+            self.learner.join(timeout=5)
+        import ray
+
+        for shard in self.replay_actors:
+            try:
+                ray.kill(shard)
+            except Exception:  # noqa: BLE001 - the actor may already be gone
+                pass
+
+
+ApexOptimizer = AsyncReplayOptimizer
