@@ -170,7 +170,8 @@ def train(args: argparse.Namespace) -> int:
     if failed:
         t = failed[0]
         print(f"relayrl: error: trial {t} {t.status}: {trial_error(t)}", file=sys.stderr)
-        where = f"full traceback in {t.error_file}" if getattr(t, "error_file", None) else "rerun with -v"
+        error_file = os.path.join(t.path or "", "error.txt")
+        where = f"full traceback in {error_file}" if os.path.isfile(error_file) else "rerun with -v"
         print(f"relayrl: hint: {len(failed)} of {len(trials)} trials did not finish; {where}", file=sys.stderr)
         return EXIT_FAILED
     last = [t for t in trials if t.checkpoint is not None]

@@ -210,6 +210,7 @@ def run_experiments(experiments: dict[str, dict], verbose: int = 0, quiet: bool 
 
     register_all()
     if not verbose:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new engine prints its tables even when silent
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
         logging.getLogger("ray.train").setLevel(logging.CRITICAL)
     callbacks = [_ParamsJsonLogger()] + ([] if quiet else [_ProgressLine()])
@@ -262,7 +263,7 @@ def _make_callbacks():
                   f"  {time.time() - self._start:6.1f}s", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"{trial} FAILED: {trial_error(trial)}", file=sys.stderr, flush=True)
+            print(f"{trial} failed", file=sys.stderr, flush=True)
 
     return ParamsJsonLogger, ProgressLine
 

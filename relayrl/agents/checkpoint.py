@@ -11,6 +11,7 @@ checkpoint where a good one was.
 
 from __future__ import annotations
 
+import glob
 import importlib
 import json
 import os
@@ -186,6 +187,10 @@ def checkpoint_dir(path: str) -> str:
     """Accepts the checkpoint directory, a file inside it, or the Tune checkpoint directory around it."""
     path = os.path.abspath(os.path.expanduser(str(path)))
     if not os.path.exists(path):
+        # A save killed between its two renames (write_checkpoint) left the previous checkpoint at path.old-PID.
+        olds = sorted(glob.glob(glob.escape(path) + ".old-*"), key=os.path.getmtime)
+        if olds and os.path.isfile(os.path.join(olds[-1], MANIFEST)):
+            return olds[-1]
         raise CheckpointError(f"checkpoint path {path} does not exist")
     if os.path.isfile(path):
         return os.path.dirname(path)

@@ -74,9 +74,10 @@ class FullyConnectedNetwork(TorchModel):
 
     # --- fast CPU inference --------------------------------------------------------------------------------
     def numpy_forward(self, obs: np.ndarray, value: bool = True) -> tuple[np.ndarray, np.ndarray | None] | None:
-        if self._activation not in _NUMPY_ACTIVATIONS or self.logits.weight.device.type != "cpu":
+        params = self._numpy_params()
+        if params is None:
             return None
-        hidden, logits, value_layers, log_std = self._numpy_params()
+        hidden, logits, value_layers, log_std = params
         act = _NUMPY_ACTIVATIONS[self._activation]
         x = obs.reshape(obs.shape[0], -1).astype(np.float32, copy=False)
         features = _np_mlp(x, hidden, act)
@@ -93,19 +94,23 @@ class FullyConnectedNetwork(TorchModel):
         if self.vf_share_layers:
             out = self.numpy_forward(obs, value=True)
             return None if out is None else out[1]
-        if self._activation not in _NUMPY_ACTIVATIONS or self.logits.weight.device.type != "cpu":
+        params = self._numpy_params()
+        if params is None:
             return None
         x = obs.reshape(obs.shape[0], -1).astype(np.float32, copy=False)
-        vf = _np_mlp(x, self._numpy_params()[2], _NUMPY_ACTIVATIONS[self._activation], last_linear=True)
+        vf = _np_mlp(x, params[2], _NUMPY_ACTIVATIONS[self._activation], last_linear=True)
         return vf[:, 0]
 
     def _numpy_params(self):
         """Weights as numpy ``[in, out]`` copies, refreshed whenever a parameter was changed in place
-        (optimizer steps and ``load_state_dict`` bump torch's per-tensor version counters)."""
+        (optimizer steps and ``load_state_dict`` bump torch's per-tensor version counters). None when the
+        model is not on the CPU or its activation has no numpy twin."""
         if self._np_params is None:
             self._np_params = list(self.parameters())
         versions = tuple(p._version for p in self._np_params)
         if self._np_cache is None or self._np_cache[0] != versions:
+            if self._activation not in _NUMPY_ACTIVATIONS or self._np_params[0].device.type != "cpu":
+                return None
             def linears(seq):
                 return [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())
                         for m in seq if isinstance(m, nn.Linear)]

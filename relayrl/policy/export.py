@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -91,7 +92,8 @@ def export_policy(policy: Any, export_dir: str, obs_filter: Filter | None = None
     device = next(policy.model.parameters()).device
     policy.model.to("cpu")
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still the portable format
             if onnx:
                 torch.onnx.export(
                     wrapper, (example,), os.path.join(export_dir, ONNX_FILE), input_names=["obs"],

@@ -152,19 +152,22 @@ class MeanStdFilter(Filter):
 
     def __call__(self, x: np.ndarray, update: bool = True) -> np.ndarray:
         if update:
-            self._pending.append(np.array(x, dtype=np.float64))
+            self._pending.append(np.array(x))
             self._pending_rows += len(x)
             if self._pending_rows * self._REFRESH_FRACTION >= self._rs.n + self._pending_rows:
                 self._flush()
-        out = (np.asarray(x, dtype=np.float32) - self._mean) * self._inv_std
+        out = np.subtract(x, self._mean, dtype=np.float32)
+        out *= self._inv_std
         if self.clip:
-            np.clip(out, -self.clip, self.clip, out=out)
+            # Two ufuncs instead of np.clip, whose Python-level wrapper costs more than the work on small arrays.
+            np.minimum(out, self.clip, out=out)
+            np.maximum(out, -self.clip, out=out)
         return out
 
     def _flush(self) -> None:
         if not self._pending:
             return
-        batch = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+        batch = np.concatenate(self._pending).astype(np.float64, copy=False)
         self._pending, self._pending_rows = [], 0
         self._rs.push_batch(batch)
         self._buffer.push_batch(batch)

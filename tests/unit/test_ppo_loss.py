@@ -82,3 +82,18 @@ def test_continuous_actions_logp_against_numpy():
         torch_values = policy.model.value_function().numpy()
     np.testing.assert_allclose(extra[SampleBatch.ACTION_DIST_INPUTS], out.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(policy.value(obs), torch_values, rtol=1e-5, atol=1e-6)
+
+
+def test_lr_schedule_follows_timesteps():
+    from relayrl.agents.ppo import PPOTrainer
+
+    trainer = PPOTrainer(env="CartPole-v1", config={
+        "lr_schedule": [[0, 1e-3], [800, 1e-4]], "train_batch_size": 400, "sample_batch_size": 100,
+        "sgd_minibatch_size": 100, "num_sgd_iter": 1, "model": {"fcnet_hiddens": [8]}})
+    policy = trainer.get_policy()
+    trainer.train()
+    assert policy.cur_lr == pytest.approx(1e-3 + (1e-4 - 1e-3) * 400 / 800)
+    assert policy._optimizers[0].param_groups[0]["lr"] == policy.cur_lr
+    trainer.train()
+    trainer.train()
+    assert policy.cur_lr == pytest.approx(1e-4)

@@ -1,0 +1,97 @@
+"""Regression runner for the tuned examples: runs each YAML's experiments through Tune and checks ``expected``.
+
+    python -m relayrl.tuned_examples.regression                       # every YAML in this directory
+    python -m relayrl.tuned_examples.regression ppo/cartpole-ppo.yaml  # some of them
+
+Each experiment carries ``expected: {episode_reward_mean: R, timesteps_total: T}``: the run must reach a mean
+reward of at least R within T timesteps (the iteration that crosses T may finish). ``expected`` is stripped
+before the spec goes to Tune. Also used by ``tests/learning/test_tuned_examples.py`` (``-m learning``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+import time
+
+from relayrl.experiments import (
+    load_experiment_file,
+    normalize_experiments,
+    run_experiments,
+    start_ray,
+    trial_error,
+    validate_experiments,
+)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def tuned_example_files() -> list[str]:
+    return sorted(glob.glob(os.path.join(HERE, "*", "*.yaml")))
+
+
+def check(expected: dict, result: dict) -> tuple[bool, str]:
+    """Whether ``result`` (a trial's last result) meets ``expected``; and why not."""
+    reward, target = result.get("episode_reward_mean", float("-inf")), expected["episode_reward_mean"]
+    budget = expected.get("timesteps_total")
+    before_last = result.get("timesteps_total", 0) - result.get("timesteps_this_iter", 0)
+    if not reward >= target:
+        return False, f"episode_reward_mean {reward:.1f} < {target}"
+    if budget is not None and before_last >= budget:
+        return False, f"reached {reward:.1f} only after {result['timesteps_total']} > {budget} timesteps"
+    return True, "ok"
+
+
+def run_tuned_example(path: str, local_dir: str | None = None, ray_num_cpus: int | None = None,
+                      quiet: bool = True) -> list[dict]:
+    """Runs every experiment of one YAML file; returns one summary dict per trial (``passed`` included)."""
+    experiments = load_experiment_file(path)
+    expected = {name: spec.get("expected") for name, spec in experiments.items()}
+    for name, exp in expected.items():
+        if not exp or "episode_reward_mean" not in exp:
+            raise ValueError(f"{path}: experiment {name!r} has no `expected: {{episode_reward_mean: ...}}`")
+    cpus = validate_experiments(experiments)
+    local_dir = local_dir or tempfile.mkdtemp(prefix="relayrl-regression-")
+    specs = normalize_experiments(experiments, local_dir)
+    start_ray(num_cpus=max(ray_num_cpus or 0, cpus, os.cpu_count() or 1))
+    start = time.time()
+    summaries = []
+    for name, spec in specs.items():
+        for trial in run_experiments({name: spec}, quiet=quiet):
+            result = trial.last_result or {}
+            if trial.status != "TERMINATED":
+                passed, why = False, f"trial {trial.status}: {trial_error(trial)}"
+            else:
+                passed, why = check(expected[name], result)
+            summaries.append({
+                "file": os.path.relpath(path, HERE), "experiment": name, "passed": passed, "why": why,
+                "episode_reward_mean": result.get("episode_reward_mean"),
+                "timesteps_total": result.get("timesteps_total"), "time_total_s": result.get("time_total_s"),
+                "wall_s": time.time() - start, "expected": expected[name], "path": trial.path,
+            })
+    return summaries
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="*", help="tuned-example YAML files (default: all of them)")
+    parser.add_argument("--local-dir", default=None, help="results directory (default: a temporary one)")
+    parser.add_argument("--ray-num-cpus", type=int, default=None, help="CPUs of the local Ray instance")
+    args = parser.parse_args(argv)
+    rows = []
+    for path in args.files or tuned_example_files():
+        rows += run_tuned_example(path, args.local_dir, args.ray_num_cpus, quiet=False)
+    print(f"\n{'example':40s} {'reward':>9s} {'timesteps':>10s} {'train s':>8s}  result")
+    for r in rows:
+        reward = r["episode_reward_mean"]
+        print(f"{r['file'] + ':' + r['experiment']:40s} {reward if reward is not None else float('nan'):9.1f}"
+              f" {r['timesteps_total'] or 0:10d} {r['time_total_s'] or 0:8.1f}  "
+              f"{'PASS' if r['passed'] else 'FAIL: ' + r['why']}")
+    return 0 if rows and all(r["passed"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

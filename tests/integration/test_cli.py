@@ -1,0 +1,155 @@
+"""The relayrl command, run as a user would (``python -m relayrl`` in a subprocess)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+SMALL = {"train_batch_size": 256, "sample_batch_size": 128, "sgd_minibatch_size": 64, "num_sgd_iter": 2,
+         "model": {"fcnet_hiddens": [32, 32]}, "seed": 0}
+
+
+def relayrl(*args: str, timeout: int = 300, cwd: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    return subprocess.run([sys.executable, "-m", "relayrl", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=cwd)
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The command failed with exactly one ``relayrl: error:`` line, a hint and no traceback."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    errors = [ln for ln in lines if ln.startswith("relayrl: error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert any(ln.startswith("relayrl: hint: ") for ln in lines), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory):
+    """A tiny PPO run through the CLI, kept for the rollout tests."""
+    tmp = tmp_path_factory.mktemp("train")
+    proc = relayrl("train", "--run", "PPO", "--env", "CartPole-v1", "--config", json.dumps(SMALL),
+                   "--stop", '{"training_iteration": 2}', "--checkpoint-at-end", "--local-dir", str(tmp),
+                   "--experiment-name", "cli_test", "--plot")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    match = re.search(r"checkpoint: (\S+)", proc.stdout)
+    assert match, proc.stdout
+    return {"stdout": proc.stdout, "checkpoint": match.group(1), "local_dir": tmp}
+
+
+def test_train_writes_tune_results_and_a_checkpoint(checkpoint_dir):
+    out = checkpoint_dir["stdout"]
+    # One progress line per iteration with iteration, timesteps, reward and steps/s.
+    progress = [ln for ln in out.splitlines() if re.search(r"iter +\d+ +ts +\d+ +reward .* steps/s", ln)]
+    assert len(progress) == 2, out
+    (trial_dir,) = [os.path.join(checkpoint_dir["local_dir"], "cli_test", d)
+                    for d in os.listdir(os.path.join(checkpoint_dir["local_dir"], "cli_test")) if d.startswith("PPO")]
+    files = set(os.listdir(trial_dir))
+    assert {"params.json", "result.json", "progress.csv", "learning_curve.png"} <= files
+    assert any(f.startswith("events.out.tfevents") for f in files)
+    assert "params.pkl" not in files
+    with open(os.path.join(trial_dir, "params.json")) as f:
+        assert json.load(f)["train_batch_size"] == 256
+    ckpt = checkpoint_dir["checkpoint"]
+    assert ckpt.startswith(trial_dir)
+    for root, _, names in os.walk(ckpt):  # no pickle anywhere in what Tune and relayrl wrote as the checkpoint
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                head = f.read(2)
+            assert not (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5), name
+
+
+def test_rollout_of_the_tune_checkpoint(checkpoint_dir, tmp_path):
+    out_file = tmp_path / "episodes.jsonl"
+    proc = relayrl("rollout", checkpoint_dir["checkpoint"], "--run", "PPO", "--env", "CartPole-v1",
+                   "--episodes", "3", "--out", str(out_file))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    returns = [float(m) for m in re.findall(r"episode +\d+ +return +([\d.]+)", proc.stdout)]
+    assert len(returns) == 3
+    mean = float(re.search(r"mean return over 3 episodes: ([\d.]+)", proc.stdout).group(1))
+    assert mean == pytest.approx(sum(returns) / 3, abs=0.01)
+    episodes = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [e["episode"] for e in episodes] == [0, 1, 2]
+    for e, r in zip(episodes, returns):
+        assert len(e["obs"]) == len(e["actions"]) == len(e["rewards"]) == e["length"]
+        assert e["return"] == pytest.approx(r, abs=0.01)
+    proc = relayrl("rollout", checkpoint_dir["checkpoint"], "--steps", "30")  # --run/--env from the checkpoint
+    assert proc.returncode == 0, proc.stderr
+    assert "mean return over" in proc.stdout
+
+
+def test_restore_continues_the_counters(checkpoint_dir, tmp_path):
+    proc = relayrl("train", "--run", "PPO", "--env", "CartPole-v1", "--config", json.dumps(SMALL),
+                   "--stop", '{"training_iteration": 3}', "--restore", checkpoint_dir["checkpoint"],
+                   "--local-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.findall(r"iter +(\d+)", proc.stdout) == ["3"], proc.stdout
+
+
+def test_two_experiment_yaml_runs_both(tmp_path):
+    yaml_file = tmp_path / "two.yaml"
+    yaml_file.write_text(
+        "ppo-small:\n  run: PPO\n  env: CartPole-v1\n  stop: {training_iteration: 1}\n"
+        f"  config: {json.dumps(SMALL)}\n"
+        "pg-small:\n  run: PG\n  env: CartPole-v1\n  stop: {training_iteration: 2}\n"
+        "  config: {seed: 0}\n  expected: {episode_reward_mean: 10}\n")
+    proc = relayrl("train", "-f", str(yaml_file), "--local-dir", str(tmp_path / "results"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(os.listdir(tmp_path / "results")) == ["pg-small", "ppo-small"]
+    for name, iters in (("ppo-small", 1), ("pg-small", 2)):
+        (trial,) = [d for d in os.listdir(tmp_path / "results" / name) if os.path.isdir(tmp_path / "results" / name / d)]
+        rows = (tmp_path / "results" / name / trial / "result.json").read_text().splitlines()
+        assert len(rows) == iters
+
+
+def test_failing_trial_ends_nonzero_with_its_error(tmp_path):
+    proc = relayrl("train", "--run", "PG", "--env", "CartPole-v1", "--config", '{"env_config": {"bogus": 1}}',
+                   "--stop", '{"training_iteration": 1}', "--local-dir", str(tmp_path))
+    line = one_error_line(proc)
+    assert "trial" in line and "bogus" in line
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "--run", "PPOO", "--env", "CartPole-v1"], "unknown algorithm 'PPOO' (did you mean 'PPO'?)"),
+    (["train", "--run", "PPO", "--env", "CartPol-v1"], "unknown environment 'CartPol-v1'"),
+    (["train", "--run", "PPO", "--env", "CartPole-v1", "--config", "{lr: 1"], "--config is not valid JSON"),
+    (["train", "--run", "PPO", "--env", "CartPole-v1", "--stop", "[1"], "--stop is not valid JSON"),
+    (["train", "--run", "PPO", "--env", "CartPole-v1", "--config", '{"lrr": 0.1}'],
+     "unknown key 'lrr' (did you mean 'lr'?)"),
+    (["train", "--run", "PPO", "--env", "CartPole-v1", "--config", '{"gamma": 2.0}'], "'gamma' must be"),
+    (["train", "-f", "BADYAML"], "cannot parse YAML file"),
+    (["train", "-f", "/no/such/file.yaml"], "does not exist"),
+    (["train", "--run", "PPO", "--env", "CartPole-v1", "--restore", "/no/such/ckpt"], "does not exist"),
+    (["rollout", "/no/such/checkpoint", "--run", "PPO", "--env", "CartPole-v1"], "does not exist"),
+    (["train", "--run", "PPO"], "needs --run and --env"),
+    (["train", "--no-such-flag"], "unrecognized arguments"),
+])
+def test_user_mistakes_give_one_line(args, expected, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("exp:\n  run: PPO\n  config: {lr: [1, 2}\n")
+    proc = relayrl(*[str(bad) if a == "BADYAML" else a for a in args], timeout=120)
+    assert expected in one_error_line(proc)
+    assert proc.returncode == 2
+
+
+def test_verbose_shows_the_traceback():
+    proc = relayrl("train", "--run", "PPO", "--env", "CartPole-v1", "--config", '{"lrr": 0.1}', "-v", timeout=120)
+    assert proc.returncode == 2 and "Traceback" in proc.stderr and "relayrl: error: " in proc.stderr
+
+
+def test_rollout_with_the_wrong_algorithm(checkpoint_dir):
+    line = one_error_line(relayrl("rollout", checkpoint_dir["checkpoint"], "--run", "PG", timeout=120))
+    assert "written by PPO, not PG" in line
+
+
+def test_plot_command(checkpoint_dir, tmp_path):
+    out = tmp_path / "curve.png"
+    proc = relayrl("plot", str(checkpoint_dir["local_dir"] / "cli_test"), "--out", str(out), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "does not exist" in one_error_line(relayrl("plot", str(tmp_path / "nothing"), timeout=120))
