@@ -53,6 +53,8 @@ def compute_advantages(
 
 def bootstrap_value(policy, batch: SampleBatch) -> float:
     """0 if the trajectory's last step terminated the episode, else the policy's value of the next observation."""
+    if hasattr(policy, "bootstrap_value"):
+        return policy.bootstrap_value(batch)
     if batch[SampleBatch.TERMINATEDS][-1]:
         return 0.0
     return float(policy.value(batch[SampleBatch.NEXT_OBS][-1:])[0])

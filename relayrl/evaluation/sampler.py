@@ -229,25 +229,33 @@ class SyncSampler:
                 if not finished and self.complete_episodes:
                     self._carry[i].append(piece)
                     continue
-                pieces.append(self._postprocess(piece))
+                pieces.append(piece)
+        batches = self._postprocess(pieces)
         self._ended.clear()
-        return pieces
+        return batches
 
-    def _postprocess(self, piece: dict) -> SampleBatch:
-        n = len(piece[SB.REWARDS])
-        piece[SB.DONES] = piece[SB.TERMINATEDS] | piece[SB.TRUNCATEDS]
-        piece[SB.AGENT_INDEX] = np.zeros(n, dtype=np.int64)
-        piece[SB.UNROLL_ID] = np.full(n, self._unroll_id, dtype=np.int64)
-        self._unroll_id += 1
-        batch = SampleBatch(piece)
-        episode = self._episode_by_id(int(piece[SB.EPS_ID][0]))
-        post = self.policy.postprocess_trajectory(batch, None, episode)
-        if "on_postprocess_traj" in self.callbacks:
-            self.callbacks["on_postprocess_traj"](
-                {"episode": episode, "agent_id": 0, "pre_batch": (self.policy, batch), "post_batch": post,
-                 "all_pre_batches": {0: (self.policy, batch)}}
-            )
-        return post
+    def _postprocess(self, pieces: list[dict]) -> list[SampleBatch]:
+        batches, episodes = [], []
+        for piece in pieces:
+            n = len(piece[SB.REWARDS])
+            piece[SB.DONES] = piece[SB.TERMINATEDS] | piece[SB.TRUNCATEDS]
+            piece[SB.AGENT_INDEX] = np.zeros(n, dtype=np.int64)
+            piece[SB.UNROLL_ID] = np.full(n, self._unroll_id, dtype=np.int64)
+            self._unroll_id += 1
+            batches.append(SampleBatch(piece))
+            episodes.append(self._episode_by_id(int(piece[SB.EPS_ID][0])))
+        callback = self.callbacks.get("on_postprocess_traj")
+        pre = [b.copy() for b in batches] if callback else None
+        batched = getattr(self.policy, "postprocess_trajectories", None)
+        if batched is not None:
+            posts = batched(batches, episodes)
+        else:  # a duck-typed policy with only the per-trajectory hook
+            posts = [self.policy.postprocess_trajectory(b, None, ep) for b, ep in zip(batches, episodes)]
+        if callback:
+            for ep, before, after in zip(episodes, pre, posts):
+                callback({"episode": ep, "agent_id": 0, "pre_batch": (self.policy, before), "post_batch": after,
+                          "all_pre_batches": {0: (self.policy, before)}})
+        return posts
 
     def _episode_by_id(self, eps_id: int) -> Episode | None:
         for ep in self._episodes:

@@ -77,6 +77,12 @@ class Policy:
         """Called on each trajectory (one episode or the piece of one in a fragment); e.g. computes GAE."""
         return sample_batch
 
+    def postprocess_trajectories(self, batches: list[SampleBatch], episodes: list | None = None) -> list[SampleBatch]:
+        """All trajectories that end a sample fragment at once (the sampler calls this). The default calls
+        ``postprocess_trajectory`` on each; a policy may override it to batch work across trajectories."""
+        episodes = episodes or [None] * len(batches)
+        return [self.postprocess_trajectory(b, None, ep) for b, ep in zip(batches, episodes)]
+
     def learn_on_batch(self, samples: SampleBatch) -> dict:
         """Improves the policy on a batch; returns learner stats."""
         grads, info = self.compute_gradients(samples)

@@ -72,6 +72,7 @@ class TorchPolicy(Policy):
             and dist_class.numpy_sample is not ActionDistribution.numpy_sample
         )
         self._wants_value = self._extra_action_out_fn is vf_preds_fetches
+        self._bootstrap_values: dict[int, float] = {}
         self.global_timestep = 0
         self.cur_lr = config.get("lr", 1e-4)
         schedule = config.get("lr_schedule")
@@ -136,6 +137,33 @@ class TorchPolicy(Policy):
 
     def get_initial_state(self) -> list[np.ndarray]:
         return [np.asarray(s) for s in self.model.get_initial_state()]
+
+    def postprocess_trajectories(self, batches: list[SampleBatch], episodes: list | None = None) -> list[SampleBatch]:
+        """Computes the deferred value estimates of every trajectory of a fragment in one forward pass (the
+        observations plus each trajectory's last next-observation, for bootstrapping), then postprocesses each."""
+        if self._wants_value and batches and SampleBatch.VF_PREDS not in batches[0]:
+            obs = [b[SampleBatch.OBS] for b in batches] + [
+                np.concatenate([b[SampleBatch.NEXT_OBS][-1:] for b in batches])
+            ]
+            values = self.value(np.concatenate(obs))
+            start = 0
+            for b in batches:
+                b[SampleBatch.VF_PREDS] = values[start:start + b.count]
+                start += b.count
+            self._bootstrap_values = {id(b): float(v) for b, v in zip(batches, values[start:])}
+        try:
+            return super().postprocess_trajectories(batches, episodes)
+        finally:
+            self._bootstrap_values = {}
+
+    def bootstrap_value(self, batch: SampleBatch) -> float:
+        """The value of the observation after the trajectory's last step (0 if that step terminated)."""
+        if batch[SampleBatch.TERMINATEDS][-1]:
+            return 0.0
+        cached = self._bootstrap_values.get(id(batch))
+        if cached is not None:
+            return cached
+        return float(self.value(batch[SampleBatch.NEXT_OBS][-1:])[0])
 
     def postprocess_trajectory(self, sample_batch, other_agent_batches=None, episode=None):
         if self._wants_value and SampleBatch.VF_PREDS not in sample_batch:
