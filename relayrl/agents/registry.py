@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import difflib
-import logging
 import importlib
 import importlib.util
+import logging
 from typing import Any
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ def test_weights_filters_and_recovery(ray_session):
             assert all(np.array_equal(weights[0][k], w[k]) for k in w)
         # The local (master) filter has seen every remote observation exactly once.
         local = trainer.workers.local_worker().filters["default_policy"]
-        counts = ray.get([w.apply.remote(lambda w: w.sampler.obs_filter.rs.n) for w in trainer.workers.remote_workers()])
+        remotes = trainer.workers.remote_workers()
+        counts = ray.get([w.apply.remote(lambda w: w.sampler.obs_filter.rs.n) for w in remotes])
         # Each step's next observation, plus the first observation of every episode (4 sub-envs at the start,
         # then one per finished episode).
         assert local.rs.n == trainer.optimizer.num_steps_sampled + 2 * 2 + result["episodes_total"]

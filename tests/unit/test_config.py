@@ -23,7 +23,7 @@ from relayrl.config import COMMON_CONFIG, with_common_config
         ({"clip_param": 0}, r"'clip_param' must be > 0"),
         ({"use_gae": False}, r"needs 'use_gae': True"),
         ({"callbacks": {"on_episode_end": 3}}, r"callbacks.on_episode_end must be callable"),
-        ({"callbacks": {"on_episode_ned": None}}, r"did you mean 'callbacks.on_episode_end'|did you mean 'on_episode_end'"),
+        ({"callbacks": {"on_episode_ned": None}}, r"did you mean 'on_episode_end'"),
         ({"evaluation_config": {"explroe": False}}, r"did you mean"),
         ({"lr": {"grid_search": [0.1, 0.01]}}, r"grid_search"),
     ],

@@ -61,7 +61,8 @@ def gae_by_definition(rewards, values, last_value):
     """A_t = sum_l (gamma lambda)^l delta_{t+l}, written as the explicit double sum."""
     v = list(values) + [last_value]
     deltas = [rewards[t] + GAMMA * v[t + 1] - v[t] for t in range(len(rewards))]
-    return [sum((GAMMA * LAMBDA) ** l * deltas[t + l] for l in range(len(rewards) - t)) for t in range(len(rewards))]
+    n = len(rewards)
+    return [sum((GAMMA * LAMBDA) ** k * deltas[t + k] for k in range(n - t)) for t in range(n)]
 
 
 def sample(batch_mode, fragment):
@@ -81,7 +82,8 @@ def test_terminated_and_truncated_episodes():
     assert not terminated[SampleBatch.TRUNCATEDS].any()
     rewards, values = [1.0, 2.0, 3.0], [0.0, 0.5, 1.0]
     # Termination: the value after the last step is 0.
-    np.testing.assert_allclose(terminated[Postprocessing.ADVANTAGES], gae_by_definition(rewards, values, 0.0), rtol=1e-6)
+    expected = gae_by_definition(rewards, values, 0.0)
+    np.testing.assert_allclose(terminated[Postprocessing.ADVANTAGES], expected, rtol=1e-6)
 
     assert truncated[SampleBatch.TRUNCATEDS].tolist() == [False, False, False, True]
     assert not truncated[SampleBatch.TERMINATEDS].any()
