@@ -56,9 +56,12 @@ class Trainer:
         self._timesteps_total = 0
         self._metrics = MetricsWindow(self.config["metrics_smoothing_episodes"])
         self._logdir = logger_creator if isinstance(logger_creator, str) else None
-        if self.config["seed"] is not None:
-            import torch
+        import torch
 
+        # The learner uses the CPUs reserved for the driver: torch's default (all cores) makes its threads
+        # fight the rollout workers' processes and each other, which is many times slower for small networks.
+        torch.set_num_threads(max(1, int(self.config["num_cpus_for_driver"])))
+        if self.config["seed"] is not None:
             np.random.seed(self.config["seed"])
             torch.manual_seed(self.config["seed"])
         self._init(self.config, self.env_creator)

@@ -70,6 +70,11 @@ class RolloutWorker:
         config = merge_dicts(config, overrides)
         self.config = config
         self.worker_index = worker_index
+        if worker_index > 0:
+            import torch
+
+            # A remote worker owns num_cpus_per_worker CPUs; more torch threads would only contend.
+            torch.set_num_threads(max(1, int(config.get("num_cpus_per_worker") or 1)))
         seed = config.get("seed")
         self.seed = None if seed is None else seed + 1000 * worker_index
         if self.seed is not None:
@@ -128,6 +133,11 @@ class RolloutWorker:
     @property
     def sampler(self) -> SyncSampler:
         if self._sampler is None:
+            if DEFAULT_POLICY_ID not in self.policy_map:
+                raise NotImplementedError(
+                    f"sampling with the multi-agent policies {sorted(self.policy_map)} needs a MultiAgentEnv,"
+                    " which the sampler does not support yet; use a single 'default_policy'"
+                )
             config = self.config
             self._sampler = SyncSampler(
                 self._vectorize(self.env, config["num_envs_per_worker"]),
