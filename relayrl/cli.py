@@ -4,6 +4,7 @@
     relayrl train -f relayrl/tuned_examples/ppo/cartpole-ppo.yaml
     relayrl rollout ~/ray_results/default/PPO_CartPole-v1_.../checkpoint_000003 --run PPO --env CartPole-v1
     relayrl plot ~/ray_results/default
+    relayrl export ~/ray_results/default/PPO_CartPole-v1_.../checkpoint_000003 exported/
 
 A user mistake (unknown algorithm, env or config key, bad JSON or YAML, missing checkpoint) ends the command
 with exit status 2 and one line ``relayrl: error: ...`` plus a hint; ``-v`` adds the traceback. Everything is
@@ -68,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("--out", default=None, help="write each episode as a JSON line to this file")
     rollout.add_argument("--config", default="{}", help="config overrides as a JSON object")
 
+    export = sub.add_parser("export", parents=[common], help="export a checkpoint's policy to ONNX/TorchScript",
+                            description="Export a policy (ONNX, TorchScript, JSON sidecar) with its filter.")
+    export.add_argument("checkpoint", help="checkpoint directory (as printed by `relayrl train`)")
+    export.add_argument("export_dir", help="directory to write model.onnx, model.pt and export.json into")
+    export.add_argument("--policy-id", default="default_policy", help="policy to export (multi-agent)")
+
     plot = sub.add_parser("plot", parents=[common], help="learning curve of a run",
                           description="Plot episode_reward_mean against timesteps_total from progress.csv.")
     plot.add_argument("result_dir", help="a trial directory or an experiment directory of trials")
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         verbose = max(verbose, args.verbose)
-        return {"train": train, "rollout": rollout, "plot": plot}[args.command](args)
+        return {"train": train, "rollout": rollout, "plot": plot, "export": export}[args.command](args)
     except UserError as e:
         if verbose:
             traceback.print_exc()
@@ -176,9 +183,9 @@ def train(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     last = [t for t in trials if t.checkpoint is not None]
     if last:
-        spec = next(iter(experiments.values()))
-        print(f"roll out with: relayrl rollout {last[-1].checkpoint.path} --run {spec['run']} "
-              f"--env {spec['config'].get('env')} --episodes 10")
+        t = last[-1]
+        print(f"roll out with: relayrl rollout {t.checkpoint.path} --run {t.trainable_name} "
+              f"--env {t.config.get('env')} --episodes 10")
     return 0
 
 
@@ -264,6 +271,29 @@ def _clip_action(action: Any, space: Any) -> Any:
     if isinstance(space, gym.spaces.Box):
         return np.clip(action, space.low, space.high)
     return action
+
+
+# --- export ------------------------------------------------------------------------------------------------
+def export(args: argparse.Namespace) -> int:
+    from relayrl.agents.checkpoint import CheckpointError
+    from relayrl.agents.trainer import Trainer
+
+    try:
+        trainer = Trainer.from_checkpoint(args.checkpoint, {"num_workers": 0, "evaluation_interval": None})
+    except CheckpointError as e:
+        raise UserError(str(e), "pass a checkpoint directory printed by `relayrl train` (checkpoint_...)") from e
+    try:
+        if args.policy_id not in trainer.workers.local_worker().policy_map:
+            raise UserError(f"no policy {args.policy_id!r} in this checkpoint",
+                            f"choose one of {sorted(trainer.workers.local_worker().policy_map)}")
+        sidecar = trainer.export_policy_model(args.export_dir, args.policy_id)
+    finally:
+        trainer.stop()
+    for kind, name in sidecar["files"].items():
+        if name:
+            print(f"{kind}: {os.path.join(args.export_dir, name)}")
+    print(f"sidecar: {os.path.join(args.export_dir, 'export.json')}")
+    return 0
 
 
 # --- plot --------------------------------------------------------------------------------------------------

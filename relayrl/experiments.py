@@ -125,7 +125,10 @@ def validate_experiments(experiments: dict[str, dict]) -> int:
         try:
             get_env_creator(env)
         except ValueError as e:
-            raise UserError(f"{where}: {e}", "use a Gymnasium id such as CartPole-v1 or Pendulum-v1") from e
+            atari = isinstance(env, str) and ("NoFrameskip" in env or env.startswith("ALE/"))
+            hint = "Atari needs `pip install 'relayrl[atari]'` (ale-py)" if atari else \
+                "use a Gymnasium id such as CartPole-v1 or Pendulum-v1"
+            raise UserError(f"{where}: {e}", hint) from e
         stop = spec.get("stop") or {}
         if not isinstance(stop, dict) or not all(isinstance(v, (int, float)) for v in stop.values()):
             raise UserError(f"{where}: stop must map result keys to numbers, got {stop!r}",
@@ -214,8 +217,11 @@ def run_experiments(experiments: dict[str, dict], verbose: int = 0, quiet: bool 
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
         logging.getLogger("ray.train").setLevel(logging.CRITICAL)
     callbacks = [_ParamsJsonLogger()] + ([] if quiet else [_ProgressLine()])
+    # One tune.run per experiment (concurrent=False): Ray 2.60 run concurrently writes every trial of the later
+    # experiments nowhere on disk (their storage context is the first experiment's). Trials of one experiment
+    # (a grid search, num_samples) still run in parallel.
     return tune.run_experiments(experiments, verbose=min(verbose, 2), raise_on_failed_trial=False,
-                                callbacks=callbacks)
+                                callbacks=callbacks, concurrent=False)
 
 
 def trial_error(trial: Any) -> str:

@@ -150,7 +150,8 @@ class AsyncReplayOptimizer(PolicyOptimizer):
         num_replay_buffer_shards: int = 1,
         max_weight_sync_delay: int = 400,
         num_sample_requests_in_flight_per_worker: int = 2,
-        num_replay_requests_in_flight_per_shard: int = 2,
+        num_replay_requests_in_flight_per_shard: int = 4,
+        max_sample_train_ratio: float | None = None,
         debug: bool = False,
         seed: int | None = None,
     ):
@@ -160,6 +161,12 @@ class AsyncReplayOptimizer(PolicyOptimizer):
         import ray
 
         self.max_weight_sync_delay = max_weight_sync_delay
+        # Not in Ape-X (its actors never wait): with a ratio r, a worker's next sample() is only launched while
+        # num_steps_sampled <= learning_starts + r * num_steps_trained, so on a machine whose cores are shared
+        # by actors and learner the learning per sampled step does not depend on the machine's load.
+        self.max_sample_train_ratio = max_sample_train_ratio
+        self.learning_starts = learning_starts
+        self._idle_workers: list = []
         self.debug = debug
         self.beta_schedule = LinearSchedule(
             int(beta_annealing_fraction * schedule_max_timesteps),
@@ -209,7 +216,11 @@ class AsyncReplayOptimizer(PolicyOptimizer):
         self._sample_tasks[count_ref] = (worker, batch_ref)
 
     def _launch_replay(self, shard: Any) -> None:
-        self._replay_tasks[shard.replay.remote(self.beta_schedule.value(self.num_steps_trained))] = shard
+        self._replay_tasks[shard.replay.remote(self.beta_schedule.value(self.num_steps_sampled))] = shard
+
+    def _sampling_paused(self) -> bool:
+        r = self.max_sample_train_ratio
+        return r is not None and self.num_steps_sampled > self.learning_starts + r * self.num_steps_trained
 
     def _current_weights(self):
         import ray
@@ -229,7 +240,7 @@ class AsyncReplayOptimizer(PolicyOptimizer):
             raise RuntimeError("the Ape-X learner thread failed") from self.learner.error
         with self.timers["wait"]:
             pending = list(self._sample_tasks) + list(self._replay_tasks)
-            ready, _ = ray.wait(pending, num_returns=1, timeout=0.2)
+            ready, _ = ray.wait(pending, num_returns=1, timeout=0.2) if pending else ([], [])
             if ready:
                 ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
         ready_set = set(ready)
@@ -244,7 +255,9 @@ class AsyncReplayOptimizer(PolicyOptimizer):
                     worker.set_weights.remote(self._current_weights(), {"timestep": self.num_steps_sampled})
                     self._steps_since_sync[worker] = 0
                     self.num_weight_syncs += 1
-                self._launch_sample(worker)
+                self._idle_workers.append(worker)
+            while self._idle_workers and not self._sampling_paused():
+                self._launch_sample(self._idle_workers.pop(0))
         with self.timers["replay_processing"]:
             for ref in [r for r in ready if r in ready_set and r in self._replay_tasks]:
                 shard = self._replay_tasks.pop(ref)

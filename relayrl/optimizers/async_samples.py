@@ -262,8 +262,15 @@ class AsyncSamplesOptimizer(PolicyOptimizer):
         if sum(b.count for b in self.batch_buffer) >= self.train_batch_size:
             train_batch = SampleBatch.concat_samples(self.batch_buffer)
             with self.put_timer:
-                # Blocks while the learner's queue is full: back-pressure on sampling, no unbounded memory.
-                self.learner.inqueue.put((train_batch, list(self.buffer_versions)))
+                # Blocks while the learner's queue is full: back-pressure on sampling, no unbounded memory
+                # (checking now and then that the learner is still alive to drain it).
+                item = (train_batch, list(self.buffer_versions))
+                while True:
+                    try:
+                        self.learner.inqueue.put(item, timeout=1.0)
+                        break
+                    except queue.Full:
+                        self._check_learner()
             self.batch_buffer, self.buffer_versions = [], []
 
     def _broadcast_weights(self) -> None:

@@ -10,7 +10,7 @@ One ``step()``: the workers sample (each returns ``sample_batch_size * num_envs`
 replay buffer per policy; once ``learning_starts`` steps were sampled, one batch of ``train_batch_size`` is
 replayed and learned on; with prioritized replay the sampled rows get new priorities |TD error| and beta is
 annealed linearly from ``prioritized_replay_beta`` to ``final_prioritized_replay_beta`` over
-``beta_annealing_fraction * schedule_max_timesteps`` trained steps. Every ``target_network_update_freq``
+``beta_annealing_fraction * schedule_max_timesteps`` sampled env steps (the same clock as the epsilon schedule). Every ``target_network_update_freq``
 sampled steps ``policy.update_target()`` runs on every trained policy that has one.
 """
 
@@ -98,6 +98,7 @@ class SyncReplayOptimizer(PolicyOptimizer):
         self._rng = np.random.default_rng(seed)
         self.last_target_update_ts = 0
         self.num_target_updates = 0
+        self.cur_beta = prioritized_replay_beta
         self.sample_timer, self.replay_timer, self.grad_timer = TimerStat(), TimerStat(), TimerStat()
         self.update_weights_timer, self.update_priorities_timer = TimerStat(), TimerStat()
         self.learner_stats: dict = {}
@@ -133,7 +134,7 @@ class SyncReplayOptimizer(PolicyOptimizer):
 
     def _optimize(self) -> None:
         local = self.workers.local_worker()
-        beta = self.beta_schedule.value(self.num_steps_trained)
+        beta = self.cur_beta = self.beta_schedule.value(self.num_steps_sampled)
         stats = {}
         for pid, buffer in self.replay_buffers.items():
             if pid not in local.policies_to_train:
@@ -173,6 +174,7 @@ class SyncReplayOptimizer(PolicyOptimizer):
             "update_priorities_time_ms": round(1000 * self.update_priorities_timer.mean, 3),
             "opt_peak_throughput": round(self.grad_timer.mean_throughput, 3),
             "num_target_updates": self.num_target_updates,
+            "prioritized_replay_beta": self.cur_beta,
             "replay_shard_0": {pid: _buffer_stats(b) for pid, b in self.replay_buffers.items()},
             "learner": self.learner_stats,
         }

@@ -83,12 +83,16 @@ def test_rollout_of_the_tune_checkpoint(checkpoint_dir, tmp_path):
     assert "mean return over" in proc.stdout
 
 
-def test_restore_continues_the_counters(checkpoint_dir, tmp_path):
-    proc = relayrl("train", "--run", "PPO", "--env", "CartPole-v1", "--config", json.dumps(SMALL),
-                   "--stop", '{"training_iteration": 3}', "--restore", checkpoint_dir["checkpoint"],
-                   "--local-dir", str(tmp_path))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert re.findall(r"iter +(\d+)", proc.stdout) == ["3"], proc.stdout
+def test_restore_continues_the_counters(checkpoint_dir, tmp_path, ray_session, capsys):
+    # In-process (cli.main) on the test session's Ray: the same code path as the command, without a Ray start.
+    from relayrl.cli import main
+
+    rc = main(["train", "--run", "PPO", "--env", "CartPole-v1", "--config", json.dumps(SMALL),
+               "--stop", '{"training_iteration": 3}', "--restore", checkpoint_dir["checkpoint"],
+               "--local-dir", str(tmp_path)])
+    out = capsys.readouterr()
+    assert rc == 0, out.out + out.err
+    assert re.findall(r"iter +(\d+)", out.out) == ["3"], out.out
 
 
 def test_two_experiment_yaml_runs_both(tmp_path):
@@ -102,15 +106,19 @@ def test_two_experiment_yaml_runs_both(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(os.listdir(tmp_path / "results")) == ["pg-small", "ppo-small"]
     for name, iters in (("ppo-small", 1), ("pg-small", 2)):
-        (trial,) = [d for d in os.listdir(tmp_path / "results" / name) if os.path.isdir(tmp_path / "results" / name / d)]
-        rows = (tmp_path / "results" / name / trial / "result.json").read_text().splitlines()
+        exp_dir = tmp_path / "results" / name
+        (trial,) = [d for d in os.listdir(exp_dir) if os.path.isdir(exp_dir / d)]
+        rows = (exp_dir / trial / "result.json").read_text().splitlines()
         assert len(rows) == iters
 
 
-def test_failing_trial_ends_nonzero_with_its_error(tmp_path):
-    proc = relayrl("train", "--run", "PG", "--env", "CartPole-v1", "--config", '{"env_config": {"bogus": 1}}',
-                   "--stop", '{"training_iteration": 1}', "--local-dir", str(tmp_path))
-    line = one_error_line(proc)
+def test_failing_trial_ends_nonzero_with_its_error(tmp_path, ray_session, capsys):
+    from relayrl.cli import main
+
+    rc = main(["train", "--run", "PG", "--env", "CartPole-v1", "--config", '{"env_config": {"bogus": 1}}',
+               "--stop", '{"training_iteration": 1}', "--local-dir", str(tmp_path)])
+    out = capsys.readouterr()
+    line = one_error_line(subprocess.CompletedProcess([], rc, out.out, out.err))
     assert "trial" in line and "bogus" in line
 
 
@@ -153,3 +161,16 @@ def test_plot_command(checkpoint_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "does not exist" in one_error_line(relayrl("plot", str(tmp_path / "nothing"), timeout=120))
+
+
+def test_export_command(checkpoint_dir, tmp_path):
+    import numpy as np
+
+    ort = pytest.importorskip("onnxruntime")
+    proc = relayrl("export", checkpoint_dir["checkpoint"], str(tmp_path / "exported"), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    side = json.loads((tmp_path / "exported" / "export.json").read_text())
+    assert side["observation_filter"]["type"] == "MeanStdFilter" and side["observation_filter"]["rs"]["n"] > 0
+    session = ort.InferenceSession(str(tmp_path / "exported" / "model.onnx"))
+    actions, logits = session.run(None, {"obs": np.zeros((3, 4), dtype=np.float32)})
+    assert actions.shape == (3,) and logits.shape == (3, 2)

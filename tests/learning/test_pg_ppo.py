@@ -69,18 +69,17 @@ def test_ppo_cartpole_two_ray_workers(ray_session):
 
 @pytest.mark.learning
 def test_ppo_pendulum():
+    # relayrl/tuned_examples/ppo/pendulum-ppo.yaml (measured: -249.8 at 148k steps).
     config = {
-        "num_envs_per_worker": 8,
-        "sample_batch_size": 256,
+        "num_envs_per_worker": 10,
         "train_batch_size": 2048,
-        "sgd_minibatch_size": 256,
+        "sgd_minibatch_size": 64,
         "num_sgd_iter": 10,
         "lr": 0.0003,
         "gamma": 0.95,
-        "lambda": 0.95,
-        "clip_param": 0.2,
-        "vf_clip_param": 10000.0,
-        "kl_coeff": 0.0,
+        "lambda": 0.1,
+        "vf_clip_param": 10.0,
+        "batch_mode": "complete_episodes",
         "model": {"fcnet_hiddens": [64, 64]},
         "seed": 0,
     }

@@ -35,6 +35,8 @@ DEFAULT_CONFIG = with_common_config({
     # Workers sample async. Note that this increases the effective
     # sample_batch_size by up to 5x due to async buffering of batches.
     "sample_async": True,
+    # Remote workers computing gradients (A3C needs >= 1; the seed relied on RLlib's common default of 2).
+    "num_workers": 2,
     # Options of AsyncGradientsOptimizer: gradients applied per optimizer step.
     "optimizer": {"grads_per_step": 100},
 })

@@ -134,6 +134,15 @@ class DQNModel(TorchModel):
         self.advantage = self._head(last, list(q_hiddens), self.num_actions * self.num_atoms, linear)
         self.value = self._head(last, list(q_hiddens), self.num_atoms, linear) if dueling else None
         self._np_cache: tuple | None = None
+        self._np_param_list: list | None = None
+        self._np_ok = self.vision is None and self._activation in _NP_ACT
+
+    def _apply(self, fn, *args, **kwargs):
+        # Moving the model (.to / .cuda) changes its tensors: refresh the numpy path's view of them.
+        out = super()._apply(fn, *args, **kwargs)
+        self._np_cache, self._np_param_list = None, None
+        self._np_ok = self.vision is None and self._activation in _NP_ACT and self.support.device.type == "cpu"
+        return out
 
     @staticmethod
     def _head(in_size: int, hiddens: list[int], out: int, linear) -> nn.Sequential:
@@ -188,7 +197,7 @@ class DQNModel(TorchModel):
     # --- numpy (sampler) ------------------------------------------------------------------------------------
     def numpy_q(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None] | None:
         """Noise-free (mean-weight) Q-values and mask in numpy for flat observations on CPU; None otherwise."""
-        if self.vision is not None or self._activation not in _NP_ACT or self.support.device.type != "cpu":
+        if not self._np_ok:
             return None
         torso, adv, value, support = self._numpy_params()
         obs = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
@@ -212,8 +221,9 @@ class DQNModel(TorchModel):
         return (p @ support) / p.sum(-1), mask
 
     def _numpy_params(self):
-        params = list(self.parameters())
-        versions = tuple(p._version for p in params)
+        if self._np_param_list is None:
+            self._np_param_list = list(self.parameters())
+        versions = tuple(p._version for p in self._np_param_list)
         if self._np_cache is None or self._np_cache[0] != versions:
             def linears(seq):
                 if seq is None:

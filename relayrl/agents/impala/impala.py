@@ -88,7 +88,8 @@ def validate_config(config: dict) -> None:
     if get("replay_proportion") < 0:
         raise ValueError(f"IMPALA config: 'replay_proportion' must be >= 0, got {get('replay_proportion')!r}")
     if get("replay_buffer_num_slots") < 0:
-        raise ValueError(f"IMPALA config: 'replay_buffer_num_slots' must be >= 0, got {get('replay_buffer_num_slots')!r}")
+        slots = get("replay_buffer_num_slots")
+        raise ValueError(f"IMPALA config: 'replay_buffer_num_slots' must be >= 0, got {slots!r}")
     if not 0.0 <= get("decay") < 1.0 or not 0.0 <= get("momentum") < 1.0 or get("epsilon") <= 0:
         raise ValueError("IMPALA config: need 0 <= 'decay' < 1, 0 <= 'momentum' < 1 and 'epsilon' > 0")
 
@@ -153,6 +154,15 @@ class ImpalaTrainer(_ImpalaBase):
             **stats,
         }
         return result
+
+    def save_to_path(self, path: str) -> str:
+        # The learner thread steps the optimizer concurrently: hold its lock for a consistent snapshot.
+        with self.optimizer.lock:
+            return super().save_to_path(path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with self.optimizer.lock:
+            super().restore(checkpoint_path)
 
 
 ImpalaTrainer.__module__ = __name__

@@ -102,10 +102,14 @@ def update_kl(trainer, fetches: dict) -> None:
 
 
 def warn_about_bad_reward_scales(trainer, result: dict) -> None:
+    """Once per trainer: returns far beyond vf_clip_param make the clipped value loss learn very slowly."""
     import logging
 
     mean = result.get("episode_reward_mean")
-    if mean is not None and abs(mean) > 100 * trainer.config["vf_clip_param"]:
+    if getattr(trainer, "_warned_reward_scale", False) or mean is None or mean != mean:
+        return
+    if abs(mean) > 200 * trainer.config["vf_clip_param"]:
+        trainer._warned_reward_scale = True
         logging.getLogger(__name__).warning(
             "episode rewards (mean %.1f) are large next to vf_clip_param=%s: the value function may learn"
             " slowly; consider raising vf_clip_param", mean, trainer.config["vf_clip_param"],
