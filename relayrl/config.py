@@ -133,6 +133,25 @@ _NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
 _FREE_DICTS = {"env_config", "optimizer", "custom_options", "custom_resources_per_worker", "policies"}
 
 
+# Names of the seed documents' era and the keys that replaced them.
+LEGACY_KEYS = {
+    "sgd_stepsize": "lr",
+    "sgd_batchsize": "sgd_minibatch_size",
+    "timesteps_per_batch": "train_batch_size",
+}
+
+
+def translate_legacy_keys(config: dict, defaults: dict) -> dict:
+    """Renames seed-era keys (``sgd_stepsize`` -> ``lr``, ...) that the defaults know by their new name."""
+    out = dict(config)
+    for old, new in LEGACY_KEYS.items():
+        if old in out and old not in defaults and new in defaults:
+            if new in out:
+                raise ValueError(f"config has both {old!r} and its new name {new!r}; keep {new!r}")
+            out[new] = out.pop(old)
+    return out
+
+
 def merge_dicts(base: dict, override: dict) -> dict:
     """Deep merge: nested dicts are merged key by key; other values are replaced."""
     out = copy.deepcopy(base)
@@ -150,7 +169,10 @@ def with_common_config(extra: dict) -> dict:
 
 
 def validate_config(config: dict, defaults: dict, name: str = "trainer", check_values: Callable | None = None) -> None:
-    """Raises ValueError for unknown keys, wrong types and impossible values, naming the key."""
+    """Raises ValueError for unknown keys, wrong types and impossible values, naming the key.
+
+    Seed-era key names are accepted: validate ``translate_legacy_keys(config, defaults)``."""
+    config = translate_legacy_keys(config, defaults)
     _check_keys_and_types(config, defaults, name, prefix="")
     _check_common_values(config, name)
     if check_values is not None:

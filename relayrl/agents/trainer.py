@@ -26,7 +26,13 @@ import numpy as np
 
 import relayrl
 from relayrl.agents import checkpoint as ckpt
-from relayrl.config import COMMON_CONFIG, merge_dicts, validate_config, with_common_config  # noqa: F401
+from relayrl.config import (  # noqa: F401 - with_common_config is re-exported for the algorithms
+    COMMON_CONFIG,
+    merge_dicts,
+    translate_legacy_keys,
+    validate_config,
+    with_common_config,
+)
 from relayrl.env.registry import get_env_creator
 from relayrl.evaluation.metrics import MetricsWindow, RolloutMetrics
 from relayrl.evaluation.rollout_worker import RolloutWorker
@@ -42,7 +48,7 @@ class Trainer:
     _policy: Any = None
 
     def __init__(self, config: dict | None = None, env: Any = None, logger_creator: Any = None):
-        user_config = dict(config or {})
+        user_config = translate_legacy_keys(dict(config or {}), self._default_config)
         env = env if env is not None else user_config.get("env")
         validate_config(user_config, self._default_config, self._name, self._validate_config)
         self.config = merge_dicts(self._default_config, user_config)

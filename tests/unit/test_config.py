@@ -54,3 +54,11 @@ def test_valid_config_accepted():
     trainer = PGTrainer(env="CartPole-v1", config={"lr": 1, "model": {"fcnet_hiddens": [16]}, "horizon": 50,
                                                    "clip_rewards": 1.0, "seed": 3})
     assert trainer.config["lr"] == 1 and trainer.config["model"]["fcnet_activation"] == "tanh"
+
+
+def test_seed_era_key_names_are_accepted():
+    trainer = PPOTrainer(env="CartPole-v1", config={"sgd_stepsize": 0.01, "sgd_batchsize": 64})
+    assert trainer.config["lr"] == 0.01 and trainer.config["sgd_minibatch_size"] == 64
+    assert "sgd_stepsize" not in trainer.config
+    with pytest.raises(ValueError, match="both 'sgd_stepsize' and its new name 'lr'"):
+        PPOTrainer(env="CartPole-v1", config={"sgd_stepsize": 0.01, "lr": 0.1})
