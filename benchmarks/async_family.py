@@ -20,7 +20,7 @@ IMPALA_CONFIG = {
     "num_workers": 2, "num_gpus": 0, "sample_batch_size": 50, "train_batch_size": 500, "min_iter_time_s": 1,
     "model": {"fcnet_hiddens": [64, 64]}, "seed": 0,
 }
-A3C_CONFIG = {"num_workers": 2, "sample_batch_size": 50, "lr": 3e-4, "min_iter_time_s": 1,
+A3C_CONFIG = {"num_workers": 2, "sample_batch_size": 50, "lr": 5e-4, "min_iter_time_s": 1,
               "model": {"fcnet_hiddens": [64, 64]}, "seed": 0}
 
 

@@ -8,6 +8,9 @@ Each remote worker samples with the weights it was last sent and computes a grad
 driver applies every gradient to the local (learner) policy the moment it arrives and sends that worker the
 fresh weights together with its next task. The weights a gradient was computed with therefore lag behind the
 learner by up to ``num_workers - 1`` updates: the asynchrony of A3C.
+
+With no remote workers (``num_workers: 0``) the local worker samples, computes and applies each gradient in
+turn: the same loop in one process, without the asynchrony (the seed raised an error instead).
 """
 
 from __future__ import annotations
@@ -16,7 +19,17 @@ from typing import Any
 
 from relayrl.optimizers.policy_optimizer import PolicyOptimizer
 from relayrl.optimizers.sync_samples import get_learner_stats
+from relayrl.policy.sample_batch import DEFAULT_POLICY_ID
+from relayrl.policy.torch_policy import LEARNER_STATS_KEY
 from relayrl.utils.timers import TimerStat
+
+
+def _stats_and_count(info: dict) -> tuple[dict, int]:
+    """Learner stats by policy id (like the other optimizers) and the steps a gradient was computed on."""
+    if LEARNER_STATS_KEY in info or "batch_count" in info:
+        return {DEFAULT_POLICY_ID: get_learner_stats(info)}, int(info["batch_count"])
+    return ({pid: get_learner_stats(i) for pid, i in info.items()},
+            max(int(i.get("batch_count", 0)) for i in info.values()))
 
 
 class AsyncGradientsOptimizer(PolicyOptimizer):
@@ -26,8 +39,6 @@ class AsyncGradientsOptimizer(PolicyOptimizer):
         super().__init__(workers, remote_workers)
         if grads_per_step < 1:
             raise ValueError(f"grads_per_step must be >= 1, got {grads_per_step}")
-        if not self.workers.remote_workers():
-            raise ValueError("AsyncGradientsOptimizer requires at least 1 remote worker (num_workers >= 1)")
         self.apply_timer = TimerStat()
         self.wait_timer = TimerStat()
         self.dispatch_timer = TimerStat()
@@ -36,9 +47,11 @@ class AsyncGradientsOptimizer(PolicyOptimizer):
         self.learner_stats: dict = {}
 
     def step(self) -> dict:
+        local = self.workers.local_worker()
+        if not self.workers.remote_workers():
+            return self._step_locally(local)
         import ray
 
-        local = self.workers.local_worker()
         weights = ray.put(local.get_weights())
         pending: dict = {}
         num_gradients = 0
@@ -53,18 +66,30 @@ class AsyncGradientsOptimizer(PolicyOptimizer):
             future = ready[0]
             gradient, info = ray.get(future)
             w = pending.pop(future)
-            self.learner_stats = get_learner_stats(info)
+            self.learner_stats, count = _stats_and_count(info)
             if gradient is not None:
                 with self.apply_timer:
                     local.apply_gradients(gradient)
                 self.num_gradients_applied += 1
-            self.num_steps_sampled += info["batch_count"]
-            self.num_steps_trained += info["batch_count"]
+            self.num_steps_sampled += count
+            self.num_steps_trained += count
             if num_gradients < self.grads_per_step:
                 with self.dispatch_timer:
                     w.set_weights.remote(local.get_weights())
                     pending[w.compute_gradients.remote(w.sample.remote())] = w
                 num_gradients += 1
+        return self.learner_stats
+
+    def _step_locally(self, local: Any) -> dict:
+        for _ in range(self.grads_per_step):
+            with self.wait_timer:
+                gradient, info = local.compute_gradients(local.sample())
+            self.learner_stats, count = _stats_and_count(info)
+            with self.apply_timer:
+                local.apply_gradients(gradient)
+            self.num_gradients_applied += 1
+            self.num_steps_sampled += count
+            self.num_steps_trained += count
         return self.learner_stats
 
     def stats(self) -> dict:

@@ -243,7 +243,6 @@ class AsyncReplayOptimizer(PolicyOptimizer):
             ready, _ = ray.wait(pending, num_returns=1, timeout=0.2) if pending else ([], [])
             if ready:
                 ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
-        ready_set = set(ready)
         with self.timers["sample_processing"]:
             for count_ref in [r for r in ready if r in self._sample_tasks]:
                 worker, batch_ref = self._sample_tasks.pop(count_ref)
@@ -259,7 +258,7 @@ class AsyncReplayOptimizer(PolicyOptimizer):
             while self._idle_workers and not self._sampling_paused():
                 self._launch_sample(self._idle_workers.pop(0))
         with self.timers["replay_processing"]:
-            for ref in [r for r in ready if r in ready_set and r in self._replay_tasks]:
+            for ref in [r for r in ready if r in self._replay_tasks]:
                 shard = self._replay_tasks.pop(ref)
                 batch = ray.get(ref)
                 if batch is not None:

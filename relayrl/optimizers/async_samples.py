@@ -182,11 +182,13 @@ class AsyncSamplesOptimizer(PolicyOptimizer):
         self._weights_version = -1
         self._num_sent = 0
         self._pending: dict = {}  # sample future -> (worker, weights version it samples with)
+        self._worker_versions: dict = {}  # worker -> weights version last sent to it
         remotes = self.workers.remote_workers()
         if remotes:
             self._broadcast_weights()
             for w in remotes:
                 w.set_weights.remote(self._weights_ref)
+                self._worker_versions[w] = self._weights_version
                 for _ in range(self.max_in_flight):
                     self._pending[w.sample.remote()] = (w, self._weights_version)
 
@@ -201,14 +203,8 @@ class AsyncSamplesOptimizer(PolicyOptimizer):
                 self._add_to_train_buffer(b, v)
             if worker is not None:
                 with self.broadcast_timer:
-                    if self._weights_ref is None or (
-                        self.learner.weights_updated and self._num_sent >= self.broadcast_interval
-                    ):
-                        self._broadcast_weights()
-                    worker.set_weights.remote(self._weights_ref)
-                self.num_weight_syncs += 1
-                self._num_sent += 1
-                self._pending[worker.sample.remote()] = (worker, self._weights_version)
+                    self._send_weights(worker)
+                self._pending[worker.sample.remote()] = (worker, self._worker_versions[worker])
         self.num_steps_sampled += sampled
         while not self.learner.outqueue.empty():
             self.num_steps_trained += self.learner.outqueue.get()
@@ -272,6 +268,22 @@ class AsyncSamplesOptimizer(PolicyOptimizer):
                     except queue.Full:
                         self._check_learner()
             self.batch_buffer, self.buffer_versions = [], []
+
+    def _send_weights(self, worker: Any) -> None:
+        """Brings ``worker`` to the newest weights before its next request. One ``ray.put`` serves up to
+        ``broadcast_interval`` workers; a worker that already holds the newest weights is sent nothing (the
+        learner steps once per train batch, i.e. once per several sample batches)."""
+        held = self._worker_versions.get(worker)
+        if held == self.learner.weights_version:
+            return
+        ref_used_up = self._num_sent >= self.broadcast_interval or held == self._weights_version
+        if self._weights_ref is None or (self.learner.weights_updated and ref_used_up):
+            self._broadcast_weights()
+        if held != self._weights_version:
+            worker.set_weights.remote(self._weights_ref)
+            self._worker_versions[worker] = self._weights_version
+            self.num_weight_syncs += 1
+            self._num_sent += 1
 
     def _broadcast_weights(self) -> None:
         import ray

@@ -10,8 +10,9 @@ One ``step()``: the workers sample (each returns ``sample_batch_size * num_envs`
 replay buffer per policy; once ``learning_starts`` steps were sampled, one batch of ``train_batch_size`` is
 replayed and learned on; with prioritized replay the sampled rows get new priorities |TD error| and beta is
 annealed linearly from ``prioritized_replay_beta`` to ``final_prioritized_replay_beta`` over
-``beta_annealing_fraction * schedule_max_timesteps`` sampled env steps (the same clock as the epsilon schedule). Every ``target_network_update_freq``
-sampled steps ``policy.update_target()`` runs on every trained policy that has one.
+``beta_annealing_fraction * schedule_max_timesteps`` sampled env steps (the clock of the epsilon schedule).
+Every ``target_network_update_freq`` sampled steps ``policy.update_target()`` runs on every trained policy
+that has one.
 """
 
 from __future__ import annotations

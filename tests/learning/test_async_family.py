@@ -23,7 +23,7 @@ RECENT = {"metrics_smoothing_episodes": 20}
 CONFIGS = {
     "A2C": {"num_workers": 0, "lr": 3e-3, "train_batch_size": 200, "sample_batch_size": 20,
             "num_envs_per_worker": 5, "min_iter_time_s": 0, "model": FC64, **RECENT},
-    "A3C": {"num_workers": 2, "lr": 3e-4, "sample_batch_size": 50, "min_iter_time_s": 1, "model": FC64, **RECENT},
+    "A3C": {"num_workers": 2, "lr": 5e-4, "sample_batch_size": 50, "min_iter_time_s": 1, "model": FC64, **RECENT},
     "IMPALA": {"num_workers": 2, "num_gpus": 0, "lr": 1e-3, "train_batch_size": 250, "min_iter_time_s": 1,
                "model": FC64, **RECENT},
     "ES": {"num_workers": 2, "noise_size": 2_000_000, "episodes_per_batch": 40, "train_batch_size": 2000,

@@ -3,6 +3,11 @@
 Default run: DQN CartPole-v1 (100-episode mean >= 400 within 100k steps), TD3 Pendulum-v1 (last-10 mean >= -300
 within 20k), APEX with 2 workers CartPole-v1 (>= 200 within 100k). Marked ``learning`` (longer): Rainbow-style
 DQN >= 475, TD3 Pendulum-v1 >= -200 within 20k, APEX_DDPG Pendulum-v1 >= -300, TD3 MountainCarContinuous-v0 >= 90.
+
+Measured on the shared 2-core machine (load 3-10 from other runs), seed 0:
+    DQN CartPole-v1          406.1 at  78k steps, 100 s      Rainbow CartPole-v1     481.3 at 90k steps, 207 s
+    TD3 Pendulum-v1 (last10) -170.9 at   8k steps,  19 s      APEX_DDPG Pendulum-v1  -210.6 at 76k steps,  31 s
+    APEX CartPole-v1         209.8 at  70k steps,  54 s      TD3 MountainCarCont.     90.8 at 18k steps,  41 s
 """
 
 from __future__ import annotations
@@ -132,8 +137,11 @@ def test_apex_ddpg_pendulum():
 
 @pytest.mark.learning
 def test_td3_mountain_car_continuous():
-    config = {"seed": 0, "actor_hiddens": [64, 64], "critic_hiddens": [64, 64], "learning_starts": 10000,
-              "pure_exploration_steps": 10000, "exploration_gaussian_sigma": 0.5, "timesteps_per_iteration": 2000,
-              "min_iter_time_s": 0, "metrics_smoothing_episodes": 10}
+    # Uniformly random actions rarely reach the flag; temporally correlated OU noise (std ~0.76 of the action,
+    # correlation time ~7 steps) builds up momentum and finds it in the first few episodes.
+    config = {"seed": 0, "actor_hiddens": [64, 64], "critic_hiddens": [64, 64], "learning_starts": 1000,
+              "pure_exploration_steps": 0, "exploration_noise_type": "ou", "noise_scale": 1.0,
+              "exploration_should_anneal": False, "timesteps_per_iteration": 2000, "min_iter_time_s": 0,
+              "metrics_smoothing_episodes": 10}
     result = train_until("TD3", "MountainCarContinuous-v0", config, 90, 100_000)
     assert_reached(result, 90, 100_000)

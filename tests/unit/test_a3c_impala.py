@@ -58,11 +58,18 @@ def test_impala_rejects_impossible_values(bad):
         ImpalaTrainer(env="CartPole-v1", config={"num_workers": 0, "num_gpus": 0, **bad})
 
 
-def test_a3c_needs_remote_workers():
+def test_a3c_without_remote_workers_runs_the_same_loop_in_one_process():
     from relayrl.agents.a3c import A3CTrainer
 
-    with pytest.raises(ValueError, match="num_workers"):
-        A3CTrainer(env="CartPole-v1", config={"num_workers": 0})
+    trainer = A3CTrainer(env="CartPole-v1", config={"num_workers": 0, "min_iter_time_s": 0, "model": SMALL_MODEL,
+                                                    "optimizer": {"grads_per_step": 5}, "seed": 0})
+    try:
+        result = trainer.train()
+        assert trainer.optimizer.num_gradients_applied == 5
+        assert result["timesteps_this_iter"] == 5 * A3C_CONFIG["sample_batch_size"]
+        assert "policy_entropy" in result["info"]["learner"]["default_policy"]
+    finally:
+        trainer.stop()
 
 
 # --- the actor-critic loss ---------------------------------------------------------------------------------
@@ -331,6 +338,8 @@ def test_impala_with_a_remote_worker_trains_and_restores(tmp_path):
         assert result["timesteps_this_iter"] >= 1000
         for key in ("learner_throughput", "learner_queue_size", "weight_lag_mean", "num_weight_syncs"):
             assert key in info
+        # The learner's new weights reach the worker (sends after the initial one are counted).
+        assert info["num_weight_syncs"] >= 1 and info["num_learner_steps"] >= 2
         path = trainer.save(str(tmp_path))
         restored = ImpalaTrainer.from_checkpoint(path, {"num_workers": 0})
         # The learner keeps learning on queued batches after train() returns: compare with what was stored.

@@ -446,6 +446,7 @@ def test_checkpoint_restores_target_network_and_greedy_actions(tmp_path):
     restored.stop()
 
 
+@pytest.mark.slow  # starts Ray and two actors
 def test_apex_trainer_per_worker_epsilons_and_throughput_stats():
     from relayrl.agents.dqn import ApexTrainer
 

@@ -35,7 +35,7 @@ DEFAULT_CONFIG = with_common_config({
     # Workers sample async. Note that this increases the effective
     # sample_batch_size by up to 5x due to async buffering of batches.
     "sample_async": True,
-    # Remote workers computing gradients (A3C needs >= 1; the seed relied on RLlib's common default of 2).
+    # Remote workers computing gradients (the seed relied on RLlib's common default of 2; 0: one process).
     "num_workers": 2,
     # Options of AsyncGradientsOptimizer: gradients applied per optimizer step.
     "optimizer": {"grads_per_step": 100},
@@ -55,12 +55,6 @@ def validate_config(config: dict) -> None:
         raise ValueError(f"A3C config: unknown optimizer option(s) {sorted(extra)}; known: ['grads_per_step']")
 
 
-def validate_a3c_config(config: dict) -> None:
-    validate_config(config)
-    if config.get("num_workers", DEFAULT_CONFIG["num_workers"]) < 1:
-        raise ValueError("A3C config: 'num_workers' must be >= 1 (gradients are computed on remote workers)")
-
-
 def make_async_optimizer(workers, config: dict) -> AsyncGradientsOptimizer:
     return AsyncGradientsOptimizer(workers, **config["optimizer"])
 
@@ -70,5 +64,5 @@ A3CTrainer = build_trainer(
     default_config=DEFAULT_CONFIG,
     default_policy=A3CTorchPolicy,
     make_policy_optimizer=make_async_optimizer,
-    validate_config=validate_a3c_config,
+    validate_config=validate_config,
 )
