@@ -217,7 +217,7 @@ class TorchPolicy(Policy):
 
     def apply_gradients(self, gradients: list[np.ndarray]) -> None:
         for p, g in zip(self.model.parameters(), gradients):
-            p.grad = None if g is None else torch.as_tensor(g, device=self.device)
+            p.grad = None if g is None else torch.from_numpy(np.array(g)).to(self.device)
         for opt in self._optimizers:
             opt.step()
 
@@ -262,7 +262,8 @@ class TorchPolicy(Policy):
         return {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()}
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        self.model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in weights.items()})
+        # Arrays that arrive through Ray are read-only; torch wants writable memory to wrap.
+        self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
 
     def get_state(self) -> dict:
         return {

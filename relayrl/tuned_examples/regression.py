@@ -75,14 +75,40 @@ def run_tuned_example(path: str, local_dir: str | None = None, ray_num_cpus: int
     return summaries
 
 
+def runnable(path: str) -> tuple[int, str]:
+    """``(cpus, "")`` when the file can run here, else ``(0, why not)``: an env whose package is missing
+    (ale-py for Atari, mujoco) or a config that asks for GPUs on a machine without CUDA."""
+    try:
+        experiments = load_experiment_file(path)
+        cpus = validate_experiments(experiments)
+    except Exception as e:  # noqa: BLE001 - reported as the reason to skip
+        return 0, str(e)
+    gpus = max(float((spec.get("config") or {}).get("num_gpus") or 0) for spec in experiments.values())
+    if gpus > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            return 0, f"needs {gpus:g} GPU(s)"
+    return cpus, ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", help="tuned-example YAML files (default: all of them)")
     parser.add_argument("--local-dir", default=None, help="results directory (default: a temporary one)")
     parser.add_argument("--ray-num-cpus", type=int, default=None, help="CPUs of the local Ray instance")
     args = parser.parse_args(argv)
-    rows = []
+    rows, skipped, plan = [], [], []
     for path in args.files or tuned_example_files():
+        cpus, why = runnable(path)
+        if why:
+            skipped.append((os.path.relpath(path, HERE), why))
+        else:
+            plan.append((path, cpus))
+    # One Ray instance for all files, big enough for the largest trial.
+    if plan:
+        start_ray(num_cpus=max([args.ray_num_cpus or 0, os.cpu_count() or 1] + [c for _, c in plan]))
+    for path, _ in plan:
         rows += run_tuned_example(path, args.local_dir, args.ray_num_cpus, quiet=False)
     print(f"\n{'example':40s} {'reward':>9s} {'timesteps':>10s} {'train s':>8s}  result")
     for r in rows:
@@ -90,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['file'] + ':' + r['experiment']:40s} {reward if reward is not None else float('nan'):9.1f}"
               f" {r['timesteps_total'] or 0:10d} {r['time_total_s'] or 0:8.1f}  "
               f"{'PASS' if r['passed'] else 'FAIL: ' + r['why']}")
+    for file, why in skipped:
+        print(f"{file:40s} {'':9s} {'':10s} {'':8s}  SKIP: {why.splitlines()[0][:100]}")
     return 0 if rows and all(r["passed"] for r in rows) else 1
 
 
