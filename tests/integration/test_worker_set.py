@@ -1,5 +1,7 @@
 """WorkerSet on Ray: weight broadcast, filter synchronisation, failure recovery."""
 
+import time
+
 import numpy as np
 import ray
 
@@ -11,6 +13,18 @@ def small_ppo(**overrides):
               "sgd_minibatch_size": 50, "num_sgd_iter": 1, "model": {"fcnet_hiddens": [16]}, "seed": 1}
     config.update(overrides)
     return PPOTrainer(env="CartPole-v1", config=config)
+
+
+def wait_until_dead(actor, timeout_s: float = 30.0) -> None:
+    """ray.kill is asynchronous: a call made right after it may still be served."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            ray.get(actor.ping.remote(), timeout=5)
+        except Exception:  # noqa: BLE001 - RayActorError once the kill has taken effect
+            return
+        time.sleep(0.1)
+    raise AssertionError("the killed actor still answers")
 
 
 def test_weights_filters_and_recovery(ray_session):
@@ -35,6 +49,7 @@ def test_weights_filters_and_recovery(ray_session):
         # A dead worker is replaced with a fresh one that carries the current weights.
         victim = trainer.workers.remote_workers()[0]
         ray.kill(victim)
+        wait_until_dead(victim)
         assert trainer.workers.recreate_failed_workers() == [0]
         assert trainer.workers.remote_workers()[0] is not victim
         result = trainer.train()
