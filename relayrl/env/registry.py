@@ -93,13 +93,20 @@ def get_env_creator(env: Any) -> Callable[[EnvContext], Any]:
 
 
 class _GymMaker:
-    """Picklable creator for a Gymnasium id; ``env_config`` entries become ``gym.make`` keyword arguments."""
+    """Picklable creator for a Gymnasium id; ``env_config`` entries become ``gym.make`` keyword arguments.
+    Atari (ALE) ids get the DeepMind preprocessing of ``relayrl.env.atari_wrappers``."""
 
     def __init__(self, env_id: str):
         self.env_id = env_id
 
     def __call__(self, ctx: EnvContext | None = None) -> gym.Env:
-        return gym.make(self.env_id, **dict(ctx or {}))
+        env = gym.make(self.env_id, **dict(ctx or {}))
+        if len(env.observation_space.shape or ()) == 3:
+            from relayrl.env.atari_wrappers import is_atari, wrap_deepmind
+
+            if is_atari(env):
+                env = wrap_deepmind(env)
+        return env
 
     def __repr__(self) -> str:
         return f"gym.make({self.env_id!r})"
