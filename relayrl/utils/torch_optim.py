@@ -14,21 +14,23 @@ from typing import Iterable
 import torch
 
 
-class Adam:
-    def __init__(
-        self,
-        params: Iterable[torch.nn.Parameter],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-    ):
+class _ForeachOptimizer:
+    """What the lean optimizers share: one parameter group, per-parameter state buffers updated with torch's
+    ``_foreach`` kernels, and a state dict of hyperparameters plus buffers (for checkpoints)."""
+
+    _buffers: tuple[str, ...] = ()
+    _hyper: tuple[str, ...] = ()
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], **hyper):
         params = list(params)
         if not params:
-            raise ValueError("Adam got no parameters to optimize")
-        self.param_groups = [{"params": params, "lr": lr, "betas": tuple(betas), "eps": eps}]
+            raise ValueError(f"{type(self).__name__} got no parameters to optimize")
+        self.param_groups = [{"params": params, **hyper}]
         self._step = 0
-        self._exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
-        self._exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
+        self._state = {name: [self._init_buffer(name, p) for p in params] for name in self._buffers}
+
+    def _init_buffer(self, name: str, p: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(p, memory_format=torch.preserve_format)
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
@@ -43,16 +45,57 @@ class Adam:
 
     @torch.no_grad()
     def step(self) -> None:
-        group = self.param_groups[0]
-        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         idx = [i for i, p in enumerate(self.params) if p.grad is not None]
         if not idx:
             return
         self._step += 1
         params = [self.params[i] for i in idx]
-        grads = [p.grad for p in params]
-        exp_avg = [self._exp_avg[i] for i in idx]
-        exp_avg_sq = [self._exp_avg_sq[i] for i in idx]
+        buffers = {name: [bufs[i] for i in idx] for name, bufs in self._state.items()}
+        self._update(params, [p.grad for p in params], buffers, self.param_groups[0])
+
+    def _update(self, params: list, grads: list, buffers: dict[str, list], group: dict) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        group = self.param_groups[0]
+        out = {k: list(group[k]) if isinstance(group[k], tuple) else group[k] for k in self._hyper}
+        out["step"] = self._step
+        out.update({name: [t.clone() for t in bufs] for name, bufs in self._state.items()})
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, bufs in self._state.items():
+            if len(state[name]) != len(bufs):
+                raise ValueError(f"optimizer state has {len(state[name])} tensors, the model {len(bufs)}")
+            for dst, src in zip(bufs, state[name]):
+                src = torch.as_tensor(src)
+                if dst.shape != src.shape:
+                    raise ValueError(f"optimizer state tensor of shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
+        for name, bufs in self._state.items():
+            for dst, src in zip(bufs, state[name]):
+                dst.copy_(torch.as_tensor(src))
+        self._step = int(state.get("step", 0))
+        group = self.param_groups[0]
+        for k in self._hyper:
+            group[k] = tuple(float(v) for v in state[k]) if isinstance(group[k], tuple) else float(state[k])
+
+
+class Adam(_ForeachOptimizer):
+    _buffers = ("exp_avg", "exp_avg_sq")
+    _hyper = ("lr", "betas", "eps")
+
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
+        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps)
+
+    def _update(self, params: list, grads: list, buffers: dict[str, list], group: dict) -> None:
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        exp_avg, exp_avg_sq = buffers["exp_avg"], buffers["exp_avg_sq"]
         torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sq, beta2)
         torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - beta2)
@@ -63,31 +106,8 @@ class Adam:
         torch._foreach_add_(denom, eps)
         torch._foreach_addcdiv_(params, exp_avg, denom, -lr / bias1)
 
-    def state_dict(self) -> dict:
-        group = self.param_groups[0]
-        return {
-            "step": self._step,
-            "lr": group["lr"],
-            "betas": list(group["betas"]),
-            "eps": group["eps"],
-            "exp_avg": [t.clone() for t in self._exp_avg],
-            "exp_avg_sq": [t.clone() for t in self._exp_avg_sq],
-        }
 
-    def load_state_dict(self, state: dict) -> None:
-        if len(state["exp_avg"]) != len(self._exp_avg):
-            raise ValueError(f"optimizer state has {len(state['exp_avg'])} tensors, the model {len(self._exp_avg)}")
-        for dst, src in zip(self._exp_avg + self._exp_avg_sq, list(state["exp_avg"]) + list(state["exp_avg_sq"])):
-            src = torch.as_tensor(src)
-            if dst.shape != src.shape:
-                raise ValueError(f"optimizer state tensor of shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
-            dst.copy_(src)
-        self._step = int(state["step"])
-        group = self.param_groups[0]
-        group["lr"], group["betas"], group["eps"] = float(state["lr"]), tuple(state["betas"]), float(state["eps"])
-
-
-class RMSprop:
+class RMSprop(_ForeachOptimizer):
     """RMSProp (Tieleman & Hinton 2012) with the TensorFlow 1.x semantics the seed configs were tuned for
     (IMPALA's ``decay``/``momentum``/``epsilon``; Espeholt et al. 2018 used ``tf.train.RMSPropOptimizer``):
 
@@ -98,6 +118,9 @@ class RMSprop:
     Note epsilon inside the square root (torch.optim.RMSprop adds it outside, and starts ms at 0).
     """
 
+    _buffers = ("ms", "mom")
+    _hyper = ("lr", "decay", "momentum", "eps")
+
     def __init__(
         self,
         params: Iterable[torch.nn.Parameter],
@@ -106,34 +129,15 @@ class RMSprop:
         momentum: float = 0.0,
         epsilon: float = 1e-10,
     ):
-        params = list(params)
-        if not params:
-            raise ValueError("RMSprop got no parameters to optimize")
-        self.param_groups = [{"params": params, "lr": lr, "decay": decay, "momentum": momentum, "eps": epsilon}]
-        self._ms = [torch.ones_like(p, memory_format=torch.preserve_format) for p in params]
-        self._mom = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
+        super().__init__(params, lr=lr, decay=decay, momentum=momentum, eps=epsilon)
 
-    @property
-    def params(self) -> list[torch.nn.Parameter]:
-        return self.param_groups[0]["params"]
+    def _init_buffer(self, name: str, p: torch.Tensor) -> torch.Tensor:
+        if name == "ms":
+            return torch.ones_like(p, memory_format=torch.preserve_format)
+        return super()._init_buffer(name, p)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
-
-    @torch.no_grad()
-    def step(self) -> None:
-        group = self.param_groups[0]
-        idx = [i for i, p in enumerate(self.params) if p.grad is not None]
-        if not idx:
-            return
-        params = [self.params[i] for i in idx]
-        grads = [p.grad for p in params]
-        ms = [self._ms[i] for i in idx]
-        mom = [self._mom[i] for i in idx]
+    def _update(self, params: list, grads: list, buffers: dict[str, list], group: dict) -> None:
+        ms, mom = buffers["ms"], buffers["mom"]
         torch._foreach_mul_(ms, group["decay"])
         torch._foreach_addcmul_(ms, grads, grads, 1 - group["decay"])
         denom = torch._foreach_add(ms, group["eps"])
@@ -141,23 +145,3 @@ class RMSprop:
         torch._foreach_mul_(mom, group["momentum"])
         torch._foreach_addcdiv_(mom, grads, denom, group["lr"])
         torch._foreach_sub_(params, mom)
-
-    def state_dict(self) -> dict:
-        group = self.param_groups[0]
-        return {
-            "lr": group["lr"], "decay": group["decay"], "momentum": group["momentum"], "eps": group["eps"],
-            "ms": [t.clone() for t in self._ms],
-            "mom": [t.clone() for t in self._mom],
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        if len(state["ms"]) != len(self._ms):
-            raise ValueError(f"optimizer state has {len(state['ms'])} tensors, the model {len(self._ms)}")
-        for dst, src in zip(self._ms + self._mom, list(state["ms"]) + list(state["mom"])):
-            src = torch.as_tensor(src)
-            if dst.shape != src.shape:
-                raise ValueError(f"optimizer state tensor of shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
-            dst.copy_(src)
-        group = self.param_groups[0]
-        for k in ("lr", "decay", "momentum", "eps"):
-            group[k] = float(state[k])
