@@ -183,7 +183,10 @@ class TorchPolicy(Policy):
                 col = col.astype(np.int64, copy=False)
             elif col.dtype == np.float64:
                 col = col.astype(np.float32)
-            tensors[key] = torch.from_numpy(np.ascontiguousarray(col)).to(self.device, non_blocking=True)
+            col = np.ascontiguousarray(col)
+            if not col.flags.writeable:  # a batch that came through Ray's object store is read-only
+                col = col.copy()
+            tensors[key] = torch.from_numpy(col).to(self.device, non_blocking=True)
         return tensors
 
     def learn_on_batch(self, samples: SampleBatch) -> dict:
