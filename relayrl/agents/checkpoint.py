@@ -36,8 +36,10 @@ def split_state(tree: Any) -> tuple[Any, dict[str, np.ndarray]]:
 
     def walk(node: Any, path: str) -> Any:
         if isinstance(node, dict):
-            return {"__dict__": [[walk(k, path + ".k"), walk(v, f"{path}.{_key(k)}")] for k, v in node.items()]} \
-                if any(not isinstance(k, str) for k in node) else {k: walk(v, f"{path}.{k}") for k, v in node.items()}
+            if all(isinstance(k, str) for k in node):
+                return {k: walk(v, f"{path}.{k}") for k, v in node.items()}
+            # JSON objects have string keys only: other keys (e.g. optimizer state's ints) go as key-value pairs.
+            return {"__dict__": [[walk(k, path + ".k"), walk(v, f"{path}.{_key(k)}")] for k, v in node.items()]}
         if isinstance(node, (list, tuple)):
             return [walk(v, f"{path}.{i}") for i, v in enumerate(node)]
         if _is_tensor(node):
