@@ -6,8 +6,6 @@ import random
 from collections import defaultdict
 from typing import Any
 
-import numpy as np
-
 
 class Episode:
     """``episode_id``, ``length``, ``total_reward``, ``agent_rewards``, and dicts for user code:
@@ -15,8 +13,7 @@ class Episode:
 
     __slots__ = (
         "episode_id", "env_index", "length", "total_reward", "agent_rewards", "custom_metrics",
-        "user_data", "hist_data", "_last_obs", "_last_action", "_last_info", "_last_reward", "rnn_state",
-        "prev_action", "prev_reward",
+        "user_data", "hist_data", "_last_obs", "_last_action", "_last_info", "_last_reward",
     )
 
     def __init__(self, env_index: int = 0, rng: random.Random | None = None):
@@ -32,9 +29,6 @@ class Episode:
         self._last_action: Any = None
         self._last_info: Any = None
         self._last_reward: float = 0.0
-        self.rnn_state: list[np.ndarray] = []
-        self.prev_action: Any = None
-        self.prev_reward: float = 0.0
 
     def last_observation_for(self, agent_id: Any = 0) -> Any:
         return self._last_obs

@@ -276,9 +276,7 @@ class SyncSampler:
         return rewards
 
     def _new_episode(self, i: int) -> Episode:
-        ep = Episode(i, self._rng)
-        ep.rnn_state = list(self._initial_state)
-        return ep
+        return Episode(i, self._rng)
 
     def _callback(self, name: str, episode: Episode) -> None:
         cb = self.callbacks.get(name)
