@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from relayrl.agents.es.perturbation_trainer import PerturbationTrainer
+from relayrl.agents.es.perturbation_trainer import PerturbationTrainer, validate_perturbation_config
 from relayrl.agents.trainer import with_common_config
 from relayrl.utils import es_utils
 
@@ -51,18 +51,14 @@ def validate_config(config: dict) -> None:
     if get("rollouts_used") > get("num_rollouts"):
         raise ValueError(
             f"ARS config: 'rollouts_used' ({get('rollouts_used')}) must be <= 'num_rollouts' ({get('num_rollouts')})")
-    for key in ("num_rollouts", "rollouts_used", "noise_size", "report_length"):
+    validate_perturbation_config("ARS", get)
+    for key in ("num_rollouts", "rollouts_used"):
         if get(key) < 1:
             raise ValueError(f"ARS config: {key!r} must be >= 1, got {get(key)!r}")
-    for key in ("noise_stdev", "sgd_stepsize"):
-        if get(key) <= 0:
-            raise ValueError(f"ARS config: {key!r} must be > 0, got {get(key)!r}")
-    if not 0.0 <= get("eval_prob") < 1.0:
-        raise ValueError(f"ARS config: 'eval_prob' must be in [0, 1), got {get('eval_prob')!r}")
+    if get("sgd_stepsize") <= 0:
+        raise ValueError(f"ARS config: 'sgd_stepsize' must be > 0, got {get('sgd_stepsize')!r}")
     if not 0.0 <= get("sgd_momentum") < 1.0:
         raise ValueError(f"ARS config: 'sgd_momentum' must be in [0, 1), got {get('sgd_momentum')!r}")
-    if get("policy_type") not in ("MLPPolicy", "LinearPolicy"):
-        raise ValueError(f"ARS config: 'policy_type' must be 'LinearPolicy' or 'MLPPolicy', got {get('policy_type')!r}")
 
 
 class ARSTrainer(PerturbationTrainer):

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from relayrl.agents.es.perturbation_trainer import PerturbationTrainer
+from relayrl.agents.es.perturbation_trainer import PerturbationTrainer, validate_perturbation_config
 from relayrl.agents.trainer import with_common_config
 from relayrl.utils import es_utils
 
@@ -48,18 +48,13 @@ def validate_config(config: dict) -> None:
     get = lambda k: config.get(k, DEFAULT_CONFIG[k])  # noqa: E731
     if get("return_proc_mode") != "centered_rank":
         raise ValueError(f"ES config: 'return_proc_mode' must be 'centered_rank', got {get('return_proc_mode')!r}")
-    for key in ("noise_stdev", "stepsize"):
-        if get(key) <= 0:
-            raise ValueError(f"ES config: {key!r} must be > 0, got {get(key)!r}")
-    for key in ("episodes_per_batch", "noise_size", "report_length"):
-        if get(key) < 1:
-            raise ValueError(f"ES config: {key!r} must be >= 1, got {get(key)!r}")
-    if not 0.0 <= get("eval_prob") < 1.0:
-        raise ValueError(f"ES config: 'eval_prob' must be in [0, 1), got {get('eval_prob')!r}")
+    validate_perturbation_config("ES", get)
+    if get("stepsize") <= 0:
+        raise ValueError(f"ES config: 'stepsize' must be > 0, got {get('stepsize')!r}")
+    if get("episodes_per_batch") < 1:
+        raise ValueError(f"ES config: 'episodes_per_batch' must be >= 1, got {get('episodes_per_batch')!r}")
     if get("l2_coeff") < 0:
         raise ValueError(f"ES config: 'l2_coeff' must be >= 0, got {get('l2_coeff')!r}")
-    if get("policy_type") not in ("MLPPolicy", "LinearPolicy"):
-        raise ValueError(f"ES config: 'policy_type' must be 'MLPPolicy' or 'LinearPolicy', got {get('policy_type')!r}")
 
 
 class ESTrainer(PerturbationTrainer):

@@ -30,6 +30,21 @@ from relayrl.utils.filters import filter_from_state
 DEFAULT_NOISE_SEED = 123  # the noise seed when config["seed"] is None (as in the ES reference code)
 
 
+def validate_perturbation_config(name: str, get) -> None:
+    """The checks ES and ARS share; ``get(key)`` reads the config with the algorithm's defaults."""
+    for key in ("noise_size", "report_length"):
+        if get(key) < 1:
+            raise ValueError(f"{name} config: {key!r} must be >= 1, got {get(key)!r}")
+    if get("noise_stdev") <= 0:
+        raise ValueError(f"{name} config: 'noise_stdev' must be > 0, got {get('noise_stdev')!r}")
+    if not 0.0 <= get("eval_prob") < 1.0:
+        raise ValueError(f"{name} config: 'eval_prob' must be in [0, 1), got {get('eval_prob')!r}")
+    if get("policy_type") not in ("MLPPolicy", "LinearPolicy"):
+        raise ValueError(
+            f"{name} config: 'policy_type' must be 'MLPPolicy' or 'LinearPolicy', got {get('policy_type')!r}"
+        )
+
+
 class PerturbationTrainer(Trainer):
     def _init(self, config: dict, env_creator: Any) -> None:
         seed = config["seed"] if config["seed"] is not None else DEFAULT_NOISE_SEED
