@@ -1,12 +1,19 @@
-"""Advantage estimation on one trajectory: discounted returns, or GAE(gamma, lambda).
+"""Advantage estimation on trajectories: discounted returns, or GAE(gamma, lambda).
 
 Generalized Advantage Estimation: Schulman et al. 2016, https://arxiv.org/abs/1506.02438, eq. 16:
     delta_t = r_t + gamma * V(s_{t+1}) - V(s_t),   A_t = sum_l (gamma * lambda)^l delta_{t+l}.
-``last_r`` is the value after the trajectory's last step: 0 when the episode terminated there, V(s_T) when it
+``last_r`` is the value after a trajectory's last step: 0 when the episode terminated there, V(s_T) when it
 was cut (by a time limit, the horizon or the end of a sample fragment).
+
+A batch may hold one trajectory or several consecutive ones (a new ``unroll_id`` starts each, as in what the
+sampler hands to ``Policy.postprocess_fragment``); then ``last_r`` has one value per trajectory and the sums
+stop at each trajectory's end. A postprocess function that is correct on such a batch says so with
+``@multi_trajectory``, and the sampler postprocesses a whole fragment with one call of it.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -18,31 +25,47 @@ class Postprocessing:
     VALUE_TARGETS = "value_targets"
 
 
-def discount_cumsum(x: np.ndarray, gamma: float) -> np.ndarray:
-    """y[t] = sum_{k>=t} gamma^(k-t) x[k]."""
-    out = np.empty(len(x), dtype=np.float64)
+def multi_trajectory(fn: Callable) -> Callable:
+    """Marks a ``postprocess_fn(policy, batch, other_agent_batches, episode)`` as correct on a batch of several
+    consecutive trajectories (it must not need ``episode``)."""
+    fn.multi_trajectory = True
+    return fn
+
+
+def discount_cumsum(x: np.ndarray, gamma: float, ends: np.ndarray | None = None) -> np.ndarray:
+    """y[t] = sum_{k>=t} gamma^(k-t) x[k], each sum stopping after the next row where ``ends`` is true."""
+    xs = np.asarray(x, dtype=np.float64).tolist()
     running = 0.0
-    for t, v in zip(range(len(x) - 1, -1, -1), x[::-1].tolist()):
-        running = v + gamma * running
-        out[t] = running
-    return out
+    if ends is None:
+        for t in range(len(xs) - 1, -1, -1):
+            running = xs[t] + gamma * running
+            xs[t] = running
+    else:
+        for t, end in zip(range(len(xs) - 1, -1, -1), ends[::-1].tolist()):
+            running = xs[t] + (0.0 if end else gamma * running)
+            xs[t] = running
+    return np.array(xs, dtype=np.float64)
 
 
 def compute_advantages(
-    rollout: SampleBatch, last_r: float, gamma: float = 0.9, lambda_: float = 1.0, use_gae: bool = True
+    rollout: SampleBatch, last_r: float | np.ndarray, gamma: float = 0.9, lambda_: float = 1.0, use_gae: bool = True
 ) -> SampleBatch:
-    """Adds ``advantages`` and ``value_targets`` columns to a single-trajectory batch (in place)."""
+    """Adds ``advantages`` and ``value_targets`` columns (in place) to a batch of one or more trajectories;
+    ``last_r`` is one value, or one per trajectory."""
     rewards = np.asarray(rollout[SampleBatch.REWARDS], dtype=np.float64)
+    ends = rollout.trajectory_ends()
+    after_end = np.zeros(len(rewards))
+    after_end[ends] = last_r  # the value after each trajectory's last step
     if use_gae:
         if SampleBatch.VF_PREDS not in rollout:
             raise KeyError("use_gae needs a 'vf_preds' column: the policy must record value estimates")
-        vpred_t = np.append(np.asarray(rollout[SampleBatch.VF_PREDS], dtype=np.float64), last_r)
-        delta_t = rewards + gamma * vpred_t[1:] - vpred_t[:-1]
-        advantages = discount_cumsum(delta_t, gamma * lambda_)
-        value_targets = advantages + vpred_t[:-1]
+        vpred = np.asarray(rollout[SampleBatch.VF_PREDS], dtype=np.float64)
+        next_v = np.where(ends, after_end, np.append(vpred[1:], 0.0))
+        advantages = discount_cumsum(rewards + gamma * next_v - vpred, gamma * lambda_, ends)
+        value_targets = advantages + vpred
     else:
         # Monte-Carlo returns, bootstrapped at a cut; with a value function it is the baseline.
-        value_targets = discount_cumsum(np.append(rewards, last_r), gamma)[:-1]
+        value_targets = discount_cumsum(rewards + gamma * after_end, gamma, ends)
         advantages = value_targets
         if SampleBatch.VF_PREDS in rollout:
             advantages = value_targets - np.asarray(rollout[SampleBatch.VF_PREDS], dtype=np.float64)
@@ -51,10 +74,17 @@ def compute_advantages(
     return rollout
 
 
+def bootstrap_values(policy, batch: SampleBatch) -> np.ndarray:
+    """One value per trajectory of the batch: 0 where its last step terminated the episode, else the policy's
+    value of the observation after that step."""
+    if hasattr(policy, "bootstrap_values"):
+        return policy.bootstrap_values(batch)
+    last = np.flatnonzero(batch.trajectory_ends())
+    values = np.asarray(policy.value(batch[SampleBatch.NEXT_OBS][last]), dtype=np.float64)
+    values[np.asarray(batch[SampleBatch.TERMINATEDS])[last]] = 0.0
+    return values
+
+
 def bootstrap_value(policy, batch: SampleBatch) -> float:
-    """0 if the trajectory's last step terminated the episode, else the policy's value of the next observation."""
-    if hasattr(policy, "bootstrap_value"):
-        return policy.bootstrap_value(batch)
-    if batch[SampleBatch.TERMINATEDS][-1]:
-        return 0.0
-    return float(policy.value(batch[SampleBatch.NEXT_OBS][-1:])[0])
+    """``bootstrap_values`` of a single trajectory."""
+    return float(bootstrap_values(policy, batch)[-1])

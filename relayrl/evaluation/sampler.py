@@ -1,17 +1,21 @@
 """The sampling loop: step all sub-envs together, one batched policy call per step, cut into trajectories.
 
-Per step the loop appends whole ``[num_envs, ...]`` arrays to column lists; at the end of a fragment of
-``fragment_length`` steps it stacks them into ``[T, num_envs, ...]`` and cuts each env's column at episode
-ends. Each piece (one episode, or the part of one inside this fragment) goes through
-``policy.postprocess_trajectory`` and the pieces are concatenated into the SampleBatch that ``sample()`` returns.
+Per step the loop appends whole ``[num_envs, ...]`` rows to column lists; at the end of a fragment of
+``fragment_length`` steps it stacks them into ``[T, num_envs, ...]`` and lays them out env by env: each env's
+rows in time order, a new trajectory (a new ``unroll_id``) after each episode end and at each env's first row.
+One call of ``policy.postprocess_fragment`` postprocesses all of them, and that is the batch ``sample()`` returns.
 
     sampler = SyncSampler(vector_env, policy, preprocessor, obs_filter, fragment_length=200)
     batch = sampler.sample()          # >= fragment_length * num_envs steps
     finished = sampler.get_metrics()  # RolloutMetrics of the episodes that ended since the last call
+
+Episode lengths and returns are kept per env and written to the ``Episode`` objects when an episode ends, at
+the end of each fragment, and at every step when there are callbacks.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from typing import Any, Callable
@@ -63,13 +67,13 @@ class SyncSampler:
         self._rng = random.Random(seed)
         self._action_fn = _env_action_fn(env.action_space, clip_actions)
         self._metrics: list[RolloutMetrics] = []
-        self._carry: list[list[dict]] = [[] for _ in range(self.num_envs)]
+        self._carry: list[dict | None] = [None] * self.num_envs  # complete_episodes: rows of unfinished episodes
         self._unroll_id = 0
         self._perf = {"env_wait": 0.0, "inference": 0.0, "processing": 0.0, "postprocessing": 0.0, "steps": 0}
         self._initial_state = policy.get_initial_state()
         self._seed = seed
         self._obs: np.ndarray | None = None
-        self._ended: dict[int, Episode] = {}
+        self._by_id: dict[int, Episode] = {}  # running episodes and those that ended in this fragment
 
     # --- public -------------------------------------------------------------------------------------------
     def sample(self) -> SampleBatch:
@@ -85,7 +89,8 @@ class SyncSampler:
         pieces: list[SampleBatch] = []
         count = 0
         while count < target:
-            for batch in self._run_fragment():
+            batch = self._run_fragment()
+            if batch is not None:
                 pieces.append(batch)
                 count += batch.count
         batch = SampleBatch.concat_samples(pieces)
@@ -108,160 +113,198 @@ class SyncSampler:
 
     # --- the loop -------------------------------------------------------------------------------------------
     def _start(self) -> None:
-        seeds = [None if self._seed is None else self._seed + i for i in range(self.num_envs)]
+        n = self.num_envs
+        seeds = [None if self._seed is None else self._seed + i for i in range(n)]
         raw = self.env.vector_reset(seeds)
         self._obs = self._process_obs(raw)
-        self._episodes = [self._new_episode(i) for i in range(self.num_envs)]
+        self._episodes = [self._new_episode(i) for i in range(n)]
         self._eps_ids = np.array([e.episode_id for e in self._episodes], dtype=np.int64)
-        self._t = np.zeros(self.num_envs, dtype=np.int64)
-        self._state = [np.stack([s] * self.num_envs) for s in self._initial_state]
+        self._t = np.zeros(n, dtype=np.int64)  # steps so far in each env's episode
+        self._return_before = np.zeros(n)  # each episode's return before row _return_row of this fragment
+        self._return_row = [0] * n
+        self._state = [np.stack([s] * n) for s in self._initial_state]
         for i, ep in enumerate(self._episodes):
             ep._last_obs = raw[i]
             self._callback("on_episode_start", ep)
 
-    def _run_fragment(self) -> list[SampleBatch]:
-        """Steps every sub-env ``fragment_length`` times; returns the postprocessed trajectory pieces."""
-        cols: dict[str, list] = {k: [] for k in (SB.OBS, SB.ACTIONS, SB.REWARDS, SB.TERMINATEDS, SB.TRUNCATEDS,
-                                                 SB.NEXT_OBS, SB.INFOS, SB.EPS_ID, SB.T)}
-        extra_cols: dict[str, list] = {}
-        state_cols: list[list] = [[] for _ in self._state]
-        policy, env, episodes, horizon = self.policy, self.env, self._episodes, self.horizon
-        perf = self._perf
-        on_step = self.callbacks.get("on_episode_step")
-        for _ in range(self.fragment_length):
-            t0 = time.perf_counter()
-            obs = self._obs
-            actions, state_out, extra = policy.compute_actions(
-                obs, self._state or None, episodes=episodes
-            )
+    def _run_fragment(self) -> SampleBatch | None:
+        """Steps every sub-env ``fragment_length`` times; returns the postprocessed batch (None when
+        complete_episodes holds every row back because no episode ended)."""
+        obs_rows, act_rows, rew_rows, term_rows, trunc_rows, next_rows, info_rows, eps_rows, t_rows = (
+            [] for _ in range(9))
+        extra_rows: dict[str, list] = {}
+        state_rows: list[list] = [[] for _ in self._state]
+        policy, env, action_fn, horizon = self.policy, self.env, self._action_fn, self.horizon
+        exact_episodes = bool(self.callbacks)
+        clock = time.perf_counter
+        inference = env_wait = processing = 0.0
+        obs = self._obs
+        for step in range(self.fragment_length):
+            t0 = clock()
+            actions, state_out, extra = policy.compute_actions(obs, self._state or None, episodes=self._episodes)
             actions = np.asarray(actions)
-            t1 = time.perf_counter()
-            raw_obs, rewards, terms, truncs, infos = env.vector_step(self._action_fn(actions))
-            t2 = time.perf_counter()
-            rewards = np.asarray(rewards, dtype=np.float64)
-            terms = np.asarray(terms, dtype=bool)
-            truncs = np.asarray(truncs, dtype=bool)
-            self._t += 1
+            t1 = clock()
+            raw_obs, rewards, terms, truncs, infos = env.vector_step(action_fn(actions))
+            t2 = clock()
             if horizon is not None:
-                truncs |= (self._t >= horizon) & ~terms
-            new_obs = self._process_obs(raw_obs)
-            cols[SB.OBS].append(obs)
-            cols[SB.ACTIONS].append(actions)
-            cols[SB.REWARDS].append(self._clip(rewards))
-            cols[SB.TERMINATEDS].append(terms)
-            cols[SB.TRUNCATEDS].append(truncs)
-            cols[SB.NEXT_OBS].append(new_obs)
-            cols[SB.INFOS].append(infos)
-            cols[SB.EPS_ID].append(self._eps_ids.copy())
-            cols[SB.T].append(self._t - 1)
+                truncs = np.asarray(truncs, dtype=bool) | ((self._t + 1 >= horizon) & ~np.asarray(terms, dtype=bool))
+            next_obs = self._process_obs(raw_obs)
+            obs_rows.append(obs)
+            act_rows.append(actions)
+            rew_rows.append(rewards)
+            term_rows.append(terms)
+            trunc_rows.append(truncs)
+            next_rows.append(next_obs)
+            info_rows.append(infos)
+            eps_rows.append(self._eps_ids)
+            t_rows.append(self._t)
+            self._t = self._t + 1  # a new array: the row just stored must not change
             for k, v in extra.items():
-                extra_cols.setdefault(k, []).append(v)
-            for col, s in zip(state_cols, self._state):
-                col.append(s)
-            for ep, r in zip(episodes, rewards.tolist()):
-                ep.length += 1
-                ep.total_reward += r
-            if self.callbacks:
-                for i, ep in enumerate(episodes):
-                    ep._last_obs, ep._last_info, ep._last_action, ep._last_reward = (
-                        raw_obs[i], infos[i], actions[i], rewards[i])
-                    if on_step:
-                        on_step({"env": env, "episode": ep, "worker": self.worker})
+                extra_rows.setdefault(k, []).append(v)
+            for rows, s in zip(state_rows, self._state):
+                rows.append(s)
             if state_out:
                 self._state = [np.array(s) for s in state_out]
-            done = terms | truncs
-            if done.any():
-                new_obs = new_obs.copy()
-                for i in np.flatnonzero(done):
-                    new_obs[i] = self._end_episode(i)
-            self._obs = new_obs
-            perf["inference"] += t1 - t0
-            perf["env_wait"] += t2 - t1
-            perf["processing"] += time.perf_counter() - t2
-            perf["steps"] += 1
-        t3 = time.perf_counter()
-        pieces = self._cut(cols, extra_cols, state_cols)
-        perf["postprocessing"] += time.perf_counter() - t3
-        return pieces
+            if exact_episodes:
+                self._step_callbacks(raw_obs, rewards, infos, actions)
+            if True in terms or True in truncs:
+                next_obs = self._end_episodes(step, terms, truncs, next_obs, rew_rows)
+            obs = next_obs
+            inference += t1 - t0
+            env_wait += t2 - t1
+            processing += clock() - t2
+        self._obs = obs
+        t3 = clock()
+        batch = self._assemble(obs_rows, act_rows, rew_rows, term_rows, trunc_rows, next_rows, info_rows, eps_rows,
+                               t_rows, extra_rows, state_rows)
+        perf = self._perf
+        perf["inference"] += inference
+        perf["env_wait"] += env_wait
+        perf["processing"] += processing
+        perf["postprocessing"] += clock() - t3
+        perf["steps"] += self.fragment_length
+        return batch
 
-    def _end_episode(self, i: int) -> np.ndarray:
-        """Records the finished episode of sub-env ``i``, resets it and returns its first processed obs."""
-        ep = self._episodes[i]
-        self._ended[ep.episode_id] = ep
-        self._callback("on_episode_end", ep)
-        self._metrics.append(
-            RolloutMetrics(ep.length, float(ep.total_reward), {(0, self.policy_id): float(ep.total_reward)},
-                           dict(ep.custom_metrics), {})
-        )
-        raw, _ = self.env.reset_at(i)
-        ep = self._episodes[i] = self._new_episode(i)
-        ep._last_obs = raw
-        self._eps_ids[i] = ep.episode_id
-        self._t[i] = 0
-        for s, init in zip(self._state, self._initial_state):
-            s[i] = init
-        self._callback("on_episode_start", ep)
-        return self._process_obs([raw])[0]
+    def _step_callbacks(self, raw_obs, rewards, infos, actions) -> None:
+        on_step = self.callbacks.get("on_episode_step")
+        for i, ep in enumerate(self._episodes):
+            ep.length = int(self._t[i])
+            ep.total_reward += rewards[i]
+            ep._last_obs, ep._last_info, ep._last_action, ep._last_reward = raw_obs[i], infos[i], actions[i], rewards[i]
+            if on_step:
+                on_step({"env": self.env, "episode": ep, "worker": self.worker})
 
-    # --- cutting a fragment into trajectories -----------------------------------------------------------------
-    def _cut(self, cols: dict, extra_cols: dict, state_cols: list) -> list[SampleBatch]:
-        stacked = {k: np.stack(v) for k, v in cols.items() if k != SB.INFOS}
-        infos = np.empty((self.fragment_length, self.num_envs), dtype=object)
-        for t, row in enumerate(cols[SB.INFOS]):
-            infos[t, :] = row
-        stacked[SB.INFOS] = infos
-        stacked.update({k: np.stack(v) for k, v in extra_cols.items()})
-        for j, col in enumerate(state_cols):
-            stacked[f"state_in_{j}"] = np.stack(col)
-        done = stacked[SB.TERMINATEDS] | stacked[SB.TRUNCATEDS]
-        pieces = []
+    def _end_episodes(self, step: int, terms, truncs, next_obs: np.ndarray, rew_rows: list) -> np.ndarray:
+        """Records the episodes that ended at this step, resets their envs and returns the observations the
+        policy sees next (``next_obs`` with the finished envs' rows replaced by their reset observations)."""
+        done = [i for i, (te, tr) in enumerate(zip(terms, truncs)) if te or tr]
+        self._eps_ids = self._eps_ids.copy()  # the stored row keeps the finished episodes' ids
+        reset_obs = []
+        for i in done:
+            ep = self._episodes[i]
+            ep.length = int(self._t[i])
+            ep.total_reward = float(self._return_before[i] + sum(r[i] for r in rew_rows[self._return_row[i]:]))
+            self._callback("on_episode_end", ep)
+            self._metrics.append(RolloutMetrics(ep.length, ep.total_reward, {(0, self.policy_id): ep.total_reward},
+                                                dict(ep.custom_metrics), {}))
+            raw, _ = self.env.reset_at(i)
+            ep = self._episodes[i] = self._new_episode(i)
+            ep._last_obs = raw
+            self._eps_ids[i] = ep.episode_id
+            self._t[i] = 0
+            self._return_before[i], self._return_row[i] = 0.0, step + 1
+            for s, init in zip(self._state, self._initial_state):
+                s[i] = init
+            self._callback("on_episode_start", ep)
+            reset_obs.append(raw)
+        obs = next_obs.copy()
+        obs[done] = self._process_obs(reset_obs)
+        return obs
+
+    # --- from rows to a batch ---------------------------------------------------------------------------------
+    def _assemble(self, obs_rows, act_rows, rew_rows, term_rows, trunc_rows, next_rows, info_rows, eps_rows,
+                  t_rows, extra_rows, state_rows) -> SampleBatch | None:
+        T, n = self.fragment_length, self.num_envs
+        rewards = np.array(rew_rows, dtype=np.float64)
+        self._close_fragment_returns(rewards)
+        cols = {
+            SB.OBS: np.stack(obs_rows), SB.ACTIONS: np.stack(act_rows), SB.REWARDS: self._clip(rewards),
+            SB.TERMINATEDS: np.array(term_rows, dtype=bool), SB.TRUNCATEDS: np.array(trunc_rows, dtype=bool),
+            SB.NEXT_OBS: np.stack(next_rows), SB.EPS_ID: np.stack(eps_rows), SB.T: np.stack(t_rows),
+            SB.INFOS: np.fromiter(itertools.chain.from_iterable(info_rows), dtype=object, count=T * n).reshape(T, n),
+        }
+        cols.update((k, np.stack(v)) for k, v in extra_rows.items())
+        cols.update((f"state_in_{j}", np.stack(rows)) for j, rows in enumerate(state_rows))
+        if self.complete_episodes:
+            flat, lengths = self._hold_back_unfinished(cols)
+            if not flat:
+                return None
+        else:  # env-major: env 0's T rows, then env 1's, ...
+            flat = {k: v.swapaxes(0, 1).reshape((T * n,) + v.shape[2:]) for k, v in cols.items()}
+            lengths = [T] * n
+        dones = flat[SB.TERMINATEDS] | flat[SB.TRUNCATEDS]
+        starts = np.zeros(len(dones), dtype=bool)
+        starts[1:] = dones[:-1]
+        offsets = np.cumsum([0] + lengths[:-1])
+        starts[offsets[offsets < len(dones)]] = True  # each env's rows start a trajectory
+        flat[SB.DONES] = dones
+        flat[SB.AGENT_INDEX] = np.zeros(len(dones), dtype=np.int64)
+        flat[SB.UNROLL_ID] = self._unroll_id + np.cumsum(starts) - 1
+        self._unroll_id = int(flat[SB.UNROLL_ID][-1]) + 1
+        episodes = [self._by_id.get(e) for e in flat[SB.EPS_ID][starts].tolist()]
+        batch = self._postprocess(SampleBatch(flat), episodes)
+        self._by_id = {ep.episode_id: ep for ep in self._episodes}
+        return batch
+
+    def _close_fragment_returns(self, rewards: np.ndarray) -> None:
+        """Folds this fragment's rewards of the running episodes into their returns."""
+        rows = np.arange(len(rewards))[:, None] >= np.asarray(self._return_row)[None, :]
+        self._return_before += np.where(rows, rewards, 0.0).sum(axis=0)
+        self._return_row = [0] * self.num_envs
+        for i, ep in enumerate(self._episodes):
+            ep.length, ep.total_reward = int(self._t[i]), float(self._return_before[i])
+
+    def _hold_back_unfinished(self, cols: dict) -> tuple[dict, list[int]]:
+        """complete_episodes: each env's rows up to its last episode end go out (after the rows held back
+        from earlier fragments); the rest wait for their episode to end."""
+        done = cols[SB.TERMINATEDS] | cols[SB.TRUNCATEDS]
+        parts: dict[str, list] = {k: [] for k in cols}
+        lengths = []
         for i in range(self.num_envs):
-            ends = (np.flatnonzero(done[:, i]) + 1).tolist()
-            starts = [0] + ends
-            if not ends or ends[-1] != self.fragment_length:
-                ends.append(self.fragment_length)
-            for a, b in zip(starts, ends):
-                piece = {k: v[a:b, i] for k, v in stacked.items()}
-                if self._carry[i]:
-                    piece = {k: np.concatenate([c[k] for c in self._carry[i]] + [piece[k]]) for k in piece}
-                    self._carry[i] = []
-                finished = bool(done[b - 1, i])
-                if not finished and self.complete_episodes:
-                    self._carry[i].append(piece)
-                    continue
-                pieces.append(piece)
-        batches = self._postprocess(pieces)
-        self._ended.clear()
-        return batches
+            ends = np.flatnonzero(done[:, i])
+            stop = int(ends[-1]) + 1 if len(ends) else 0
+            carry = self._carry[i]
+            rest = {k: v[stop:, i] for k, v in cols.items()} if stop < self.fragment_length else None
+            if stop:
+                for k, v in cols.items():
+                    if carry is not None:
+                        parts[k].append(carry[k])
+                    parts[k].append(v[:stop, i])
+                lengths.append(stop + (len(carry[SB.REWARDS]) if carry is not None else 0))
+                carry = None
+            else:
+                lengths.append(0)
+            if carry is not None and rest is not None:
+                rest = {k: np.concatenate([carry[k], rest[k]]) for k in rest}
+            self._carry[i] = rest if rest is not None else carry
+        if not sum(lengths):
+            return {}, lengths
+        return {k: np.concatenate(p) for k, p in parts.items()}, lengths
 
-    def _postprocess(self, pieces: list[dict]) -> list[SampleBatch]:
-        batches, episodes = [], []
-        for piece in pieces:
-            n = len(piece[SB.REWARDS])
-            piece[SB.DONES] = piece[SB.TERMINATEDS] | piece[SB.TRUNCATEDS]
-            piece[SB.AGENT_INDEX] = np.zeros(n, dtype=np.int64)
-            piece[SB.UNROLL_ID] = np.full(n, self._unroll_id, dtype=np.int64)
-            self._unroll_id += 1
-            batches.append(SampleBatch(piece))
-            episodes.append(self._episode_by_id(int(piece[SB.EPS_ID][0])))
+    def _postprocess(self, batch: SampleBatch, episodes: list) -> SampleBatch:
         callback = self.callbacks.get("on_postprocess_traj")
-        pre = [b.copy() for b in batches] if callback else None
-        batched = getattr(self.policy, "postprocess_trajectories", None)
-        if batched is not None:
-            posts = batched(batches, episodes)
+        pre = batch.copy() if callback else None
+        post_fragment = getattr(self.policy, "postprocess_fragment", None)
+        if post_fragment is not None:
+            post = post_fragment(batch, episodes)
         else:  # a duck-typed policy with only the per-trajectory hook
-            posts = [self.policy.postprocess_trajectory(b, None, ep) for b, ep in zip(batches, episodes)]
+            post = SampleBatch.concat_samples([self.policy.postprocess_trajectory(b, None, ep)
+                                               for b, ep in zip(batch.split_trajectories(), episodes)])
         if callback:
-            for ep, before, after in zip(episodes, pre, posts):
+            for ep, before, after in zip(episodes, pre.split_trajectories(), post.split_trajectories()):
                 callback({"episode": ep, "agent_id": 0, "pre_batch": (self.policy, before), "post_batch": after,
                           "all_pre_batches": {0: (self.policy, before)}})
-        return posts
-
-    def _episode_by_id(self, eps_id: int) -> Episode | None:
-        for ep in self._episodes:
-            if ep.episode_id == eps_id:
-                return ep
-        return self._ended.get(eps_id)
+        return post
 
     # --- helpers ----------------------------------------------------------------------------------------------
     def _process_obs(self, raw: list) -> np.ndarray:
@@ -276,7 +319,9 @@ class SyncSampler:
         return rewards
 
     def _new_episode(self, i: int) -> Episode:
-        return Episode(i, self._rng)
+        ep = Episode(i, self._rng)
+        self._by_id[ep.episode_id] = ep
+        return ep
 
     def _callback(self, name: str, episode: Episode) -> None:
         cb = self.callbacks.get(name)

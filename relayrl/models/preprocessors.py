@@ -49,7 +49,7 @@ class NoPreprocessor(Preprocessor):
         return np.asarray(obs)
 
     def transform_batch(self, obs_list: list) -> np.ndarray:
-        return np.asarray(obs_list)
+        return np.array(obs_list)  # a copy: a vector env may reuse its observation buffer
 
 
 class OneHotPreprocessor(Preprocessor):

@@ -77,11 +77,14 @@ class Policy:
         """Called on each trajectory (one episode or the piece of one in a fragment); e.g. computes GAE."""
         return sample_batch
 
-    def postprocess_trajectories(self, batches: list[SampleBatch], episodes: list | None = None) -> list[SampleBatch]:
-        """All trajectories that end a sample fragment at once (the sampler calls this). The default calls
-        ``postprocess_trajectory`` on each; a policy may override it to batch work across trajectories."""
-        episodes = episodes or [None] * len(batches)
-        return [self.postprocess_trajectory(b, None, ep) for b, ep in zip(batches, episodes)]
+    def postprocess_fragment(self, batch: SampleBatch, episodes: list | None = None) -> SampleBatch:
+        """What the sampler calls once per fragment: ``batch`` holds consecutive trajectories (a new
+        ``unroll_id`` starts each; ``episodes`` has one entry per trajectory). Returns them postprocessed and
+        joined in the same order. The default calls ``postprocess_trajectory`` on each; a policy may override
+        it to batch work across trajectories."""
+        pieces = batch.split_trajectories()
+        episodes = episodes or [None] * len(pieces)
+        return SampleBatch.concat_samples([self.postprocess_trajectory(b, None, ep) for b, ep in zip(pieces, episodes)])
 
     def learn_on_batch(self, samples: SampleBatch) -> dict:
         """Improves the policy on a batch; returns learner stats."""

@@ -133,6 +133,22 @@ class SampleBatch:
         edges = [0, *bounds.tolist(), self.count]
         return [self.slice(a, b) for a, b in zip(edges, edges[1:])]
 
+    def trajectory_ends(self) -> np.ndarray:
+        """A mask of the last row of each trajectory: the batch's last row, and every row after which
+        ``unroll_id`` changes (a sampler gives each trajectory, or piece of one, its own unroll id)."""
+        ends = np.zeros(self.count, dtype=bool)
+        if self.count:
+            ends[-1] = True
+            ids = self.data.get(self.UNROLL_ID)
+            if ids is not None:
+                ends[:-1] = ids[1:] != ids[:-1]
+        return ends
+
+    def split_trajectories(self) -> list["SampleBatch"]:
+        """One batch per trajectory (see ``trajectory_ends``); views of this batch's columns."""
+        edges = [0, *(np.flatnonzero(self.trajectory_ends()) + 1).tolist()]
+        return [self.slice(a, b) for a, b in zip(edges, edges[1:])]
+
     def concat(self, other: "SampleBatch") -> "SampleBatch":
         return SampleBatch.concat_samples([self, other])
 

@@ -72,7 +72,7 @@ class TorchPolicy(Policy):
             and dist_class.numpy_sample is not ActionDistribution.numpy_sample
         )
         self._wants_value = self._extra_action_out_fn is vf_preds_fetches
-        self._bootstrap_values: dict[int, float] = {}
+        self._bootstrap_values: dict[int, np.ndarray] = {}
         self.global_timestep = 0
         self.cur_lr = config.get("lr", 1e-4)
         schedule = config.get("lr_schedule")
@@ -128,9 +128,10 @@ class TorchPolicy(Policy):
         """The model's value estimates of a batch of observations (for bootstrapping)."""
         obs = np.asarray(obs, dtype=np.float32)
         if self._fast_path:
-            values = self.model.numpy_value(obs)
-            if values is not None:
-                return values
+            # In blocks of rows whose activations stay in cache: a whole fragment at once is ~1.5x slower.
+            values = [self.model.numpy_value(obs[i:i + 512]) for i in range(0, len(obs), 512)]
+            if values and values[0] is not None:
+                return np.concatenate(values)
         with torch.inference_mode():
             self.model({"obs": torch.from_numpy(obs).to(self.device), "is_training": False}, [], None)
             return self.model.value_function().cpu().numpy()
@@ -138,32 +139,41 @@ class TorchPolicy(Policy):
     def get_initial_state(self) -> list[np.ndarray]:
         return [np.asarray(s) for s in self.model.get_initial_state()]
 
-    def postprocess_trajectories(self, batches: list[SampleBatch], episodes: list | None = None) -> list[SampleBatch]:
-        """Computes the deferred value estimates of every trajectory of a fragment in one forward pass (the
-        observations plus each trajectory's last next-observation, for bootstrapping), then postprocesses each."""
-        if self._wants_value and batches and SampleBatch.VF_PREDS not in batches[0]:
-            obs = [b[SampleBatch.OBS] for b in batches] + [
-                np.concatenate([b[SampleBatch.NEXT_OBS][-1:] for b in batches])
-            ]
-            values = self.value(np.concatenate(obs))
-            start = 0
-            for b in batches:
-                b[SampleBatch.VF_PREDS] = values[start:start + b.count]
-                start += b.count
-            self._bootstrap_values = {id(b): float(v) for b, v in zip(batches, values[start:])}
+    def postprocess_fragment(self, batch: SampleBatch, episodes: list | None = None) -> SampleBatch:
+        """Computes the deferred value estimates of the whole fragment in one pass (its observations plus each
+        trajectory's last next-observation, for bootstrapping), then postprocesses: in one call when the
+        postprocess function handles several trajectories (``@multi_trajectory``), else trajectory by trajectory."""
+        if self._wants_value and batch.count and SampleBatch.VF_PREDS not in batch:
+            last = np.flatnonzero(batch.trajectory_ends())
+            values = self.value(np.concatenate([batch[SampleBatch.OBS], batch[SampleBatch.NEXT_OBS][last]]))
+            batch[SampleBatch.VF_PREDS] = values[:batch.count]
+            boot = values[batch.count:].astype(np.float64)
+            boot[batch[SampleBatch.TERMINATEDS][last]] = 0.0
+            self._bootstrap_values = {id(batch): boot}
         try:
-            return super().postprocess_trajectories(batches, episodes)
+            fn = self._postprocess_fn
+            if fn is None:
+                return batch
+            if getattr(fn, "multi_trajectory", False):
+                return fn(self, batch, None, None)
+            pieces = batch.split_trajectories()
+            if self._bootstrap_values:
+                boot = self._bootstrap_values.pop(id(batch))
+                self._bootstrap_values = {id(p): boot[i:i + 1] for i, p in enumerate(pieces)}
+            episodes = episodes or [None] * len(pieces)
+            return SampleBatch.concat_samples([fn(self, p, None, ep) for p, ep in zip(pieces, episodes)])
         finally:
             self._bootstrap_values = {}
 
-    def bootstrap_value(self, batch: SampleBatch) -> float:
-        """The value of the observation after the trajectory's last step (0 if that step terminated)."""
-        if batch[SampleBatch.TERMINATEDS][-1]:
-            return 0.0
+    def bootstrap_values(self, batch: SampleBatch) -> np.ndarray:
+        """Per trajectory of the batch: 0 if its last step terminated, else the value of the next observation."""
         cached = self._bootstrap_values.get(id(batch))
         if cached is not None:
             return cached
-        return float(self.value(batch[SampleBatch.NEXT_OBS][-1:])[0])
+        last = np.flatnonzero(batch.trajectory_ends())
+        values = self.value(batch[SampleBatch.NEXT_OBS][last]).astype(np.float64)
+        values[np.asarray(batch[SampleBatch.TERMINATEDS])[last]] = 0.0
+        return values
 
     def postprocess_trajectory(self, sample_batch, other_agent_batches=None, episode=None):
         if self._wants_value and SampleBatch.VF_PREDS not in sample_batch:

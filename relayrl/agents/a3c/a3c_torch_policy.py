@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from relayrl.evaluation.postprocessing import Postprocessing, bootstrap_value, compute_advantages
+from relayrl.evaluation.postprocessing import Postprocessing, bootstrap_values, compute_advantages, multi_trajectory
 from relayrl.policy.sample_batch import SampleBatch
 from relayrl.policy.torch_policy import vf_preds_fetches
 from relayrl.policy.torch_policy_template import build_torch_policy
@@ -45,9 +45,10 @@ def a3c_stats(policy, train_batch: dict) -> dict:
     return dict(policy._stats)
 
 
+@multi_trajectory
 def postprocess_advantages(policy, batch: SampleBatch, other_agent_batches=None, episode=None) -> SampleBatch:
     """GAE(gamma, lambda); a cut trajectory is bootstrapped with V(next obs), a terminated one with 0."""
-    last_r = bootstrap_value(policy, batch)
+    last_r = bootstrap_values(policy, batch)
     return compute_advantages(batch, last_r, policy.config["gamma"], policy.config.get("lambda", 1.0), True)
 
 

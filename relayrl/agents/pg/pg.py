@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from relayrl.agents.trainer import with_common_config
 from relayrl.agents.trainer_template import build_trainer
-from relayrl.evaluation.postprocessing import Postprocessing, compute_advantages
+from relayrl.evaluation.postprocessing import Postprocessing, compute_advantages, multi_trajectory
 from relayrl.policy.sample_batch import SampleBatch
 from relayrl.policy.torch_policy_template import build_torch_policy
 
@@ -19,6 +19,7 @@ DEFAULT_CONFIG = with_common_config({
 })
 
 
+@multi_trajectory
 def postprocess_pg(policy, batch: SampleBatch, other_agent_batches=None, episode=None) -> SampleBatch:
     # No value function to bootstrap with: a cut trajectory's return stops at the cut.
     return compute_advantages(batch, 0.0, policy.config["gamma"], use_gae=False)

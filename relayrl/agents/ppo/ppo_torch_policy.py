@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from relayrl.evaluation.postprocessing import Postprocessing, bootstrap_value, compute_advantages
+from relayrl.evaluation.postprocessing import Postprocessing, bootstrap_values, compute_advantages, multi_trajectory
 from relayrl.policy.sample_batch import SampleBatch
 from relayrl.policy.torch_policy import vf_preds_fetches
 from relayrl.policy.torch_policy_template import build_torch_policy
@@ -64,9 +64,10 @@ def explained_variance(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     return torch.clamp(1 - (y - pred).var(unbiased=False) / var_y, min=-1.0) if var_y > 0 else torch.zeros(())
 
 
+@multi_trajectory
 def postprocess_ppo_gae(policy, batch: SampleBatch, other_agent_batches=None, episode=None) -> SampleBatch:
     """GAE with bootstrapping: V(next obs) unless the trajectory ends in a termination."""
-    last_r = bootstrap_value(policy, batch) if policy.config["use_gae"] else 0.0
+    last_r = bootstrap_values(policy, batch) if policy.config["use_gae"] else 0.0
     return compute_advantages(batch, last_r, policy.config["gamma"], policy.config["lambda"], policy.config["use_gae"])
 
 
