@@ -60,15 +60,8 @@ class _VectorizedGymEnv(VectorEnv):
         return self.envs[index].reset(seed=seed)
 
     def vector_step(self, actions: Any) -> tuple[list, list, list, list, list]:
-        obs, rewards, terminateds, truncateds, infos = [], [], [], [], []
-        for env, action in zip(self.envs, actions):
-            o, r, term, trunc, info = env.step(action)
-            obs.append(o)
-            rewards.append(r)
-            terminateds.append(term)
-            truncateds.append(trunc)
-            infos.append(info)
-        return obs, rewards, terminateds, truncateds, infos
+        obs, rewards, terminateds, truncateds, infos = zip(*[env.step(a) for env, a in zip(self.envs, actions)])
+        return list(obs), list(rewards), list(terminateds), list(truncateds), list(infos)
 
     def get_sub_environments(self) -> list:
         return self.envs

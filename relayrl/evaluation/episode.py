@@ -17,7 +17,7 @@ class Episode:
     )
 
     def __init__(self, env_index: int = 0, rng: random.Random | None = None):
-        self.episode_id = (rng or random).randrange(2**62)
+        self.episode_id = (rng or random).getrandbits(62)
         self.env_index = env_index
         self.length = 0
         self.total_reward = 0.0

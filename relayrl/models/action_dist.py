@@ -1,8 +1,9 @@
 """Action distributions over a model's output vector ("dist inputs").
 
 Each class is built from a batch of dist inputs and offers ``sample``, ``deterministic_sample``, ``logp``,
-``entropy``, ``kl`` and ``sampled_action_logp`` in torch; ``numpy_sample`` is the same sampling in numpy,
-used by the fast CPU inference path of TorchPolicy (bit-for-bit the same distribution, other RNG).
+``entropy``, ``kl`` and ``sampled_action_logp`` in torch; ``numpy_sample`` and ``numpy_logp`` are the same
+sampling (the same distribution, another RNG) and log-likelihood in numpy, used by the fast CPU inference path
+of TorchPolicy.
 """
 
 from __future__ import annotations
@@ -43,8 +44,13 @@ class ActionDistribution:
         return self.logp(self.last_sample)
 
     @staticmethod
-    def numpy_sample(inputs: np.ndarray, rng: np.random.Generator, explore: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Returns ``(actions, logp)`` for a batch of dist inputs, or raises NotImplementedError."""
+    def numpy_sample(inputs: np.ndarray, rng: np.random.Generator, explore: bool) -> np.ndarray:
+        """Actions for a batch of dist inputs (the mode when not ``explore``), or raises NotImplementedError."""
+        raise NotImplementedError
+
+    @staticmethod
+    def numpy_logp(inputs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Log-probabilities of ``actions`` under a batch of dist inputs, or raises NotImplementedError."""
         raise NotImplementedError
 
 
@@ -77,12 +83,15 @@ class Categorical(ActionDistribution):
         return (self.log_probs.exp() * (self.log_probs - other.log_probs)).sum(-1)
 
     @staticmethod
-    def numpy_sample(inputs: np.ndarray, rng: np.random.Generator, explore: bool) -> tuple[np.ndarray, np.ndarray]:
-        z = inputs - inputs.max(axis=-1, keepdims=True)
-        log_norm = np.log(np.exp(z).sum(axis=-1))
+    def numpy_sample(inputs: np.ndarray, rng: np.random.Generator, explore: bool) -> np.ndarray:
         # Gumbel-max: argmax(logits + G) with G ~ Gumbel(0, 1) is a sample of the categorical.
-        actions = (z + rng.gumbel(size=z.shape)).argmax(axis=-1) if explore else z.argmax(axis=-1)
-        return actions, z[np.arange(len(z)), actions] - log_norm
+        return (inputs + rng.gumbel(size=inputs.shape)).argmax(axis=-1) if explore else inputs.argmax(axis=-1)
+
+    @staticmethod
+    def numpy_logp(inputs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        z = inputs - inputs.max(axis=-1, keepdims=True)
+        chosen = z[np.arange(len(z)), np.asarray(actions, dtype=np.intp)]
+        return chosen - np.log(np.exp(z).sum(axis=-1))
 
 
 class MultiCategorical(ActionDistribution):
@@ -150,16 +159,18 @@ class DiagGaussian(ActionDistribution):
         ).sum(-1)
 
     @staticmethod
-    def numpy_sample(inputs: np.ndarray, rng: np.random.Generator, explore: bool) -> tuple[np.ndarray, np.ndarray]:
+    def numpy_sample(inputs: np.ndarray, rng: np.random.Generator, explore: bool) -> np.ndarray:
         mean, log_std = np.split(inputs, 2, axis=-1)
         if not explore:
-            actions = mean
-            z = np.zeros_like(mean)
-        else:
-            z = rng.standard_normal(mean.shape).astype(mean.dtype)
-            actions = mean + np.exp(log_std) * z
+            return mean.astype(np.float32)
+        return (mean + np.exp(log_std) * rng.standard_normal(mean.shape).astype(mean.dtype)).astype(np.float32)
+
+    @staticmethod
+    def numpy_logp(inputs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        mean, log_std = np.split(inputs, 2, axis=-1)
+        z = (actions - mean) * np.exp(-log_std)
         logp = -0.5 * (z * z).sum(-1) - log_std.sum(-1) - 0.5 * math.log(2 * math.pi) * mean.shape[-1]
-        return actions.astype(np.float32), logp.astype(np.float32)
+        return logp.astype(np.float32)
 
 
 class Deterministic(ActionDistribution):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -9,7 +11,9 @@ from torch import nn
 
 from relayrl.models.torch_model import TorchModel, get_activation, normc_init
 
-_NUMPY_ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0), "linear": None, None: None}
+# In-place numpy twins of the activations, called as ``act(x, out=x)``.
+_NUMPY_ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x, out: np.maximum(x, 0.0, out=out), "linear": None, None: None}
+_VERSION = operator.attrgetter("_version")
 
 
 def _mlp(in_size: int, hiddens: list[int], activation: str, out_size: int | None, out_std: float) -> nn.Sequential:
@@ -77,16 +81,16 @@ class FullyConnectedNetwork(TorchModel):
         params = self._numpy_params()
         if params is None:
             return None
-        hidden, logits, value_layers, log_std = params
-        act = _NUMPY_ACTIVATIONS[self._activation]
-        x = obs.reshape(obs.shape[0], -1).astype(np.float32, copy=False)
-        features = _np_mlp(x, hidden, act)
-        out = features @ logits[0] + logits[1]
+        hidden, (w, b), value_layers, log_std = params
+        x = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
+        features = _np_mlp(x, hidden, self._np_act)
+        out = features @ w
+        out += b
         if log_std is not None:
             out = np.concatenate([out, np.broadcast_to(log_std, out.shape)], axis=-1)
         if not value:
             return out, None
-        vf = _np_mlp(features if self.vf_share_layers else x, value_layers, act, last_linear=True)
+        vf = _np_mlp(features if self.vf_share_layers else x, value_layers, self._np_act, last_linear=True)
         return out, vf[:, 0]
 
     def numpy_value(self, obs: np.ndarray) -> np.ndarray | None:
@@ -97,9 +101,8 @@ class FullyConnectedNetwork(TorchModel):
         params = self._numpy_params()
         if params is None:
             return None
-        x = obs.reshape(obs.shape[0], -1).astype(np.float32, copy=False)
-        vf = _np_mlp(x, params[2], _NUMPY_ACTIVATIONS[self._activation], last_linear=True)
-        return vf[:, 0]
+        x = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
+        return _np_mlp(x, params[2], self._np_act, last_linear=True)[:, 0]
 
     def _numpy_params(self):
         """Weights as numpy ``[in, out]`` copies, refreshed whenever a parameter was changed in place
@@ -107,10 +110,11 @@ class FullyConnectedNetwork(TorchModel):
         model is not on the CPU or its activation has no numpy twin."""
         if self._np_params is None:
             self._np_params = list(self.parameters())
-        versions = tuple(p._version for p in self._np_params)
+        versions = list(map(_VERSION, self._np_params))
         if self._np_cache is None or self._np_cache[0] != versions:
             if self._activation not in _NUMPY_ACTIVATIONS or self._np_params[0].device.type != "cpu":
                 return None
+            self._np_act = _NUMPY_ACTIVATIONS[self._activation]
             def linears(seq):
                 return [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())
                         for m in seq if isinstance(m, nn.Linear)]
@@ -121,9 +125,10 @@ class FullyConnectedNetwork(TorchModel):
 
 
 def _np_mlp(x: np.ndarray, layers: list, act, last_linear: bool = False) -> np.ndarray:
+    last = len(layers) - 1
     for i, (w, b) in enumerate(layers):
         x = x @ w
         x += b
-        if act is not None and not (last_linear and i == len(layers) - 1):
-            x = act(x, out=x) if act is np.tanh else act(x)
+        if act is not None and not (last_linear and i == last):
+            act(x, out=x)
     return x

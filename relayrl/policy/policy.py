@@ -44,7 +44,8 @@ class Policy:
         """Returns ``(actions, state_outs, extra_fetches)`` for a batch of observations.
 
         ``extra_fetches`` maps column names (e.g. ``vf_preds``, ``action_logp``) to arrays of one row per
-        observation; the sampler stores them in the trajectory."""
+        observation; the sampler stores them in the trajectory. The sampler passes ``deferred=True`` to a policy
+        that takes it (or ``**kwargs``): columns that ``postprocess_fragment`` fills in may then be left out."""
         raise NotImplementedError
 
     def compute_single_action(

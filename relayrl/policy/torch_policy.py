@@ -62,14 +62,13 @@ class TorchPolicy(Policy):
         self.model = model.to(self.device)
         self._discrete = isinstance(action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete))
         self._rng = np.random.default_rng(config.get("seed"))
-        self._np_sample = getattr(dist_class, "numpy_sample", None)
         self._fast_path = (
             self.device.type == "cpu"
             and not model.get_initial_state()
             and self._extra_action_out_fn in (None, vf_preds_fetches)
             and type(model).numpy_forward is not TorchModel.numpy_forward
-            and getattr(dist_class, "numpy_sample", None) is not None
-            and dist_class.numpy_sample is not ActionDistribution.numpy_sample
+            and all(getattr(dist_class, name, None) not in (None, getattr(ActionDistribution, name))
+                    for name in ("numpy_sample", "numpy_logp"))
         )
         self._wants_value = self._extra_action_out_fn is vf_preds_fetches
         self._bootstrap_values: dict[int, np.ndarray] = {}
@@ -89,17 +88,24 @@ class TorchPolicy(Policy):
         info_batch: Any = None,
         episodes: list | None = None,
         explore: bool | None = None,
+        deferred: bool = False,
         **kwargs: Any,
     ) -> tuple[np.ndarray, list, dict]:
         explore = self.config.get("explore", True) if explore is None else explore
         obs = np.asarray(obs_batch, dtype=np.float32)
         if self._fast_path and not state_batches:
-            # Value estimates do not influence the action: postprocess_trajectory computes them for a whole
-            # trajectory in one batched forward (same weights, same numbers) instead of once per step.
-            out = self.model.numpy_forward(obs, value=False)
+            # With ``deferred`` (the sampler) the log-probabilities and value estimates, which do not influence the
+            # action, are left to postprocess_fragment, which computes them for the whole fragment at once.
+            out = self.model.numpy_forward(obs, value=self._wants_value and not deferred)
             if out is not None:
-                actions, logp = self._np_sample(out[0], self._rng, explore)
-                return actions, [], {SampleBatch.ACTION_DIST_INPUTS: out[0], SampleBatch.ACTION_LOGP: logp}
+                dist_inputs, values = out
+                actions = self.dist_class.numpy_sample(dist_inputs, self._rng, explore)
+                extra = {SampleBatch.ACTION_DIST_INPUTS: dist_inputs}
+                if not deferred:
+                    extra[SampleBatch.ACTION_LOGP] = self.dist_class.numpy_logp(dist_inputs, actions)
+                    if values is not None:
+                        extra[SampleBatch.VF_PREDS] = values
+                return actions, [], extra
         with torch.no_grad():
             input_dict = {"obs": torch.from_numpy(obs).to(self.device), "is_training": False}
             if prev_action_batch is not None:
@@ -143,6 +149,7 @@ class TorchPolicy(Policy):
         """Computes the deferred value estimates of the whole fragment in one pass (its observations plus each
         trajectory's last next-observation, for bootstrapping), then postprocesses: in one call when the
         postprocess function handles several trajectories (``@multi_trajectory``), else trajectory by trajectory."""
+        self._fill_deferred_logp(batch)
         if self._wants_value and batch.count and SampleBatch.VF_PREDS not in batch:
             last = np.flatnonzero(batch.trajectory_ends())
             values = self.value(np.concatenate([batch[SampleBatch.OBS], batch[SampleBatch.NEXT_OBS][last]]))
@@ -175,7 +182,13 @@ class TorchPolicy(Policy):
         values[np.asarray(batch[SampleBatch.TERMINATEDS])[last]] = 0.0
         return values
 
+    def _fill_deferred_logp(self, batch: SampleBatch) -> None:
+        if SampleBatch.ACTION_LOGP not in batch and SampleBatch.ACTION_DIST_INPUTS in batch and self._fast_path:
+            batch[SampleBatch.ACTION_LOGP] = self.dist_class.numpy_logp(
+                batch[SampleBatch.ACTION_DIST_INPUTS], batch[SampleBatch.ACTIONS])
+
     def postprocess_trajectory(self, sample_batch, other_agent_batches=None, episode=None):
+        self._fill_deferred_logp(sample_batch)
         if self._wants_value and SampleBatch.VF_PREDS not in sample_batch:
             sample_batch[SampleBatch.VF_PREDS] = self.value(sample_batch[SampleBatch.OBS])
         if self._postprocess_fn is None:

@@ -14,6 +14,11 @@ from typing import Any
 
 import numpy as np
 
+try:
+    from numpy._core.umath import clip as _clip_ufunc
+except ImportError:  # numpy 1.x
+    from numpy.core.umath import clip as _clip_ufunc
+
 
 class RunningStat:
     """Count, mean and sum of squared deviations (M2) of a stream of arrays of one shape."""
@@ -30,9 +35,7 @@ class RunningStat:
         k = x.shape[0]
         if k == 0:
             return
-        batch_mean = x.mean(axis=0)
-        batch_m2 = ((x - batch_mean) ** 2).sum(axis=0)
-        self._merge(k, batch_mean, batch_m2)
+        self._merge(k, *_mean_and_m2(x))
 
     def push(self, x: np.ndarray) -> None:
         self.push_batch(np.asarray(x, dtype=np.float64)[None])
@@ -72,6 +75,12 @@ class RunningStat:
         stat.mean = np.array(state["mean"], dtype=np.float64)
         stat.m2 = np.array(state["m2"], dtype=np.float64)
         return stat
+
+
+def _mean_and_m2(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    deviations = x - mean
+    return mean, np.einsum("i...,i...->...", deviations, deviations)
 
 
 class Filter:
@@ -159,9 +168,7 @@ class MeanStdFilter(Filter):
         out = np.subtract(x, self._mean, dtype=np.float32)
         out *= self._inv_std
         if self.clip:
-            # Two ufuncs instead of np.clip, whose Python-level wrapper costs more than the work on small arrays.
-            np.minimum(out, self.clip, out=out)
-            np.maximum(out, -self.clip, out=out)
+            _clip_ufunc(out, -self.clip, self.clip, out=out)  # np.clip's Python wrapper costs more than the work
         return out
 
     def _flush(self) -> None:
@@ -169,8 +176,9 @@ class MeanStdFilter(Filter):
             return
         batch = np.concatenate(self._pending).astype(np.float64, copy=False)
         self._pending, self._pending_rows = [], 0
-        self._rs.push_batch(batch)
-        self._buffer.push_batch(batch)
+        mean, m2 = _mean_and_m2(batch)  # once for both statistics
+        self._rs._merge(len(batch), mean, m2)
+        self._buffer._merge(len(batch), mean, m2)
         self._refresh_constants()
 
     def _refresh_constants(self) -> None:
