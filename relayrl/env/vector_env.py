@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 
@@ -31,7 +31,9 @@ class VectorEnv:
     def reset_at(self, index: int, seed: int | None = None) -> tuple[Any, dict]:
         raise NotImplementedError
 
-    def vector_step(self, actions: Any) -> tuple[list, list, list, list, list]:
+    def vector_step(self, actions: Any) -> tuple[Sequence, Sequence, Sequence, Sequence, Sequence]:
+        """One step of every sub-env: sequences (one entry per sub-env) of observations, rewards,
+        terminateds, truncateds and infos."""
         raise NotImplementedError
 
     def get_sub_environments(self) -> list:
@@ -59,9 +61,8 @@ class _VectorizedGymEnv(VectorEnv):
     def reset_at(self, index: int, seed: int | None = None) -> tuple[Any, dict]:
         return self.envs[index].reset(seed=seed)
 
-    def vector_step(self, actions: Any) -> tuple[list, list, list, list, list]:
-        obs, rewards, terminateds, truncateds, infos = zip(*[env.step(a) for env, a in zip(self.envs, actions)])
-        return list(obs), list(rewards), list(terminateds), list(truncateds), list(infos)
+    def vector_step(self, actions: Any) -> tuple[Sequence, Sequence, Sequence, Sequence, Sequence]:
+        return tuple(zip(*[env.step(a) for env, a in zip(self.envs, actions)]))
 
     def get_sub_environments(self) -> list:
         return self.envs
