@@ -40,22 +40,17 @@ def ppo_surrogate_loss(policy, model, dist_class, train_batch: dict) -> torch.Te
         vf_loss2 = (vf_clipped - targets).pow(2)
         vf_loss = torch.max(vf_loss1, vf_loss2)
         total = total + config["vf_loss_coeff"] * vf_loss
-        policy._stats = {"vf_loss": vf_loss.mean(), "vf_explained_var": explained_variance(targets, value_fn)}
-    else:
-        policy._stats = {}
     loss = total.mean()
-    policy._stats.update(
-        total_loss=loss,
-        policy_loss=-surrogate.mean(),
-        kl=action_kl.mean(),
-        entropy=entropy.mean(),
-        cur_kl_coeff=torch.tensor(policy.kl_coeff),
-    )
+    with torch.no_grad():  # statistics only: no autograd graph for them
+        policy._stats = {"total_loss": loss, "policy_loss": -surrogate.mean(), "kl": action_kl.mean(),
+                         "entropy": entropy.mean(), "cur_kl_coeff": policy.kl_coeff}
+        if config["use_gae"]:
+            policy._stats.update(vf_loss=vf_loss.mean(), vf_explained_var=explained_variance(targets, value_fn))
     return loss
 
 
 def ppo_stats(policy, train_batch: dict) -> dict:
-    return {k: v.item() for k, v in policy._stats.items()}
+    return {k: float(v) for k, v in policy._stats.items()}
 
 
 def explained_variance(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
