@@ -160,7 +160,7 @@ def train(args: argparse.Namespace) -> int:
     if args.ray_num_cpus is not None and args.ray_num_cpus < cpus:
         raise UserError(f"a trial needs {cpus} CPUs but --ray-num-cpus is {args.ray_num_cpus}",
                         "raise --ray-num-cpus or lower num_workers in --config")
-    start_ray(args.ray_address, num_cpus, args.verbose)
+    start_ray(args.ray_address, num_cpus, args.verbose, need=cpus)
     trials = run_experiments(experiments, verbose=args.verbose)
     failed = [t for t in trials if t.status != "TERMINATED"]
     for t in trials:

@@ -191,17 +191,23 @@ def _did_you_mean(key: str, known: Any) -> str:
 
 
 # --- running -----------------------------------------------------------------------------------------------
-def start_ray(address: str | None = None, num_cpus: int | None = None, verbose: int = 0) -> None:
+def start_ray(address: str | None = None, num_cpus: int | None = None, verbose: int = 0, need: int = 1) -> None:
+    """Starts Ray (or connects to ``address``) unless it already runs; a cluster with fewer than ``need`` CPUs,
+    the most one trial asks for, is an error here rather than a trial that waits for resources forever."""
     import ray
 
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose > 0,
-                                  logging_level=logging.INFO if verbose > 1 else logging.ERROR)
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose > 0,
+                                      logging_level=logging.INFO if verbose > 1 else logging.ERROR)
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, **kwargs)
+    have = ray.cluster_resources().get("CPU", 0)
+    if have < need:
+        raise UserError(f"a trial needs {need} CPUs (num_cpus_for_driver + num_workers * num_cpus_per_worker) but"
+                        f" the Ray cluster has {have:g}",
+                        "lower num_workers, or give Ray more CPUs (--ray-num-cpus, or `ray start --num-cpus`)")
 
 
 def run_experiments(experiments: dict[str, dict], verbose: int = 0, quiet: bool = False) -> list:

@@ -11,6 +11,8 @@ With ``num_workers=0`` Ray is never imported or started: everything runs in this
 from __future__ import annotations
 
 import logging
+import math
+import os
 from typing import Any, Callable
 
 from relayrl.config import merge_dicts
@@ -20,12 +22,21 @@ from relayrl.policy.policy import Policy
 logger = logging.getLogger(__name__)
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Starts Ray on this machine unless it already runs (a user's ``ray.init(address=...)`` is kept)."""
+def ensure_ray(num_cpus: float = 0) -> None:
+    """Starts Ray on this machine unless it already runs (a user's ``ray.init(address=...)`` is kept), with at
+    least ``num_cpus`` CPU slots: Ray's CPUs are scheduling slots, so more workers than cores runs (slower)
+    instead of waiting forever for a slot. A running Ray with fewer CPUs in all is an error, not a hang."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+        ray.init(num_cpus=max(math.ceil(num_cpus), os.cpu_count() or 1), include_dashboard=False,
+                 log_to_driver=True, logging_level=logging.WARNING)
+        return
+    have = ray.cluster_resources().get("CPU", 0)
+    if have < num_cpus:
+        raise ValueError(f"the remote workers need {num_cpus:g} CPUs (num_workers * num_cpus_per_worker) but the"
+                         f" running Ray cluster has {have:g}; lower num_workers or num_cpus_per_worker, or start Ray"
+                         " with more CPUs")
 
 
 class WorkerSet:
@@ -79,9 +90,10 @@ class WorkerSet:
             return
         import ray
 
-        ensure_ray()
+        per_worker = self._config.get("num_cpus_per_worker", 1)
+        ensure_ray((len(self._remote_workers) + num_workers) * per_worker)
         cls = RolloutWorker.as_remote(
-            num_cpus=self._config.get("num_cpus_per_worker", 1),
+            num_cpus=per_worker,
             num_gpus=self._config.get("num_gpus_per_worker", 0),
             resources=self._config.get("custom_resources_per_worker") or None,
         )

@@ -89,7 +89,7 @@ class PolicyOptimizer:
 
                 from relayrl.evaluation.worker_set import ensure_ray
 
-                ensure_ray()
+                ensure_ray(num_workers)
                 remote_cls = ray.remote(num_cpus=1)(evaluator_cls)
                 remotes = [remote_cls.remote(*args, **kwargs) for _ in range(num_workers)]
             workers = WorkerSet.from_workers(local, remotes)

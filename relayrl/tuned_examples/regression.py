@@ -45,6 +45,12 @@ def check(expected: dict, result: dict) -> tuple[bool, str]:
     return True, "ok"
 
 
+def ray_is_too_small(cpus: int) -> bool:
+    import ray
+
+    return ray.is_initialized() and ray.cluster_resources().get("CPU", 0) < cpus
+
+
 def run_tuned_example(path: str, local_dir: str | None = None, ray_num_cpus: int | None = None,
                       quiet: bool = True) -> list[dict]:
     """Runs every experiment of one YAML file; returns one summary dict per trial (``passed`` included)."""
@@ -56,7 +62,11 @@ def run_tuned_example(path: str, local_dir: str | None = None, ray_num_cpus: int
     cpus = validate_experiments(experiments)
     local_dir = local_dir or tempfile.mkdtemp(prefix="relayrl-regression-")
     specs = normalize_experiments(experiments, local_dir)
-    start_ray(num_cpus=max(ray_num_cpus or 0, cpus, os.cpu_count() or 1))
+    if ray_is_too_small(cpus):
+        import ray
+
+        ray.shutdown()  # started earlier in this process (by a trainer or another file) with fewer CPUs
+    start_ray(num_cpus=max(ray_num_cpus or 0, cpus, os.cpu_count() or 1), need=cpus)
     start = time.time()
     summaries = []
     for name, spec in specs.items():
@@ -107,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             plan.append((path, cpus))
     # One Ray instance for all files, big enough for the largest trial.
     if plan:
-        start_ray(num_cpus=max([args.ray_num_cpus or 0, os.cpu_count() or 1] + [c for _, c in plan]))
+        start_ray(num_cpus=max([args.ray_num_cpus or 0, os.cpu_count() or 1] + [c for _, c in plan]),
+                  need=max(c for _, c in plan))
     for path, _ in plan:
         rows += run_tuned_example(path, args.local_dir, args.ray_num_cpus, quiet=False)
     print(f"\n{'example':40s} {'reward':>9s} {'timesteps':>10s} {'train s':>8s}  result")

@@ -3,6 +3,7 @@
 import time
 
 import numpy as np
+import pytest
 import ray
 
 from relayrl.agents.ppo import PPOTrainer
@@ -73,3 +74,27 @@ def test_results_have_the_documented_keys(ray_session):
     assert info["num_steps_sampled"] >= 200 and info["num_steps_trained"] >= 200
     assert "default_policy" in info["learner"] and "policy_loss" in info["learner"]["default_policy"]
     assert result["sampler_perf"]["mean_env_wait_ms"] > 0
+
+
+def test_more_workers_than_cores_start_ray_with_enough_slots(monkeypatch):
+    """Starting Ray itself, the worker set asks for a CPU slot per worker even beyond the cores: more workers
+    than cores runs slower instead of waiting forever for a slot."""
+    from relayrl.evaluation import worker_set
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    worker_set.ensure_ray(64)
+    assert calls and calls[0]["num_cpus"] == 64
+
+
+def test_a_running_ray_with_too_few_cpus_is_an_error_not_a_hang(ray_session):
+    from relayrl.experiments import UserError, start_ray
+
+    have = int(ray.cluster_resources()["CPU"])
+    start = time.time()
+    with pytest.raises(ValueError, match=f"need {have + 1:g} CPUs .* has {have:g}"):
+        small_ppo(num_workers=have + 1)
+    with pytest.raises(UserError, match=f"needs {have + 5} CPUs"):
+        start_ray(need=have + 5)
+    assert time.time() - start < 60

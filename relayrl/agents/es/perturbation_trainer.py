@@ -55,7 +55,7 @@ class PerturbationTrainer(Trainer):
 
             from relayrl.evaluation.worker_set import ensure_ray
 
-            ensure_ray()
+            ensure_ray(config["num_workers"] * (config.get("num_cpus_per_worker") or 1))
             noise_ref = ray.put(noise)
             del noise
             noise = ray.get(noise_ref)  # a read-only view of the object store's copy, not a second copy
