@@ -151,16 +151,24 @@ def experiments_from_args(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def train(args: argparse.Namespace) -> int:
-    from relayrl.experiments import normalize_experiments, run_experiments, start_ray, trial_error, validate_experiments
+    from relayrl.experiments import (
+        gpus_needed,
+        normalize_experiments,
+        run_experiments,
+        start_ray,
+        trial_error,
+        validate_experiments,
+    )
 
     experiments = experiments_from_args(args)
     cpus = validate_experiments(experiments)
+    gpus = gpus_needed(experiments)
     experiments = normalize_experiments(experiments, args.local_dir)
     num_cpus = args.ray_num_cpus or (None if args.ray_address else max(os.cpu_count() or 1, cpus))
     if args.ray_num_cpus is not None and args.ray_num_cpus < cpus:
         raise UserError(f"a trial needs {cpus} CPUs but --ray-num-cpus is {args.ray_num_cpus}",
                         "raise --ray-num-cpus or lower num_workers in --config")
-    start_ray(args.ray_address, num_cpus, args.verbose, need=cpus)
+    start_ray(args.ray_address, num_cpus, args.verbose, need=cpus, need_gpus=gpus)
     trials = run_experiments(experiments, verbose=args.verbose)
     failed = [t for t in trials if t.status != "TERMINATED"]
     for t in trials:

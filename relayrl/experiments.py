@@ -148,6 +148,21 @@ def validate_experiments(experiments: dict[str, dict]) -> int:
     return cpus
 
 
+def gpus_needed(experiments: dict[str, dict]) -> float:
+    """The GPUs the largest trial of validated experiments asks for: num_gpus + num_workers * num_gpus_per_worker."""
+    from relayrl.agents.registry import get_trainer_class
+    from relayrl.config import merge_dicts
+
+    need = 0.0
+    for spec in experiments.values():
+        defaults = get_trainer_class(spec["run"])._default_config
+        for variant in grid_variants(spec.get("config") or {}):
+            full = merge_dicts(defaults, variant)
+            workers = full.get("num_workers") or 0
+            need = max(need, float(full.get("num_gpus") or 0) + workers * float(full.get("num_gpus_per_worker") or 0))
+    return need
+
+
 def grid_variants(config: dict) -> list[dict]:
     """Every combination of the config's ``grid_search`` values (a config without one is its only variant)."""
     paths: list[tuple[tuple, list]] = []
@@ -191,9 +206,10 @@ def _did_you_mean(key: str, known: Any) -> str:
 
 
 # --- running -----------------------------------------------------------------------------------------------
-def start_ray(address: str | None = None, num_cpus: int | None = None, verbose: int = 0, need: int = 1) -> None:
-    """Starts Ray (or connects to ``address``) unless it already runs; a cluster with fewer than ``need`` CPUs,
-    the most one trial asks for, is an error here rather than a trial that waits for resources forever."""
+def start_ray(address: str | None = None, num_cpus: int | None = None, verbose: int = 0, need: int = 1,
+              need_gpus: float = 0) -> None:
+    """Starts Ray (or connects to ``address``) unless it already runs; a cluster with fewer than ``need`` CPUs or
+    ``need_gpus`` GPUs, the most one trial asks for, is an error here rather than a trial that waits forever."""
     import ray
 
     if not ray.is_initialized():
@@ -208,6 +224,11 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, verbose: 
         raise UserError(f"a trial needs {need} CPUs (num_cpus_for_driver + num_workers * num_cpus_per_worker) but"
                         f" the Ray cluster has {have:g}",
                         "lower num_workers, or give Ray more CPUs (--ray-num-cpus, or `ray start --num-cpus`)")
+    have_gpus = ray.cluster_resources().get("GPU", 0)
+    if have_gpus < need_gpus:
+        raise UserError(f"a trial asks for {need_gpus:g} GPUs (num_gpus + num_workers * num_gpus_per_worker) but the"
+                        f" Ray cluster has {have_gpus:g}",
+                        "set num_gpus: 0 (and num_gpus_per_worker: 0) to train on CPU")
 
 
 def run_experiments(experiments: dict[str, dict], verbose: int = 0, quiet: bool = False) -> list:

@@ -18,6 +18,7 @@ import tempfile
 import time
 
 from relayrl.experiments import (
+    gpus_needed,
     load_experiment_file,
     normalize_experiments,
     run_experiments,
@@ -93,7 +94,7 @@ def runnable(path: str) -> tuple[int, str]:
         cpus = validate_experiments(experiments)
     except Exception as e:  # noqa: BLE001 - reported as the reason to skip
         return 0, str(e)
-    gpus = max(float((spec.get("config") or {}).get("num_gpus") or 0) for spec in experiments.values())
+    gpus = gpus_needed(experiments)
     if gpus > 0:
         import torch
 

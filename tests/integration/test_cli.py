@@ -174,3 +174,20 @@ def test_export_command(checkpoint_dir, tmp_path):
     session = ort.InferenceSession(str(tmp_path / "exported" / "model.onnx"))
     actions, logits = session.run(None, {"obs": np.zeros((3, 4), dtype=np.float32)})
     assert actions.shape == (3,) and logits.shape == (3, 2)
+
+
+def test_more_resources_than_the_cluster_has_is_an_error_not_a_hang(tmp_path, ray_session, capsys):
+    import ray
+    import torch
+
+    from relayrl.cli import main
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    checks = [({"num_workers": cpus + 3}, f"a trial needs {cpus + 4} CPUs")]
+    if not torch.cuda.is_available():
+        checks.append(({"num_gpus": 1}, "a trial asks for 1 GPUs"))
+    for config, expected in checks:
+        rc = main(["train", "--run", "PG", "--env", "CartPole-v1", "--config", json.dumps(config),
+                   "--stop", '{"training_iteration": 1}', "--local-dir", str(tmp_path)])
+        out = capsys.readouterr()
+        assert rc == 2 and expected in one_error_line(subprocess.CompletedProcess([], rc, out.out, out.err))

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from relayrl.tuned_examples.regression import HERE, run_tuned_example, tuned_example_files
+from relayrl.tuned_examples.regression import HERE, run_tuned_example, runnable, tuned_example_files
 
 FILES = [os.path.relpath(f, HERE) for f in tuned_example_files()]
 
@@ -37,6 +37,9 @@ def test_tuned_example_validates_before_ray(name):
 @pytest.mark.learning
 @pytest.mark.parametrize("name", FILES)
 def test_tuned_example(name, tmp_path):
+    _, why_not = runnable(os.path.join(HERE, name))
+    if why_not:  # e.g. the Atari examples ask for a GPU
+        pytest.skip(why_not)
     summaries = run_tuned_example(os.path.join(HERE, name), local_dir=str(tmp_path))
     assert summaries
     for s in summaries:
