@@ -62,7 +62,7 @@ APEX_CARTPOLE = {
     "timesteps_per_iteration": 5000,
     "min_iter_time_s": 0,
     # Sampling waits for the learner (the workers and the learner share 2 cores), see AsyncReplayOptimizer.
-    "optimizer": {"num_replay_buffer_shards": 1, "max_weight_sync_delay": 100, "max_sample_train_ratio": 0.25},
+    "optimizer": {"num_replay_buffer_shards": 1, "max_weight_sync_delay": 100, "max_sample_train_ratio": 0.125},
 }
 
 
