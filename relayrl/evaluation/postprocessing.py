@@ -77,8 +77,9 @@ def compute_advantages(
 def bootstrap_values(policy, batch: SampleBatch) -> np.ndarray:
     """One value per trajectory of the batch: 0 where its last step terminated the episode, else the policy's
     value of the observation after that step."""
-    if hasattr(policy, "bootstrap_values"):
-        return policy.bootstrap_values(batch)
+    cached = getattr(policy, "cached_bootstrap_values", lambda b: None)(batch)
+    if cached is not None:
+        return cached
     last = np.flatnonzero(batch.trajectory_ends())
     values = np.asarray(policy.value(batch[SampleBatch.NEXT_OBS][last]), dtype=np.float64)
     values[np.asarray(batch[SampleBatch.TERMINATEDS])[last]] = 0.0

@@ -172,15 +172,9 @@ class TorchPolicy(Policy):
         finally:
             self._bootstrap_values = {}
 
-    def bootstrap_values(self, batch: SampleBatch) -> np.ndarray:
-        """Per trajectory of the batch: 0 if its last step terminated, else the value of the next observation."""
-        cached = self._bootstrap_values.get(id(batch))
-        if cached is not None:
-            return cached
-        last = np.flatnonzero(batch.trajectory_ends())
-        values = self.value(batch[SampleBatch.NEXT_OBS][last]).astype(np.float64)
-        values[np.asarray(batch[SampleBatch.TERMINATEDS])[last]] = 0.0
-        return values
+    def cached_bootstrap_values(self, batch: SampleBatch) -> np.ndarray | None:
+        """The bootstrap values postprocess_fragment computed for this batch in its value pass, if any."""
+        return self._bootstrap_values.get(id(batch))
 
     def _fill_deferred_logp(self, batch: SampleBatch) -> None:
         if SampleBatch.ACTION_LOGP not in batch and SampleBatch.ACTION_DIST_INPUTS in batch and self._fast_path:
