@@ -202,7 +202,7 @@ class SyncSampler:
     def _end_episodes(self, step: int, raw_obs: list, terms, truncs, rew_rows: list) -> tuple[np.ndarray, np.ndarray]:
         """Records the episodes that ended at this step and resets their envs. Returns the processed next
         observations and the observations the policy sees next (the finished envs' reset observations)."""
-        done = [i for i, (te, tr) in enumerate(zip(terms, truncs)) if te or tr]
+        done = [i for i in range(self.num_envs) if terms[i] or truncs[i]]
         self._eps_ids = self._eps_ids.copy()  # the stored row keeps the finished episodes' ids
         reset_obs = []
         for i in done:
@@ -226,7 +226,8 @@ class SyncSampler:
         processed = self._process_obs(list(raw_obs) + reset_obs)  # one filter call for both
         next_obs = processed[:self.num_envs]
         obs = next_obs.copy()
-        obs[done] = processed[self.num_envs:]
+        for j, i in enumerate(done, self.num_envs):  # a loop: fancy indexing costs more for a few rows
+            obs[i] = processed[j]
         return next_obs, obs
 
     # --- from rows to a batch ---------------------------------------------------------------------------------
@@ -372,10 +373,11 @@ def single_blas_thread():
 
 
 def _env_action_fn(action_space: gym.Space, clip: bool) -> Callable[[np.ndarray], Any]:
-    """How a batch of policy actions becomes per-env actions: Python ints for Discrete (fast to check),
-    rows clipped to the bounds for Box when ``clip_actions`` (the batch keeps the unclipped action)."""
+    """How a batch of policy actions becomes per-env actions: numpy integer scalars for Discrete (what
+    ``action_space.sample()`` gives, and faster for Gymnasium to check than Python ints), rows clipped to the
+    bounds for Box when ``clip_actions`` (the batch keeps the unclipped action)."""
     if isinstance(action_space, gym.spaces.Discrete):
-        return lambda a: a.tolist()
+        return lambda a: list(a) if a.dtype.kind in "iu" else a.tolist()
     if isinstance(action_space, gym.spaces.Box) and clip:
         low, high = action_space.low, action_space.high
         return lambda a: np.clip(a, low, high).astype(action_space.dtype, copy=False)

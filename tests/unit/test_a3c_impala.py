@@ -233,12 +233,8 @@ def test_async_samples_optimizer_local_mode_learns_in_the_background():
 
 
 # --- AsyncGradientsOptimizer: every gradient it waited for is applied exactly once -----------------------------
-def test_async_gradients_applies_every_gradient_exactly_once():
-    import ray
-
-    from relayrl.evaluation.worker_set import ensure_ray
-
-    ensure_ray()
+def test_async_gradients_applies_every_gradient_exactly_once(ray_session):
+    ray = ray_session
 
     # Defined here so that Ray ships the classes by value (the tests directory is not an importable package).
     class _GradientWorker:
