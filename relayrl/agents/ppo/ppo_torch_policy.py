@@ -42,7 +42,7 @@ def ppo_surrogate_loss(policy, model, dist_class, train_batch: dict) -> torch.Te
         total = total + config["vf_loss_coeff"] * vf_loss
     loss = total.mean()
     with torch.no_grad():  # statistics only: no autograd graph for them
-        policy._stats = {"total_loss": loss, "policy_loss": -surrogate.mean(), "kl": action_kl.mean(),
+        policy._stats = {"total_loss": loss.detach(), "policy_loss": -surrogate.mean(), "kl": action_kl.mean(),
                          "entropy": entropy.mean(), "cur_kl_coeff": policy.kl_coeff}
         if config["use_gae"]:
             policy._stats.update(vf_loss=vf_loss.mean(), vf_explained_var=explained_variance(targets, value_fn))
