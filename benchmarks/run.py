@@ -21,11 +21,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-PPO_CARTPOLE = {
-    "num_envs_per_worker": 8, "sample_batch_size": 64, "train_batch_size": 512, "sgd_minibatch_size": 128,
-    "num_sgd_iter": 10, "lr": 0.001, "gamma": 0.99, "lambda": 0.95, "clip_param": 0.2, "vf_clip_param": 1000.0,
-    "entropy_coeff": 0.0, "kl_coeff": 0.0, "model": {"fcnet_hiddens": [64, 64]},
-}
+TUNED_PPO_CARTPOLE = "ppo/cartpole-ppo.yaml"  # time-to-solve runs the tuned example's settings
 
 
 def raw_env_rate(num_envs: int = 8, steps: int = 10_000, space_sample: bool = False) -> float:
@@ -127,9 +123,12 @@ print(json.dumps({"solved": r["episode_reward_mean"] >= 475, "train_s": t2 - t1,
 
 def time_to_solve(seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
     """PPO CartPole-v1 wall seconds until the 100-episode mean return >= 475, each seed in a fresh process."""
+    from relayrl.tuned_examples.regression import tuned_config
+
+    config = tuned_config(TUNED_PPO_CARTPOLE)
     runs = []
     for seed in seeds:
-        out = subprocess.run([sys.executable, "-c", _SOLVE, json.dumps({**PPO_CARTPOLE, "seed": seed})],
+        out = subprocess.run([sys.executable, "-c", _SOLVE, json.dumps({**config, "seed": seed})],
                              capture_output=True, text=True, check=True)
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return {

@@ -34,6 +34,14 @@ def tuned_example_files() -> list[str]:
     return sorted(glob.glob(os.path.join(HERE, "*", "*.yaml")))
 
 
+def tuned_config(relpath: str) -> dict:
+    """The ``config`` of the single experiment in a tuned example file, e.g. ``"ppo/cartpole-ppo.yaml"``."""
+    experiments = load_experiment_file(os.path.join(HERE, relpath))
+    if len(experiments) != 1:
+        raise ValueError(f"{relpath}: expected one experiment, found {sorted(experiments)}")
+    return dict(next(iter(experiments.values())).get("config", {}))
+
+
 def check(expected: dict, result: dict) -> tuple[bool, str]:
     """Whether ``result`` (a trial's last result) meets ``expected``; and why not."""
     reward, target = result.get("episode_reward_mean", float("-inf")), expected["episode_reward_mean"]

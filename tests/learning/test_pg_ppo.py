@@ -7,23 +7,10 @@ import pytest
 
 from relayrl.agents.pg import PGTrainer
 from relayrl.agents.ppo import PPOTrainer
+from relayrl.tuned_examples.regression import tuned_config
 
-# The settings of relayrl/tuned_examples/ppo/cartpole-ppo.yaml.
-PPO_CARTPOLE = {
-    "num_envs_per_worker": 8,
-    "sample_batch_size": 64,
-    "train_batch_size": 512,
-    "sgd_minibatch_size": 128,
-    "num_sgd_iter": 10,
-    "lr": 0.001,
-    "gamma": 0.99,
-    "lambda": 0.95,
-    "clip_param": 0.2,
-    "vf_clip_param": 1000.0,
-    "entropy_coeff": 0.0,
-    "kl_coeff": 0.0,
-    "model": {"fcnet_hiddens": [64, 64]},
-}
+# The settings of relayrl/tuned_examples/ppo/cartpole-ppo.yaml (seed and num_workers set per test).
+PPO_CARTPOLE = {k: v for k, v in tuned_config("ppo/cartpole-ppo.yaml").items() if k not in ("seed", "num_workers")}
 
 
 def train_until(trainer, reward: float, max_steps: int) -> dict:
