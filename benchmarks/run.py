@@ -172,7 +172,7 @@ def core_rows(quick: bool = False) -> list[tuple[str, str, str]]:
          "Gymnasium's own vector env"),
         ("sampling, 1 worker, 8 sub-envs, PPO default model", f"{s['sample_steps_per_s']:,.0f} steps/s",
          f"{100 * s['ratio']:.0f}% / {100 * s['ratio_sampled']:.0f}% / {100 * s['ratio_vector']:.0f}% of the three"
-         " raw rates (target >= 50%)"),
+         " raw rates (target: >= 50% of the random agent's)"),
         ("  per vector step: env / policy / sampler / postprocess",
          " / ".join(f"{s['breakdown_us'][k]:.0f}" for k in ("env_wait", "inference", "processing", "postprocessing"))
          + " us", "postprocess includes the value pass over the fragment"),

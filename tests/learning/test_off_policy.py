@@ -17,6 +17,7 @@ import time
 import pytest
 
 from relayrl.agents.registry import get_trainer_class
+from relayrl.tuned_examples.regression import tuned_config
 
 # DQN on CartPole-v1: small nets, 3-step double dueling DQN with prioritized replay; uncompressed observations
 # (4 floats do not compress).
@@ -46,24 +47,7 @@ TD3_PENDULUM = {
     "metrics_smoothing_episodes": 10,
 }
 
-APEX_CARTPOLE = {
-    "seed": 0,
-    "num_workers": 2,
-    "num_gpus": 0,
-    "compress_observations": False,
-    "model": {"fcnet_hiddens": [64], "fcnet_activation": "relu"},
-    "hiddens": [64],
-    "lr": 1e-3,
-    "buffer_size": 50000,
-    "learning_starts": 1000,
-    "train_batch_size": 64,
-    "sample_batch_size": 20,
-    "target_network_update_freq": 2000,
-    "timesteps_per_iteration": 5000,
-    "min_iter_time_s": 0,
-    # Sampling waits for the learner (the workers and the learner share 2 cores), see AsyncReplayOptimizer.
-    "optimizer": {"num_replay_buffer_shards": 1, "max_weight_sync_delay": 100, "max_sample_train_ratio": 0.125},
-}
+APEX_CARTPOLE = tuned_config("dqn/cartpole-apex.yaml")  # sampling waits for the learner: see the file
 
 
 def train_until(name: str, env: str, config: dict, threshold: float, max_steps: int) -> dict:
