@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import operator
-
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
+from relayrl.models import numpy_mirror
+from relayrl.models.numpy_mirror import NumpyMirror, linear_layers
 from relayrl.models.torch_model import TorchModel, get_activation, normc_init
-
-# In-place numpy twins of the activations, called as ``act(x, out=x)``.
-_NUMPY_ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x, out: np.maximum(x, 0.0, out=out), "linear": None, None: None}
-_VERSION = operator.attrgetter("_version")
 
 
 def _mlp(in_size: int, hiddens: list[int], activation: str, out_size: int | None, out_std: float) -> nn.Sequential:
@@ -58,10 +54,10 @@ class FullyConnectedNetwork(TorchModel):
         else:
             self.value_branch = _mlp(in_size, hiddens, activation, 1, 1.0)
         self._activation = activation
+        self._np_act = numpy_mirror.ACTIVATIONS.get(activation)
         self._features: torch.Tensor | None = None
         self._obs: torch.Tensor | None = None
-        self._np_cache: tuple | None = None
-        self._np_params: list | None = None
+        self.reset_numpy_mirrors()
 
     def forward(self, input_dict: dict, state: list, seq_lens) -> tuple[torch.Tensor, list]:
         obs = input_dict["obs"].float().flatten(1)
@@ -77,58 +73,44 @@ class FullyConnectedNetwork(TorchModel):
         return self.value_branch(src).squeeze(-1)
 
     # --- fast CPU inference --------------------------------------------------------------------------------
+    def reset_numpy_mirrors(self) -> None:
+        policy_modules = [*self.hidden, self.logits]
+        params = [p for m in policy_modules for p in m.parameters()]
+        self._np_policy = NumpyMirror(params + ([self.log_std] if self.free_log_std else []), self._build_np_policy)
+        self._np_value = NumpyMirror(self.value_branch.parameters(), lambda: linear_layers(self.value_branch))
+        self._np_usable = self._activation in numpy_mirror.ACTIVATIONS and self.logits.weight.device.type == "cpu"
+
+    def _build_np_policy(self) -> tuple:
+        log_std = self.log_std.detach().numpy().copy() if self.free_log_std else None
+        return linear_layers(self.hidden), linear_layers([self.logits])[0], log_std
+
     def numpy_forward(self, obs: np.ndarray, value: bool = True) -> tuple[np.ndarray, np.ndarray | None] | None:
-        params = self._numpy_params()
-        if params is None:
+        if not self._np_usable:
             return None
-        hidden, (w, b), value_layers, log_std = params
+        hidden, (w, b), log_std = self._np_policy.get()
         x = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
-        features = _np_mlp(x, hidden, self._np_act)
+        act = self._np_act
+        features = x
+        for hw, hb in hidden:  # the hot loop of the sampler: numpy_mirror.mlp without its checks
+            features = features @ hw
+            features += hb
+            if act is not None:
+                act(features, out=features)
         out = features @ w
         out += b
         if log_std is not None:
             out = np.concatenate([out, np.broadcast_to(log_std, out.shape)], axis=-1)
         if not value:
             return out, None
-        vf = _np_mlp(features if self.vf_share_layers else x, value_layers, self._np_act, last_linear=True)
-        return out, vf[:, 0]
+        src = features if self.vf_share_layers else x
+        return out, numpy_mirror.mlp(src, self._np_value.get(), act, last_linear=True)[:, 0]
 
     def numpy_value(self, obs: np.ndarray) -> np.ndarray | None:
         """Value estimates only (skips the policy layers when they are not shared)."""
         if self.vf_share_layers:
             out = self.numpy_forward(obs, value=True)
             return None if out is None else out[1]
-        params = self._numpy_params()
-        if params is None:
+        if not self._np_usable:
             return None
         x = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
-        return _np_mlp(x, params[2], self._np_act, last_linear=True)[:, 0]
-
-    def _numpy_params(self):
-        """Weights as numpy ``[in, out]`` copies, refreshed whenever a parameter was changed in place
-        (optimizer steps and ``load_state_dict`` bump torch's per-tensor version counters). None when the
-        model is not on the CPU or its activation has no numpy twin."""
-        if self._np_params is None:
-            self._np_params = list(self.parameters())
-        versions = list(map(_VERSION, self._np_params))
-        if self._np_cache is None or self._np_cache[0] != versions:
-            if self._activation not in _NUMPY_ACTIVATIONS or self._np_params[0].device.type != "cpu":
-                return None
-            self._np_act = _NUMPY_ACTIVATIONS[self._activation]
-            def linears(seq):
-                return [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())
-                        for m in seq if isinstance(m, nn.Linear)]
-            logits = (self.logits.weight.detach().numpy().T.copy(), self.logits.bias.detach().numpy().copy())
-            log_std = self.log_std.detach().numpy().copy() if self.free_log_std else None
-            self._np_cache = (versions, (linears(self.hidden), logits, linears(self.value_branch), log_std))
-        return self._np_cache[1]
-
-
-def _np_mlp(x: np.ndarray, layers: list, act, last_linear: bool = False) -> np.ndarray:
-    last = len(layers) - 1
-    for i, (w, b) in enumerate(layers):
-        x = x @ w
-        x += b
-        if act is not None and not (last_linear and i == last):
-            act(x, out=x)
-    return x
+        return numpy_mirror.mlp(x, self._np_value.get(), self._np_act, last_linear=True)[:, 0]

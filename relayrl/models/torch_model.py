@@ -54,6 +54,15 @@ class TorchModel(nn.Module):
         out = self.numpy_forward(obs, value=True)
         return None if out is None else out[1]
 
+    def reset_numpy_mirrors(self) -> None:
+        """Models with numpy copies of their layers (``relayrl.models.numpy_mirror``) drop them here."""
+
+    def _apply(self, fn, *args, **kwargs):
+        # Moving or casting the model (.to, .cuda, .double) swaps its tensors' data: rebuild the numpy copies.
+        out = super()._apply(fn, *args, **kwargs)
+        self.reset_numpy_mirrors()
+        return out
+
 
 def normc_init(weight: torch.Tensor, std: float = 1.0) -> None:
     """Gaussian weights with each output unit's incoming weight vector scaled to norm ``std``."""

@@ -31,6 +31,8 @@ from relayrl.agents.dqn.dqn_torch_policy import (
     small_net_threads,
 )
 from relayrl.models.action_dist import Deterministic
+from relayrl.models.numpy_mirror import ACTIVATIONS as NP_ACTIVATIONS
+from relayrl.models.numpy_mirror import NumpyMirror, linear_layers, mlp
 from relayrl.models.torch_model import TorchModel, get_activation
 from relayrl.policy.sample_batch import SampleBatch
 from relayrl.policy.torch_policy import LEARNER_STATS_KEY
@@ -39,7 +41,6 @@ from relayrl.utils.exploration import GaussianNoise, OUNoise, epsilon_schedule
 from relayrl.utils.torch_optim import Adam
 
 SB = SampleBatch
-_NP_ACT = {"relu": lambda x: np.maximum(x, 0.0, out=x), "tanh": lambda x: np.tanh(x, out=x), "linear": lambda x: x}
 
 
 def _mlp(in_size: int, hiddens: list[int], activation: str, out_size: int) -> nn.Sequential:
@@ -67,8 +68,11 @@ class DDPGModel(TorchModel):
         self.register_buffer("action_low", torch.from_numpy(low), persistent=False)
         self.register_buffer("action_range", torch.from_numpy(high - low), persistent=False)
         self._np_low, self._np_range = low, high - low
-        self._np_cache: tuple | None = None
-        self._actor_params: list | None = None
+        self.reset_numpy_mirrors()
+
+    def reset_numpy_mirrors(self) -> None:
+        self._np_actor = NumpyMirror(self.actor.parameters(), lambda: linear_layers(self.actor))
+        self._np_ok = self.action_low.device.type == "cpu" and self.actor_activation in NP_ACTIVATIONS
 
     def policy(self, obs: torch.Tensor) -> torch.Tensor:
         squashed = torch.tanh(self.actor(obs.float().flatten(1)))
@@ -87,23 +91,10 @@ class DDPGModel(TorchModel):
 
     def numpy_policy(self, obs: np.ndarray) -> np.ndarray | None:
         """mu(s) in numpy for the sampler (CPU only)."""
-        if self.action_low.device.type != "cpu" or self.actor_activation not in _NP_ACT:
+        if not self._np_ok:
             return None
-        if self._actor_params is None:
-            self._actor_params = list(self.actor.parameters())
-        versions = tuple(p._version for p in self._actor_params)
-        if self._np_cache is None or self._np_cache[0] != versions:
-            layers = [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())
-                      for m in self.actor if isinstance(m, nn.Linear)]
-            self._np_cache = (versions, layers)
         x = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
-        act = _NP_ACT[self.actor_activation]
-        layers = self._np_cache[1]
-        for i, (w, b) in enumerate(layers):
-            x = x @ w
-            x += b
-            if i < len(layers) - 1:
-                x = act(x)
+        x = mlp(x, self._np_actor.get(), NP_ACTIVATIONS[self.actor_activation], last_linear=True)
         return self._np_low + (np.tanh(x) + 1.0) * 0.5 * self._np_range
 
 

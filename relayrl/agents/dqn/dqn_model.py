@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from relayrl.models.numpy_mirror import ACTIVATIONS as _NP_ACT
+from relayrl.models.numpy_mirror import NumpyMirror, linear_layers, mlp
 from relayrl.models.torch_model import TorchModel, get_activation
-
-_NP_ACT = {"relu": lambda x: np.maximum(x, 0.0, out=x), "tanh": lambda x: np.tanh(x, out=x), "linear": lambda x: x}
 
 
 class NoisyLinear(nn.Module):
@@ -133,16 +133,16 @@ class DQNModel(TorchModel):
         linear = (lambda i, o: NoisyLinear(i, o, sigma0)) if noisy else nn.Linear
         self.advantage = self._head(last, list(q_hiddens), self.num_actions * self.num_atoms, linear)
         self.value = self._head(last, list(q_hiddens), self.num_atoms, linear) if dueling else None
-        self._np_cache: tuple | None = None
-        self._np_param_list: list | None = None
-        self._np_ok = self.vision is None and self._activation in _NP_ACT
+        self.reset_numpy_mirrors()
 
-    def _apply(self, fn, *args, **kwargs):
-        # Moving the model (.to / .cuda) changes its tensors: refresh the numpy path's view of them.
-        out = super()._apply(fn, *args, **kwargs)
-        self._np_cache, self._np_param_list = None, None
+    def reset_numpy_mirrors(self) -> None:
         self._np_ok = self.vision is None and self._activation in _NP_ACT and self.support.device.type == "cpu"
-        return out
+        self._np_mirror = NumpyMirror(self.parameters(), self._build_numpy_mirror)
+
+    def _build_numpy_mirror(self) -> tuple:
+        layer_types = (nn.Linear, NoisyLinear)  # a NoisyLinear's weight and bias are its noise-free means
+        heads = [linear_layers(h, layer_types) if h is not None else None for h in (self.advantage, self.value)]
+        return linear_layers(self.torso), *heads, self.support.numpy().astype(np.float32)
 
     @staticmethod
     def _head(in_size: int, hiddens: list[int], out: int, linear) -> nn.Sequential:
@@ -199,46 +199,23 @@ class DQNModel(TorchModel):
         """Noise-free (mean-weight) Q-values and mask in numpy for flat observations on CPU; None otherwise."""
         if not self._np_ok:
             return None
-        torso, adv, value, support = self._numpy_params()
+        torso, adv, value, support = self._np_mirror.get()
         obs = obs.reshape(len(obs), -1).astype(np.float32, copy=False)
         mask = None
         if self.mask_slice is not None:
             s, e = self.mask_slice
             mask = obs[:, s:e]
             obs = np.concatenate([obs[:, :s], obs[:, e:]], axis=1)
-        x = _np_mlp(obs, torso, _NP_ACT[self._activation], last_linear=False)
-        a = _np_mlp(x, adv, _NP_ACT["relu"], last_linear=True)
+        x = mlp(obs, torso, _NP_ACT[self._activation])
+        a = mlp(x, adv, _NP_ACT["relu"], last_linear=True)
         if self.num_atoms == 1:
             if value is not None:
-                a = _np_mlp(x, value, _NP_ACT["relu"], last_linear=True) + a - a.mean(axis=1, keepdims=True)
+                a = mlp(x, value, _NP_ACT["relu"], last_linear=True) + a - a.mean(axis=1, keepdims=True)
             return a, mask
         logits = a.reshape(len(a), self.num_actions, self.num_atoms)
         if value is not None:
-            v = _np_mlp(x, value, _NP_ACT["relu"], last_linear=True)
+            v = mlp(x, value, _NP_ACT["relu"], last_linear=True)
             logits = v[:, None, :] + logits - logits.mean(axis=1, keepdims=True)
         logits = logits - logits.max(axis=-1, keepdims=True)
         p = np.exp(logits)
         return (p @ support) / p.sum(-1), mask
-
-    def _numpy_params(self):
-        if self._np_param_list is None:
-            self._np_param_list = list(self.parameters())
-        versions = tuple(p._version for p in self._np_param_list)
-        if self._np_cache is None or self._np_cache[0] != versions:
-            def linears(seq):
-                if seq is None:
-                    return None
-                return [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())
-                        for m in seq if isinstance(m, (nn.Linear, NoisyLinear))]
-            support = self.support.numpy().astype(np.float32)
-            self._np_cache = (versions, (linears(self.torso), linears(self.advantage), linears(self.value), support))
-        return self._np_cache[1]
-
-
-def _np_mlp(x: np.ndarray, layers: list, act, last_linear: bool) -> np.ndarray:
-    for i, (w, b) in enumerate(layers):
-        x = x @ w
-        x += b
-        if not (last_linear and i == len(layers) - 1):
-            x = act(x)
-    return x
