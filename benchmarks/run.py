@@ -58,10 +58,10 @@ def gym_vector_rate(num_envs: int = 8, steps: int = 6_000) -> float:
     return steps * num_envs / (time.perf_counter() - start)
 
 
-def sampling_rate(rounds: int = 7, seconds: float = 0.6) -> dict:
+def sampling_rate(rounds: int = 15, seconds: float = 0.2) -> dict:
     """One RolloutWorker, 8 sub-envs, PPO's default config and model, next to the raw rates measured in the same
-    rounds: each round measures all three back to back, and the ratios are medians of the per-round ratios (a
-    noisy machine drifts between rounds, less within one)."""
+    rounds. Each short round measures all of them back to back, and the ratios are medians of the per-round
+    ratios: a shared machine's load drifts between rounds, much less within one."""
     from relayrl.agents.ppo import DEFAULT_CONFIG, PPOTorchPolicy
     from relayrl.env.registry import get_env_creator
     from relayrl.evaluation import RolloutWorker
@@ -69,11 +69,12 @@ def sampling_rate(rounds: int = 7, seconds: float = 0.6) -> dict:
     worker = RolloutWorker(get_env_creator("CartPole-v1"), PPOTorchPolicy,
                            policy_config=dict(DEFAULT_CONFIG, num_envs_per_worker=8))
     worker.sample()
+    raw_steps = 2_000  # per env: about as long as one sampler measurement
     raws, raws_sampled, raws_vector, rates = [], [], [], []
     for _ in range(rounds):
-        raws.append(raw_env_rate(steps=6_000))
-        raws_sampled.append(raw_env_rate(steps=6_000, space_sample=True))
-        raws_vector.append(gym_vector_rate())
+        raws.append(raw_env_rate(steps=raw_steps))
+        raws_sampled.append(raw_env_rate(steps=raw_steps, space_sample=True))
+        raws_vector.append(gym_vector_rate(steps=raw_steps))
         start, n = time.perf_counter(), 0
         while time.perf_counter() - start < seconds:
             n += worker.sample().count
@@ -159,7 +160,7 @@ def startup(repeats: int = 3) -> dict:
 
 
 def core_rows(quick: bool = False) -> list[tuple[str, str, str]]:
-    s = sampling_rate(rounds=3 if quick else 7)
+    s = sampling_rate(rounds=5 if quick else 15)
     solve = time_to_solve((0,) if quick else (0, 1, 2))
     st = startup(1 if quick else 3)
     lr = learner_rate()
