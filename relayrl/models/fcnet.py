@@ -77,12 +77,16 @@ class FullyConnectedNetwork(TorchModel):
         policy_modules = [*self.hidden, self.logits]
         params = [p for m in policy_modules for p in m.parameters()]
         self._np_policy = NumpyMirror(params + ([self.log_std] if self.free_log_std else []), self._build_np_policy)
-        self._np_value = NumpyMirror(self.value_branch.parameters(), lambda: linear_layers(self.value_branch))
+        self._np_value = NumpyMirror(self.value_branch.parameters(), self._build_np_value)
         self._np_usable = self._activation in numpy_mirror.ACTIVATIONS and self.logits.weight.device.type == "cpu"
 
+    # Bound methods, not lambdas: a deep copy of the model (a target network) must build from its own layers.
     def _build_np_policy(self) -> tuple:
         log_std = self.log_std.detach().numpy().copy() if self.free_log_std else None
         return linear_layers(self.hidden), linear_layers([self.logits])[0], log_std
+
+    def _build_np_value(self) -> list:
+        return linear_layers(self.value_branch)
 
     def numpy_forward(self, obs: np.ndarray, value: bool = True) -> tuple[np.ndarray, np.ndarray | None] | None:
         if not self._np_usable:

@@ -1,5 +1,7 @@
 """The numpy fast paths used by the sampler agree with the torch models, and never serve stale weights."""
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -53,6 +55,20 @@ def test_fcnet_numpy_forward_matches_torch_and_follows_updates(config):
     check()
 
 
+def test_a_deep_copy_mirrors_its_own_weights():
+    model = fcnet()
+    obs = np.ones((2, 5), np.float32)
+    model.numpy_forward(obs)  # the original's mirrors are built
+    target = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.mul_(-1.5)
+    for m in (target, model):
+        logits, values = torch_outputs(m, obs)
+        np.testing.assert_allclose(m.numpy_forward(obs)[0], logits, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(m.numpy_value(obs), values, rtol=1e-5, atol=1e-6)
+
+
 def test_a_model_moved_to_another_dtype_leaves_the_numpy_path():
     model = fcnet().double()
     assert model.numpy_forward(np.zeros((2, 5), np.float32)) is not None  # float64 weights, still on the CPU
@@ -81,6 +97,11 @@ def test_ddpg_numpy_policy_matches_torch_after_an_update():
         np.testing.assert_allclose(model.numpy_policy(obs), expected, rtol=1e-5, atol=1e-6)
         with torch.no_grad():
             model.actor[0].weight.mul_(-2.0)
+    target = copy.deepcopy(model)  # as DDPG builds its target actor
+    with torch.no_grad():
+        target.actor[2].bias.add_(0.5)
+        expected = target.policy(torch.from_numpy(obs)).numpy()
+    np.testing.assert_allclose(target.numpy_policy(obs), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_mirror_rebuilds_only_on_change():

@@ -71,8 +71,11 @@ class DDPGModel(TorchModel):
         self.reset_numpy_mirrors()
 
     def reset_numpy_mirrors(self) -> None:
-        self._np_actor = NumpyMirror(self.actor.parameters(), lambda: linear_layers(self.actor))
+        self._np_actor = NumpyMirror(self.actor.parameters(), self._build_np_actor)
         self._np_ok = self.action_low.device.type == "cpu" and self.actor_activation in NP_ACTIVATIONS
+
+    def _build_np_actor(self) -> list:  # a bound method: a deep copy (the target actor) builds from its own layers
+        return linear_layers(self.actor)
 
     def policy(self, obs: torch.Tensor) -> torch.Tensor:
         squashed = torch.tanh(self.actor(obs.float().flatten(1)))
