@@ -81,12 +81,6 @@ class SyncSampler:
 
     # --- public -------------------------------------------------------------------------------------------
     def sample(self) -> SampleBatch:
-        # The sampler's matrix products are small: one BLAS thread avoids waking (and spinning) BLAS worker
-        # threads that would compete with torch's learner threads for the cores.
-        with single_blas_thread():
-            return self._sample()
-
-    def _sample(self) -> SampleBatch:
         if self._obs is None:
             self._start()
         target = self.fragment_length * self.num_envs
@@ -144,40 +138,45 @@ class SyncSampler:
         clock = time.perf_counter
         inference = env_wait = processing = 0.0
         obs = self._obs
-        for step in range(self.fragment_length):
-            t0 = clock()
-            actions, state_out, extra = policy.compute_actions(obs, self._state or None, episodes=self._episodes,
-                                                               **act_kwargs)
-            actions = np.asarray(actions)
-            t1 = clock()
-            raw_obs, rewards, terms, truncs, infos = env.vector_step(action_fn(actions))
-            t2 = clock()
-            if horizon is not None:
-                truncs = np.asarray(truncs, dtype=bool) | ((self._t + 1 >= horizon) & ~np.asarray(terms, dtype=bool))
-            obs_rows.append(obs)
-            act_rows.append(actions)
-            rew_rows.append(rewards)
-            info_rows.append(infos)
-            eps_rows.append(self._eps_ids)
-            t_rows.append(self._t)
-            self._t = self._t + 1  # a new array: the row just stored must not change
-            for k, v in extra.items():
-                extra_rows.setdefault(k, []).append(v)
-            for rows, s in zip(state_rows, self._state):
-                rows.append(s)
-            if state_out:
-                self._state = [np.array(s) for s in state_out]
-            if exact_episodes:
-                self._step_callbacks(raw_obs, rewards, infos, actions)
-            if True in terms or True in truncs:
-                ends.append((step, terms, truncs))
-                next_obs, obs = self._end_episodes(step, raw_obs, terms, truncs, rew_rows)
-            else:
-                next_obs = obs = self._process_obs(raw_obs)
-            next_rows.append(next_obs)
-            inference += t1 - t0
-            env_wait += t2 - t1
-            processing += clock() - t2
+        # The per-step matrix products are small: one BLAS thread, as waking more costs more than it saves. The
+        # value pass over the whole fragment (in _assemble) runs with the process's BLAS threads: all cores in
+        # the driver, the worker's CPU share in a Ray actor (Ray sets OMP_NUM_THREADS).
+        with single_blas_thread():
+            for step in range(self.fragment_length):
+                t0 = clock()
+                actions, state_out, extra = policy.compute_actions(obs, self._state or None, episodes=self._episodes,
+                                                                   **act_kwargs)
+                actions = np.asarray(actions)
+                t1 = clock()
+                raw_obs, rewards, terms, truncs, infos = env.vector_step(action_fn(actions))
+                t2 = clock()
+                if horizon is not None:
+                    over = (self._t + 1 >= horizon) & ~np.asarray(terms, dtype=bool)
+                    truncs = np.asarray(truncs, dtype=bool) | over
+                obs_rows.append(obs)
+                act_rows.append(actions)
+                rew_rows.append(rewards)
+                info_rows.append(infos)
+                eps_rows.append(self._eps_ids)
+                t_rows.append(self._t)
+                self._t = self._t + 1  # a new array: the row just stored must not change
+                for k, v in extra.items():
+                    extra_rows.setdefault(k, []).append(v)
+                for rows, s in zip(state_rows, self._state):
+                    rows.append(s)
+                if state_out:
+                    self._state = [np.array(s) for s in state_out]
+                if exact_episodes:
+                    self._step_callbacks(raw_obs, rewards, infos, actions)
+                if True in terms or True in truncs:
+                    ends.append((step, terms, truncs))
+                    next_obs, obs = self._end_episodes(step, raw_obs, terms, truncs, rew_rows)
+                else:
+                    next_obs = obs = self._process_obs(raw_obs)
+                next_rows.append(next_obs)
+                inference += t1 - t0
+                env_wait += t2 - t1
+                processing += clock() - t2
         self._obs = obs
         t3 = clock()
         batch = self._assemble(obs_rows, act_rows, rew_rows, ends, next_rows, info_rows, eps_rows, t_rows, extra_rows,
