@@ -152,8 +152,8 @@ def experiments_from_args(args: argparse.Namespace) -> dict[str, dict]:
 
 def train(args: argparse.Namespace) -> int:
     from relayrl.experiments import (
-        gpus_needed,
         normalize_experiments,
+        resources_needed,
         run_experiments,
         start_ray,
         trial_error,
@@ -161,8 +161,8 @@ def train(args: argparse.Namespace) -> int:
     )
 
     experiments = experiments_from_args(args)
-    cpus = validate_experiments(experiments)
-    gpus = gpus_needed(experiments)
+    validate_experiments(experiments)
+    cpus, gpus = resources_needed(experiments)
     experiments = normalize_experiments(experiments, args.local_dir)
     num_cpus = args.ray_num_cpus or (None if args.ray_address else max(os.cpu_count() or 1, cpus))
     if args.ray_num_cpus is not None and args.ray_num_cpus < cpus:

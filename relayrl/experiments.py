@@ -17,6 +17,7 @@ import copy
 import difflib
 import itertools
 import logging
+import math
 import os
 import sys
 import time
@@ -100,10 +101,9 @@ def normalize_experiments(experiments: dict[str, dict], local_dir: str | None = 
 def validate_experiments(experiments: dict[str, dict]) -> int:
     """Raises UserError for the first mistake; returns the CPUs the largest trial needs."""
     from relayrl.agents.registry import get_trainer_class
-    from relayrl.config import merge_dicts, validate_config
+    from relayrl.config import validate_config
     from relayrl.env.registry import get_env_creator
 
-    cpus = 1
     for name, spec in experiments.items():
         where = f"experiment {name!r}"
         for key in spec:
@@ -140,27 +140,28 @@ def validate_experiments(experiments: dict[str, dict]) -> int:
             except ValueError as e:
                 raise UserError(f"{where}: {e}", f"see the documented keys of relayrl {spec['run']} DEFAULT_CONFIG") \
                     from e
-            full = merge_dicts(trainer_cls._default_config, variant)
-            need = (full.get("num_cpus_for_driver") or 1) + full["num_workers"] * (full["num_cpus_per_worker"] or 0)
-            cpus = max(cpus, int(-(-need // 1)))
         if spec.get("restore"):
             _check_restore(where, spec["restore"], spec["run"])
-    return cpus
+    return resources_needed(experiments)[0]
 
 
-def gpus_needed(experiments: dict[str, dict]) -> float:
-    """The GPUs the largest trial of validated experiments asks for: num_gpus + num_workers * num_gpus_per_worker."""
+def resources_needed(experiments: dict[str, dict]) -> tuple[int, float]:
+    """CPUs and GPUs the largest trial of validated experiments asks for: CPUs ``num_cpus_for_driver + num_workers
+    * num_cpus_per_worker`` (rounded up), GPUs ``num_gpus + num_workers * num_gpus_per_worker``."""
     from relayrl.agents.registry import get_trainer_class
     from relayrl.config import merge_dicts
 
-    need = 0.0
+    cpus, gpus = 1, 0.0
     for spec in experiments.values():
         defaults = get_trainer_class(spec["run"])._default_config
         for variant in grid_variants(spec.get("config") or {}):
+            variant.pop("env", None)
             full = merge_dicts(defaults, variant)
             workers = full.get("num_workers") or 0
-            need = max(need, float(full.get("num_gpus") or 0) + workers * float(full.get("num_gpus_per_worker") or 0))
-    return need
+            need = (full.get("num_cpus_for_driver") or 1) + workers * (full.get("num_cpus_per_worker") or 0)
+            cpus = max(cpus, math.ceil(need))
+            gpus = max(gpus, float(full.get("num_gpus") or 0) + workers * float(full.get("num_gpus_per_worker") or 0))
+    return cpus, gpus
 
 
 def grid_variants(config: dict) -> list[dict]:
@@ -219,12 +220,13 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, verbose: 
             ray.init(address=address, **kwargs)
         else:
             ray.init(num_cpus=num_cpus, **kwargs)
-    have = ray.cluster_resources().get("CPU", 0)
+    resources = ray.cluster_resources()
+    have = resources.get("CPU", 0)
     if have < need:
         raise UserError(f"a trial needs {need} CPUs (num_cpus_for_driver + num_workers * num_cpus_per_worker) but"
                         f" the Ray cluster has {have:g}",
                         "lower num_workers, or give Ray more CPUs (--ray-num-cpus, or `ray start --num-cpus`)")
-    have_gpus = ray.cluster_resources().get("GPU", 0)
+    have_gpus = resources.get("GPU", 0)
     if have_gpus < need_gpus:
         raise UserError(f"a trial asks for {need_gpus:g} GPUs (num_gpus + num_workers * num_gpus_per_worker) but the"
                         f" Ray cluster has {have_gpus:g}",

@@ -18,9 +18,9 @@ import tempfile
 import time
 
 from relayrl.experiments import (
-    gpus_needed,
     load_experiment_file,
     normalize_experiments,
+    resources_needed,
     run_experiments,
     start_ray,
     trial_error,
@@ -99,10 +99,10 @@ def runnable(path: str) -> tuple[int, str]:
     (ale-py for Atari, mujoco) or a config that asks for GPUs on a machine without CUDA."""
     try:
         experiments = load_experiment_file(path)
-        cpus = validate_experiments(experiments)
+        validate_experiments(experiments)
     except Exception as e:  # noqa: BLE001 - reported as the reason to skip
         return 0, str(e)
-    gpus = gpus_needed(experiments)
+    cpus, gpus = resources_needed(experiments)
     if gpus > 0:
         import torch
 
