@@ -26,8 +26,14 @@ COMMON_CONFIG: dict[str, Any] = {
     "log_level": "WARN",
     # Functions called with an info dict at points of sampling and training; see CALLBACK_NAMES.
     "callbacks": {name: None for name in CALLBACK_NAMES},
-    # Carry on when a remote worker dies (it is recreated) instead of failing the iteration.
+    # Carry on with the healthy remote workers when one dies (its in-flight work is dropped) instead of failing.
     "ignore_worker_failures": False,
+    # Replace a remote worker that died with a new one (same resources, current weights, filters and global
+    # vars) and give it work again. Implies carrying on like ignore_worker_failures.
+    "recreate_failed_workers": False,
+    # Seconds to wait for remote workers to start (a busy cluster has no free CPUs for them) before failing
+    # with an error naming the missing resources.
+    "worker_start_timeout_s": 60,
     # === Policy ===
     # Model options, see relayrl.models.catalog.MODEL_DEFAULTS.
     "model": MODEL_DEFAULTS,

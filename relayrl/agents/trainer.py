@@ -88,8 +88,6 @@ class Trainer:
     def train(self) -> dict:
         start = time.time()
         result = self._train()
-        if self.config["ignore_worker_failures"]:
-            self.workers.recreate_failed_workers()
         self.iteration += 1
         elapsed = time.time() - start
         self._time_total += elapsed
@@ -102,6 +100,8 @@ class Trainer:
             time_this_iter_s=elapsed,
             time_total_s=self._time_total,
             num_steps_per_s=steps_this_iter / elapsed if elapsed > 0 else 0.0,
+            num_healthy_workers=self.workers.num_healthy_workers,
+            num_recreated_workers=self.workers.num_recreated,
             date=datetime.now().strftime("%Y-%m-%d_%H-%M-%S"),
             hostname=platform.node(),
             pid=os.getpid(),

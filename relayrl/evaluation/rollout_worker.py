@@ -97,6 +97,7 @@ class RolloutWorker:
         self.filters: dict[str, Filter] = {
             pid: get_filter(config["observation_filter"], self.preprocessors[pid].shape) for pid in self.policy_map
         }
+        self.global_vars: dict = {}  # the latest global vars (e.g. {"timestep": ...}) from the trainer
         self._sampler: SyncSampler | None = None  # built at the first sample(): a learner-only worker never steps
         self._compress = config["compress_observations"]
 
@@ -229,6 +230,7 @@ class RolloutWorker:
             self.set_global_vars(global_vars)
 
     def set_global_vars(self, global_vars: dict) -> None:
+        self.global_vars.update(global_vars)
         for p in self.policy_map.values():
             p.on_global_var_update(global_vars)
 
@@ -262,6 +264,18 @@ class RolloutWorker:
 
     def ping(self) -> str:
         return "pong"
+
+    def node(self) -> str:
+        """Where this worker runs: ``"node <ip> (<node id>)"`` under Ray, ``"this process"`` otherwise."""
+        try:
+            import ray
+
+            if ray.is_initialized():
+                ctx = ray.get_runtime_context()
+                return f"node {ray.util.get_node_ip_address()} ({ctx.get_node_id()[:12]})"
+        except ImportError:
+            pass
+        return "this process"
 
     def stop(self) -> None:
         if self._sampler is not None:

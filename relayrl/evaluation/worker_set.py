@@ -55,6 +55,10 @@ class WorkerSet:
         self._remote_workers: list = []
         self._local_worker: RolloutWorker | None = None
         self.num_recreated = 0
+        self.num_failed = 0
+        self._indices: dict = {}  # actor key -> worker_index
+        self._nodes: dict[int, str] = {}  # worker_index -> "node <ip> (<node id>)"
+        self._replaced: dict = {}  # actor key of a failed worker -> its replacement (None: dropped)
         if _setup:
             self._local_worker = self._make_local()
             self.add_workers(num_workers)
@@ -88,26 +92,61 @@ class WorkerSet:
     def add_workers(self, num_workers: int) -> None:
         if num_workers <= 0:
             return
-        import ray
-
         per_worker = self._config.get("num_cpus_per_worker", 1)
         ensure_ray((len(self._remote_workers) + num_workers) * per_worker)
-        cls = RolloutWorker.as_remote(
-            num_cpus=per_worker,
+        import ray
+
+        free = ray.available_resources().get("CPU", 0)
+        if free < num_workers * per_worker:
+            logger.warning("%d remote worker(s) need %g CPUs but the cluster has %g free; waiting up to %g s for them",
+                           num_workers, num_workers * per_worker, free, self._config.get("worker_start_timeout_s", 60))
+        cls = self._remote_class()
+        start = len(self._remote_workers) + 1
+        indices = list(range(start, start + num_workers))
+        new = [self._make_remote(cls, index) for index in indices]
+        self._remote_workers.extend(new)
+        self._await_started(new, indices)
+
+    def _remote_class(self) -> Any:
+        return RolloutWorker.as_remote(
+            num_cpus=self._config.get("num_cpus_per_worker", 1),
             num_gpus=self._config.get("num_gpus_per_worker", 0),
             resources=self._config.get("custom_resources_per_worker") or None,
         )
-        start = len(self._remote_workers) + 1
-        for index in range(start, start + num_workers):
-            self._remote_workers.append(self._make_remote(cls, index))
-        # Fail fast (and with the worker's own error) if a worker cannot be built.
-        ray.get([w.ping.remote() for w in self._remote_workers[start - 1:]])
+
+    def _await_started(self, workers: list, indices: list[int]) -> None:
+        """Waits (at most ``worker_start_timeout_s``) until every new worker answers; a worker that cannot be
+        built fails with its own error, one that cannot be placed with the resources it is waiting for."""
+        import ray
+
+        timeout = float(self._config.get("worker_start_timeout_s", 60))
+        futures = {w.node.remote(): index for w, index in zip(workers, indices)}
+        ready, not_ready = ray.wait(list(futures), num_returns=len(futures), timeout=timeout)
+        for future in ready:
+            self._nodes[futures[future]] = ray.get(future)  # raises the worker's constructor error, if any
+        if not_ready:
+            for w in workers:
+                ray.kill(w)
+            missing = sorted(futures[f] for f in not_ready)
+            raise WorkerStartTimeout(
+                f"remote worker(s) {missing} did not start within worker_start_timeout_s={timeout:g} s: each"
+                f" needs {self._resource_request()} and the cluster has {_describe_available()} free"
+                f" ({_describe_holders()}). Free resources, lower num_workers / num_cpus_per_worker, or raise"
+                " worker_start_timeout_s"
+            )
+
+    def _resource_request(self) -> str:
+        parts = {"CPU": self._config.get("num_cpus_per_worker", 1), "GPU": self._config.get("num_gpus_per_worker", 0),
+                 **(self._config.get("custom_resources_per_worker") or {})}
+        return ", ".join(f"{v:g} {k}" for k, v in parts.items() if v)
 
     def _make_remote(self, cls: Any, index: int) -> Any:
         # A remote worker uses its own GPU share, not the learner's.
         config = merge_dicts(self._config, {"num_gpus": self._config.get("num_gpus_per_worker", 0)})
-        return cls.remote(self._env_creator, self._policy, policy_config=config, worker_index=index,
-                          **self._multiagent_kwargs())
+        worker = cls.remote(self._env_creator, self._policy, policy_config=config, worker_index=index,
+                            **self._multiagent_kwargs())
+        self._indices[_actor_key(worker)] = index
+        return worker
 
     # --- broadcast -----------------------------------------------------------------------------------------
     def sync_weights(self, global_vars: dict | None = None) -> None:
@@ -142,30 +181,120 @@ class WorkerSet:
         return self._local_worker.foreach_policy(func)
 
     # --- failures ------------------------------------------------------------------------------------------
-    def recreate_failed_workers(self) -> list[int]:
-        """Pings every remote worker; replaces the dead ones with fresh actors (with current weights)."""
-        if not self._remote_workers:
+    # How an optimizer survives a worker that dies while it waits on it:
+    #
+    #     try:
+    #         batch = ray.get(future)
+    #     except WorkerSet.ACTOR_ERRORS as e:        # the actor (or its node) is gone
+    #         new = workers.handle_worker_failure(worker, e)   # raises WorkerFailureError without the flags
+    #         ...drop the worker's in-flight futures; if `new` is not None, give it work...
+    #
+    # ``fetch`` does this for a dict of futures. Errors raised *inside* a worker's method (a RayTaskError, e.g.
+    # from a broken env) are not failures of the worker: they propagate with their own message.
+
+    @staticmethod
+    def actor_errors() -> tuple[type[BaseException], ...]:
+        """Exceptions that mean a remote worker (or its node) died, as opposed to an error in its code."""
+        import ray.exceptions as rex
+
+        return (rex.RayActorError, rex.ActorUnavailableError, rex.ObjectLostError, rex.OwnerDiedError,
+                rex.NodeDiedError)
+
+    @property
+    def fault_tolerant(self) -> bool:
+        return bool(self._config.get("ignore_worker_failures") or self._config.get("recreate_failed_workers"))
+
+    def worker_index(self, worker: Any) -> int:
+        """The 1-based index a remote worker was created with (its ``worker_index``)."""
+        return self._indices.get(_actor_key(worker), 0)
+
+    def handle_worker_failure(self, worker: Any, error: BaseException | None = None) -> Any | None:
+        """Deals with a remote worker that died: returns its replacement (``recreate_failed_workers``), or None
+        once it is dropped from ``remote_workers()`` (``ignore_worker_failures``). Without either key it raises
+        WorkerFailureError naming the worker, its node and the two keys. Calling it again for a worker already
+        handled returns the same answer without doing anything."""
+        key = _actor_key(worker)
+        if key in self._replaced:
+            return self._replaced[key]
+        index = self._indices.get(key, 0)
+        node = self._nodes.get(index, "unknown node")
+        if not self.fault_tolerant:
+            raise WorkerFailureError(
+                f"remote worker {index} (on {node}) died: {_first_line(error)}. Set 'recreate_failed_workers': True"
+                " to replace it and carry on, or 'ignore_worker_failures': True to carry on without it"
+            ) from error
+        position = next((i for i, w in enumerate(self._remote_workers) if _actor_key(w) == key), None)
+        if not self._config.get("recreate_failed_workers"):
+            logger.warning("remote worker %d (on %s) died (%s); carrying on with the other %d", index, node,
+                           _first_line(error), len(self._remote_workers) - (position is not None))
+            if position is not None:
+                del self._remote_workers[position]
+            self.num_failed += 1
+            self._replaced[key] = None
+            return None
+        logger.warning("remote worker %d (on %s) died (%s); recreating it", index, node, _first_line(error))
+        new = self._make_remote(self._remote_class(), index)
+        self._await_started([new], [index])
+        self._load_current_state(new)
+        if position is not None:
+            self._remote_workers[position] = new
+        else:
+            self._remote_workers.append(new)
+        self.num_failed += 1
+        self.num_recreated += 1
+        self._replaced[key] = new
+        return new
+
+    def fetch(self, futures: dict, timeout: float | None = None) -> list[tuple[Any, Any]]:
+        """``ray.get`` of each ``{future: worker}`` (the ones ready within ``timeout``), as (worker, result)
+        pairs. A future whose worker died goes to ``handle_worker_failure`` and is left out."""
+        if not futures:
             return []
         import ray
 
-        cls = RolloutWorker.as_remote(
-            num_cpus=self._config.get("num_cpus_per_worker", 1),
-            num_gpus=self._config.get("num_gpus_per_worker", 0),
-        )
-        failed = []
-        for i, w in enumerate(self._remote_workers):
+        ready, _ = ray.wait(list(futures), num_returns=len(futures), timeout=timeout)
+        out = []
+        for future in ready:
+            worker = futures[future]
             try:
-                ray.get(w.ping.remote(), timeout=30)
-            except Exception:  # noqa: BLE001 - any failure of the actor means it must be replaced
-                failed.append(i)
-        if failed:
-            weights = ray.put(self._local_worker.get_weights())
-            for i in failed:
-                logger.warning("remote worker %d died; recreating it", i + 1)
-                self._remote_workers[i] = self._make_remote(cls, i + 1)
-                self._remote_workers[i].set_weights.remote(weights)
-                self.num_recreated += 1
+                out.append((worker, ray.get(future)))
+            except self.actor_errors() as e:
+                self.handle_worker_failure(worker, e)
+        return out
+
+    def probe_unhealthy_workers(self, timeout: float = 30.0) -> list[int]:
+        """Pings every remote worker and handles the ones that do not answer; returns their indices."""
+        if not self._remote_workers:
+            return []
+        futures = {w.ping.remote(): w for w in self._remote_workers}
+        answered = {_actor_key(w) for w, _ in self.fetch(futures, timeout=timeout)}
+        failed = []
+        for w in list(futures.values()):
+            if _actor_key(w) not in answered:
+                failed.append(self.worker_index(w))
+                self.handle_worker_failure(w, TimeoutError(f"no answer to a ping within {timeout:g} s"))
         return failed
+
+    def recreate_failed_workers(self) -> list[int]:
+        """Seed-era name: pings every remote worker and replaces the dead ones (whatever the config says)."""
+        saved = self._config
+        self._config = {**saved, "recreate_failed_workers": True}
+        try:
+            return self.probe_unhealthy_workers()
+        finally:
+            self._config = saved
+
+    @property
+    def num_healthy_workers(self) -> int:
+        return len(self._remote_workers)
+
+    def _load_current_state(self, worker: Any) -> None:
+        """A new worker gets the local worker's weights, global vars and filters before any work."""
+        import ray
+
+        local = self._local_worker
+        worker.set_weights.remote(ray.put(local.get_weights()), dict(local.global_vars) or None)
+        ray.get(worker.sync_filters.remote(ray.put(local.get_filters())))
 
     def stop(self) -> None:
         self._local_worker.stop()
@@ -179,3 +308,46 @@ class WorkerSet:
                 except Exception:  # noqa: BLE001 - the actor may already be gone
                     pass
             self._remote_workers = []
+
+
+class WorkerStartTimeout(RuntimeError):
+    """Remote workers could not be placed within ``worker_start_timeout_s`` (e.g. every CPU is taken)."""
+
+
+def _describe_available() -> str:
+    import ray
+
+    free = ray.available_resources()
+    return ", ".join(f"{free.get(k, 0):g} {k}" for k in ("CPU", "GPU")) or "nothing"
+
+
+def _describe_holders() -> str:
+    """Who holds the cluster's CPUs: the live actors by class, as far as Ray's state API tells."""
+    try:
+        from ray.util.state import list_actors
+
+        actors = list_actors(filters=[("state", "=", "ALIVE")], limit=200, timeout=5, raise_on_missing_output=False)
+        counts: dict[str, int] = {}
+        for a in actors:
+            name = getattr(a, "class_name", None) or "actor"
+            counts[name] = counts.get(name, 0) + 1
+        held = ", ".join(f"{n} x {c}" for n, c in sorted(counts.items()))
+        return f"live actors: {held}" if held else "no live actors: other jobs' tasks hold them"
+    except Exception:  # noqa: BLE001 - the state API is optional (it needs the dashboard agent)
+        return "see `ray status` for who holds them"
+
+
+class WorkerFailureError(RuntimeError):
+    """A remote worker died and neither ``ignore_worker_failures`` nor ``recreate_failed_workers`` is set."""
+
+
+def _actor_key(worker: Any) -> Any:
+    actor_id = getattr(worker, "_actor_id", None)
+    return actor_id.hex() if actor_id is not None else id(worker)
+
+
+def _first_line(error: BaseException | None) -> str:
+    if error is None:
+        return "no answer"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")

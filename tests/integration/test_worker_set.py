@@ -51,7 +51,7 @@ def test_weights_filters_and_recovery(ray_session):
         victim = trainer.workers.remote_workers()[0]
         ray.kill(victim)
         wait_until_dead(victim)
-        assert trainer.workers.recreate_failed_workers() == [0]
+        assert trainer.workers.recreate_failed_workers() == [1]  # worker_index of the victim
         assert trainer.workers.remote_workers()[0] is not victim
         result = trainer.train()
         assert result["training_iteration"] == 2
