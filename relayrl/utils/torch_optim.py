@@ -26,7 +26,9 @@ class _ForeachOptimizer:
         if not params:
             raise ValueError(f"{type(self).__name__} got no parameters to optimize")
         self.param_groups = [{"params": params, **hyper}]
-        self._step = 0
+        # Steps taken per parameter: one without a gradient is skipped and keeps its count, as in torch.optim
+        # (Adam's bias correction depends on it).
+        self._steps = [0] * len(params)
         self._state = {name: [self._init_buffer(name, p) for p in params] for name in self._buffers}
 
     def _init_buffer(self, name: str, p: torch.Tensor) -> torch.Tensor:
@@ -45,21 +47,23 @@ class _ForeachOptimizer:
 
     @torch.no_grad()
     def step(self) -> None:
-        idx = [i for i, p in enumerate(self.params) if p.grad is not None]
-        if not idx:
-            return
-        self._step += 1
-        params = [self.params[i] for i in idx]
-        buffers = {name: [bufs[i] for i in idx] for name, bufs in self._state.items()}
-        self._update(params, [p.grad for p in params], buffers, self.param_groups[0])
+        by_step: dict[int, list[int]] = {}
+        for i, p in enumerate(self.params):
+            if p.grad is not None:
+                self._steps[i] += 1
+                by_step.setdefault(self._steps[i], []).append(i)
+        for step, idx in by_step.items():  # one group unless some parameters skipped steps
+            params = [self.params[i] for i in idx]
+            buffers = {name: [bufs[i] for i in idx] for name, bufs in self._state.items()}
+            self._update(params, [p.grad for p in params], buffers, self.param_groups[0], step)
 
-    def _update(self, params: list, grads: list, buffers: dict[str, list], group: dict) -> None:
+    def _update(self, params: list, grads: list, buffers: dict[str, list], group: dict, step: int) -> None:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
         group = self.param_groups[0]
         out = {k: list(group[k]) if isinstance(group[k], tuple) else group[k] for k in self._hyper}
-        out["step"] = self._step
+        out["step"] = self._steps[0] if len(set(self._steps)) == 1 else list(self._steps)
         out.update({name: [t.clone() for t in bufs] for name, bufs in self._state.items()})
         return out
 
@@ -74,7 +78,8 @@ class _ForeachOptimizer:
         for name, bufs in self._state.items():
             for dst, src in zip(bufs, state[name]):
                 dst.copy_(torch.as_tensor(src))
-        self._step = int(state.get("step", 0))
+        steps = state.get("step", 0)
+        self._steps = [int(s) for s in steps] if isinstance(steps, (list, tuple)) else [int(steps)] * len(self._steps)
         group = self.param_groups[0]
         for k in self._hyper:
             group[k] = tuple(float(v) for v in state[k]) if isinstance(group[k], tuple) else float(state[k])
@@ -93,14 +98,14 @@ class Adam(_ForeachOptimizer):
     ):
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps)
 
-    def _update(self, params: list, grads: list, buffers: dict[str, list], group: dict) -> None:
+    def _update(self, params: list, grads: list, buffers: dict[str, list], group: dict, step: int) -> None:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         exp_avg, exp_avg_sq = buffers["exp_avg"], buffers["exp_avg_sq"]
         torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sq, beta2)
         torch._foreach_addcmul_(exp_avg_sq, grads, grads, 1 - beta2)
-        bias1 = 1 - beta1 ** self._step
-        bias2 = 1 - beta2 ** self._step
+        bias1 = 1 - beta1**step
+        bias2 = 1 - beta2**step
         denom = torch._foreach_sqrt(exp_avg_sq)
         torch._foreach_div_(denom, math.sqrt(bias2))
         torch._foreach_add_(denom, eps)
@@ -136,7 +141,7 @@ class RMSprop(_ForeachOptimizer):
             return torch.ones_like(p, memory_format=torch.preserve_format)
         return super()._init_buffer(name, p)
 
-    def _update(self, params: list, grads: list, buffers: dict[str, list], group: dict) -> None:
+    def _update(self, params: list, grads: list, buffers: dict[str, list], group: dict, step: int) -> None:
         ms, mom = buffers["ms"], buffers["mom"]
         torch._foreach_mul_(ms, group["decay"])
         torch._foreach_addcmul_(ms, grads, grads, 1 - group["decay"])

@@ -30,6 +30,13 @@ def test_policy_and_models_import_no_ray():
             assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
+def test_evaluation_imports_neither_agents_nor_optimizers():
+    """evaluation/ knows the Policy interface only: the trainers and optimizers build on it, not the reverse."""
+    for path in (PACKAGE / "evaluation").rglob("*.py"):
+        bad = {m for m in imported_modules(path) if m.startswith(("relayrl.agents", "relayrl.optimizers"))}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
 def test_no_other_rl_library_anywhere():
     for path in list(PACKAGE.rglob("*.py")) + list((ROOT / "tests").rglob("*.py")) + list(
         (ROOT / "benchmarks").rglob("*.py")
