@@ -57,6 +57,8 @@ def test_ppo_loss_matches_numpy():
     stats = policy.stats(tensors)
     assert abs(stats["kl"] - kl.mean()) < 1e-5
     assert abs(stats["entropy"] - entropy.mean()) < 1e-5
+    assert 0 < stats["clip_fraction"] < 1 and abs(stats["clip_fraction"] - np.mean(np.abs(ratio - 1) > 0.2)) < 1e-6
+    assert abs(stats["approx_kl"] - np.mean((ratio - 1) - np.log(ratio))) < 1e-5
 
 
 def test_kl_coefficient_adapts():

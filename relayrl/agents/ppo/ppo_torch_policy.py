@@ -22,7 +22,8 @@ def ppo_surrogate_loss(policy, model, dist_class, train_batch: dict) -> torch.Te
     prev = dist_class(train_batch[SampleBatch.ACTION_DIST_INPUTS], model)
     advantages = train_batch[Postprocessing.ADVANTAGES]
 
-    logp_ratio = torch.exp(curr.logp(train_batch[SampleBatch.ACTIONS]) - train_batch[SampleBatch.ACTION_LOGP])
+    log_ratio = curr.logp(train_batch[SampleBatch.ACTIONS]) - train_batch[SampleBatch.ACTION_LOGP]
+    logp_ratio = torch.exp(log_ratio)
     surrogate = torch.min(
         advantages * logp_ratio,
         advantages * torch.clamp(logp_ratio, 1 - config["clip_param"], 1 + config["clip_param"]),
@@ -43,7 +44,11 @@ def ppo_surrogate_loss(policy, model, dist_class, train_batch: dict) -> torch.Te
     loss = total.mean()
     with torch.no_grad():  # statistics only: no autograd graph for them
         policy._stats = {"total_loss": loss.detach(), "policy_loss": -surrogate.mean(), "kl": action_kl.mean(),
-                         "entropy": entropy.mean(), "cur_kl_coeff": policy.kl_coeff}
+                         "entropy": entropy.mean(), "cur_kl_coeff": policy.kl_coeff,
+                         # share of samples whose ratio left the clip range, and the sampled KL(old || new)
+                         # estimate E[(r - 1) - log r] (unbiased, always >= 0; Schulman's "k3" estimator)
+                         "clip_fraction": ((logp_ratio - 1).abs() > config["clip_param"]).float().mean(),
+                         "approx_kl": ((logp_ratio - 1) - log_ratio).mean()}
         if config["use_gae"]:
             policy._stats.update(vf_loss=vf_loss.mean(), vf_explained_var=explained_variance(targets, value_fn))
     return loss
