@@ -16,6 +16,11 @@ from ray.tune.registry import register_trainable
 
 from relayrl.agents.registry import ALGORITHMS, available_algorithms, get_trainer_class
 from relayrl.env.registry import _register_with_tune, registered_envs
+from relayrl.models import registry as model_registry
+
+# Ray Tune's registry categories for models, preprocessors and action distributions (plain strings of
+# ray.tune.registry; nothing of RLlib is imported).
+_TUNE_CATEGORIES = {"model": "rllib_model", "preprocessor": "rllib_preprocessor", "action_dist": "rllib_action_dist"}
 
 _WRAPPED: dict[str, type] = {}
 
@@ -70,9 +75,34 @@ class _TrainerTrainable(tune.Trainable):
         self.trainer.stop()
 
 
+def _register_component(kind: str, name: str, cls: Any) -> None:
+    from ray.tune.registry import _global_registry
+
+    _global_registry.register(_TUNE_CATEGORIES[kind], name, cls)
+
+
+def _lookup_component(kind: str, name: str) -> Any:
+    import ray
+    from ray.tune.registry import _global_registry
+
+    if not ray.is_initialized() or not _global_registry.contains(_TUNE_CATEGORIES[kind], name):
+        return None
+    return _global_registry.get(_TUNE_CATEGORIES[kind], name)
+
+
 def register_all() -> None:
     for name in available_algorithms():
         if name in ALGORITHMS:
             register_trainable(name, as_trainable(name), warn=False)
     for env_name, creator in registered_envs().items():
         _register_with_tune(env_name, creator)
+    # Custom models & co. registered in this process become visible to Tune's trial processes.
+    for kind in model_registry.KINDS:
+        for name, cls in model_registry.registered(kind).items():
+            _register_component(kind, name, cls)
+
+
+# Wherever this module is imported (the driver, or a Tune trial process unpickling a trainable), names of custom
+# models & co. are also registered with, and looked up in, Tune's cluster-wide registry.
+model_registry.REGISTER_HOOKS.append(_register_component)
+model_registry.LOOKUP_HOOKS.append(_lookup_component)

@@ -14,7 +14,8 @@ import functools
 import gymnasium as gym
 
 from relayrl.models import action_dist as dists
-from relayrl.models.preprocessors import Preprocessor, get_preprocessor, register_custom_preprocessor
+from relayrl.models import registry
+from relayrl.models.preprocessors import Preprocessor, get_preprocessor
 from relayrl.models.torch_model import TorchModel
 
 # Every key a user may put under config["model"]; each with what it does.
@@ -47,31 +48,64 @@ MODEL_DEFAULTS: dict = {
     "grayscale": False,
     # Scale frames to [-1, 1] instead of [0, 1].
     "zero_mean": True,
-    # Name of a preprocessor registered with ModelCatalog.register_custom_preprocessor.
+    # A Preprocessor subclass, or the name it was registered with (ModelCatalog.register_custom_preprocessor).
     "custom_preprocessor": None,
-    # Name of a model registered with ModelCatalog.register_custom_model.
+    # A TorchModel subclass, or the name it was registered with (ModelCatalog.register_custom_model).
     "custom_model": None,
-    # Name of an action distribution registered with ModelCatalog.register_custom_action_dist.
+    # An ActionDistribution subclass, or the name it was registered with (ModelCatalog.register_custom_action_dist).
     "custom_action_dist": None,
     # Extra options passed to the custom model as model_config["custom_options"].
     "custom_options": {},
 }
 
 
+def validate_model_config(model_config: dict | None, where: str = "model config") -> None:
+    """Raises ValueError naming the key (``'model.fcnet_hiddens'``) for a model option the networks cannot be
+    built from, so that ``[-5]`` or ``["a"]`` fail when the trainer is built, not deep inside torch."""
+    from relayrl.models.torch_model import ACTIVATIONS
+
+    def fail(key: str, what: str) -> None:
+        raise ValueError(f"{where}: 'model.{key}' must be {what}, got {config[key]!r}")
+
+    def positive_int(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    config = model_config or {}
+    activations = sorted(k for k in ACTIVATIONS if k)
+    if "fcnet_hiddens" in config:
+        hiddens = config["fcnet_hiddens"]
+        if not isinstance(hiddens, (list, tuple)) or not all(positive_int(h) for h in hiddens):
+            fail("fcnet_hiddens", "a list of positive ints (layer sizes), e.g. [64, 64]")
+    for key in ("fcnet_activation", "conv_activation"):
+        if key in config and config[key] not in ACTIVATIONS:
+            fail(key, f"one of {', '.join(activations)}")
+    if config.get("conv_filters") is not None:
+        filters = config["conv_filters"]
+        if not isinstance(filters, (list, tuple)) or not filters or not all(
+            isinstance(f, (list, tuple)) and len(f) == 3 and all(positive_int(x) for x in f) for f in filters
+        ):
+            fail("conv_filters", "a non-empty list of [out_channels, kernel, stride] of positive ints, e.g."
+                                 " [[16, 8, 4], [32, 4, 2], [256, 11, 1]]")
+    for key in ("max_seq_len", "lstm_cell_size", "dim"):
+        if key in config and not positive_int(config[key]):
+            fail(key, "a positive int")
+    framestack = config.get("framestack", True)
+    if not isinstance(framestack, bool) and not (isinstance(framestack, int) and framestack >= 0):
+        fail("framestack", "true, false or a number of frames >= 0")
+
+
 class ModelCatalog:
-    _custom_models: dict[str, type[TorchModel]] = {}
-    _custom_action_dists: dict[str, type[dists.ActionDistribution]] = {}
+    """Picks the action distribution, preprocessor and torch model for a pair of spaces, and holds the names of
+    users' own ones (``register_custom_model`` / ``_preprocessor`` / ``_action_dist``; a config may also name the
+    class itself). Registered names reach remote workers and Tune trials (see ``relayrl.models.registry``)."""
 
     @staticmethod
     def get_action_dist(action_space: gym.Space, config: dict | None = None, dist_type: str | None = None):
         """Returns ``(dist_class, num_outputs)`` for the action space."""
         config = config or {}
-        custom = config.get("custom_action_dist")
+        custom = registry.resolve("action_dist", config.get("custom_action_dist"))
         if custom:
-            if custom not in ModelCatalog._custom_action_dists:
-                raise ValueError(f"custom_action_dist {custom!r} is not registered")
-            cls = ModelCatalog._custom_action_dists[custom]
-            return cls, cls.required_model_output_shape(action_space, config)
+            return custom, custom.required_model_output_shape(action_space, config)
         if dist_type == "deterministic":
             cls = dists.Deterministic
         elif isinstance(action_space, gym.spaces.Discrete):
@@ -92,14 +126,11 @@ class ModelCatalog:
         obs_space: gym.Space, action_space: gym.Space, num_outputs: int, model_config: dict, name: str = "model"
     ) -> TorchModel:
         """Builds the torch model named by ``custom_model``, else the default for the observation shape."""
+        validate_model_config(model_config)
         model_config = {**MODEL_DEFAULTS, **(model_config or {})}
-        custom = model_config.get("custom_model")
+        custom = registry.resolve("model", model_config.get("custom_model"))
         if custom:
-            if custom not in ModelCatalog._custom_models:
-                raise ValueError(
-                    f"custom_model {custom!r} is not registered; known: {sorted(ModelCatalog._custom_models)}"
-                )
-            return ModelCatalog._custom_models[custom](obs_space, action_space, num_outputs, model_config, name)
+            return custom(obs_space, action_space, num_outputs, model_config, name)
         if model_config.get("use_lstm"):
             raise NotImplementedError("use_lstm is not supported yet")
         if len(obs_space.shape) == 3:
@@ -118,12 +149,12 @@ class ModelCatalog:
 
     @staticmethod
     def register_custom_model(name: str, model_class: type[TorchModel]) -> None:
-        ModelCatalog._custom_models[name] = model_class
+        registry.register("model", name, model_class)
 
     @staticmethod
     def register_custom_preprocessor(name: str, preprocessor_class: type[Preprocessor]) -> None:
-        register_custom_preprocessor(name, preprocessor_class)
+        registry.register("preprocessor", name, preprocessor_class)
 
     @staticmethod
     def register_custom_action_dist(name: str, dist_class: type[dists.ActionDistribution]) -> None:
-        ModelCatalog._custom_action_dists[name] = dist_class
+        registry.register("action_dist", name, dist_class)

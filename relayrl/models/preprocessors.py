@@ -91,19 +91,18 @@ class FlattenPreprocessor(Preprocessor):
         )
 
 
-_CUSTOM: dict[str, type[Preprocessor]] = {}
-
-
 def register_custom_preprocessor(name: str, cls: type[Preprocessor]) -> None:
-    _CUSTOM[name] = cls
+    from relayrl.models import registry
+
+    registry.register("preprocessor", name, cls)
 
 
 def get_preprocessor(space: gym.Space, options: dict | None = None) -> type[Preprocessor]:
     custom = (options or {}).get("custom_preprocessor")
     if custom:
-        if custom not in _CUSTOM:
-            raise ValueError(f"custom_preprocessor {custom!r} is not registered; known: {sorted(_CUSTOM)}")
-        return _CUSTOM[custom]
+        from relayrl.models import registry
+
+        return registry.resolve("preprocessor", custom)
     if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
         return OneHotPreprocessor
     if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
