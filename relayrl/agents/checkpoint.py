@@ -5,25 +5,49 @@ splits it: every array goes into one safetensors file under a path-like key, and
 ``{"__tensor__": key}`` where an array stood, into the JSON manifest. Config values that are functions or
 classes are stored as ``{"__callable__": "module:qualname"}`` and imported back on load.
 
-A save writes a temporary directory and renames it into place, so a crash never leaves a half-written
-checkpoint where a good one was.
+Integrity. The manifest's ``files`` holds the SHA-256 and size of every other file of the checkpoint; reading
+checks them before anything is parsed, so flipped or truncated bytes are a CheckpointError naming the file, not
+weights that go NaN one iteration later. ``check_structure`` compares a stored state tree with the live one
+(keys, list lengths, array shapes and dtypes, number types) so that a restore can check everything before it
+changes anything (Trainer.restore).
+
+Atomic saves. A save writes a temporary directory ``.tmp-NAME-PID-HOST-XXXXXXXX`` next to the checkpoint and
+swaps it into place with one ``renameat2(RENAME_EXCHANGE)`` where Linux offers it, otherwise with two renames
+(the previous checkpoint goes to ``NAME.old-PID-HOST`` in between, where readers look for it). A crash never
+leaves a half-written checkpoint where a good one was. What killed saves leave behind (temp directories,
+``.old-`` directories) is removed by the next successful save in the same parent directory -- only directories
+named by this scheme, holding nothing but checkpoint files, whose process is dead (or that are over an hour
+old), and never an ``.old-`` directory that is the only copy of its checkpoint.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
+import hashlib
 import importlib
 import json
+import logging
+import numbers
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
+logger = logging.getLogger(__name__)
+
+# 1: manifest + tensors. 2: the manifest's "files" holds each binary file's {"sha256", "bytes"}.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
+# A temp or .old- directory this old is abandoned even if its PID is alive (reused) or on another host.
+STALE_AFTER_S = 3600.0
 
 
 class CheckpointError(ValueError):
@@ -45,6 +69,8 @@ def split_state(tree: Any) -> tuple[Any, dict[str, np.ndarray]]:
         if _is_tensor(node):
             arr = node.detach().cpu().numpy() if not isinstance(node, np.ndarray) else node
             key = path.lstrip(".") or "root"
+            if key in tensors:  # e.g. {"a.b": x} and {"a": {"b": y}}: both would be "a.b"
+                key = f"{key}#{len(tensors)}"
             tensors[key] = np.ascontiguousarray(arr)
             return {"__tensor__": key, "__torch__": not isinstance(node, np.ndarray)}
         if isinstance(node, np.generic):
@@ -65,8 +91,8 @@ def join_state(tree: Any, tensors: dict[str, np.ndarray], as_torch: bool = True)
         if isinstance(node, dict):
             if "__tensor__" in node:
                 key = node["__tensor__"]
-                if key not in tensors:
-                    raise CheckpointError(f"tensor {key!r} named in the manifest is missing from {TENSORS}")
+                if not isinstance(key, str) or key not in tensors:
+                    raise CheckpointError(f"tensor {key!r} named in {MANIFEST} is missing from {TENSORS}")
                 arr = tensors[key]
                 if node.get("__torch__") and as_torch:
                     import torch
@@ -118,70 +144,358 @@ def _key(k: Any) -> str:
     return str(k).replace(".", "_")
 
 
+# --- a stored tree against the live one -------------------------------------------------------------------
+def check_structure(stored: Any, live: Any, where: str, prefix: str = "", allow_missing: bool = False) -> None:
+    """Raises CheckpointError unless ``stored`` has the structure of ``live`` (a state tree of this trainer).
+
+    Dicts need the same keys, lists the same length, arrays the same shape and dtype; where ``live`` holds a
+    bool, an integer (counters and indices: non-negative), a number or a string, ``stored`` must hold one too.
+    ``None``, callables and other objects in ``live`` accept anything. A torch.optim state dict may hold
+    state for parameters the live one has not stepped yet (torch creates it lazily): those entries are only
+    checked where the live optimizer has them too. ``allow_missing`` accepts dicts that lack some of the live
+    keys (older checkpoints). The message names the field as ``where.key.index``.
+    """
+
+    def fail(problem: str) -> None:
+        raise CheckpointError(f"{prefix}field {where!r} {problem}")
+
+    if _is_tensor(live):
+        if not _is_tensor(stored):
+            fail(f"must be an array of shape {_shape_dtype(live)}, found {_brief(stored)}")
+        if _shape_dtype(stored) != _shape_dtype(live):
+            fail(f"has shape {_shape_dtype(stored)}, this trainer's is {_shape_dtype(live)}")
+    elif isinstance(live, dict):
+        if not isinstance(stored, dict):
+            fail(f"must be an object, found {_brief(stored)}")
+        if set(live) == {"state", "param_groups"} and set(stored) == set(live) and isinstance(stored["state"], dict):
+            # torch.optim: per-parameter state is created on the first step.
+            check_structure(stored["param_groups"], live["param_groups"], f"{where}.param_groups", prefix,
+                            allow_missing)
+            ids = {i for g in live["param_groups"] for i in g.get("params", [])}
+            for k, v in stored["state"].items():
+                if k not in ids:
+                    raise CheckpointError(f"{prefix}field '{where}.state' names parameter {k!r}, which it lacks")
+                if k in live["state"]:
+                    check_structure(v, live["state"][k], f"{where}.state.{k}", prefix, allow_missing)
+            return
+        missing = [] if allow_missing else [k for k in live if k not in stored]
+        extra = [k for k in stored if k not in live]
+        if missing or extra:
+            parts = ([f"lacks {', '.join(repr(k) for k in missing[:8])}"] if missing else []) + (
+                [f"has unexpected {extra[:8]!r}"] if extra else [])
+            fail(" and ".join(parts) + " (its keys do not match this trainer's)")
+        for k, v in live.items():
+            if k in stored:
+                check_structure(stored[k], v, f"{where}.{k}", prefix, allow_missing)
+    elif isinstance(live, (list, tuple)):
+        if not isinstance(stored, (list, tuple)):
+            fail(f"must be a list, found {_brief(stored)}")
+        if len(stored) != len(live):
+            fail(f"has {len(stored)} entries, this trainer's has {len(live)}")
+        for i, (s, v) in enumerate(zip(stored, live)):
+            check_structure(s, v, f"{where}.{i}", prefix, allow_missing)
+    elif isinstance(live, (bool, np.bool_)):
+        if not isinstance(stored, (bool, np.bool_)):
+            fail(f"must be true or false, found {_brief(stored)}")
+    elif isinstance(live, numbers.Integral):
+        if isinstance(stored, (bool, np.bool_)) or not isinstance(stored, numbers.Integral) or stored < 0:
+            fail(f"must be a non-negative integer, found {_brief(stored)}")
+    elif isinstance(live, numbers.Real):
+        if isinstance(stored, (bool, np.bool_)) or not isinstance(stored, numbers.Real):
+            fail(f"must be a number, found {_brief(stored)}")
+    elif isinstance(live, str):
+        if not isinstance(stored, str):
+            fail(f"must be a string, found {_brief(stored)}")
+
+
+def _shape_dtype(x: Any) -> str:
+    dtype = str(x.dtype).removeprefix("torch.")
+    return f"{tuple(x.shape)} {dtype}"
+
+
+def _brief(x: Any) -> str:
+    text = repr(x)
+    return f"{text[:60]}{'...' if len(text) > 60 else ''} ({type(x).__name__})"
+
+
 # --- files ------------------------------------------------------------------------------------------------
 def write_checkpoint(path: str, manifest: dict, state: Any) -> str:
-    """Writes ``manifest`` (plain JSON) and ``state`` (any tree) atomically to directory ``path``."""
-    from safetensors.numpy import save_file
+    """Writes ``manifest`` (plain JSON) and ``state`` (any tree) atomically to directory ``path``; then removes
+    what earlier, killed saves left in its parent directory."""
+    from safetensors.numpy import save
 
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tree, tensors = split_state(state)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    data = save(tensors)
+    files = {TENSORS: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}}
+    body = json.dumps({**manifest, "format_version": FORMAT_VERSION, "files": files, "state": tree}, indent=1)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(path)}-{os.getpid()}-{_host_tag()}-", dir=parent)
     try:
-        save_file(tensors, os.path.join(tmp, TENSORS))
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump({**manifest, "format_version": FORMAT_VERSION, "state": tree}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync(os.path.join(tmp, TENSORS))
-        old = None
-        if os.path.exists(path):
-            old = path + f".old-{os.getpid()}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        _write_durably(os.path.join(tmp, TENSORS), data)
+        _write_durably(os.path.join(tmp, MANIFEST), body.encode())
+        _fsync(tmp)
+        _move_into_place(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+    remove_stale_dirs(parent)
     return path
 
 
+def _move_into_place(tmp: str, path: str) -> None:
+    parent = os.path.dirname(path)
+    if _exchange(tmp, path):  # one atomic step: path is never missing; tmp now holds the previous checkpoint
+        _fsync(parent)
+        _remove_dir(tmp)
+        return
+    old = None
+    if os.path.lexists(path):
+        old = f"{path}.old-{os.getpid()}-{_host_tag()}"
+        if os.path.lexists(old):
+            _remove_dir(old)  # path is there and complete: an older copy is of no use
+        os.replace(path, old)
+    os.replace(tmp, path)  # a kill between the two renames leaves path.old-PID-HOST, which readers find
+    _fsync(parent)
+    if old:
+        _remove_dir(old)
+
+
+def _exchange(src: str, dst: str) -> bool:
+    """Atomically swaps two existing paths (Linux renameat2 RENAME_EXCHANGE); False where that is unavailable."""
+    libc = _libc()
+    if libc is None or not os.path.lexists(dst):
+        return False
+    import ctypes
+
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOENT, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM):
+        return False  # the file system cannot exchange (or dst just went away): two renames do
+    raise OSError(err, os.strerror(err), dst)
+
+
+@lru_cache(maxsize=1)
+def _libc() -> Any:
+    if not hasattr(os, "uname") or os.uname().sysname != "Linux":
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc if hasattr(libc, "renameat2") else None
+    except OSError:
+        return None
+
+
+def _write_durably(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync(path: str) -> None:
+    """fsync a file or a directory (so a rename in it survives a power cut); a no-op where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_dir(path: str) -> None:
+    # The manifest goes first: a directory whose removal is interrupted never passes for a checkpoint.
+    try:
+        os.remove(os.path.join(path, MANIFEST))
+    except OSError:
+        pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# --- what killed saves leave behind --------------------------------------------------------------------------
+_TMP_RE = re.compile(r"\.tmp-(?P<name>.+)-(?P<pid>\d+)-(?P<host>[0-9a-f]{8})-[a-z0-9_]{8}")
+_LEGACY_TMP_RE = re.compile(r"\.tmp-(?P<name>.+)-[a-z0-9_]{8}")  # before PIDs were in the name: age only
+_OLD_RE = re.compile(r"(?P<name>.+)\.old-(?P<pid>\d+)(?:-(?P<host>[0-9a-f]{8}))?")
+
+
+def remove_stale_dirs(parent: str) -> list[str]:
+    """Removes the temp and ``.old-`` directories that killed saves left in ``parent``; returns their paths.
+
+    Only directories named by this module's scheme and holding nothing but checkpoint files are candidates;
+    one goes if its process (PID on this host) is dead or it is older than STALE_AFTER_S, so a concurrent
+    save of a live process keeps its directory. ``NAME.old-*`` goes only while ``NAME`` is a checkpoint:
+    otherwise it is the only copy (see checkpoint_dir). Failures to remove are logged, never raised.
+    """
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        owner = _stale_owner(parent, entry.name)
+        if owner is False:
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False) or not _only_checkpoint_files(entry.path):
+                continue
+            if not _abandoned(owner, now - entry.stat(follow_symlinks=False).st_mtime):
+                continue
+            _remove_dir(entry.path)
+        except OSError as e:
+            logger.debug("could not remove stale checkpoint directory %s: %s", entry.path, e)
+            continue
+        if not os.path.lexists(entry.path):
+            removed.append(entry.path)
+    return removed
+
+
+def _stale_owner(parent: str, name: str) -> Any:
+    """``(pid, host_tag)`` of a directory named by a save, None if the name has no owner, False if not ours."""
+    m = _TMP_RE.fullmatch(name)
+    if m:
+        return int(m["pid"]), m["host"]
+    if _LEGACY_TMP_RE.fullmatch(name):
+        return None
+    m = _OLD_RE.fullmatch(name)
+    if m and os.path.isfile(os.path.join(parent, m["name"], MANIFEST)):
+        return int(m["pid"]), m["host"] or _host_tag()
+    return False
+
+
+def _only_checkpoint_files(path: str) -> bool:
+    with os.scandir(path) as it:
+        return all(e.name in (MANIFEST, TENSORS) and e.is_file(follow_symlinks=False) for e in it)
+
+
+def _abandoned(owner: tuple[int, str] | None, age_s: float) -> bool:
+    if age_s > STALE_AFTER_S:
+        return True
+    if owner is None:
+        return False
+    pid, host = owner
+    if host != _host_tag() or pid == os.getpid():
+        return False  # another machine's save, or one of this process (another thread): age decides
+    return not _pid_alive(pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix" or pid <= 0:
+        return True  # os.kill(pid, 0) would terminate the process on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, another user's
+        return True
+    return True
+
+
+@lru_cache(maxsize=1)
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+# --- reading -------------------------------------------------------------------------------------------------
 def read_checkpoint(path: str) -> tuple[dict, Any]:
-    """Returns ``(manifest, state)``; raises CheckpointError naming what is wrong."""
-    from safetensors.numpy import load_file
+    """Returns ``(manifest, state)`` after checking every file against its checksum; raises CheckpointError
+    naming what is wrong."""
+    from safetensors.numpy import load
 
     path = checkpoint_dir(path)
     manifest = read_manifest(path)
-    tensors_path = os.path.join(path, TENSORS)
-    if not os.path.isfile(tensors_path):
-        raise CheckpointError(f"checkpoint {path} is missing {TENSORS}")
+    data = _read_verified(path, manifest)
     try:
-        tensors = load_file(tensors_path)
+        tensors = load(data[TENSORS])
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for corrupt files
         raise CheckpointError(f"checkpoint {path}: {TENSORS} is corrupt ({e})") from e
-    return manifest, join_state(manifest.get("state"), tensors)
+    try:
+        state = join_state(manifest["state"], tensors)
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {path}: the 'state' in {MANIFEST} is malformed ({e})") from e
+    return manifest, state
+
+
+def _read_verified(path: str, manifest: dict) -> dict[str, bytes]:
+    """The bytes of each file the manifest lists, each checked against its size and SHA-256 (format 1 has no
+    checksums: its tensors file is read as it is)."""
+    files = manifest.get("files") if manifest["format_version"] >= 2 else {TENSORS: None}
+    out: dict[str, bytes] = {}
+    for name, meta in files.items():
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            raise CheckpointError(f"checkpoint {path}: {name} is missing")
+        with open(file, "rb") as f:
+            data = f.read()
+        if meta is not None:
+            if len(data) != meta["bytes"]:
+                raise CheckpointError(f"checkpoint {path}: {name} is corrupt: it has {len(data)} bytes, the manifest"
+                                      f" says {meta['bytes']} (truncated or replaced)")
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != meta["sha256"]:
+                raise CheckpointError(f"checkpoint {path}: {name} is corrupt: its SHA-256 {digest[:16]}... is not"
+                                      f" the {meta['sha256'][:16]}... in {MANIFEST} (changed after it was written)")
+        out[name] = data
+    return out
 
 
 def read_manifest(path: str) -> dict:
+    """The manifest of checkpoint ``path``, its structure checked (not the files it lists: read_checkpoint)."""
     path = checkpoint_dir(path)
     manifest_path = os.path.join(path, MANIFEST)
     if not os.path.isfile(manifest_path):
         raise CheckpointError(f"{path} is not a relayrl checkpoint: {MANIFEST} is missing")
     try:
-        with open(manifest_path) as f:
+        with open(manifest_path, encoding="utf-8") as f:
             manifest = json.load(f)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} is not valid JSON ({e})") from e
-    if not isinstance(manifest, dict) or "format_version" not in manifest or "trainer" not in manifest:
-        raise CheckpointError(f"checkpoint {path}: {MANIFEST} lacks format_version or trainer")
+
+    def fail(problem: str) -> None:
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} {problem}")
+
+    if not isinstance(manifest, dict):
+        fail(f"is not a JSON object (found {_brief(manifest)})")
+    for key in ("format_version", "trainer"):
+        if key not in manifest:
+            fail(f"lacks {key!r}")
     version = manifest["format_version"]
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format version {version!r}; this relayrl reads versions <= {FORMAT_VERSION}"
             " (upgrade relayrl)"
         )
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        fail(f"has format version {version!r}, which is not a version (an integer from 1 to {FORMAT_VERSION})")
+    if not isinstance(manifest["trainer"], str) or not manifest["trainer"]:
+        fail(f"names no trainer ('trainer' is {_brief(manifest['trainer'])})")
+    if not isinstance(manifest.get("state"), dict):
+        fail(f"has no 'state' object (found {_brief(manifest.get('state'))})")
+    if version >= 2:
+        files = manifest.get("files")
+        if not isinstance(files, dict):
+            fail("lacks 'files' (the SHA-256 of each file of the checkpoint)")
+        if TENSORS not in files:
+            fail(f"has no checksum for {TENSORS} in 'files'")
+        for name, meta in files.items():
+            if not name or os.path.basename(name) != name or name in (".", "..", MANIFEST):
+                fail(f"lists {name!r} in 'files', which is not a file of the checkpoint directory")
+            if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str)
+                    and re.fullmatch(r"[0-9a-f]{64}", meta["sha256"]) and isinstance(meta.get("bytes"), int)
+                    and not isinstance(meta["bytes"], bool) and meta["bytes"] >= 0):
+                fail(f"has no valid sha256 and bytes for {name!r} in 'files' (found {_brief(meta)})")
     return manifest
 
 
@@ -189,21 +503,16 @@ def checkpoint_dir(path: str) -> str:
     """Accepts the checkpoint directory, a file inside it, or the Tune checkpoint directory around it."""
     path = os.path.abspath(os.path.expanduser(str(path)))
     if not os.path.exists(path):
-        # A save killed between its two renames (write_checkpoint) left the previous checkpoint at path.old-PID.
-        olds = sorted(glob.glob(glob.escape(path) + ".old-*"), key=os.path.getmtime)
-        if olds and os.path.isfile(os.path.join(olds[-1], MANIFEST)):
-            return olds[-1]
+        # A save killed between its two renames (no renameat2) left the previous checkpoint at path.old-PID-HOST.
+        # A directory whose removal was interrupted has lost its manifest first (_remove_dir), so never qualifies.
+        olds = [d for d in glob.glob(glob.escape(path) + ".old-*")
+                if _OLD_RE.fullmatch(os.path.basename(d)) and os.path.isfile(os.path.join(d, MANIFEST))
+                and os.path.isfile(os.path.join(d, TENSORS))]
+        if olds:
+            return max(olds, key=lambda d: os.path.getmtime(os.path.join(d, MANIFEST)))
         raise CheckpointError(f"checkpoint path {path} does not exist")
     if os.path.isfile(path):
         return os.path.dirname(path)
     if not os.path.isfile(os.path.join(path, MANIFEST)) and os.path.isfile(os.path.join(path, "relayrl", MANIFEST)):
         return os.path.join(path, "relayrl")  # a Tune checkpoint directory holding ours (see tune_adapter.py)
     return path
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -106,6 +106,15 @@ class Filter:
     def to_state(self) -> dict[str, Any]:
         return {"type": type(self).__name__}
 
+    def check_state(self, state: Any, where: str = "filter") -> None:
+        """Raises ValueError naming the field unless ``state`` (a ``to_state()``, e.g. from a checkpoint) can
+        be this filter's: same type, and statistics of this filter's shape. MeanStdFilter.set_state calls it."""
+        if not isinstance(state, dict):
+            raise ValueError(f"field {where!r} must be an object, found {type(state).__name__}")
+        kind = state.get("type")
+        if kind != type(self).__name__:
+            raise ValueError(f"field {where!r} is the state of a {kind} filter, not of a {type(self).__name__}")
+
     def set_state(self, state: dict[str, Any]) -> None:
         pass
 
@@ -218,24 +227,62 @@ class MeanStdFilter(Filter):
             "buffer": self.buffer.to_state(),
         }
 
+    def check_state(self, state: Any, where: str = "filter") -> None:
+        super().check_state(state, where)
+        for part in ("rs", "buffer"):
+            if part not in state:
+                raise ValueError(f"field {where!r} lacks {part!r}")
+        if "shape" in state and (not isinstance(state["shape"], (list, tuple)) or tuple(state["shape"]) != self.shape):
+            raise ValueError(f"field '{where}.shape' is {state['shape']!r}, the filter's is {list(self.shape)}")
+        for part in ("rs", "buffer"):
+            _check_running_stat(state[part], self.shape, f"{where}.{part}")
+
     def set_state(self, state: dict[str, Any]) -> None:
-        self.rs = RunningStat.from_state(state["rs"])
-        self.buffer = RunningStat.from_state(state["buffer"])
+        """Takes ``rs`` and ``buffer`` from ``state``; all or nothing (a bad state raises ValueError first)."""
+        self.check_state(state)
+        rs, buffer = RunningStat.from_state(state["rs"]), RunningStat.from_state(state["buffer"])
+        self.rs, self.buffer = rs, buffer
 
     def __repr__(self) -> str:
         return f"MeanStdFilter(shape={self.shape}, n={self.rs.n})"
 
 
-FILTERS = {"NoFilter": NoFilter, "MeanStdFilter": MeanStdFilter}
+def _check_running_stat(stat: Any, shape: tuple[int, ...], where: str) -> None:
+    """A RunningStat.to_state() of ``shape``: a count, a finite mean and a finite, non-negative M2."""
+    if not isinstance(stat, dict):
+        raise ValueError(f"field {where!r} must be an object, found {type(stat).__name__}")
+    for key in ("n", "mean", "m2"):
+        if key not in stat:
+            raise ValueError(f"field {where!r} lacks {key!r}")
+    n = stat["n"]
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"field '{where}.n' must be a non-negative integer, found {n!r}")
+    for key in ("mean", "m2"):
+        try:
+            value = stat[key]
+            arr = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"field '{where}.{key}' must be an array of numbers ({e})") from e
+        if arr.dtype.kind not in "fiu":
+            raise ValueError(f"field '{where}.{key}' must be an array of numbers, found dtype {arr.dtype}")
+        if arr.shape != shape:
+            raise ValueError(f"field '{where}.{key}' has shape {arr.shape}, the filter's is {shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"field '{where}.{key}' has non-finite entries")
+        if key == "m2" and (arr < 0).any():
+            raise ValueError(f"field '{where}.m2' has negative entries (it is a sum of squared deviations)")
+
+
+# ``observation_filter`` names. "ConcurrentMeanStdFilter", a seed-era name (RLlib 2019's MeanStdFilter behind a
+# lock), is accepted as MeanStdFilter; workers' statistics are merged by synchronize_filters either way.
+FILTERS = {"NoFilter": NoFilter, "MeanStdFilter": MeanStdFilter, "ConcurrentMeanStdFilter": MeanStdFilter}
 
 
 def get_filter(name: str, shape: tuple[int, ...]) -> Filter:
     """Builds the filter named by the ``observation_filter`` config key."""
-    if name == "NoFilter":
-        return NoFilter()
-    if name == "MeanStdFilter":
-        return MeanStdFilter(shape)
-    raise ValueError(f"observation_filter={name!r} is unknown; choose one of {sorted(FILTERS)}")
+    if name not in FILTERS:
+        raise ValueError(f"observation_filter={name!r} is unknown; choose one of {sorted(FILTERS)}")
+    return NoFilter() if FILTERS[name] is NoFilter else MeanStdFilter(shape)
 
 
 def filter_from_state(state: dict[str, Any]) -> Filter:
