@@ -12,6 +12,8 @@ from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 
+from relayrl.env.env_checks import RESET_URL, STEP_API, EnvChecker
+
 
 class VectorEnv:
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, num_envs: int):
@@ -66,3 +68,81 @@ class _VectorizedGymEnv(VectorEnv):
 
     def get_sub_environments(self) -> list:
         return self.envs
+
+
+class CheckedVectorEnv(VectorEnv):
+    """A VectorEnv whose results are checked (``relayrl.env.env_checks``, config key ``check_env``): every reset,
+    and each sub-env's first ``steps`` steps (None: every step). Then ``vector_step`` becomes the wrapped env's
+    own bound method, so the sampler's per-step loop pays nothing once the window has passed."""
+
+    def __init__(self, env: VectorEnv, checker: EnvChecker, steps: int | None):
+        super().__init__(env.observation_space, env.action_space, env.num_envs)
+        self.env, self.checker, self._limit = env, checker, steps
+        self._steps = 0  # step() calls of each sub-env so far (they step together)
+        self._episode_steps = [0] * env.num_envs
+        # A wrapped Gymnasium env's sub-envs are stepped here one by one, so each result is checked before the
+        # zip that would hide a 4-tuple.
+        self._subs = env.envs if isinstance(env, _VectorizedGymEnv) else None
+        if steps is not None and steps <= 0:
+            self.vector_step = env.vector_step  # type: ignore[method-assign]
+
+    def __getattr__(self, name: str) -> Any:  # the wrapped env's own extras
+        if name == "env":
+            raise AttributeError(name)
+        return getattr(self.env, name)
+
+    def _reset(self, index: int, seed: int | None) -> Any:
+        if self._subs is None:
+            return self.env.reset_at(index, seed)
+        try:
+            return self._subs[index].reset(seed=seed)
+        except TypeError as e:
+            if "seed" not in str(e):
+                raise
+            raise self.checker.error(index, self._steps, None,
+                                     f"reset(seed={seed!r}) failed ({e}); Gymnasium's API is "
+                                     f"reset(*, seed=None, options=None) -> (obs, info) — see {RESET_URL}") from e
+
+    def vector_reset(self, seeds: list[int | None] | None = None) -> list[Any]:
+        seeds = seeds or [None] * self.num_envs
+        if self._subs is None:
+            obs = self.env.vector_reset(seeds)
+            for i, o in enumerate(obs):
+                self.checker.observation(i, 0, None, o, "vector_reset()")
+            return obs
+        return [self.checker.reset_result(i, 0, self._reset(i, s)) for i, s in enumerate(seeds)]
+
+    def reset_at(self, index: int, seed: int | None = None) -> tuple[Any, dict]:
+        result = self._reset(index, seed)
+        self.checker.reset_result(index, self._steps, result)
+        self._episode_steps[index] = 0
+        return result
+
+    def vector_step(self, actions: Any) -> tuple[Sequence, Sequence, Sequence, Sequence, Sequence]:
+        self._steps += 1
+        step, eps, check = self._steps, self._episode_steps, self.checker.step_result
+        for i in range(self.num_envs):
+            eps[i] += 1
+        if self._subs is not None:
+            results = [env.step(a) for env, a in zip(self._subs, actions)]
+            for i, result in enumerate(results):
+                check(i, step, eps[i], result)
+            out = tuple(zip(*results))
+        else:
+            out = self.env.vector_step(actions)
+            if not isinstance(out, (tuple, list)) or len(out) != 5 or any(len(c) != self.num_envs for c in out):
+                raise self.checker.error(0, step, eps[0], f"vector_step() of {type(self.env).__name__} returned "
+                                         f"{type(out).__name__}, not 5 sequences of {self.num_envs}; {STEP_API}")
+            for i in range(self.num_envs):
+                check(i, step, eps[i], tuple(c[i] for c in out))
+        if self._limit is not None and step >= self._limit:
+            self.vector_step = self.env.vector_step  # type: ignore[method-assign]
+        return out
+
+    def get_sub_environments(self) -> list:
+        return self.env.get_sub_environments()
+
+    get_unwrapped = get_sub_environments
+
+    def close(self) -> None:
+        self.env.close()

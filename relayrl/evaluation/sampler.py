@@ -15,6 +15,7 @@ the end of each fragment, and at every step when there are callbacks.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import operator
@@ -25,7 +26,8 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 
-from relayrl.env.vector_env import VectorEnv
+from relayrl.env.env_checks import EnvChecker, describe_env
+from relayrl.env.vector_env import CheckedVectorEnv, VectorEnv
 from relayrl.evaluation.episode import Episode
 from relayrl.evaluation.metrics import RolloutMetrics
 from relayrl.models.preprocessors import Preprocessor
@@ -53,7 +55,26 @@ class SyncSampler:
         policy_id: str = DEFAULT_POLICY_ID,
         worker: Any = None,
         seed: int | None = None,
+        lock: Any = None,
+        check_env: bool | int = False,
+        check_nan: bool = False,
+        env_name: str | None = None,
     ):
+        """``lock``: held around each call of the policy (the per-step ``compute_actions`` and the fragment's
+        postprocessing). ``sample_async`` passes the worker's model lock, since the learner runs the same model in
+        another thread; the synchronous sampler has none and pays nothing."""
+        # check_env / check_nan (config keys of the same names): the env's results are checked for each sub-env's
+        # first check_env steps (True: every step) by a CheckedVectorEnv, which then steps at full speed; check_nan
+        # scans each fragment's rewards and observations for NaN/inf in a few numpy passes (_scan_fragment).
+        self._checker = None
+        if check_env or check_nan:
+            subs = env.get_sub_environments()
+            self._checker = EnvChecker(env.observation_space, describe_env(subs[0] if subs else env, env_name),
+                                       getattr(worker, "worker_index", 0), check_nan)
+        if check_env:
+            env = CheckedVectorEnv(env, self._checker, None if check_env is True else int(check_env))
+        self._check_nan = check_nan
+        self._steps_done = 0  # steps of each sub-env before the current fragment
         self.env = env
         self.policy = policy
         self.policy_id = policy_id
@@ -74,6 +95,7 @@ class SyncSampler:
         self._perf = {"env_wait": 0.0, "inference": 0.0, "processing": 0.0, "postprocessing": 0.0, "steps": 0}
         self._initial_state = policy.get_initial_state()
         self._seed = seed
+        self._lock = lock
         self._obs: np.ndarray | None = None
         self._by_id: dict[int, Episode] = {}  # running episodes and those that ended in this fragment
         # Columns the policy can fill in for the whole fragment in postprocess_fragment may be left out per step.
@@ -133,6 +155,7 @@ class SyncSampler:
         extra_rows: dict[str, list] = {}
         state_rows: list[list] = [[] for _ in self._state]
         policy, env, action_fn, horizon = self.policy, self.env, self._action_fn, self.horizon
+        compute_actions = policy.compute_actions if self._lock is None else _holding(self._lock, policy.compute_actions)
         act_kwargs = self._act_kwargs
         exact_episodes = bool(self.callbacks)
         clock = time.perf_counter
@@ -144,8 +167,8 @@ class SyncSampler:
         with single_blas_thread():
             for step in range(self.fragment_length):
                 t0 = clock()
-                actions, state_out, extra = policy.compute_actions(obs, self._state or None, episodes=self._episodes,
-                                                                   **act_kwargs)
+                actions, state_out, extra = compute_actions(obs, self._state or None, episodes=self._episodes,
+                                                            **act_kwargs)
                 actions = np.asarray(actions)
                 t1 = clock()
                 raw_obs, rewards, terms, truncs, infos = env.vector_step(action_fn(actions))
@@ -246,6 +269,9 @@ class SyncSampler:
         }
         cols.update((k, _stack(v)) for k, v in extra_rows.items())
         cols.update((f"state_in_{j}", _stack(rows)) for j, rows in enumerate(state_rows))
+        if self._check_nan:
+            self._scan_fragment(rewards, cols)
+        self._steps_done += T
         if self.complete_episodes:
             flat, lengths = self._hold_back_unfinished(cols)
             if not flat:
@@ -263,9 +289,19 @@ class SyncSampler:
         flat[SB.UNROLL_ID] = self._unroll_id + np.cumsum(starts) - 1
         self._unroll_id = int(flat[SB.UNROLL_ID][-1]) + 1
         episodes = [self._by_id.get(e) for e in flat[SB.EPS_ID][starts].tolist()]
-        batch = self._postprocess(SampleBatch(flat), episodes)
+        with contextlib.nullcontext() if self._lock is None else self._lock:
+            batch = self._postprocess(SampleBatch(flat), episodes)
         self._by_id = {ep.episode_id: ep for ep in self._episodes}
         return batch
+
+    def _scan_fragment(self, rewards: np.ndarray, cols: dict) -> None:
+        """check_nan: raises EnvCheckError for the first NaN/inf reward (before clipping) or observation of the
+        fragment; a sum per column in the common case, no per-step work. The observations an env's step()
+        returned are in NEXT_OBS; those in OBS that are not are the reset observations."""
+        check, first, t = self._checker.fragment, self._steps_done, cols[SB.T]
+        check("reward", rewards, first, t)
+        check("observation", cols[SB.NEXT_OBS], first, t)
+        check("reset observation", cols[SB.OBS], first, t)
 
     def _close_fragment_returns(self, rewards: np.ndarray) -> None:
         """Folds this fragment's rewards of the running episodes into their returns."""
@@ -346,6 +382,14 @@ def _accepts_keyword(fn: Callable, name: str) -> bool:
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
+def _holding(lock: Any, fn: Callable) -> Callable:
+    """``fn`` with ``lock`` held during each call."""
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return fn(*args, **kwargs)
+    return call
+
+
 def _stack(rows: list) -> np.ndarray:
     """``np.stack(rows)`` of per-step rows (each ``[num_envs, ...]``), 4x faster for arrays of one shape."""
     first = rows[0]
@@ -374,9 +418,15 @@ def single_blas_thread():
 def _env_action_fn(action_space: gym.Space, clip: bool) -> Callable[[np.ndarray], Any]:
     """How a batch of policy actions becomes per-env actions: numpy integer scalars for Discrete (what
     ``action_space.sample()`` gives, and faster for Gymnasium to check than Python ints), rows clipped to the
-    bounds for Box when ``clip_actions`` (the batch keeps the unclipped action)."""
+    bounds for Box when ``clip_actions`` (the batch keeps the unclipped action). Tuple / Dict spaces: each flat
+    row becomes the env's structure (relayrl.models.spaces); only these spaces pay a per-row cost."""
     if isinstance(action_space, gym.spaces.Discrete):
         return lambda a: list(a) if a.dtype.kind in "iu" else a.tolist()
+    if isinstance(action_space, (gym.spaces.Tuple, gym.spaces.Dict)):
+        from relayrl.models.spaces import action_unflattener
+
+        to_env = action_unflattener(action_space, clip)
+        return lambda a: [to_env(row) for row in a]
     if isinstance(action_space, gym.spaces.Box) and clip:
         low, high = action_space.low, action_space.high
         return lambda a: np.clip(a, low, high).astype(action_space.dtype, copy=False)

@@ -19,6 +19,7 @@ import torch
 from relayrl.models.action_dist import ActionDistribution
 from relayrl.models.catalog import ModelCatalog
 from relayrl.models.torch_model import TorchModel
+from relayrl.policy.finite_checks import check_update
 from relayrl.policy.policy import Policy
 from relayrl.policy.sample_batch import SampleBatch
 from relayrl.utils.schedules import PiecewiseSchedule
@@ -217,6 +218,8 @@ class TorchPolicy(Policy):
             opt.zero_grad(set_to_none=True)
         for i, each in enumerate(losses):
             each.backward(retain_graph=i < len(losses) - 1)
+        if self.config.get("check_nan", True):
+            check_update(self, losses, train_batch)  # before the step: NaN never reaches the weights
         grad_info = self.extra_grad_process()
         for opt in self._optimizers:
             opt.step()
@@ -228,6 +231,8 @@ class TorchPolicy(Policy):
         for opt in self._optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.config.get("check_nan", True):
+            check_update(self, [loss], train_batch)  # NaN gradients never reach the learner's weights
         grad_info = self.extra_grad_process()
         grads = [
             None if p.grad is None else p.grad.detach().cpu().numpy().copy() for p in self.model.parameters()
