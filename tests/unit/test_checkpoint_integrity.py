@@ -422,11 +422,11 @@ def test_next_save_removes_stale_temp_and_old_directories_only(trained, tmp_path
 # --- SIGKILL during save(), 50 times --------------------------------------------------------------------------
 ZYGOTE = textwrap.dedent("""
     import os, sys, torch
-    from relayrl.agents import checkpoint
+    from relayrl.agents import checkpoint_files
     from relayrl.agents.ppo import PPOTrainer
     path, mode = sys.argv[1:]
     if mode == "two-renames":  # as on a file system without renameat2(RENAME_EXCHANGE)
-        checkpoint._libc = lambda: None
+        checkpoint_files._libc = lambda: None
     config = {"num_workers": 0, "model": {"fcnet_hiddens": [512, 512]}, "seed": 0,
               "sample_batch_size": 16, "train_batch_size": 16, "sgd_minibatch_size": 16}
     trainer = PPOTrainer(env="CartPole-v1", config=config)
