@@ -186,3 +186,18 @@ def test_configs_and_registry():
         get_trainer_class("TD3")(env="Pendulum-v1", config={"policy_delay": 0})
     with pytest.raises(ValueError, match="exploration_noise_type"):
         get_trainer_class("DDPG")(env="Pendulum-v1", config={"exploration_noise_type": "pink"})
+
+
+def test_a_nan_reward_is_refused_before_the_critic_step():
+    """check_nan: the critic's NaN loss raises NonFiniteLossError and no weight or optimizer state changes."""
+    from relayrl.policy import NonFiniteLossError
+
+    policy = make_policy()
+    before = {k: v.copy() for k, v in policy.get_weights().items()}
+    batch = random_batch()
+    batch["rewards"] = batch["rewards"].copy()
+    batch["rewards"][3] = np.nan
+    with pytest.raises(NonFiniteLossError, match="rewards"):
+        policy.learn_on_batch(batch)
+    after = policy.get_weights()
+    assert all(np.array_equal(before[k], after[k]) for k in before)

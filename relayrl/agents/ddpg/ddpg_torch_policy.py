@@ -33,7 +33,9 @@ from relayrl.agents.dqn.dqn_torch_policy import (
 from relayrl.models.action_dist import Deterministic
 from relayrl.models.numpy_mirror import ACTIVATIONS as NP_ACTIVATIONS
 from relayrl.models.numpy_mirror import NumpyMirror, linear_layers, mlp
+from relayrl.models.spaces import UnsupportedSpaceException, check_action_space
 from relayrl.models.torch_model import TorchModel, get_activation
+from relayrl.policy.finite_checks import check_update
 from relayrl.policy.sample_batch import SampleBatch
 from relayrl.policy.torch_policy import LEARNER_STATS_KEY
 from relayrl.policy.torch_policy_template import build_torch_policy
@@ -54,6 +56,8 @@ def _mlp(in_size: int, hiddens: list[int], activation: str, out_size: int) -> nn
 
 class DDPGModel(TorchModel):
     """Actor mu(s) squashed by tanh into the Box bounds; critic(s) Q(s, a) on [obs, action]."""
+
+    structured_obs = False  # reads the flat observation vector
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, config: dict):
         act_dim = int(np.prod(action_space.shape))
@@ -177,6 +181,8 @@ class DDPGLearningMixin:
         critic_loss, self._td_error = critic_loss_fn(self, model, batch)
         critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
+        if config.get("check_nan", True):
+            check_update(self, [critic_loss], batch)  # before the step: NaN never reaches the weights
         stats = {"critic_loss": critic_loss.item(), "mean_q": self._q_mean.item()}
         clip = config.get("grad_norm_clipping")
         if clip:
@@ -187,6 +193,8 @@ class DDPGLearningMixin:
             actor_loss = actor_loss_fn(self, model, batch)
             actor_opt.zero_grad(set_to_none=True)
             actor_loss.backward()
+            if config.get("check_nan", True):
+                check_update(self, [actor_loss], batch)
             if clip:
                 stats["actor_gnorm"] = float(nn.utils.clip_grad_norm_(model.actor.parameters(), clip))
             actor_opt.step()
@@ -278,8 +286,9 @@ def postprocess_ddpg(policy, batch: SampleBatch, other_agent_batches=None, episo
 
 
 def make_ddpg_model(policy, obs_space, action_space, config: dict):
-    if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
-        raise ValueError(f"DDPG needs a 1-D Box action space, got {action_space}")
+    check_action_space("DDPG", action_space, [gym.spaces.Box])
+    if len(action_space.shape) != 1:
+        raise UnsupportedSpaceException(action_space, [gym.spaces.Box], "DDPG", detail="the Box must be 1-D")
     if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
         raise ValueError(f"DDPG needs finite action bounds, got {action_space}")
     return DDPGModel(obs_space, action_space, config), Deterministic
