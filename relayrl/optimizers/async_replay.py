@@ -18,10 +18,20 @@ The driver's ``step()`` is bookkeeping only::
     learner output -> shard.update_priorities(indexes, |td|)
 
 The target network is updated in the learner thread every ``target_network_update_freq`` trained steps.
+
+Failures. A remote worker that dies is found when its sample (count) future is awaited: its requests in flight
+are dropped and ``WorkerSet.handle_worker_failure`` decides -- with ``recreate_failed_workers`` the replacement gets
+the newest weights and its sample requests like the others, with ``ignore_worker_failures`` the others carry on,
+without either key (or once no worker is left) it is a WorkerFailureError. A replay shard that dies loses its
+contents: with either key it is replaced by a new, empty shard (same constructor arguments), its replay requests
+in flight are dropped and the priority updates for batches it had replayed are skipped; the run goes on and
+``num_replay_shards_recreated`` in ``stats()`` counts them. Without either key it is a WorkerFailureError naming
+the shard. ``num_steps_sampled`` counts only the batches whose count arrived.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import random
 import threading
@@ -30,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from relayrl.evaluation.worker_set import WorkerFailureError, WorkerSet, _first_line
 from relayrl.optimizers.policy_optimizer import PolicyOptimizer
 from relayrl.optimizers.replay_buffer import PrioritizedReplayBuffer
 from relayrl.optimizers.sync_replay import add_to_buffer, make_buffer
@@ -37,6 +48,8 @@ from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, SampleBatch
 from relayrl.policy.torch_policy import LEARNER_STATS_KEY
 from relayrl.utils.schedules import LinearSchedule
 from relayrl.utils.timers import TimerStat
+
+logger = logging.getLogger(__name__)
 
 
 class ReplayActor:
@@ -172,13 +185,16 @@ class AsyncReplayOptimizer(PolicyOptimizer):
             int(beta_annealing_fraction * schedule_max_timesteps),
             final_p=final_prioritized_replay_beta, initial_p=prioritized_replay_beta,
         )
-        actor_cls = ray.remote(num_cpus=0)(ReplayActor)
-        self.replay_actors = [
-            actor_cls.remote(num_replay_buffer_shards, learning_starts, buffer_size, train_batch_size,
-                             prioritized_replay, prioritized_replay_alpha, prioritized_replay_eps,
-                             compress_observations, None if seed is None else seed + i)
+        self._replay_actor_cls = ray.remote(num_cpus=0)(ReplayActor)
+        self._shard_args = [
+            (num_replay_buffer_shards, learning_starts, buffer_size, train_batch_size, prioritized_replay,
+             prioritized_replay_alpha, prioritized_replay_eps, compress_observations,
+             None if seed is None else seed + i)
             for i in range(num_replay_buffer_shards)
         ]
+        self.replay_actors = [self._replay_actor_cls.remote(*args) for args in self._shard_args]
+        self._dead_shards: set = set()  # shards replaced after they died (their priority updates are skipped)
+        self.num_replay_shards_recreated = 0
         self.learner = LearnerThread(self.workers.local_worker().get_policy(DEFAULT_POLICY_ID),
                                      target_network_update_freq)
         self._rng = random.Random(seed)
@@ -201,15 +217,20 @@ class AsyncReplayOptimizer(PolicyOptimizer):
         self._started = True
         self._t0 = time.time()
         self.learner.start()
-        weights = self._current_weights()
         for w in self.workers.remote_workers():
-            w.set_weights.remote(weights)
-            self._steps_since_sync[w] = 0
-            for _ in range(self._num_samples_in_flight):
-                self._launch_sample(w)
+            self._start_worker(w)
         for shard in self.replay_actors:
-            for _ in range(self._num_replays_in_flight):
-                self._launch_replay(shard)
+            self._start_shard(shard)
+
+    def _start_worker(self, worker: Any, global_vars: dict | None = None) -> None:
+        worker.set_weights.remote(self._current_weights(), global_vars)
+        self._steps_since_sync[worker] = 0
+        for _ in range(self._num_samples_in_flight):
+            self._launch_sample(worker)
+
+    def _start_shard(self, shard: Any) -> None:
+        for _ in range(self._num_replays_in_flight):
+            self._launch_replay(shard)
 
     def _launch_sample(self, worker: Any) -> None:
         batch_ref, count_ref = worker.sample_with_count.options(num_returns=2).remote()
@@ -244,9 +265,14 @@ class AsyncReplayOptimizer(PolicyOptimizer):
             if ready:
                 ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
         with self.timers["sample_processing"]:
+            failed = []
             for count_ref in [r for r in ready if r in self._sample_tasks]:
                 worker, batch_ref = self._sample_tasks.pop(count_ref)
-                count = ray.get(count_ref)
+                try:
+                    count = ray.get(count_ref)
+                except WorkerSet.actor_errors() as e:  # an error in the worker's own code propagates
+                    failed.append((worker, e))
+                    continue
                 self._rng.choice(self.replay_actors).add_batch.remote(batch_ref)
                 self.num_steps_sampled += count
                 self._steps_since_sync[worker] += count
@@ -255,12 +281,20 @@ class AsyncReplayOptimizer(PolicyOptimizer):
                     self._steps_since_sync[worker] = 0
                     self.num_weight_syncs += 1
                 self._idle_workers.append(worker)
+            for worker, error in failed:  # after the batches that did arrive from it are counted
+                self._on_worker_failure(worker, error)
             while self._idle_workers and not self._sampling_paused():
                 self._launch_sample(self._idle_workers.pop(0))
         with self.timers["replay_processing"]:
             for ref in [r for r in ready if r in self._replay_tasks]:
+                if ref not in self._replay_tasks:
+                    continue  # dropped: its shard died
                 shard = self._replay_tasks.pop(ref)
-                batch = ray.get(ref)
+                try:
+                    batch = ray.get(ref)
+                except WorkerSet.actor_errors() as e:
+                    self._on_shard_failure(shard, e)
+                    continue
                 if batch is not None:
                     batch = SampleBatch({k: np.array(v) for k, v in batch.items()})  # writable copies
                     self.learner.inqueue.put((shard, batch))  # blocks while the learner is 16 batches behind
@@ -271,10 +305,44 @@ class AsyncReplayOptimizer(PolicyOptimizer):
                     shard, idx, td, count = self.learner.outqueue.get_nowait()
                 except queue.Empty:
                     break
-                if td is not None:
+                if td is not None and shard not in self._dead_shards:
                     shard.update_priorities.remote(idx, td)
                 self.num_steps_trained += count
         return self.learner.stats
+
+    # --- failures ------------------------------------------------------------------------------------------
+    def _on_worker_failure(self, worker: Any, error: BaseException) -> None:
+        """Forgets the dead worker's requests in flight, then puts its replacement (if any) to work."""
+        for ref in [r for r, (w, _) in self._sample_tasks.items() if w == worker]:
+            del self._sample_tasks[ref]
+        self._idle_workers = [w for w in self._idle_workers if w != worker]
+        self._steps_since_sync.pop(worker, None)
+        new = self.workers.handle_worker_failure(worker, error)  # WorkerFailureError without the keys
+        if new is not None and new not in self._steps_since_sync:
+            self._start_worker(new, {"timestep": self.num_steps_sampled})
+        if not self.workers.remote_workers():
+            raise WorkerFailureError(
+                f"every remote worker has died ({self.workers.num_failed} failed): Ape-X has none left to sample"
+                " with. Set 'recreate_failed_workers': True to replace failed workers")
+
+    def _on_shard_failure(self, shard: Any, error: BaseException) -> None:
+        """Replaces a dead replay shard by an empty one (its contents are lost) when the config allows."""
+        if shard in self._dead_shards:
+            return
+        index = next(i for i, s in enumerate(self.replay_actors) if s == shard)
+        if not self.workers.fault_tolerant:
+            raise WorkerFailureError(
+                f"replay shard {index} (ReplayActor) died ({_first_line(error)}). Set 'recreate_failed_workers':"
+                " True or 'ignore_worker_failures': True to replace it with an empty shard and carry on"
+            ) from error
+        logger.warning("replay shard %d died (%s); replacing it with an empty one", index, _first_line(error))
+        for ref in [r for r, s in self._replay_tasks.items() if s == shard]:
+            del self._replay_tasks[ref]
+        self._dead_shards.add(shard)
+        new = self._replay_actor_cls.remote(*self._shard_args[index])
+        self.replay_actors[index] = new
+        self.num_replay_shards_recreated += 1
+        self._start_shard(new)
 
     # --- reporting and lifecycle --------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -284,6 +352,7 @@ class AsyncReplayOptimizer(PolicyOptimizer):
             "sample_throughput": round(self.num_steps_sampled / elapsed, 3),
             "train_throughput": round(self.num_steps_trained / elapsed, 3),
             "num_weight_syncs": self.num_weight_syncs,
+            "num_replay_shards_recreated": self.num_replay_shards_recreated,
             "num_target_updates": self.learner.num_target_updates,
             "learner_queue_size": self.learner.inqueue.qsize(),
             "learner_grad_time_ms": round(1000 * self.learner.grad_timer.mean, 3),

@@ -15,6 +15,12 @@ off-policy by a few learner steps: the "weight lag" reported in ``stats()``, whi
 
 With no remote workers the local worker samples in the driver thread and the learner thread learns in the
 background: the same pipeline in one process.
+
+A remote worker that dies (its process or node is gone) is found where its sample futures are awaited: all of its
+requests in flight are dropped and ``WorkerSet.handle_worker_failure`` decides. With ``recreate_failed_workers``
+the replacement gets the newest weights and ``max_sample_requests_in_flight_per_worker`` requests like the others;
+with ``ignore_worker_failures`` the others carry on; without either key, and once no remote worker is left, it is
+a WorkerFailureError. ``num_steps_sampled`` counts only the batches that arrived.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from relayrl.evaluation.worker_set import WorkerFailureError, WorkerSet
 from relayrl.optimizers.policy_optimizer import PolicyOptimizer
 from relayrl.optimizers.sync_samples import get_learner_stats
 from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, SampleBatch
@@ -183,14 +190,19 @@ class AsyncSamplesOptimizer(PolicyOptimizer):
         self._num_sent = 0
         self._pending: dict = {}  # sample future -> (worker, weights version it samples with)
         self._worker_versions: dict = {}  # worker -> weights version last sent to it
-        remotes = self.workers.remote_workers()
-        if remotes:
+        # With remote workers, losing every one of them is an error, not a silent switch to sampling in the driver.
+        self._remote_mode = bool(self.workers.remote_workers())
+        if self._remote_mode:
             self._broadcast_weights()
-            for w in remotes:
-                w.set_weights.remote(self._weights_ref)
-                self._worker_versions[w] = self._weights_version
-                for _ in range(self.max_in_flight):
-                    self._pending[w.sample.remote()] = (w, self._weights_version)
+            for w in self.workers.remote_workers():
+                self._start_worker(w)
+
+    def _start_worker(self, worker: Any) -> None:
+        """Newest weights, then ``max_sample_requests_in_flight_per_worker`` sample requests."""
+        worker.set_weights.remote(self._weights_ref)
+        self._worker_versions[worker] = self._weights_version
+        for _ in range(self.max_in_flight):
+            self._pending[worker.sample.remote()] = (worker, self._weights_version)
 
     # --- the driver loop ------------------------------------------------------------------------------------
     def step(self) -> dict:
@@ -201,7 +213,7 @@ class AsyncSamplesOptimizer(PolicyOptimizer):
             sampled += batch.count
             for b, v in self._augment_with_replay(batch, version):
                 self._add_to_train_buffer(b, v)
-            if worker is not None:
+            if worker is not None and worker in self._worker_versions:  # not if it died since
                 with self.broadcast_timer:
                     self._send_weights(worker)
                 self._pending[worker.sample.remote()] = (worker, self._worker_versions[worker])
@@ -212,7 +224,12 @@ class AsyncSamplesOptimizer(PolicyOptimizer):
         return self.learner.learner_stats
 
     def _collect(self) -> list[tuple[Any, SampleBatch, int]]:
-        """The finished sample batches (at least one; blocks until then), with their workers and weight versions."""
+        """The finished sample batches (blocks until one is ready), with their workers and weight versions. The
+        list is empty when the only ready ones came from a worker that died."""
+        if self._remote_mode and not self._pending:
+            raise WorkerFailureError(
+                f"every remote worker has died ({self.workers.num_failed} failed): IMPALA has none left to sample"
+                " with. Set 'recreate_failed_workers': True to replace failed workers")
         if not self._pending:
             with self.sample_timer:
                 version = self.learner.weights_version
@@ -227,14 +244,30 @@ class AsyncSamplesOptimizer(PolicyOptimizer):
             if rest:
                 more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
                 ready = ready + more
+        out, failed = [], []
         with self.sample_timer:
-            batches = ray.get(ready)
-        out = []
-        for future, batch in zip(ready, batches):
-            worker, version = self._pending.pop(future)
-            out.append((worker, batch, version))
+            for future in ready:
+                worker, version = self._pending.pop(future)
+                try:
+                    out.append((worker, ray.get(future), version))
+                except WorkerSet.actor_errors() as e:  # an error in the worker's own code propagates
+                    failed.append((worker, e))
         self.sample_timer.push_units_processed(sum(b.count for _, b, _ in out))
+        for worker, error in failed:
+            self._on_worker_failure(worker, error)
         return out
+
+    def _on_worker_failure(self, worker: Any, error: BaseException) -> None:
+        """Forgets everything in flight on a dead worker, then puts its replacement (if any) to work."""
+        for future in [f for f, (w, _) in self._pending.items() if w == worker]:
+            del self._pending[future]
+        self._worker_versions.pop(worker, None)
+        new = self.workers.handle_worker_failure(worker, error)  # WorkerFailureError without the keys
+        if new is not None and new not in self._worker_versions:
+            with self.broadcast_timer:
+                if self._weights_ref is None or self.learner.weights_updated:
+                    self._broadcast_weights()
+            self._start_worker(new)
 
     def _augment_with_replay(self, batch: SampleBatch, version: int):
         """The new batch, then each replayed batch: on average ``replay_proportion`` old batches per new one."""
