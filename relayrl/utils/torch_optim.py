@@ -63,7 +63,7 @@ class _ForeachOptimizer:
     def state_dict(self) -> dict:
         group = self.param_groups[0]
         out = {k: list(group[k]) if isinstance(group[k], tuple) else group[k] for k in self._hyper}
-        out["step"] = self._steps[0] if len(set(self._steps)) == 1 else list(self._steps)
+        out["step"] = list(self._steps)  # per parameter (an int in checkpoints of format 1: still read)
         out.update({name: [t.clone() for t in bufs] for name, bufs in self._state.items()})
         return out
 

@@ -228,3 +228,19 @@ def test_save_killed_between_its_two_renames(trained, good_checkpoint, tmp_path)
     fresh.restore(path)
     assert_same(snapshot(trained), snapshot(fresh))
     fresh.stop()
+
+
+def test_pg_checkpoint_restores_although_its_value_branch_never_steps(tmp_path):
+    """PG trains no value branch: its Adam state holds per-parameter step counts that differ (some stay 0)."""
+    from relayrl.agents.pg import PGTrainer
+
+    config = {"train_batch_size": 100, "model": {"fcnet_hiddens": [8]}, "seed": 0}
+    trainer = PGTrainer(env="CartPole-v1", config=config)
+    trainer.train()
+    steps = trainer.get_policy()._optimizers[0].state_dict()["step"]
+    assert 0 in steps and max(steps) == 1
+    path = trainer.save(str(tmp_path))
+    fresh = PGTrainer(env="CartPole-v1", config=config)
+    fresh.restore(path)
+    assert fresh.get_policy()._optimizers[0].state_dict()["step"] == steps
+    assert fresh.iteration == 1
