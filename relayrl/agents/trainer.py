@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import platform
 import tempfile
@@ -29,14 +30,14 @@ from relayrl.agents import checkpoint as ckpt
 from relayrl.config import (  # noqa: F401 - with_common_config is re-exported for the algorithms
     COMMON_CONFIG,
     merge_dicts,
-    translate_legacy_keys,
-    validate_config,
+    prepare_config,
     with_common_config,
 )
 from relayrl.env.registry import get_env_creator
 from relayrl.evaluation.metrics import MetricsWindow, RolloutMetrics
 from relayrl.evaluation.rollout_worker import RolloutWorker
 from relayrl.evaluation.worker_set import WorkerSet
+from relayrl.models.spaces import UnsupportedSpaceException, is_nested, unflatten_action
 from relayrl.policy.sample_batch import DEFAULT_POLICY_ID
 
 logger = logging.getLogger(__name__)
@@ -47,13 +48,21 @@ class Trainer:
     _default_config: dict = COMMON_CONFIG
     _policy: Any = None
 
-    def __init__(self, config: dict | None = None, env: Any = None, logger_creator: Any = None):
-        user_config = translate_legacy_keys(dict(config or {}), self._default_config)
-        env = env if env is not None else user_config.get("env")
-        validate_config(user_config, self._default_config, self._name, self._validate_config)
-        self.config = merge_dicts(self._default_config, user_config)
+    def __init__(self, config: dict | None = None, env: Any = None, logger_creator: Any = None,
+                 logdir: str | None = None):
+        """Args:
+            config: overrides of the algorithm's DEFAULT_CONFIG (validated: an unknown key or a bad value is a
+                ValueError naming it).
+            env: a Gymnasium id, a name given to ``register_env``, an env class or a creator; else ``config["env"]``.
+            logger_creator: under Tune, the trial directory (checkpoints go there; Tune writes the result files).
+            logdir: a directory for ``params.json``, ``result.json``, ``progress.csv`` and TensorBoard events of
+                every ``train()`` (the files a Tune trial has); ``save()`` puts checkpoints there too.
+        """
+        self.raw_user_config = dict(config or {})
+        env = env if env is not None else self.raw_user_config.get("env")
+        # Translated, validated and merged once: everything downstream reads self.config[key].
+        self.config = prepare_config(self.raw_user_config, self._default_config, self._name, self._validate_config)
         self.config["env"] = env
-        self.raw_user_config = user_config
         logging.getLogger("relayrl").setLevel(str(self.config["log_level"]).upper().replace("WARNING", "WARN"))
         self.env_creator = get_env_creator(env)
         self._env_id = env if isinstance(env, str) else getattr(env, "__name__", repr(env))
@@ -61,7 +70,8 @@ class Trainer:
         self._time_total = 0.0
         self._timesteps_total = 0
         self._metrics = MetricsWindow(self.config["metrics_smoothing_episodes"])
-        self._logdir = logger_creator if isinstance(logger_creator, str) else None
+        self._logdir = logdir or (logger_creator if isinstance(logger_creator, str) else None)
+        self._result_logger = None
         import torch
 
         # The learner uses the CPUs reserved for the driver: torch's default (all cores) makes its threads
@@ -70,8 +80,17 @@ class Trainer:
         if self.config["seed"] is not None:
             np.random.seed(self.config["seed"])
             torch.manual_seed(self.config["seed"])
-        self._init(self.config, self.env_creator)
+        if self.config["monitor"]:
+            self.config["_video_dir"] = self.logdir  # read by EnvContext.from_config in every worker
+        try:
+            self._init(self.config, self.env_creator)
+        except UnsupportedSpaceException as e:  # raised by a policy or the catalog: name this algorithm
+            raise e.for_algorithm(self._name) from None
         self._evaluation_workers: WorkerSet | None = None
+        if logdir is not None:
+            from relayrl.utils.result_logger import ResultLogger
+
+            self._result_logger = ResultLogger(logdir, self.config)
 
     # --- to be provided by build_trainer ---------------------------------------------------------------------
     def _init(self, config: dict, env_creator: Any) -> None:
@@ -113,23 +132,21 @@ class Trainer:
         callback = (self.config.get("callbacks") or {}).get("on_train_result")
         if callback is not None:
             callback({"trainer": self, "result": result})
+        if self._result_logger is not None:
+            self._result_logger.log(result)
         return result
 
     def collect_metrics(self) -> dict:
-        """Episode statistics over the last ``metrics_smoothing_episodes`` episodes of every worker."""
+        """Episode statistics over the last ``metrics_smoothing_episodes`` episodes of every worker. A remote
+        worker that does not answer within ``collect_metrics_timeout`` is left out; one that died is handled by
+        ``WorkerSet.handle_worker_failure`` (its unreported episodes are lost)."""
         episodes: list[RolloutMetrics] = self.workers.local_worker().get_metrics()
         perf = [self.workers.local_worker().sampler_perf()]
-        remotes = self.workers.remote_workers()
-        if remotes:
-            import ray
-
+        if self.workers.remote_workers():
             timeout = self.config["collect_metrics_timeout"]
-            futures = [w.get_metrics.remote() for w in remotes]
-            perf_futures = [w.sampler_perf.remote() for w in remotes]
-            ready, _ = ray.wait(futures, num_returns=len(futures), timeout=timeout)
-            for f in ready:
-                episodes.extend(ray.get(f))
-            perf.extend(ray.get(perf_futures))
+            for _, metrics in self.workers.gather(lambda w, i: w.get_metrics.remote(), timeout):
+                episodes.extend(metrics)
+            perf.extend(p for _, p in self.workers.gather(lambda w, i: w.sampler_perf.remote(), timeout))
         result = self._metrics.add(episodes)
         perf = [p for p in perf if p]
         result["sampler_perf"] = {k: float(np.mean([p[k] for p in perf])) for k in perf[0]} if perf else {}
@@ -141,6 +158,8 @@ class Trainer:
             eval_config = merge_dicts(
                 self.config, {**self.config["evaluation_config"], "num_envs_per_worker": 1, "sample_batch_size": 1,
                               "batch_mode": "complete_episodes"})
+            if eval_config["monitor"]:
+                eval_config["_video_dir"] = os.path.join(self.logdir, "evaluation")
             self._evaluation_workers = WorkerSet(self.env_creator, self._policy, eval_config, num_workers=0)
         worker = self._evaluation_workers.local_worker()
         local = self.workers.local_worker()
@@ -176,6 +195,8 @@ class Trainer:
         action, state_out, extra = policy.compute_single_action(
             obs, state or None, prev_action=prev_action, prev_reward=prev_reward, info=info, **kwargs
         )
+        if is_nested(policy.action_space):  # the policy's flat row -> the env's tuple / dict
+            action = unflatten_action(action, policy.action_space)
         if state is not None or full_fetch:
             return action, state_out, extra
         return action
@@ -237,42 +258,24 @@ class Trainer:
         return ckpt.write_checkpoint(path, manifest, state)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Loads a checkpoint; on any problem raises CheckpointError and leaves this trainer unchanged."""
+        """Loads a checkpoint, all or nothing. Everything in it is read and checked against this trainer first
+        (file checksums, manifest, counters, weights, optimizer and filter state, algorithm state), then
+        applied; on any problem a CheckpointError names the file or field and this trainer is left as it was."""
         manifest, state = ckpt.read_checkpoint(checkpoint_path)
-        if manifest["trainer"] != self._name:
-            raise ckpt.CheckpointError(
-                f"checkpoint {checkpoint_path} was written by trainer {manifest['trainer']!r}, not {self._name!r}"
-            )
-        local = self.workers.local_worker()
-        expected = {pid: _space_signature(p) for pid, p in local.policy_map.items()}
-        if manifest.get("spaces") != expected:
-            raise ckpt.CheckpointError(
-                f"checkpoint {checkpoint_path} has spaces {manifest.get('spaces')}, this trainer has {expected}"
-            )
-        policies = state.get("policies", {})
-        for pid, policy in local.policy_map.items():
-            _check_weights(checkpoint_path, pid, policy.get_weights(), policies.get(pid, {}).get("weights"))
-        backup = {pid: p.get_state() for pid, p in local.policy_map.items()}
+        loaded = _checked_state(self, checkpoint_path, manifest, state)
+        backup = _current_state(self)
         try:
-            for pid, policy in local.policy_map.items():
-                policy.set_state(policies[pid])
-            local.set_filter_states(state.get("filters", {}))
+            _apply_state(self, loaded)
         except Exception as e:
-            for pid, policy in local.policy_map.items():
-                policy.set_state(backup[pid])
-            raise ckpt.CheckpointError(f"checkpoint {checkpoint_path} could not be loaded: {e}") from e
-        counters = manifest.get("counters", {})
-        self.iteration = int(counters.get("iteration", 0))
-        self._timesteps_total = int(counters.get("timesteps_total", 0))
-        self._time_total = float(counters.get("time_total_s", 0.0))
-        self._metrics.episodes_total = int(counters.get("episodes_total", 0))
-        self.optimizer.restore(state.get("optimizer", {}))
-        self._restore_extra_state(state.get("trainer", {}))
+            _apply_state(self, backup)  # whatever was applied before the failure is undone
+            raise ckpt.CheckpointError(
+                f"checkpoint {checkpoint_path} could not be loaded ({type(e).__name__}: {e}); this trainer is unchanged"
+            ) from e
         self.workers.sync_weights()
         if self.workers.remote_workers():
             import ray
 
-            filters = ray.put(local.get_filters())
+            filters = ray.put(self.workers.local_worker().get_filters())
             ray.get([w.sync_filters.remote(filters) for w in self.workers.remote_workers()])
 
     @classmethod
@@ -281,12 +284,28 @@ class Trainer:
         from relayrl.agents.registry import get_trainer_class
 
         manifest, state = ckpt.read_checkpoint(path)
-        trainer_cls = get_trainer_class(manifest["trainer"])
-        stored = state.get("config", {})
+        name = manifest["trainer"]
+        try:
+            trainer_cls = get_trainer_class(name)
+        except ValueError as e:
+            raise ckpt.CheckpointError(f"checkpoint {path} was written by trainer {name!r}, which this relayrl"
+                                       f" cannot build: {e}") from e
+        stored = state.get("config")
+        if not isinstance(stored, dict):
+            raise ckpt.CheckpointError(f"checkpoint {path}: its state has no 'config' object")
         config = {k: v for k, v in stored.items() if k in trainer_cls._default_config and k != "env"}
         config = merge_dicts(config, config_overrides or {})
-        trainer = trainer_cls(config=config, env=stored.get("env") or manifest.get("env"))
-        trainer.restore(path)
+        env = stored.get("env") or manifest.get("env")
+        try:
+            trainer = trainer_cls(config=config, env=env)
+        except ValueError as e:  # a config key of the wrong type or value: validate_config names it
+            raise ckpt.CheckpointError(
+                f"checkpoint {path}: cannot rebuild its {name} trainer from the stored config: {e}") from e
+        try:
+            trainer.restore(path)
+        except BaseException:
+            trainer.stop()
+            raise
         return trainer
 
     def _extra_state(self) -> dict:
@@ -297,6 +316,9 @@ class Trainer:
 
     # --- lifecycle -----------------------------------------------------------------------------------------
     def stop(self) -> None:
+        if getattr(self, "_result_logger", None) is not None:
+            self._result_logger.close()
+            self._result_logger = None
         if getattr(self, "workers", None) is not None:
             self.workers.stop()
         if self._evaluation_workers is not None:
@@ -323,21 +345,98 @@ def _space_signature(policy: Any) -> dict:
     return {"observation_space": repr(policy.observation_space), "action_space": repr(policy.action_space)}
 
 
-def _check_weights(path: str, pid: str, current: Any, stored: Any) -> None:
-    if not isinstance(current, dict):
-        return
-    if not isinstance(stored, dict):
-        raise ckpt.CheckpointError(f"checkpoint {path} has no weights for policy {pid!r}")
-    if set(current) != set(stored):
+_COUNTERS = {"iteration": int, "timesteps_total": int, "episodes_total": int, "time_total_s": float}
+
+
+def _checked_state(trainer: Trainer, path: str, manifest: dict, state: dict) -> dict:
+    """Everything ``restore`` applies, taken from a checkpoint and checked against the live trainer: its name
+    and spaces, the counters, each policy's state (weights, optimizer state, global_timestep, ...) against the
+    policy's own ``get_state()``, each filter's statistics against the filter, the policy optimizer's and the
+    algorithm's extra state. Raises CheckpointError naming the field; changes nothing."""
+    prefix = f"checkpoint {path}: "
+    if manifest["trainer"] != trainer._name:
         raise ckpt.CheckpointError(
-            f"checkpoint {path}: policy {pid!r} weights {sorted(stored)} do not match the model's {sorted(current)}"
-        )
-    for k, v in current.items():
-        if np.shape(v) != np.shape(stored[k]):
-            raise ckpt.CheckpointError(
-                f"checkpoint {path}: policy {pid!r} weight {k!r} has shape {np.shape(stored[k])},"
-                f" the model's is {np.shape(v)}"
-            )
+            f"checkpoint {path} was written by trainer {manifest['trainer']!r}, not {trainer._name!r}")
+    local = trainer.workers.local_worker()
+    expected = {pid: _space_signature(p) for pid, p in local.policy_map.items()}
+    if manifest.get("spaces") != expected:
+        raise ckpt.CheckpointError(
+            f"checkpoint {path} has spaces {manifest.get('spaces')}, this trainer has {expected}")
+    counters = manifest.get("counters")
+    if not isinstance(counters, dict):
+        raise ckpt.CheckpointError(f"{prefix}{ckpt.MANIFEST} has no 'counters' object")
+    for key, kind in _COUNTERS.items():
+        if key not in counters:
+            raise ckpt.CheckpointError(f"{prefix}counter {key!r} is missing from {ckpt.MANIFEST}")
+        value = counters[key]
+        number = isinstance(value, (int, float)) if kind is float else isinstance(value, int)
+        if isinstance(value, bool) or not number or not (value >= 0 and math.isfinite(value)):
+            what = "number" if kind is float else "integer"
+            raise ckpt.CheckpointError(f"{prefix}counter {key!r} must be a non-negative {what}, found {value!r}")
+    # Format 1 checkpoints may lack fields added since; the policies' set_state defaults fill those in.
+    allow_missing = manifest["format_version"] < 2
+    sections = {}
+    for section in ("policies", "filters", "optimizer", "trainer"):
+        sections[section] = state.get(section)
+        if not isinstance(sections[section], dict):
+            raise ckpt.CheckpointError(f"{prefix}its state has no {section!r} object")
+    policies, filters = sections["policies"], sections["filters"]
+    for pid, policy in local.policy_map.items():
+        if pid not in policies:
+            raise ckpt.CheckpointError(f"{prefix}field 'policies' has no state for policy {pid!r}")
+        ckpt.check_structure(policies[pid], policy.get_state(), f"policies.{pid}", prefix, allow_missing)
+    for pid, live in local.filters.items():
+        if pid not in filters:
+            raise ckpt.CheckpointError(f"{prefix}field 'filters' has no state for policy {pid!r}")
+        kind = filters[pid].get("type") if isinstance(filters[pid], dict) else None
+        if kind != type(live).__name__:
+            raise ckpt.CheckpointError(f"{prefix}field 'filters.{pid}' is a {kind}, this trainer's observation_filter"
+                                       f" is a {type(live).__name__}")
+        try:
+            live.check_state(filters[pid], f"filters.{pid}")
+        except ValueError as e:
+            raise ckpt.CheckpointError(prefix + str(e)) from None
+    ckpt.check_structure(sections["optimizer"], trainer.optimizer.save(), "optimizer", prefix, allow_missing)
+    ckpt.check_structure(sections["trainer"], trainer._extra_state(), "trainer", prefix, allow_missing)
+    return {
+        "policies": {pid: policies[pid] for pid in local.policy_map},
+        "filters": {pid: filters[pid] for pid in local.filters},
+        "counters": {key: counters[key] for key in _COUNTERS},
+        "optimizer": sections["optimizer"],
+        "extra": sections["trainer"],
+    }
+
+
+def _current_state(trainer: Trainer) -> dict:
+    """What ``_apply_state`` needs to put the trainer back as it is now (copies, not views)."""
+    local = trainer.workers.local_worker()
+    return {
+        "policies": {pid: copy.deepcopy(p.get_state()) for pid, p in local.policy_map.items()},
+        "filters": {pid: f.to_state() for pid, f in local.filters.items()},
+        "counters": {"iteration": trainer.iteration, "timesteps_total": trainer._timesteps_total,
+                     "time_total_s": trainer._time_total, "episodes_total": trainer._metrics.episodes_total},
+        "optimizer": copy.deepcopy(trainer.optimizer.save()),
+        "extra": copy.deepcopy(trainer._extra_state()),
+        "global_vars": copy.deepcopy(local.global_vars),
+    }
+
+
+def _apply_state(trainer: Trainer, state: dict) -> None:
+    local = trainer.workers.local_worker()
+    for pid, policy in local.policy_map.items():
+        policy.set_state(state["policies"][pid])
+    for pid, f in local.filters.items():
+        f.set_state(state["filters"][pid])
+    counters = state["counters"]
+    trainer.iteration = int(counters["iteration"])
+    trainer._timesteps_total = int(counters["timesteps_total"])
+    trainer._time_total = float(counters["time_total_s"])
+    trainer._metrics.episodes_total = int(counters["episodes_total"])
+    trainer.optimizer.restore(state["optimizer"])
+    trainer._restore_extra_state(state["extra"])
+    if "global_vars" in state:
+        local.global_vars.clear()
+        local.global_vars.update(state["global_vars"])
 
 
 def _portable_config(config: dict) -> dict:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from relayrl.config import merge_dicts
 from relayrl.evaluation.rollout_worker import RolloutWorker
+from relayrl.models.registry import resolve_config
 from relayrl.policy.policy import Policy
 
 logger = logging.getLogger(__name__)
@@ -129,8 +130,8 @@ class WorkerSet:
                 ray.kill(w)
             missing = sorted(futures[f] for f in not_ready)
             raise WorkerStartTimeout(
-                f"remote worker(s) {missing} did not start within worker_start_timeout_s={timeout:g} s: each"
-                f" needs {self._resource_request()} and the cluster has {_describe_available()} free"
+                f"remote worker(s) {missing} did not start within worker_start_timeout_s={timeout:g} s: each needs"
+                f" {self._resource_request()} ({len(missing)} waiting) and the cluster has {_describe_available()}"
                 f" ({_describe_holders()}). Free resources, lower num_workers / num_cpus_per_worker, or raise"
                 " worker_start_timeout_s"
             )
@@ -141,8 +142,9 @@ class WorkerSet:
         return ", ".join(f"{v:g} {k}" for k, v in parts.items() if v)
 
     def _make_remote(self, cls: Any, index: int) -> Any:
-        # A remote worker uses its own GPU share, not the learner's.
-        config = merge_dicts(self._config, {"num_gpus": self._config.get("num_gpus_per_worker", 0)})
+        # A remote worker uses its own GPU share, not the learner's. Custom model / preprocessor / action-dist
+        # names travel as the classes they name: the worker's process has not run the user's registrations.
+        config = merge_dicts(resolve_config(self._config), {"num_gpus": self._config.get("num_gpus_per_worker", 0)})
         worker = cls.remote(self._env_creator, self._policy, policy_config=config, worker_index=index,
                             **self._multiagent_kwargs())
         self._indices[_actor_key(worker)] = index
@@ -150,7 +152,10 @@ class WorkerSet:
 
     # --- broadcast -----------------------------------------------------------------------------------------
     def sync_weights(self, global_vars: dict | None = None) -> None:
-        """Sends the local policies' weights to every remote worker through a single ``ray.put``."""
+        """Sends the local policies' weights to every remote worker through a single ``ray.put``.
+
+        Nothing is awaited (a worker runs its calls in order, so its next ``sample()`` uses these weights): a
+        dead worker does not fail here but at the next call whose result is fetched, which handles it."""
         if not self._remote_workers:
             return
         import ray
@@ -161,21 +166,42 @@ class WorkerSet:
             w.set_weights.remote(*args)
 
     def foreach_worker(self, func: Callable[[RolloutWorker], Any]) -> list:
-        """``func(worker)`` on every worker, local first; returns the results in that order."""
+        """``func(worker)`` on every worker, local first; returns the results in that order. A remote worker that
+        dies meanwhile is handled by ``handle_worker_failure``: its replacement runs ``func`` instead, a dropped
+        one is left out of the results."""
         local = [func(self._local_worker)]
-        if not self._remote_workers:
-            return local
-        import ray
-
-        return local + ray.get([w.apply.remote(func) for w in self._remote_workers])
+        return local + [r for _, r in self.gather(lambda w, i: w.apply.remote(func))]
 
     def foreach_worker_with_index(self, func: Callable[[RolloutWorker, int], Any]) -> list:
+        """``func(worker, i)`` with ``i`` 0 for the local worker and 1.. for the remote ones in order."""
         local = [func(self._local_worker, 0)]
-        if not self._remote_workers:
-            return local
-        import ray
+        return local + [r for _, r in self.gather(lambda w, i: w.apply.remote(func, i + 1))]
 
-        return local + ray.get([w.apply.remote(func, i + 1) for i, w in enumerate(self._remote_workers)])
+    def gather(self, call: Callable[[Any, int], Any], timeout: float | None = None) -> list[tuple[Any, Any]]:
+        """``call(actor, i)`` on every remote worker, ``i`` its position, returning an ObjectRef (None: nothing for
+        that worker); returns the (actor, result) pairs in worker order, for the calls answered within
+        ``timeout``. A worker that dies is handled by ``handle_worker_failure``; its replacement, if any, gets the
+        same call once more."""
+        pending = {}
+        for i, w in enumerate(self._remote_workers):
+            future = call(w, i)
+            if future is not None:  # None: nothing for this worker
+                pending[future] = (w, i)
+        done: dict[int, tuple[Any, Any]] = {}
+        retried: set[int] = set()
+        while pending:
+            answers = {_actor_key(w): r for w, r in self.fetch({f: w for f, (w, _) in pending.items()}, timeout)}
+            retry = {}
+            for w, i in pending.values():
+                key = _actor_key(w)
+                if key in answers:
+                    done[i] = (w, answers[key])
+                elif self._replaced.get(key) is not None and i not in retried:
+                    retried.add(i)
+                    new = self._replaced[key]
+                    retry[call(new, i)] = (new, i)
+            pending = retry
+        return [done[i] for i in sorted(done)]
 
     def foreach_policy(self, func: Callable) -> list:
         return self._local_worker.foreach_policy(func)
@@ -212,18 +238,23 @@ class WorkerSet:
         """Deals with a remote worker that died: returns its replacement (``recreate_failed_workers``), or None
         once it is dropped from ``remote_workers()`` (``ignore_worker_failures``). Without either key it raises
         WorkerFailureError naming the worker, its node and the two keys. Calling it again for a worker already
-        handled returns the same answer without doing anything."""
+        handled returns the same answer without doing anything. A worker whose constructor raised is not a
+        failure: that error is raised again."""
+        if getattr(error, "actor_init_failed", False):
+            # Its constructor raised (e.g. a broken env): an error in the worker's own code, not a failure.
+            raise error
         key = _actor_key(worker)
         if key in self._replaced:
             return self._replaced[key]
-        index = self._indices.get(key, 0)
+        position = next((i for i, w in enumerate(self._remote_workers) if _actor_key(w) == key), None)
+        # Workers wrapped by from_workers have no recorded index: their 1-based position stands in for it.
+        index = self._indices.get(key) or (position + 1 if position is not None else 0)
         node = self._nodes.get(index, "unknown node")
         if not self.fault_tolerant:
             raise WorkerFailureError(
                 f"remote worker {index} (on {node}) died: {_first_line(error)}. Set 'recreate_failed_workers': True"
                 " to replace it and carry on, or 'ignore_worker_failures': True to carry on without it"
             ) from error
-        position = next((i for i, w in enumerate(self._remote_workers) if _actor_key(w) == key), None)
         if not self._config.get("recreate_failed_workers"):
             logger.warning("remote worker %d (on %s) died (%s); carrying on with the other %d", index, node,
                            _first_line(error), len(self._remote_workers) - (position is not None))
@@ -288,6 +319,15 @@ class WorkerSet:
     def num_healthy_workers(self) -> int:
         return len(self._remote_workers)
 
+    def check_healthy_workers(self) -> None:
+        """Raises WorkerFailureError when remote workers died and none is left (``ignore_worker_failures``
+        dropped them all): the local worker does not silently take over their sampling."""
+        if self.num_failed and not self._remote_workers:
+            raise WorkerFailureError(
+                f"no healthy remote worker is left: {self.num_failed} died and 'ignore_worker_failures' dropped"
+                " them. Set 'recreate_failed_workers': True to replace dead workers instead"
+            )
+
     def _load_current_state(self, worker: Any) -> None:
         """A new worker gets the local worker's weights, global vars and filters before any work."""
         import ray
@@ -315,26 +355,40 @@ class WorkerStartTimeout(RuntimeError):
 
 
 def _describe_available() -> str:
+    """What the cluster has free of its totals, e.g. "0 of 3 CPU free" (GPUs only where it has some)."""
     import ray
 
-    free = ray.available_resources()
-    return ", ".join(f"{free.get(k, 0):g} {k}" for k in ("CPU", "GPU")) or "nothing"
+    free, total = ray.available_resources(), ray.cluster_resources()
+    kinds = ["CPU"] + (["GPU"] if total.get("GPU") else [])
+    return ", ".join(f"{free.get(k, 0):g} of {total.get(k, 0):g} {k}" for k in kinds) + " free"
 
 
 def _describe_holders() -> str:
-    """Who holds the cluster's CPUs: the live actors by class, as far as Ray's state API tells."""
+    """Who holds the cluster's CPUs: the live actors by class and job (the job's driver pid), read from the GCS
+    (Ray's state API needs the dashboard, which clusters started with --include-dashboard=false lack)."""
     try:
-        from ray.util.state import list_actors
+        import ray
+        from ray._private import state
 
-        actors = list_actors(filters=[("state", "=", "ALIVE")], limit=200, timeout=5, raise_on_missing_output=False)
-        counts: dict[str, int] = {}
-        for a in actors:
-            name = getattr(a, "class_name", None) or "actor"
-            counts[name] = counts.get(name, 0) + 1
-        held = ", ".join(f"{n} x {c}" for n, c in sorted(counts.items()))
-        return f"live actors: {held}" if held else "no live actors: other jobs' tasks hold them"
-    except Exception:  # noqa: BLE001 - the state API is optional (it needs the dashboard agent)
+        drivers = {j["JobID"]: j for j in state.jobs()}
+        this_job = ray.get_runtime_context().get_job_id()
+        counts: dict[tuple[str, str], int] = {}
+        for a in state.actors().values():
+            if a.get("State") != "ALIVE":
+                continue
+            job = a.get("JobID", "")
+            if job == this_job:
+                owner = "this job"
+            elif job in drivers:
+                owner = f"job {job}, driver pid {drivers[job]['DriverPid']} on {drivers[job]['DriverIPAddress']}"
+            else:
+                owner = f"job {job}"
+            key = (a.get("ActorClassName") or "actor", owner)
+            counts[key] = counts.get(key, 0) + 1
+    except Exception:  # noqa: BLE001 - private GCS accessors: fall back to a pointer
         return "see `ray status` for who holds them"
+    held = ", ".join(f"{name} x {n} ({owner})" for (name, owner), n in sorted(counts.items()))
+    return f"held by live actors: {held}" if held else "no live actors hold them: other jobs' tasks do"
 
 
 class WorkerFailureError(RuntimeError):
@@ -350,4 +404,4 @@ def _first_line(error: BaseException | None) -> str:
     if error is None:
         return "no answer"
     text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": .")

@@ -11,12 +11,19 @@ learner by up to ``num_workers - 1`` updates: the asynchrony of A3C.
 
 With no remote workers (``num_workers: 0``) the local worker samples, computes and applies each gradient in
 turn: the same loop in one process, without the asynchrony (the seed raised an error instead).
+
+Worker failures: the gradient task of a remote worker that dies is dropped (not applied, not counted) and the
+worker goes to ``WorkerSet.handle_worker_failure``. With ``recreate_failed_workers: True`` the replacement
+(current weights and filters) gets a new task, so the step still applies ``grads_per_step`` gradients; with
+``ignore_worker_failures: True`` the other workers make up for it, and a step with no healthy worker left raises
+WorkerFailureError instead of waiting forever; with neither key WorkerFailureError names the worker and both keys.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from relayrl.evaluation.worker_set import WorkerSet
 from relayrl.optimizers.policy_optimizer import PolicyOptimizer
 from relayrl.optimizers.sync_samples import get_learner_stats
 from relayrl.policy.sample_batch import DEFAULT_POLICY_ID
@@ -49,6 +56,7 @@ class AsyncGradientsOptimizer(PolicyOptimizer):
     def step(self) -> dict:
         local = self.workers.local_worker()
         if not self.workers.remote_workers():
+            self.workers.check_healthy_workers()
             return self._step_locally(local)
         import ray
 
@@ -64,20 +72,31 @@ class AsyncGradientsOptimizer(PolicyOptimizer):
             with self.wait_timer:
                 ready, _ = ray.wait(list(pending), num_returns=1)
             future = ready[0]
-            gradient, info = ray.get(future)
             w = pending.pop(future)
-            self.learner_stats, count = _stats_and_count(info)
-            if gradient is not None:
-                with self.apply_timer:
-                    local.apply_gradients(gradient)
-                self.num_gradients_applied += 1
-            self.num_steps_sampled += count
-            self.num_steps_trained += count
-            if num_gradients < self.grads_per_step:
-                with self.dispatch_timer:
-                    w.set_weights.remote(local.get_weights())
-                    pending[w.compute_gradients.remote(w.sample.remote())] = w
-                num_gradients += 1
+            try:
+                gradient, info = ray.get(future)
+            except WorkerSet.actor_errors() as e:
+                self.workers.handle_worker_failure(w, e)
+                num_gradients -= 1  # dropped: its idle replacement or another worker computes one more
+            else:
+                self.learner_stats, count = _stats_and_count(info)
+                if gradient is not None:
+                    with self.apply_timer:
+                        local.apply_gradients(gradient)
+                    self.num_gradients_applied += 1
+                self.num_steps_sampled += count
+                self.num_steps_trained += count
+            busy = [id(x) for x in pending.values()]
+            for idle in self.workers.remote_workers():
+                if num_gradients >= self.grads_per_step:
+                    break
+                if id(idle) not in busy:
+                    with self.dispatch_timer:
+                        idle.set_weights.remote(local.get_weights())
+                        pending[idle.compute_gradients.remote(idle.sample.remote())] = idle
+                    num_gradients += 1
+            if not pending and num_gradients < self.grads_per_step:
+                self.workers.check_healthy_workers()
         return self.learner_stats
 
     def _step_locally(self, local: Any) -> dict:

@@ -5,6 +5,10 @@ device a single time; then ``num_sgd_iter`` epochs index shuffled minibatches of
 those tensors (no host-to-device copies inside the loop). On a machine without CUDA the one device is the CPU.
 With ``num_gpus > 1`` each minibatch is split across the GPUs ("towers"), each tower computes gradients on its
 share with a replica of the model, and their average is applied to the learner's model.
+
+Worker failures are handled while sampling, as in SyncSamplesOptimizer (``collect_samples``):
+``recreate_failed_workers: True`` replaces a dead worker, ``ignore_worker_failures: True`` carries on without
+it, neither raises WorkerFailureError naming it; only the batches that arrived are loaded and counted.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from relayrl.optimizers.policy_optimizer import PolicyOptimizer
 from relayrl.optimizers.rollout import collect_samples
 from relayrl.optimizers.sync_samples import standardize
+from relayrl.policy.finite_checks import check_update
 from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch
 from relayrl.policy.torch_policy import LEARNER_STATS_KEY, TorchPolicy
 from relayrl.utils.timers import TimerStat
@@ -138,13 +143,14 @@ class _Towers:
         params = list(policy.model.parameters())
         for opt in policy._optimizers:
             opt.zero_grad(set_to_none=True)
-        stats = {}
+        stats, losses = {}, []
         for model, device, share in zip([policy.model, *self.replicas], self.devices, shares):
             if model is not policy.model:
                 model.load_state_dict(policy.model.state_dict())
             idx = torch.as_tensor(share, device=minibatch[next(iter(minibatch))].device)
             shard = {k: v[idx].to(device, non_blocking=True) for k, v in minibatch.items()}
             loss = policy._loss_fn(policy, model, policy.dist_class, shard) * (len(share) / n)
+            losses.append(loss.detach().to(self.devices[0]))
             grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
             for p, g in zip(params, grads):
                 if g is not None:
@@ -152,6 +158,8 @@ class _Towers:
                     p.grad = g if p.grad is None else p.grad + g
             if model is policy.model:
                 stats = policy.stats(shard)
+        if policy.config.get("check_nan", True):
+            check_update(policy, losses, minibatch)  # the summed gradients, before the step
         grad_info = policy.extra_grad_process()
         for opt in policy._optimizers:
             opt.step()

@@ -1,4 +1,10 @@
-"""Gathering samples from a WorkerSet, and the filter synchronisation that follows."""
+"""Gathering samples from a WorkerSet, and the filter synchronisation that follows.
+
+A remote worker that dies while these wait on it goes to ``WorkerSet.handle_worker_failure``: with
+``recreate_failed_workers`` its replacement (current weights and filters) samples in its place, with
+``ignore_worker_failures`` the others carry on, with neither a WorkerFailureError names it. The dead worker's
+batch never arrives and is never counted.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ def collect_samples(workers: WorkerSet, min_steps: int) -> SampleBatch | MultiAg
     count = 0
     remotes = workers.remote_workers()
     if not remotes:
+        workers.check_healthy_workers()
         local = workers.local_worker()
         while count < min_steps:
             batch = local.sample()
@@ -26,33 +33,40 @@ def collect_samples(workers: WorkerSet, min_steps: int) -> SampleBatch | MultiAg
     import ray
 
     pending = {w.sample.remote(): w for w in remotes}
+    last = 0  # the size of the last batch: what each sample() still in flight is expected to bring
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         worker = pending.pop(ready[0])
-        batch = ray.get(ready[0])
-        batches.append(batch)
-        count += batch.count
-        if count + _in_flight_estimate(batch, len(pending)) < min_steps:
-            pending[worker.sample.remote()] = worker
+        try:
+            batch = ray.get(ready[0])
+        except WorkerSet.actor_errors() as e:
+            workers.handle_worker_failure(worker, e)  # a replacement is idle and gets work below
+        else:
+            batches.append(batch)
+            count += batch.count
+            last = batch.count
+        # Keep the healthy idle workers (this one, a replacement) sampling while the batches in flight are
+        # not expected to make up the missing steps.
+        busy = [id(w) for w in pending.values()]
+        for w in workers.remote_workers():
+            if id(w) not in busy and (not last or count + last * len(pending) < min_steps):
+                pending[w.sample.remote()] = w
+        if not pending and count < min_steps:
+            workers.check_healthy_workers()
     return SampleBatch.concat_samples(batches)
 
 
-def _in_flight_estimate(batch, num_pending: int) -> int:
-    return batch.count * num_pending
-
-
 def synchronize_filters(workers: WorkerSet) -> None:
-    """Folds every remote worker's new filter statistics into the local filters, then sends them back."""
-    remotes = workers.remote_workers()
-    if not remotes:
+    """Folds every remote worker's new filter statistics into the local filters, then sends them back. A worker
+    that died is handled (its statistics are lost; a replacement already holds the local filters)."""
+    if not workers.remote_workers():
         return
     import ray
 
     local = workers.local_worker()
-    remote_filters = ray.get([w.get_filters.remote(flush_after=True) for w in remotes])
-    for filters in remote_filters:
+    for _, filters in workers.gather(lambda w, i: w.get_filters.remote(flush_after=True)):
         for pid, f in filters.items():
             local.filters[pid].apply_changes(f, with_buffer=False)
     copies = ray.put(local.get_filters())
-    for w in remotes:
+    for w in workers.remote_workers():
         w.sync_filters.remote(copies)

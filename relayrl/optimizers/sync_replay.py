@@ -13,6 +13,12 @@ annealed linearly from ``prioritized_replay_beta`` to ``final_prioritized_replay
 ``beta_annealing_fraction * schedule_max_timesteps`` sampled env steps (the clock of the epsilon schedule).
 Every ``target_network_update_freq`` sampled steps ``policy.update_target()`` runs on every trained policy
 that has one.
+
+Worker failures: a remote worker that dies while a step waits on its batch goes to
+``WorkerSet.handle_worker_failure``. With ``recreate_failed_workers: True`` its replacement (current weights,
+filters and global vars) samples in its place in the same step; with ``ignore_worker_failures: True`` the step
+carries on with the others' batches (an error once none is left); with neither, WorkerFailureError names the
+worker and both keys. Only batches that arrived go into the buffer and ``num_steps_sampled``.
 """
 
 from __future__ import annotations
@@ -126,12 +132,14 @@ class SyncReplayOptimizer(PolicyOptimizer):
         return self.learner_stats
 
     def _sample(self) -> SampleBatch | MultiAgentBatch:
-        remotes = self.workers.remote_workers()
-        if not remotes:
-            return self.workers.local_worker().sample()
-        import ray
-
-        return SampleBatch.concat_samples(ray.get([w.sample.remote() for w in remotes]))
+        """One batch from every healthy remote worker (a replacement samples in a dead worker's place)."""
+        batches: list = []
+        while not batches:
+            if not self.workers.remote_workers():
+                self.workers.check_healthy_workers()
+                return self.workers.local_worker().sample()
+            batches = [b for _, b in self.workers.gather(lambda w, i: w.sample.remote())]
+        return SampleBatch.concat_samples(batches)
 
     def _optimize(self) -> None:
         local = self.workers.local_worker()

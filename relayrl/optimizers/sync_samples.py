@@ -1,5 +1,12 @@
 """SyncSamplesOptimizer (seed alias LocalSyncOptimizer): sample on all workers, learn on the local policy,
-broadcast the new weights. The loop behind PG and A2C."""
+broadcast the new weights. The loop behind PG and A2C.
+
+Worker failures (``collect_samples``): a remote worker that dies while a step waits on its batch goes to
+``WorkerSet.handle_worker_failure``. With ``recreate_failed_workers: True`` its replacement (current weights and
+filters) samples in its place; with ``ignore_worker_failures: True`` the others sample the missing steps (an
+error once none is left); with neither, WorkerFailureError names the worker and both keys. The dead worker's
+batch is lost: only what arrived is learned on and counted in ``num_steps_sampled`` / ``num_steps_trained``.
+"""
 
 from __future__ import annotations
 

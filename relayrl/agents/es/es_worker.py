@@ -18,7 +18,9 @@ from typing import Any, Callable
 import numpy as np
 
 from relayrl.agents.es.policies import make_policy
-from relayrl.env.registry import EnvContext
+from relayrl.env.registry import EnvContext, make_env
+from relayrl.evaluation.rollout_worker import RolloutWorker
+from relayrl.evaluation.worker_set import WorkerSet, _actor_key
 from relayrl.models.catalog import ModelCatalog
 from relayrl.utils.es_utils import SharedNoiseTable
 from relayrl.utils.filters import filter_from_state, get_filter
@@ -27,7 +29,7 @@ from relayrl.utils.filters import filter_from_state, get_filter
 class PerturbationWorker:
     def __init__(self, env_creator: Callable, config: dict, noise: np.ndarray, worker_index: int = 0):
         self.config = config
-        self.env = env_creator(EnvContext(config.get("env_config"), worker_index))
+        self.env = make_env(env_creator, EnvContext.from_config(config, worker_index), config.get("env"))
         self.preprocessor = ModelCatalog.get_preprocessor_for_space(self.env.observation_space, config.get("model"))
         self.filter = get_filter(config["observation_filter"], self.preprocessor.shape)
         seed = config.get("seed")
@@ -102,69 +104,68 @@ class PerturbationWorker:
     def sync_filter(self, state: dict) -> None:
         self.filter.sync(filter_from_state(state))
 
+    def apply(self, func: Callable, *args: Any) -> Any:
+        """Runs ``func(self, *args)`` here (on the actor when remote)."""
+        return func(self, *args)
+
     def ping(self) -> str:
         return "pong"
+
+    node = RolloutWorker.node  # where this worker runs, for the messages about a failed worker
 
     def stop(self) -> None:
         self.env.close()
 
 
-class PerturbationWorkerSet:
-    """The local PerturbationWorker (holding the trainer's policy and master filter) and the remote ones."""
+class PerturbationWorkerSet(WorkerSet):
+    """The local PerturbationWorker (holding the trainer's policy and master filter) and the remote ones.
+
+    Failures are WorkerSet's, with the same keys: a remote worker that dies while ``call`` waits on it is
+    replaced (``recreate_failed_workers``: same resources, the master filter; theta travels with every call) and
+    the replacement runs the dead worker's share again, or dropped (``ignore_worker_failures``) with its share of
+    the round, or named in a WorkerFailureError (neither). The dead worker's rollouts never arrive, so they are
+    never counted.
+    """
 
     def __init__(self, env_creator: Callable, config: dict, noise_ref: Any, local_noise: np.ndarray,
                  num_workers: int):
-        self._env_creator, self._config, self._noise_ref = env_creator, config, noise_ref
-        self._local = PerturbationWorker(env_creator, config, local_noise, worker_index=0)
-        self._remote: list = []
-        if num_workers:
-            import ray
-
-            self._cls = ray.remote(num_cpus=config.get("num_cpus_per_worker", 1))(PerturbationWorker)
-            # The noise travels as an object reference: every actor maps the one copy in the object store.
-            self._remote = [self._cls.remote(env_creator, config, noise_ref, i + 1) for i in range(num_workers)]
-            ray.get([w.ping.remote() for w in self._remote])
-
-    def local_worker(self) -> PerturbationWorker:
-        return self._local
-
-    def remote_workers(self) -> list:
-        return self._remote
+        super().__init__(env_creator, None, config, _setup=False)
+        self._noise_ref = noise_ref  # every actor maps this one copy of the noise table in the object store
+        self._local_worker = PerturbationWorker(env_creator, config, local_noise, worker_index=0)
+        self.add_workers(num_workers)
 
     def call(self, method: str, args_per_worker: list[tuple]) -> list:
-        return call_workers(self._remote, self._local, method, args_per_worker)
+        """``method(*args_per_worker[i])`` on the i-th remote worker (all in parallel; workers past the list's
+        end get nothing), or every call on the local worker when there are no remote workers. Returns the
+        results that arrived, in worker order."""
+        if not self._remote_workers:
+            self.check_healthy_workers()
+            return [getattr(self._local_worker, method)(*args) for args in args_per_worker]
+        return [r for _, r in self.gather(
+            lambda w, i: getattr(w, method).remote(*args_per_worker[i]) if i < len(args_per_worker) else None)]
 
-    def recreate_failed_workers(self) -> list[int]:
-        if not self._remote:
-            return []
+    def sync_weights(self, global_vars: dict | None = None) -> None:
+        """Nothing to send: theta travels with every ``do_rollouts`` call."""
+
+    # --- WorkerSet's construction hooks, for PerturbationWorker actors -------------------------------------------
+    def _remote_class(self) -> Any:
         import ray
 
-        failed = []
-        for i, w in enumerate(self._remote):
-            try:
-                ray.get(w.ping.remote(), timeout=30)
-            except Exception:  # noqa: BLE001 - any failure of the actor means it must be replaced
-                failed.append(i)
-                self._remote[i] = self._cls.remote(self._env_creator, self._config, self._noise_ref, i + 1)
-        return failed
+        return ray.remote(num_cpus=self._config.get("num_cpus_per_worker", 1),
+                          resources=self._config.get("custom_resources_per_worker") or None)(PerturbationWorker)
 
-    def stop(self) -> None:
-        self._local.stop()
-        if self._remote:
-            import ray
+    def _make_remote(self, cls: Any, index: int) -> Any:
+        worker = cls.remote(self._env_creator, self._config, self._noise_ref, index)
+        self._indices[_actor_key(worker)] = index
+        return worker
 
-            for w in self._remote:
-                try:
-                    ray.kill(w)
-                except Exception:  # noqa: BLE001 - the actor may already be gone
-                    pass
-            self._remote = []
+    def _resource_request(self) -> str:
+        parts = {"CPU": self._config.get("num_cpus_per_worker", 1),
+                 **(self._config.get("custom_resources_per_worker") or {})}
+        return ", ".join(f"{v:g} {k}" for k, v in parts.items() if v)
 
+    def _load_current_state(self, worker: Any) -> None:
+        """A replacement starts from the master filter."""
+        import ray
 
-def call_workers(workers: list, local: Any, method: str, args_per_worker: list[tuple]) -> list:
-    """``method(*args)`` on every remote worker (in parallel), or on the local worker when there are none."""
-    if not workers:
-        return [getattr(local, method)(*args) for args in args_per_worker]
-    import ray
-
-    return ray.get([getattr(w, method).remote(*args) for w, args in zip(workers, args_per_worker)])
+        ray.get(worker.sync_filter.remote(self._local_worker.filter.to_state()))

@@ -30,8 +30,12 @@ from relayrl.utils.filters import filter_from_state
 DEFAULT_NOISE_SEED = 123  # the noise seed when config["seed"] is None (as in the ES reference code)
 
 
-def validate_perturbation_config(name: str, get) -> None:
-    """The checks ES and ARS share; ``get(key)`` reads the config with the algorithm's defaults."""
+def validate_perturbation_config(name: str, config: dict) -> None:
+    """The checks ES and ARS share (on the merged config)."""
+    get = config.__getitem__
+    if config["optimizer"]:
+        raise ValueError(f"{name} config: unknown key 'optimizer.{next(iter(config['optimizer']))}': {name} has no"
+                         " policy optimizer, so 'optimizer' takes no options")
     for key in ("noise_size", "report_length"):
         if get(key) < 1:
             raise ValueError(f"{name} config: {key!r} must be >= 1, got {get(key)!r}")
@@ -84,17 +88,18 @@ class PerturbationTrainer(Trainer):
     # --- one iteration ----------------------------------------------------------------------------------------
     def _train(self) -> dict:
         theta = self.policy.get_flat_weights()
-        remotes = self.workers.remote_workers()
-        if remotes:
+        if self.workers.remote_workers():
             import ray
 
             theta_arg = ray.put(theta)
         else:
             theta_arg = theta
+        # Only the rollouts that arrive count: a worker that dies takes its share of the round with it (its
+        # replacement, with recreate_failed_workers, runs that share again; otherwise the next round plans it).
         results: list[dict] = []
         episodes = steps = 0
         while not results or not self._enough(episodes, steps):
-            plan = self._rollout_plan(max(1, len(remotes)), episodes, steps)
+            plan = self._rollout_plan(max(1, self.workers.num_healthy_workers), episodes, steps)
             for r in self.workers.call("do_rollouts", [(theta_arg, pairs, min_steps) for pairs, min_steps in plan]):
                 results.append(r)
                 episodes += r["noisy_lengths"].size
@@ -139,15 +144,14 @@ class PerturbationTrainer(Trainer):
         """Merges what every remote worker's filter saw this iteration into the local (master) filter, then
         sends the merged statistics back (FilterManager.synchronize of the reference code)."""
         local = self.workers.local_worker()
-        remotes = self.workers.remote_workers()
-        if not remotes:
+        if not self.workers.remote_workers():
             local.filter.clear_buffer()
             return
-        states = self.workers.call("get_filter_state", [(True,)] * len(remotes))
+        states = self.workers.call("get_filter_state", [(True,)] * self.workers.num_healthy_workers)
         for state in states:
             local.filter.apply_changes(filter_from_state(state), with_buffer=False)
         master = local.filter.to_state()
-        self.workers.call("sync_filter", [(master,)] * len(remotes))
+        self.workers.call("sync_filter", [(master,)] * self.workers.num_healthy_workers)
 
     def _evaluate(self) -> dict:
         local = self.workers.local_worker()
