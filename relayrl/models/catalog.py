@@ -16,6 +16,7 @@ import gymnasium as gym
 from relayrl.models import action_dist as dists
 from relayrl.models import registry
 from relayrl.models.preprocessors import Preprocessor, get_preprocessor
+from relayrl.models.spaces import NESTED_SPACES, UnsupportedSpaceException, check_action_space, is_nested
 from relayrl.models.torch_model import TorchModel
 
 # Every key a user may put under config["model"]; each with what it does.
@@ -40,14 +41,15 @@ MODEL_DEFAULTS: dict = {
     "lstm_cell_size": 256,
     # Feed the previous action and reward to the LSTM.
     "lstm_use_prev_action_reward": False,
-    # Atari preprocessing: stack this many frames (False / 0 to disable).
+    # Atari preprocessing of ALE ids (relayrl.env.atari_wrappers.wrap_deepmind), applied when the env is made:
+    # stack this many frames along the channels (True: 4; False / 0: one frame, no stacking).
     "framestack": True,
-    # Side of the square frame images are resized to.
+    # Atari preprocessing: side of the square frames are resized to (RLlib's fast Pong configs use 42).
     "dim": 84,
-    # Turn frames to grayscale.
-    "grayscale": False,
-    # Scale frames to [-1, 1] instead of [0, 1].
-    "zero_mean": True,
+    # Atari preprocessing: grayscale frames (1 channel per frame); False keeps RGB (3 channels per frame).
+    "grayscale": True,
+    # Atari preprocessing: float32 frames centred to [-1, 1) ((x - 128) / 128); False keeps uint8 in [0, 255].
+    "zero_mean": False,
     # A Preprocessor subclass, or the name it was registered with (ModelCatalog.register_custom_preprocessor).
     "custom_preprocessor": None,
     # A TorchModel subclass, or the name it was registered with (ModelCatalog.register_custom_model).
@@ -92,6 +94,9 @@ def validate_model_config(model_config: dict | None, where: str = "model config"
     framestack = config.get("framestack", True)
     if not isinstance(framestack, bool) and not (isinstance(framestack, int) and framestack >= 0):
         fail("framestack", "true, false or a number of frames >= 0")
+    if config.get("use_lstm") and not config.get("custom_model"):
+        fail("use_lstm", "false: the LSTM wrapper is not implemented yet (a custom_model may read use_lstm and the"
+                         " lstm_* keys itself)")
 
 
 class ModelCatalog:
@@ -101,7 +106,9 @@ class ModelCatalog:
 
     @staticmethod
     def get_action_dist(action_space: gym.Space, config: dict | None = None, dist_type: str | None = None):
-        """Returns ``(dist_class, num_outputs)`` for the action space."""
+        """Returns ``(dist_class, num_outputs)`` for the action space: Categorical (Discrete), MultiCategorical
+        (MultiDiscrete), DiagGaussian (1-D Box), a MultiActionDistribution over the leaves (Tuple / Dict); raises
+        UnsupportedSpaceException for other spaces."""
         config = config or {}
         custom = registry.resolve("action_dist", config.get("custom_action_dist"))
         if custom:
@@ -115,10 +122,16 @@ class ModelCatalog:
             return cls, dists.MultiCategorical.required_model_output_shape(action_space, config)
         elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
             cls = dists.DiagGaussian
+        elif is_nested(action_space):
+            if config.get("free_log_std"):
+                raise ValueError(f"model.free_log_std needs a Box action space, not {action_space}: with a Tuple or"
+                                 " Dict space the model's outputs are the leaves' inputs side by side")
+            check_action_space(None, action_space, NESTED_SPACES)
+            cls = dists.MultiActionDistribution.for_space(action_space)
         else:
-            raise ValueError(
-                f"action space {action_space} is not supported (Discrete, MultiDiscrete and 1-D Box are)"
-            )
+            raise UnsupportedSpaceException(
+                action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Box, *NESTED_SPACES),
+                detail="a Box action space must be 1-D")
         return cls, cls.required_model_output_shape(action_space, config)
 
     @staticmethod

@@ -32,6 +32,8 @@ class FullyConnectedNetwork(TorchModel):
     """``fcnet_hiddens`` layers of ``fcnet_activation``; a separate value MLP unless ``vf_share_layers``;
     with ``free_log_std`` the second half of the outputs (a Gaussian's log-stds) is a free parameter."""
 
+    structured_obs = False  # reads the flat observation vector
+
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, num_outputs: int, model_config: dict, name: str):
         super().__init__(obs_space, action_space, num_outputs, model_config, name)
         hiddens = list(model_config.get("fcnet_hiddens", [256, 256]))

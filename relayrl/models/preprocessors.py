@@ -1,12 +1,13 @@
 """Preprocessors turn an environment's raw observation into the flat float array a model takes.
 
 ``get_preprocessor(space)`` picks one: Box -> as is (flattened by the model), Discrete / MultiDiscrete ->
-one-hot, Dict / Tuple -> their parts flattened and concatenated (Dict keys in sorted order).
+one-hot, Dict / Tuple -> their parts flattened and concatenated (Dict keys in sorted order);
+``restore_original_dimensions(obs_flat, space)`` slices such flat batches back into the structure.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -80,6 +81,9 @@ class FlattenPreprocessor(Preprocessor):
             spaces = list(obs_space.spaces)
         self._parts = [get_preprocessor(s)(s, options) for s in spaces]
         super().__init__(obs_space, options)
+        # The policy and its model see this flat Box; models rebuild the structure from it
+        # (restore_original_dimensions), as RLlib's ``obs_space.original_space``.
+        self.observation_space.original_space = obs_space
 
     def _init_shape(self) -> tuple[int, ...]:
         return (sum(p.size for p in self._parts),)
@@ -89,6 +93,42 @@ class FlattenPreprocessor(Preprocessor):
         return np.concatenate(
             [np.asarray(p.transform(x), dtype=np.float32).ravel() for p, x in zip(self._parts, items)]
         )
+
+
+def obs_restorer(obs_space: gym.Space) -> Callable[[Any], Any] | None:
+    """``fn(obs_flat) -> structure`` for a Dict / Tuple observation space (or a flat Box carrying it as
+    ``original_space``), built once; None for other spaces. See ``restore_original_dimensions``."""
+    space = getattr(obs_space, "original_space", obs_space)
+    if not isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        return None
+    pos = 0
+
+    def build(s: gym.Space) -> Callable[[Any], Any]:
+        nonlocal pos
+        if isinstance(s, gym.spaces.Dict):
+            parts = [(k, build(s.spaces[k])) for k in sorted(s.spaces)]  # FlattenPreprocessor's order
+            return lambda x: {k: f(x) for k, f in parts}
+        if isinstance(s, gym.spaces.Tuple):
+            parts_t = [build(sub) for sub in s.spaces]
+            return lambda x: tuple(f(x) for f in parts_t)
+        start, size = pos, get_preprocessor(s)(s).size
+        pos += size
+        # Box leaves get their shape back; Discrete / MultiDiscrete leaves stay one-hot ([..., n] / [..., sum nvec]).
+        shape = tuple(s.shape) if isinstance(s, gym.spaces.Box) else (size,)
+        if len(shape) == 1:
+            return lambda x: x[..., start:start + size]
+        return lambda x: x[..., start:start + size].reshape(*x.shape[:-1], *shape)
+
+    return build(space)
+
+
+def restore_original_dimensions(obs_flat: Any, obs_space: gym.Space) -> Any:
+    """Slices a batch of flat observations (torch tensor or numpy array, ``[..., size]``) back into the structure
+    of the Dict / Tuple space that FlattenPreprocessor flattened (``obs_space`` is that space or the flat Box
+    carrying it as ``original_space``): dicts (keys sorted) and tuples of per-leaf batches, Box leaves reshaped
+    to ``[..., *shape]``, Discrete / MultiDiscrete leaves as their one-hot. Other spaces: ``obs_flat`` as is."""
+    restore = obs_restorer(obs_space)
+    return obs_flat if restore is None else restore(obs_flat)
 
 
 def register_custom_preprocessor(name: str, cls: type[Preprocessor]) -> None:

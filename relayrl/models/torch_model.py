@@ -7,6 +7,13 @@ Usage by a policy::
 
 A custom model subclasses ``TorchModel``, is registered with ``ModelCatalog.register_custom_model(name, cls)``
 and is selected with ``config["model"]["custom_model"] = name``.
+
+Policies always pass the preprocessed, flat observations as ``input_dict["obs"]``; calling the model adds
+``input_dict["obs_flat"]`` (those flat observations) and, when the environment's observation space is a Dict or
+Tuple, replaces ``input_dict["obs"]`` by that structure (``restore_original_dimensions``: per-leaf batches, Box
+leaves in their shape, Discrete leaves one-hot), so a custom model reads ``input_dict["obs"]["sensors"]``. Its
+``obs_space`` is then the flat Box, with the Dict / Tuple space as ``obs_space.original_space``.
+Models that want the flat vector only (the built-in ones) set ``structured_obs = False``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,10 @@ from torch import nn
 
 
 class TorchModel(nn.Module):
+    #: Whether ``forward`` gets Dict / Tuple observations in their structure as ``input_dict["obs"]`` (else flat;
+    #: ``input_dict["obs_flat"]`` is there either way).
+    structured_obs = True
+
     def __init__(
         self,
         obs_space: gym.Space,
@@ -35,6 +46,28 @@ class TorchModel(nn.Module):
 
     def forward(self, input_dict: dict, state: list, seq_lens: torch.Tensor | None) -> tuple[torch.Tensor, list]:
         raise NotImplementedError
+
+    def __call__(self, input_dict: dict, *args, **kwargs):
+        # The one place where the losses' and the policy's ``model({"obs": flat}, ...)`` gain obs_flat and the
+        # structured obs, so that no loss function needs to know about nested spaces.
+        if "obs_flat" not in input_dict:
+            flat = input_dict["obs"]
+            input_dict = {**input_dict, "obs_flat": flat}
+            restore = self._obs_restore_fn()
+            if restore is not None and isinstance(flat, torch.Tensor):
+                input_dict["obs"] = restore(flat)
+        return super().__call__(input_dict, *args, **kwargs)
+
+    def _obs_restore_fn(self):
+        """The structure-restoring function of this model's observation space, built on first use (None for a
+        flat space, or when ``structured_obs`` is False)."""
+        cache = self.__dict__
+        if "_obs_restore" not in cache:
+            from relayrl.models.preprocessors import obs_restorer
+
+            space = getattr(self, "obs_space", None)
+            cache["_obs_restore"] = obs_restorer(space) if self.structured_obs and space is not None else None
+        return cache["_obs_restore"]
 
     def value_function(self) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no value function")

@@ -5,6 +5,13 @@ Atari frames the default ``[[16, 8, 4], [32, 4, 2], [256, 11, 1]]`` (Mnih et al.
 an 11x11 layer that sees the whole 11x11 map) ends in a 1x1x256 feature vector. ``features(obs)`` gives that
 vector (the torso DQN puts its heads on); ``forward`` adds a 1x1 conv to ``num_outputs`` and ``value_function``
 a linear value head on the same features.
+
+Images of any other size (raw 210x160x3 Atari frames, 100x80x1, ...) get the same design without
+``conv_filters``: the same two "same" layers, then, when their map is larger than 11x11, an s x s average pool
+(stride s, s = ceil(max(h, w) / 11), partial windows at the edges kept) that brings it to at most 11x11, and a
+last 256-channel layer whose kernel covers the whole remaining map (h' x w'), so the features are again
+1x1x256 and the number of weights stays that of the 84x84 network or less, whatever the image size. 84x84 and
+42x42 frames keep exactly their networks (no pool layer). Set ``conv_filters`` to choose the layers yourself.
 """
 
 from __future__ import annotations
@@ -17,14 +24,16 @@ from torch import nn
 
 from relayrl.models.torch_model import TorchModel, get_activation, normc_init
 
+# The last layer of the default stacks sees at most an 11x11 map (the whole map of an 84x84 frame).
+_MAX_LAST_MAP = 11
+
 
 def default_conv_filters(shape: tuple[int, ...]) -> list[list[int]]:
-    """The filters for an [H, W, C] observation when ``conv_filters`` is not set (84x84 and 42x42 known)."""
-    if tuple(shape[:2]) == (84, 84):
-        return [[16, 8, 4], [32, 4, 2], [256, 11, 1]]
+    """The filters for an [H, W, C] observation when ``conv_filters`` is not set: the 42x42 stack for 42x42
+    frames, else the 84x84 Atari stack, whose last layer VisionNetwork fits to the map other sizes leave."""
     if tuple(shape[:2]) == (42, 42):
         return [[16, 4, 2], [32, 4, 2], [256, 11, 1]]
-    raise ValueError(f"no default conv_filters for observations of shape {shape}; set model.conv_filters")
+    return [[16, 8, 4], [32, 4, 2], [256, _MAX_LAST_MAP, 1]]
 
 
 class _SameConv(nn.Module):
@@ -45,20 +54,39 @@ class _SameConv(nn.Module):
 
 
 class VisionNetwork(TorchModel):
+    structured_obs = False  # reads the image batch as it is
+
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, num_outputs: int, model_config: dict, name: str):
         super().__init__(obs_space, action_space, num_outputs, model_config, name)
-        filters = model_config.get("conv_filters") or default_conv_filters(obs_space.shape)
+        user_filters = model_config.get("conv_filters")
+        filters = user_filters or default_conv_filters(obs_space.shape)
         activation = get_activation(model_config.get("conv_activation", "relu"))
         in_ch = int(obs_space.shape[-1])
         layers: list[nn.Module] = []
         for out_ch, kernel, stride in filters[:-1]:
             layers += [_SameConv(in_ch, out_ch, kernel, stride), activation()]
             in_ch = out_ch
+        dummy = torch.zeros(1, int(obs_space.shape[-1]), *obs_space.shape[:2])
+        with torch.no_grad():
+            h, w = nn.Sequential(*layers)(dummy).shape[-2:]  # the map the last layer sees (no RNG used)
         out_ch, kernel, stride = filters[-1]
+        if not user_filters and (h, w) != (kernel, kernel):
+            # An image of another size than the stack's: pool a larger map to at most 11x11, then a kernel that
+            # covers the whole map (see the module docstring).
+            if max(h, w) > _MAX_LAST_MAP:
+                pool = -(-max(h, w) // _MAX_LAST_MAP)
+                window = (min(pool, int(h)), min(pool, int(w)))
+                layers.append(nn.AvgPool2d(window, window, ceil_mode=True))
+                with torch.no_grad():
+                    h, w = nn.Sequential(*layers)(dummy).shape[-2:]
+            kernel = (int(h), int(w))
+        elif min(h, w) < kernel:
+            raise ValueError(f"model.conv_filters {filters} leave a {h}x{w} map before the last layer, smaller than"
+                             f" its kernel {kernel}, for observations of shape {tuple(obs_space.shape)}; change the"
+                             " filters or leave conv_filters unset (a default for any image size)")
         layers += [nn.Conv2d(in_ch, out_ch, kernel, stride), activation()]
         self.convs = nn.Sequential(*layers)
         with torch.no_grad():
-            dummy = torch.zeros(1, int(obs_space.shape[-1]), *obs_space.shape[:2])
             self.num_features = int(np.prod(self.convs(dummy).shape[1:]))
         self.logits = nn.Linear(self.num_features, num_outputs) if num_outputs else None
         if self.logits is not None:

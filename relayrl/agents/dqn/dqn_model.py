@@ -89,6 +89,8 @@ def action_mask_slice(original_space: gym.Space | None) -> tuple[int, int] | Non
 
 
 class DQNModel(TorchModel):
+    structured_obs = False  # reads the flat observation vector
+
     def __init__(
         self,
         obs_space: gym.Space,

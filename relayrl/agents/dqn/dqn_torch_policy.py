@@ -26,6 +26,7 @@ from relayrl.agents.dqn.dqn_model import DQNModel
 from relayrl.evaluation.n_step import adjust_nstep
 from relayrl.models.action_dist import Categorical
 from relayrl.models.catalog import MODEL_DEFAULTS
+from relayrl.models.spaces import check_action_space
 from relayrl.policy.sample_batch import SampleBatch
 from relayrl.policy.torch_policy_template import build_torch_policy
 from relayrl.utils.exploration import epsilon_schedule
@@ -280,8 +281,7 @@ def _after_init(policy, obs_space, action_space, config: dict) -> None:
 def _before_init(policy, obs_space, action_space, config: dict) -> None:
     import gymnasium as gym
 
-    if not isinstance(action_space, gym.spaces.Discrete):
-        raise ValueError(f"DQN needs a Discrete action space, got {action_space}")
+    check_action_space("DQN", action_space, [gym.spaces.Discrete])
 
 
 def _default_config() -> dict:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from relayrl.models.spaces import check_action_space
+
 _ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0), "linear": lambda x: x}
 
 
@@ -23,12 +25,9 @@ class FlatPolicy:
 
     def __init__(self, obs_size: int, action_space: gym.Space, hiddens: list[int], activation: str,
                  use_bias: bool, seed: int | None = None):
-        if isinstance(action_space, gym.spaces.Discrete):
-            out_size = int(action_space.n)
-        elif isinstance(action_space, gym.spaces.Box):
-            out_size = int(np.prod(action_space.shape))
-        else:
-            raise ValueError(f"ES/ARS policies support Discrete and Box action spaces, got {action_space}")
+        check_action_space("ES/ARS", action_space, [gym.spaces.Discrete, gym.spaces.Box])
+        discrete = isinstance(action_space, gym.spaces.Discrete)
+        out_size = int(action_space.n) if discrete else int(np.prod(action_space.shape))
         if activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}")
         self.action_space = action_space
