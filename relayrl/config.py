@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.util
+import logging
 from typing import Any, Callable
 
-from relayrl.models.catalog import MODEL_DEFAULTS
+from relayrl.models.catalog import MODEL_DEFAULTS, validate_model_config
+from relayrl.utils.filters import FILTERS
+
+logger = logging.getLogger(__name__)
 
 CALLBACK_NAMES = (
     "on_episode_start", "on_episode_step", "on_episode_end", "on_sample_end", "on_postprocess_traj",
@@ -20,7 +25,10 @@ CALLBACK_NAMES = (
 
 COMMON_CONFIG: dict[str, Any] = {
     # === Debugging ===
-    # Record videos of episodes (gymnasium's RecordVideo) in the trial directory.
+    # Record episode videos of sub-env 0 of every worker (gymnasium's RecordVideo, its default schedule: episodes
+    # 0, 1, 8, 27, ..., 1000, 2000, ...) into the trial directory (Trainer.logdir) as worker<i>-episode-<n>.mp4
+    # (evaluation episodes under evaluation/). Needs moviepy (pip install -e '.[video]') and an env that renders
+    # rgb_array frames: Gymnasium ids are made with render_mode="rgb_array"; see EnvContext.render_mode.
     "monitor": False,
     # Logging level of relayrl's loggers: DEBUG, INFO, WARN or ERROR.
     "log_level": "WARN",
@@ -41,7 +49,8 @@ COMMON_CONFIG: dict[str, Any] = {
     "optimizer": {},
     # Use the stochastic policy when acting (False: greedy / noise-free actions).
     "explore": True,
-    # Legacy switch of the seed configs; relayrl always uses PyTorch.
+    # Legacy switch of the seed configs, accepted for compatibility: relayrl's policies are always PyTorch (an
+    # explicit False is ignored with a warning).
     "use_pytorch": True,
     # === Environment ===
     # Cut episodes after this many steps (a truncation: values are bootstrapped). None: the env's own limit.
@@ -54,6 +63,12 @@ COMMON_CONFIG: dict[str, Any] = {
     "clip_rewards": None,
     # Clip Box actions to the action space's bounds before stepping the env.
     "clip_actions": True,
+    # Check each sub-env's step()/reset() results and observations (against the space) on its first N steps and at
+    # every reset, then step at full speed (True: every step; False/0: never); raises relayrl.env.EnvCheckError.
+    "check_env": 1000,
+    # Raise instead of learning from NaN/inf: rewards and observations (each fragment, in numpy), and each
+    # policy update's losses and gradients (before the optimizer step, so the weights stay as they were).
+    "check_nan": True,
     # Discount factor of the MDP.
     "gamma": 0.99,
     # Learning rate.
@@ -78,7 +93,8 @@ COMMON_CONFIG: dict[str, Any] = {
     "custom_resources_per_worker": {},
     # CPUs reserved for the driver (the learner) when run under Tune.
     "num_cpus_for_driver": 1,
-    # Sub-environments per worker, stepped together with one batched policy call per step.
+    # Sub-environments per worker, stepped together with one batched policy call per step (must stay 1 when the env
+    # creator returns a Gymnasium vector env: its num_envs are the worker's sub-envs, relayrl/env/gym_vector_env.py).
     "num_envs_per_worker": 1,
     # Steps per sub-environment in one sample() fragment.
     "sample_batch_size": 200,
@@ -88,7 +104,8 @@ COMMON_CONFIG: dict[str, Any] = {
     "batch_mode": "truncate_episodes",
     # Sample in a background thread of the worker (A3C).
     "sample_async": False,
-    # Observation filter: "NoFilter" or "MeanStdFilter".
+    # Observation filter: "NoFilter" or "MeanStdFilter" (running mean and std; "ConcurrentMeanStdFilter", a seed
+    # name, is accepted as MeanStdFilter).
     "observation_filter": "NoFilter",
     # Merge the workers' filter statistics after every iteration.
     "synchronize_filters": True,
@@ -127,13 +144,14 @@ _NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
     "env": (str, type, Callable),
     "policy_mapping_fn": (Callable,),
     "policies_to_train": (list, tuple),
-    "custom_model": (str,),
-    "custom_preprocessor": (str,),
-    "custom_action_dist": (str,),
+    "custom_model": (str, type),
+    "custom_preprocessor": (str, type),
+    "custom_action_dist": (str, type),
     "conv_filters": (list, tuple),
     "num_gpus": (int, float),
     "num_gpus_per_worker": (int, float),
     "num_cpus_per_worker": (int, float),
+    "check_env": (bool, int),
 }
 # Dict-valued keys whose contents are free-form (checked elsewhere or user-defined).
 _FREE_DICTS = {"env_config", "optimizer", "custom_options", "custom_resources_per_worker", "policies"}
@@ -144,18 +162,45 @@ LEGACY_KEYS = {
     "sgd_stepsize": "lr",
     "sgd_batchsize": "sgd_minibatch_size",
     "timesteps_per_batch": "train_batch_size",
+    # Seed 002: `gpu: true` asks for one GPU, `gpu_fraction: f` for a fraction of one (both: the fraction when gpu
+    # is true, none when it is false).
+    "gpu": "num_gpus",
+    "gpu_fraction": "num_gpus",
 }
 
 
 def translate_legacy_keys(config: dict, defaults: dict) -> dict:
-    """Renames seed-era keys (``sgd_stepsize`` -> ``lr``, ...) that the defaults know by their new name."""
+    """Renames seed-era keys (``sgd_stepsize`` -> ``lr``, ``gpu`` / ``gpu_fraction`` -> ``num_gpus``, ...) that
+    the defaults know by their new name."""
     out = dict(config)
+    if "gpu" in out and "gpu_fraction" in out and "gpu" not in defaults and "gpu_fraction" not in defaults:
+        gpu = out.pop("gpu")
+        out["gpu_fraction"] = out["gpu_fraction"] if gpu else 0
+    if isinstance(out.get("gpu"), bool) and "gpu" not in defaults:
+        out["gpu"] = int(out["gpu"])
     for old, new in LEGACY_KEYS.items():
         if old in out and old not in defaults and new in defaults:
             if new in out:
                 raise ValueError(f"config has both {old!r} and its new name {new!r}; keep {new!r}")
             out[new] = out.pop(old)
     return out
+
+
+def prepare_config(config: dict | None, defaults: dict, name: str = "trainer",
+                   check_values: Callable | None = None) -> dict:
+    """The one place a trainer's config is checked: translates seed-era keys, rejects unknown keys and wrong types
+    (ValueError naming the key), merges the config onto ``defaults``, then checks the values of the merged config
+    (the common keys here, the algorithm's keys with ``check_values(merged)``). Returns the merged config, which
+    everything downstream reads as ``config[key]``."""
+    user = translate_legacy_keys(dict(config or {}), defaults)
+    _check_keys_and_types(user, defaults, name, prefix="")
+    merged = merge_dicts(defaults, user)
+    _check_common_values(merged, name)
+    if check_values is not None:
+        check_values(merged)
+    if user.get("use_pytorch") is False:
+        logger.warning("%s config: 'use_pytorch': False is ignored: relayrl's policies are always PyTorch", name)
+    return merged
 
 
 def merge_dicts(base: dict, override: dict) -> dict:
@@ -175,14 +220,9 @@ def with_common_config(extra: dict) -> dict:
 
 
 def validate_config(config: dict, defaults: dict, name: str = "trainer", check_values: Callable | None = None) -> None:
-    """Raises ValueError for unknown keys, wrong types and impossible values, naming the key.
-
-    Seed-era key names are accepted: validate ``translate_legacy_keys(config, defaults)``."""
-    config = translate_legacy_keys(config, defaults)
-    _check_keys_and_types(config, defaults, name, prefix="")
-    _check_common_values(config, name)
-    if check_values is not None:
-        check_values(config)
+    """Raises ValueError for unknown keys, wrong types and impossible values, naming the key (``prepare_config``
+    without keeping the merged config; seed-era key names are accepted)."""
+    prepare_config(config, defaults, name, check_values)
 
 
 def _check_keys_and_types(config: dict, defaults: dict, name: str, prefix: str) -> None:
@@ -255,16 +295,21 @@ def _check_common_values(config: dict, name: str) -> None:
     need("num_gpus", (get("num_gpus") or 0) >= 0, ">= 0")
     need("num_cpus_per_worker", (get("num_cpus_per_worker") or 0) >= 0, ">= 0")
     need("num_gpus_per_worker", (get("num_gpus_per_worker") or 0) >= 0, ">= 0")
-    need("horizon", (get("horizon") or 1) >= 1, "None or >= 1")
+    need("horizon", get("horizon") is None or get("horizon") >= 1, "None or >= 1")  # 0 would cut every step
+    need("check_env", isinstance(get("check_env"), bool) or (get("check_env") or 0) >= 0,
+         "True, False or a number of steps >= 0")
     need("metrics_smoothing_episodes", get("metrics_smoothing_episodes", 1) >= 1, ">= 1")
     need("evaluation_interval", (get("evaluation_interval") or 1) >= 1, "None or >= 1")
     need("evaluation_num_episodes", get("evaluation_num_episodes", 1) >= 1, ">= 1")
     need("batch_mode", get("batch_mode") in ("truncate_episodes", "complete_episodes"),
          "'truncate_episodes' or 'complete_episodes'")
-    need("observation_filter", get("observation_filter") in ("NoFilter", "MeanStdFilter"),
-         "'NoFilter' or 'MeanStdFilter'")
+    need("observation_filter", get("observation_filter") in FILTERS, " or ".join(repr(f) for f in FILTERS))
     need("log_level", str(get("log_level", "WARN")).upper() in ("DEBUG", "INFO", "WARN", "WARNING", "ERROR"),
          "DEBUG, INFO, WARN or ERROR")
+    if isinstance(get("model"), dict):
+        validate_model_config(get("model"), f"{name} config")
+    if get("monitor") and importlib.util.find_spec("moviepy") is None:
+        raise ValueError(f"{name} config: monitor: True needs moviepy: pip install -e '.[video]'")
     callbacks = get("callbacks") or {}
     for cb_name, fn in callbacks.items():
         if fn is not None and not callable(fn):

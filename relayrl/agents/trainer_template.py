@@ -8,6 +8,8 @@ met (filters synchronised after each step), then the episode metrics and learner
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import sys
 import time
 from typing import Any, Callable
@@ -17,9 +19,47 @@ from relayrl.evaluation.worker_set import WorkerSet
 from relayrl.optimizers.rollout import synchronize_filters
 from relayrl.optimizers.sync_samples import SyncSamplesOptimizer
 
+# A policy optimizer spec: ``spec(config) -> (optimizer class, keyword arguments the trainer sets from its config)``.
+# The optimizer is built as ``cls(workers, **kwargs, **config["optimizer"])``, and config["optimizer"] may hold
+# any other keyword of ``cls`` (checked when the trainer is built, see check_optimizer_options).
+PolicyOptimizerSpec = Callable[[dict], tuple[type, dict]]
+
+
+def default_policy_optimizer(config: dict) -> tuple[type, dict]:
+    return SyncSamplesOptimizer, {"train_batch_size": config["train_batch_size"]}
+
 
 def default_make_policy_optimizer(workers: WorkerSet, config: dict):
-    return SyncSamplesOptimizer(workers, train_batch_size=config["train_batch_size"], **config["optimizer"])
+    return make_from_spec(default_policy_optimizer, workers, config)
+
+
+def make_from_spec(spec: PolicyOptimizerSpec, workers: WorkerSet, config: dict):
+    cls, kwargs = spec(config)
+    return cls(workers, **kwargs, **config["optimizer"])
+
+
+def optimizer_options(optimizer_cls: type) -> list[str]:
+    """The keyword options of an optimizer's constructor (read from its signature; ``**kwargs`` takes none)."""
+    params = inspect.signature(optimizer_cls.__init__).parameters.values()
+    return [p.name for p in params if p.name not in ("self", "workers", "remote_workers")
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_optimizer_options(name: str, config: dict, spec: PolicyOptimizerSpec) -> None:
+    """Raises ValueError naming the algorithm and the key for an ``optimizer`` sub-key that the algorithm's policy
+    optimizer does not take (with the closest option it does take), or one the trainer sets itself."""
+    cls, set_by_trainer = spec(config)
+    accepted = [k for k in optimizer_options(cls) if k not in set_by_trainer]
+    for key in config["optimizer"]:
+        if key in set_by_trainer:
+            top = f"; set the top-level {key!r} instead" if key in config else ""
+            raise ValueError(f"{name} config: 'optimizer.{key}' cannot be set: {name} passes {key} to {cls.__name__}"
+                             f" itself{top}")
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+            hint = f" (did you mean 'optimizer.{close[0]}'?)" if close else ""
+            takes = f"takes {', '.join(accepted)}" if accepted else "takes no options here"
+            raise ValueError(f"{name} config: unknown key 'optimizer.{key}'{hint}; {name}'s {cls.__name__} {takes}")
 
 
 def build_trainer(
@@ -27,6 +67,7 @@ def build_trainer(
     default_policy: Any,
     default_config: dict,
     make_policy_optimizer: Callable[[WorkerSet, dict], Any] | None = None,
+    policy_optimizer: PolicyOptimizerSpec | None = None,
     validate_config: Callable[[dict], None] | None = None,
     get_policy_class: Callable[[dict], Any] | None = None,
     before_init: Callable | None = None,
@@ -38,8 +79,11 @@ def build_trainer(
 ) -> type[Trainer]:
     """Returns a Trainer subclass.
 
-    - ``make_policy_optimizer(workers, config)`` (default: SyncSamplesOptimizer);
-    - ``validate_config(config)`` raises ValueError for impossible values of the algorithm's keys;
+    - ``policy_optimizer(config) -> (optimizer class, kwargs the trainer sets)``, built with ``config["optimizer"]``
+      as further keywords, which are checked against the class's signature (default: SyncSamplesOptimizer with
+      ``train_batch_size``); or ``make_policy_optimizer(workers, config)`` for full control (unchecked options);
+    - ``validate_config(config)`` raises ValueError for impossible values of the algorithm's keys (it gets the
+      merged config: read ``config[key]``);
     - ``get_policy_class(config)`` picks the policy from the config (default: ``default_policy``);
     - ``before_init(trainer)``, ``after_init(trainer)``;
     - ``before_train_step(trainer)``, ``after_optimizer_step(trainer, fetches)``,
@@ -52,7 +96,10 @@ def build_trainer(
         self._policy = get_policy_class(config) if get_policy_class is not None else default_policy
         policies = _multiagent_policies(config, self._policy)
         self.workers = WorkerSet(env_creator, policies or self._policy, config, num_workers=config["num_workers"])
-        self.optimizer = (make_policy_optimizer or default_make_policy_optimizer)(self.workers, config)
+        if make_policy_optimizer is not None:
+            self.optimizer = make_policy_optimizer(self.workers, config)
+        else:
+            self.optimizer = make_from_spec(spec, self.workers, config)
         if after_init is not None:
             after_init(self)
 
@@ -87,6 +134,14 @@ def build_trainer(
             after_train_result(self, result)
         return result
 
+    spec = policy_optimizer or default_policy_optimizer
+
+    def _validate_config(config: dict) -> None:
+        if validate_config is not None:
+            validate_config(config)
+        if make_policy_optimizer is None:
+            check_optimizer_options(name, config, spec)
+
     attrs = {
         "__module__": sys._getframe(1).f_globals.get("__name__", __name__),
         "_name": name,
@@ -94,7 +149,7 @@ def build_trainer(
         "_policy": default_policy,
         "_init": _init,
         "_train": _train,
-        "_validate_config": staticmethod(validate_config or (lambda config: None)),
+        "_validate_config": staticmethod(_validate_config),
         "__doc__": f"The {name} trainer (built by build_trainer).",
     }
     return type(name + "Trainer", (*(mixins or []), Trainer), attrs)

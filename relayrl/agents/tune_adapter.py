@@ -45,7 +45,10 @@ class _TrainerTrainable(tune.Trainable):
     def default_resource_request(cls, config: dict):
         from ray.tune.execution.placement_groups import PlacementGroupFactory
 
+        from relayrl.config import translate_legacy_keys
+
         defaults = cls._trainer_cls._default_config
+        config = translate_legacy_keys(config, defaults)  # gpu / gpu_fraction ask for GPUs too
         get = lambda k: config.get(k, defaults.get(k))  # noqa: E731
         driver = {"CPU": get("num_cpus_for_driver"), "GPU": get("num_gpus") or 0}
         worker = {"CPU": get("num_cpus_per_worker"), "GPU": get("num_gpus_per_worker") or 0}
@@ -54,7 +57,22 @@ class _TrainerTrainable(tune.Trainable):
     def setup(self, config: dict) -> None:
         config = dict(config)
         env = config.pop("env", None)
-        self.trainer = self._trainer_cls(config=config, env=env, logger_creator=self.logdir)
+        self.trainer = self._trainer_cls(config=config, env=env, logger_creator=self._trial_dir())
+
+    def _trial_dir(self) -> str:
+        """The trial's directory under the experiment's storage path (params.json, result.json, ...), where the
+        trainer's own files (monitor videos) belong. Tune's ``self.logdir`` is a working directory under
+        /tmp/ray/session_*/artifacts, copied to the trial directory only with SyncConfig(sync_artifacts=True); it
+        is kept for storage that is not a local filesystem."""
+        storage = getattr(self, "_storage", None)
+        try:
+            import pyarrow.fs
+
+            if storage is not None and isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+                return storage.trial_fs_path
+        except (ImportError, AttributeError):
+            pass
+        return self.logdir
 
     def step(self) -> dict:
         result = self.trainer.train()

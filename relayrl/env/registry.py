@@ -17,19 +17,60 @@ _ENV_CREATORS: dict[str, Callable] = {}
 
 
 class EnvContext(dict):
-    """The ``env_config`` dict handed to an env creator, with the worker's and sub-env's indices."""
+    """The ``env_config`` dict handed to an env creator, with attributes:
 
-    def __init__(self, env_config: dict | None, worker_index: int = 0, vector_index: int = 0):
+    - ``worker_index`` (0: the local worker) and ``vector_index`` (which sub-env of the worker);
+    - ``model``: the trainer's model config; its ``framestack``, ``dim``, ``grayscale`` and ``zero_mean`` shape the
+      Atari preprocessing of ALE ids (``relayrl.env.atari_wrappers.wrap_deepmind``); None: MODEL_DEFAULTS;
+    - ``video_dir``: where the videos of ``monitor: True`` go (None: no videos);
+    - ``render_mode``: "rgb_array" for the sub-env that records videos (sub-env 0 of each worker when
+      ``video_dir`` is set), else None. Gymnasium ids are made with it; a ``register_env`` creator should pass it
+      to its env (``gym.make(id, render_mode=ctx.render_mode)``) for ``monitor: True`` to work.
+    """
+
+    def __init__(self, env_config: dict | None, worker_index: int = 0, vector_index: int = 0, *,
+                 model: dict | None = None, video_dir: str | None = None):
         super().__init__(env_config or {})
         self.worker_index = worker_index
         self.vector_index = vector_index
+        self.model = model
+        self.video_dir = video_dir
+
+    @classmethod
+    def from_config(cls, config: dict, worker_index: int = 0) -> "EnvContext":
+        """The context of a worker's first sub-env from a trainer config: ``env_config``, ``model`` and, with
+        ``monitor``, the video directory a Trainer puts under the private key ``_video_dir`` (its logdir)."""
+        video_dir = None
+        if config.get("monitor"):
+            video_dir = config.get("_video_dir")
+            if video_dir is None:
+                raise ValueError("monitor: True writes videos into a Trainer's logdir; a worker built without a"
+                                 " Trainer needs the directory as config['_video_dir']")
+        return cls(config.get("env_config"), worker_index, model=config.get("model"), video_dir=video_dir)
+
+    @property
+    def render_mode(self) -> str | None:
+        return "rgb_array" if self.video_dir is not None and self.vector_index == 0 else None
 
     def copy_with_overrides(self, worker_index: int | None = None, vector_index: int | None = None) -> "EnvContext":
         return EnvContext(
             dict(self),
             self.worker_index if worker_index is None else worker_index,
             self.vector_index if vector_index is None else vector_index,
+            model=self.model,
+            video_dir=self.video_dir,
         )
+
+
+def make_env(env_creator: Callable[[EnvContext], Any], ctx: EnvContext, env_name: str | None = None) -> Any:
+    """``env_creator(ctx)``, wrapped in Gymnasium's RecordVideo when ``ctx`` asks for videos (``monitor: True``:
+    sub-env 0 of each worker, files ``worker<worker_index>-episode-<n>.mp4`` in ``ctx.video_dir``)."""
+    env = env_creator(ctx)
+    if ctx.video_dir is not None and ctx.vector_index == 0:
+        from relayrl.env.video import record_video
+
+        env = record_video(env, ctx.video_dir, f"worker{ctx.worker_index}", env_name)
+    return env
 
 
 def register_env(name: str, env_creator: Callable[[EnvContext], Any]) -> None:
@@ -93,19 +134,24 @@ def get_env_creator(env: Any) -> Callable[[EnvContext], Any]:
 
 
 class _GymMaker:
-    """Picklable creator for a Gymnasium id; ``env_config`` entries become ``gym.make`` keyword arguments.
-    Atari (ALE) ids get the DeepMind preprocessing of ``relayrl.env.atari_wrappers``."""
+    """Picklable creator for a Gymnasium id; ``env_config`` entries become ``gym.make`` keyword arguments, and
+    ``ctx.render_mode`` (videos) the env's render_mode unless env_config sets one. Atari (ALE) ids get the
+    DeepMind preprocessing of ``relayrl.env.atari_wrappers`` with the Atari keys of ``ctx.model``."""
 
     def __init__(self, env_id: str):
         self.env_id = env_id
 
     def __call__(self, ctx: EnvContext | None = None) -> gym.Env:
-        env = gym.make(self.env_id, **dict(ctx or {}))
+        kwargs = dict(ctx or {})
+        render_mode = getattr(ctx, "render_mode", None)
+        if render_mode is not None:
+            kwargs.setdefault("render_mode", render_mode)
+        env = gym.make(self.env_id, **kwargs)
         if len(env.observation_space.shape or ()) == 3:
-            from relayrl.env.atari_wrappers import is_atari, wrap_deepmind
+            from relayrl.env.atari_wrappers import atari_options, is_atari, wrap_deepmind
 
             if is_atari(env):
-                env = wrap_deepmind(env)
+                env = wrap_deepmind(env, **atari_options(getattr(ctx, "model", None)))
         return env
 
     def __repr__(self) -> str:

@@ -19,24 +19,19 @@ A2C_DEFAULT_CONFIG = merge_dicts(A3C_CONFIG, {
     # Sample in the worker's own thread: all workers sample with the same weights.
     "sample_async": False,
 })
-# No optimizer options: A3C's grads_per_step does not apply (merge_dicts would keep the nested key).
+# Options of SyncSamplesOptimizer (none by default): A3C's grads_per_step does not apply (merge_dicts would keep
+# the nested key).
 A2C_DEFAULT_CONFIG["optimizer"] = {}
 
 
-def make_sync_optimizer(workers, config: dict) -> SyncSamplesOptimizer:
-    return SyncSamplesOptimizer(workers, train_batch_size=config["train_batch_size"])
-
-
-def validate_a2c_config(config: dict) -> None:
-    validate_config(config)
-    if (config.get("optimizer") or {}):
-        raise ValueError(f"A2C config: 'optimizer' takes no options, got {sorted(config['optimizer'])}")
+def policy_optimizer(config: dict) -> tuple[type, dict]:
+    return SyncSamplesOptimizer, {"train_batch_size": config["train_batch_size"]}
 
 
 A2CTrainer = build_trainer(
     name="A2C",
     default_config=A2C_DEFAULT_CONFIG,
     default_policy=A3CTorchPolicy,
-    make_policy_optimizer=make_sync_optimizer,
-    validate_config=validate_a2c_config,
+    policy_optimizer=policy_optimizer,
+    validate_config=validate_config,
 )

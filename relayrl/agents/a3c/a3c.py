@@ -43,26 +43,23 @@ DEFAULT_CONFIG = with_common_config({
 
 
 def validate_config(config: dict) -> None:
-    get = lambda k: config.get(k, DEFAULT_CONFIG[k])  # noqa: E731
+    get = config.__getitem__
     if not 0.0 <= get("lambda") <= 1.0:
         raise ValueError(f"A3C config: 'lambda' must be in [0, 1], got {get('lambda')!r}")
     if get("vf_loss_coeff") < 0:
         raise ValueError(f"A3C config: 'vf_loss_coeff' must be >= 0, got {get('vf_loss_coeff')!r}")
     if get("grad_clip") is not None and get("grad_clip") <= 0:
         raise ValueError(f"A3C config: 'grad_clip' must be > 0 or None, got {get('grad_clip')!r}")
-    extra = set((config.get("optimizer") or {})) - {"grads_per_step"}
-    if extra:
-        raise ValueError(f"A3C config: unknown optimizer option(s) {sorted(extra)}; known: ['grads_per_step']")
 
 
-def make_async_optimizer(workers, config: dict) -> AsyncGradientsOptimizer:
-    return AsyncGradientsOptimizer(workers, **config["optimizer"])
+def policy_optimizer(config: dict) -> tuple[type, dict]:
+    return AsyncGradientsOptimizer, {}
 
 
 A3CTrainer = build_trainer(
     name="A3C",
     default_config=DEFAULT_CONFIG,
     default_policy=A3CTorchPolicy,
-    make_policy_optimizer=make_async_optimizer,
+    policy_optimizer=policy_optimizer,
     validate_config=validate_config,
 )

@@ -47,11 +47,11 @@ DEFAULT_CONFIG = with_common_config({
 
 
 def validate_config(config: dict) -> None:
-    get = lambda k: config.get(k, DEFAULT_CONFIG[k])  # noqa: E731
+    get = config.__getitem__
     if get("rollouts_used") > get("num_rollouts"):
         raise ValueError(
             f"ARS config: 'rollouts_used' ({get('rollouts_used')}) must be <= 'num_rollouts' ({get('num_rollouts')})")
-    validate_perturbation_config("ARS", get)
+    validate_perturbation_config("ARS", config)
     for key in ("num_rollouts", "rollouts_used"):
         if get(key) < 1:
             raise ValueError(f"ARS config: {key!r} must be >= 1, got {get(key)!r}")

@@ -3,8 +3,9 @@ AsyncReplayOptimizer (distributed prioritized replay), each actor with its own n
 
 from __future__ import annotations
 
+from relayrl.agents.async_iteration import async_train
 from relayrl.agents.ddpg.ddpg import DEFAULT_CONFIG as DDPG_CONFIG
-from relayrl.agents.ddpg.ddpg import make_optimizer, validate_config
+from relayrl.agents.ddpg.ddpg import policy_optimizer, validate_config
 from relayrl.agents.ddpg.ddpg_torch_policy import DDPGTorchPolicy
 from relayrl.agents.trainer import merge_dicts
 from relayrl.agents.trainer_template import build_trainer
@@ -52,15 +53,25 @@ APEX_DDPG_DEFAULT_CONFIG = merge_dicts(
 
 
 def validate_apex_ddpg_config(config: dict) -> None:
-    validate_config(config, name="APEX_DDPG", defaults=APEX_DDPG_DEFAULT_CONFIG)
-    if config.get("num_workers", APEX_DDPG_DEFAULT_CONFIG["num_workers"]) < 1:
+    validate_config(config, name="APEX_DDPG")
+    if config["num_workers"] < 1:
         raise ValueError("APEX_DDPG config: 'num_workers' must be >= 1 (Ape-X samples on remote actors)")
 
 
-ApexDDPGTrainer = build_trainer(
+_ApexDDPGBase = build_trainer(
     name="APEX_DDPG",
     default_policy=DDPGTorchPolicy,
     default_config=APEX_DDPG_DEFAULT_CONFIG,
-    make_policy_optimizer=make_optimizer,
+    policy_optimizer=policy_optimizer,
     validate_config=validate_apex_ddpg_config,
 )
+
+
+class ApexDDPGTrainer(_ApexDDPGBase):
+    """The Ape-X DDPG trainer. Its iteration is the asynchronous trainers' one (``async_iteration.py``): filters are
+    synchronised once per iteration, and ``timesteps_total`` follows the optimizer's ``num_steps_sampled``."""
+
+    _train = async_train
+
+
+ApexDDPGTrainer.__module__ = __name__

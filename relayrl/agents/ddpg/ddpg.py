@@ -120,9 +120,8 @@ DEFAULT_CONFIG = with_common_config({
 })
 
 
-def validate_config(config: dict, name: str = "DDPG", defaults: dict | None = None) -> None:
-    defaults = defaults or DEFAULT_CONFIG
-    get = lambda k: config.get(k, defaults[k])  # noqa: E731
+def validate_config(config: dict, name: str = "DDPG") -> None:
+    get = config.__getitem__
     for key in ("n_step", "policy_delay", "buffer_size", "train_batch_size", "sample_batch_size"):
         if get(key) < 1:
             raise ValueError(f"{name} config: {key!r} must be >= 1, got {get(key)!r}")
@@ -163,18 +162,18 @@ def replay_optimizer_kwargs(config: dict) -> dict:
     }
 
 
-def make_optimizer(workers, config: dict):
+def policy_optimizer(config: dict) -> tuple[type, dict]:
     if config["optimizer_class"] == "AsyncReplayOptimizer":
         from relayrl.optimizers.async_replay import AsyncReplayOptimizer
 
-        return AsyncReplayOptimizer(workers, **replay_optimizer_kwargs(config), **config["optimizer"])
-    return SyncReplayOptimizer(workers, **replay_optimizer_kwargs(config), **config["optimizer"])
+        return AsyncReplayOptimizer, replay_optimizer_kwargs(config)
+    return SyncReplayOptimizer, replay_optimizer_kwargs(config)
 
 
 DDPGTrainer = build_trainer(
     name="DDPG",
     default_policy=DDPGTorchPolicy,
     default_config=DEFAULT_CONFIG,
-    make_policy_optimizer=make_optimizer,
+    policy_optimizer=policy_optimizer,
     validate_config=validate_config,
 )

@@ -5,7 +5,7 @@ Gaussian exploration noise and the paper's hyperparameters (section 6.1)."""
 from __future__ import annotations
 
 from relayrl.agents.ddpg.ddpg import DEFAULT_CONFIG as DDPG_CONFIG
-from relayrl.agents.ddpg.ddpg import make_optimizer, validate_config
+from relayrl.agents.ddpg.ddpg import policy_optimizer, validate_config
 from relayrl.agents.ddpg.ddpg_torch_policy import DDPGTorchPolicy
 from relayrl.agents.trainer import merge_dicts
 from relayrl.agents.trainer_template import build_trainer
@@ -48,6 +48,6 @@ TD3Trainer = build_trainer(
     name="TD3",
     default_policy=DDPGTorchPolicy,
     default_config=TD3_DEFAULT_CONFIG,
-    make_policy_optimizer=make_optimizer,
-    validate_config=lambda config: validate_config(config, name="TD3", defaults=TD3_DEFAULT_CONFIG),
+    policy_optimizer=policy_optimizer,
+    validate_config=lambda config: validate_config(config, name="TD3"),
 )

@@ -6,8 +6,9 @@ per-worker epsilons that prioritize their own experience, sharded replay actors 
 
 from __future__ import annotations
 
+from relayrl.agents.async_iteration import async_train
 from relayrl.agents.dqn.dqn import DEFAULT_CONFIG as DQN_CONFIG
-from relayrl.agents.dqn.dqn import detect_action_mask, make_optimizer, validate_config
+from relayrl.agents.dqn.dqn import detect_action_mask, policy_optimizer, validate_config
 from relayrl.agents.dqn.dqn_torch_policy import DQNTorchPolicy
 from relayrl.agents.trainer import merge_dicts
 from relayrl.agents.trainer_template import build_trainer
@@ -56,15 +57,25 @@ APEX_DEFAULT_CONFIG = merge_dicts(
 
 def validate_apex_config(config: dict) -> None:
     validate_config(config, name="APEX")
-    if config.get("num_workers", APEX_DEFAULT_CONFIG["num_workers"]) < 1:
+    if config["num_workers"] < 1:
         raise ValueError("APEX config: 'num_workers' must be >= 1 (Ape-X samples on remote actors)")
 
 
-ApexTrainer = build_trainer(
+_ApexBase = build_trainer(
     name="APEX",
     default_policy=DQNTorchPolicy,
     default_config=APEX_DEFAULT_CONFIG,
-    make_policy_optimizer=make_optimizer,
+    policy_optimizer=policy_optimizer,
     validate_config=validate_apex_config,
     before_init=detect_action_mask,
 )
+
+
+class ApexTrainer(_ApexBase):
+    """The Ape-X DQN trainer. Its iteration is the asynchronous trainers' one (``async_iteration.py``): filters are
+    synchronised once per iteration, and ``timesteps_total`` follows the optimizer's ``num_steps_sampled``."""
+
+    _train = async_train
+
+
+ApexTrainer.__module__ = __name__

@@ -103,7 +103,7 @@ DEFAULT_CONFIG = with_common_config({
 
 
 def validate_config(config: dict, name: str = "DQN") -> None:
-    get = lambda k: config.get(k, DEFAULT_CONFIG[k])  # noqa: E731
+    get = config.__getitem__
     for key in ("n_step", "num_atoms", "buffer_size", "train_batch_size", "sample_batch_size"):
         if get(key) < 1:
             raise ValueError(f"{name} config: {key!r} must be >= 1, got {get(key)!r}")
@@ -131,12 +131,12 @@ def replay_optimizer_kwargs(config: dict) -> dict:
     return {**{k: config[k] for k in keys}, "seed": config["seed"]}
 
 
-def make_optimizer(workers, config: dict):
+def policy_optimizer(config: dict) -> tuple[type, dict]:
     if config["optimizer_class"] == "AsyncReplayOptimizer":
         from relayrl.optimizers.async_replay import AsyncReplayOptimizer
 
-        return AsyncReplayOptimizer(workers, **replay_optimizer_kwargs(config), **config["optimizer"])
-    return SyncReplayOptimizer(workers, **replay_optimizer_kwargs(config), **config["optimizer"])
+        return AsyncReplayOptimizer, replay_optimizer_kwargs(config)
+    return SyncReplayOptimizer, replay_optimizer_kwargs(config)
 
 
 def detect_action_mask(trainer) -> None:
@@ -158,7 +158,7 @@ DQNTrainer = build_trainer(
     name="DQN",
     default_policy=DQNTorchPolicy,
     default_config=DEFAULT_CONFIG,
-    make_policy_optimizer=make_optimizer,
+    policy_optimizer=policy_optimizer,
     validate_config=validate_config,
     before_init=detect_action_mask,
 )

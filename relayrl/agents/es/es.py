@@ -44,11 +44,16 @@ DEFAULT_CONFIG = with_common_config({
 })
 
 
+# return_proc_mode -> fitness shaping of the [N, 2] returns of the antithetic pairs.
+RETURN_PROCS = {"centered_rank": es_utils.compute_centered_ranks}
+
+
 def validate_config(config: dict) -> None:
-    get = lambda k: config.get(k, DEFAULT_CONFIG[k])  # noqa: E731
-    if get("return_proc_mode") != "centered_rank":
-        raise ValueError(f"ES config: 'return_proc_mode' must be 'centered_rank', got {get('return_proc_mode')!r}")
-    validate_perturbation_config("ES", get)
+    get = config.__getitem__
+    if get("return_proc_mode") not in RETURN_PROCS:
+        raise ValueError(f"ES config: 'return_proc_mode' must be one of {sorted(RETURN_PROCS)}, got"
+                         f" {get('return_proc_mode')!r}")
+    validate_perturbation_config("ES", config)
     if get("stepsize") <= 0:
         raise ValueError(f"ES config: 'stepsize' must be > 0, got {get('stepsize')!r}")
     if get("episodes_per_batch") < 1:
@@ -78,7 +83,7 @@ class ESTrainer(PerturbationTrainer):
         return episodes >= self.config["episodes_per_batch"] and steps >= self.config["train_batch_size"]
 
     def _update(self, theta: np.ndarray, noise_indices: np.ndarray, noisy_returns: np.ndarray):
-        proc = es_utils.compute_centered_ranks(noisy_returns)
+        proc = RETURN_PROCS[self.config["return_proc_mode"]](noisy_returns)
         n = self.policy.num_params
         g, count = es_utils.batched_weighted_sum(
             proc[:, 0] - proc[:, 1], (self.noise.get(int(i), n) for i in noise_indices), batch_size=500)

@@ -7,13 +7,11 @@ the A3C loss on GAE advantages).
 
 from __future__ import annotations
 
-import time
-
+from relayrl.agents.async_iteration import async_train
 from relayrl.agents.impala.vtrace_torch_policy import ImpalaA3CTorchPolicy, VTraceTorchPolicy
 from relayrl.agents.trainer import with_common_config
 from relayrl.agents.trainer_template import build_trainer
 from relayrl.optimizers.async_samples import AsyncSamplesOptimizer
-from relayrl.optimizers.rollout import synchronize_filters
 
 DEFAULT_CONFIG = with_common_config({
     # V-trace params (see vtrace.py).
@@ -74,7 +72,7 @@ DEFAULT_CONFIG = with_common_config({
 
 
 def validate_config(config: dict) -> None:
-    get = lambda k: config.get(k, DEFAULT_CONFIG[k])  # noqa: E731
+    get = config.__getitem__
     if get("opt_type") not in ("adam", "rmsprop"):
         raise ValueError(f"IMPALA config: 'opt_type' must be 'adam' or 'rmsprop', got {get('opt_type')!r}")
     if get("batch_mode") != "truncate_episodes":
@@ -98,9 +96,8 @@ def get_policy_class(config: dict):
     return VTraceTorchPolicy if config["vtrace"] else ImpalaA3CTorchPolicy
 
 
-def make_async_optimizer(workers, config: dict) -> AsyncSamplesOptimizer:
-    return AsyncSamplesOptimizer(
-        workers,
+def policy_optimizer(config: dict) -> tuple[type, dict]:
+    return AsyncSamplesOptimizer, dict(
         train_batch_size=config["train_batch_size"],
         sample_batch_size=config["sample_batch_size"],
         num_envs_per_worker=config["num_envs_per_worker"],
@@ -111,7 +108,6 @@ def make_async_optimizer(workers, config: dict) -> AsyncSamplesOptimizer:
         replay_proportion=config["replay_proportion"],
         replay_buffer_num_slots=config["replay_buffer_num_slots"],
         seed=config["seed"],
-        **config["optimizer"],
     )
 
 
@@ -120,40 +116,16 @@ _ImpalaBase = build_trainer(
     default_config=DEFAULT_CONFIG,
     default_policy=VTraceTorchPolicy,
     get_policy_class=get_policy_class,
-    make_policy_optimizer=make_async_optimizer,
+    policy_optimizer=policy_optimizer,
     validate_config=validate_config,
 )
 
 
 class ImpalaTrainer(_ImpalaBase):
-    """The IMPALA trainer. Its iteration differs from build_trainer's in one way: filters are synchronised once
-    per iteration (and only with a real observation filter), not after every optimizer step -- a filter round
-    trip queues behind the workers' in-flight samples and would drain the asynchronous pipeline each step."""
+    """The IMPALA trainer. Its iteration is the asynchronous trainers' one (``async_iteration.py``): filters are
+    synchronised once per iteration, and ``timesteps_total`` follows the optimizer's ``num_steps_sampled``."""
 
-    def _train(self) -> dict:
-        start = time.time()
-        optimizer = self.optimizer
-        prev_steps = optimizer.num_steps_sampled
-        local = self.workers.local_worker()
-        while True:
-            optimizer.step()
-            local.set_global_vars({"timestep": optimizer.num_steps_sampled})
-            sampled = optimizer.num_steps_sampled - prev_steps
-            if (time.time() - start >= self.config["min_iter_time_s"]
-                    and sampled >= max(1, self.config["timesteps_per_iteration"])):
-                break
-        if self.config["synchronize_filters"] and self.config["observation_filter"] != "NoFilter":
-            synchronize_filters(self.workers)
-        result = self.collect_metrics()
-        result["timesteps_this_iter"] = optimizer.num_steps_sampled - prev_steps
-        stats = optimizer.stats()
-        result["info"] = {
-            "learner": stats.pop("learner", {}),
-            "num_steps_sampled": optimizer.num_steps_sampled,
-            "num_steps_trained": optimizer.num_steps_trained,
-            **stats,
-        }
-        return result
+    _train = async_train
 
     def save_to_path(self, path: str) -> str:
         # The learner thread steps the optimizer concurrently: hold its lock for a consistent snapshot.

@@ -57,7 +57,7 @@ DEFAULT_CONFIG = with_common_config({
 
 
 def validate_config(config: dict) -> None:
-    get = lambda k: config.get(k, DEFAULT_CONFIG[k])  # noqa: E731
+    get = config.__getitem__
     if get("sgd_minibatch_size") > get("train_batch_size"):
         raise ValueError(
             f"PPO config: 'sgd_minibatch_size' ({get('sgd_minibatch_size')}) must be <= 'train_batch_size'"
@@ -80,15 +80,15 @@ def validate_config(config: dict) -> None:
         )
 
 
-def make_optimizer(workers, config: dict):
+def policy_optimizer(config: dict) -> tuple[type, dict]:
     standardize = (Postprocessing.ADVANTAGES,)
     if config["simple_optimizer"]:
-        return SyncSamplesOptimizer(
-            workers, num_sgd_iter=config["num_sgd_iter"], train_batch_size=config["train_batch_size"],
+        return SyncSamplesOptimizer, dict(
+            num_sgd_iter=config["num_sgd_iter"], train_batch_size=config["train_batch_size"],
             sgd_minibatch_size=config["sgd_minibatch_size"], standardize_fields=standardize,
         )
-    return LocalMultiGPUOptimizer(
-        workers, sgd_batch_size=config["sgd_minibatch_size"], num_sgd_iter=config["num_sgd_iter"],
+    return LocalMultiGPUOptimizer, dict(
+        sgd_batch_size=config["sgd_minibatch_size"], num_sgd_iter=config["num_sgd_iter"],
         num_gpus=config["num_gpus"], train_batch_size=config["train_batch_size"],
         standardize_fields=standardize, seed=config["seed"],
     )
@@ -120,7 +120,7 @@ PPOTrainer = build_trainer(
     name="PPO",
     default_config=DEFAULT_CONFIG,
     default_policy=PPOTorchPolicy,
-    make_policy_optimizer=make_optimizer,
+    policy_optimizer=policy_optimizer,
     validate_config=validate_config,
     after_optimizer_step=update_kl,
     after_train_result=warn_about_bad_reward_scales,
