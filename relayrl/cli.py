@@ -8,17 +8,21 @@
 
 A user mistake (unknown algorithm, env or config key, bad JSON or YAML, missing checkpoint) ends the command
 with exit status 2 and one line ``relayrl: error: ...`` plus a hint; ``-v`` adds the traceback. Everything is
-checked before Ray starts. A failed trial ends ``train`` with exit status 1 and the trial's error.
+checked before Ray starts. A failed trial ends ``train`` with exit status 1 and the trial's error. SIGTERM and
+SIGINT stop Tune and Ray and end the command with ``relayrl: stopped by SIGTERM`` and exit status 143 (130).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
-from typing import Any
+from typing import Any, Iterator
 
 from relayrl.experiments import UserError
 
@@ -31,6 +35,78 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(message, f"see `{self.prog} --help`")
+
+
+def _int_at_least(minimum: int):
+    """An argparse type: an int >= minimum (``--episodes -3`` is a mistake, not zero episodes run silently)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGINT arrived: unwinds the command so that it stops Tune and Ray and exits 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_stopping = threading.Event()
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    if _stopping.is_set():  # a second signal while Ray shuts down: leave at once
+        os._exit(128 + signum)
+    _stopping.set()
+    raise Stopped(signum)
+
+
+def install_stop_handlers() -> None:
+    """SIGTERM and SIGINT raise Stopped in the main thread. Called again after ``ray.init``, which installs its
+    own SIGTERM handler (Ray's core worker then prints a C++ stack dump); Tune's SIGINT handler is turned off
+    (TUNE_DISABLE_SIGINT_HANDLER) so that a first Ctrl+C stops the run instead of only asking it to."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _on_stop_signal)
+
+
+@contextlib.contextmanager
+def _stop_handlers() -> Iterator[None]:
+    """The stop handlers while a command runs; the previous ones afterwards (``main`` is called in-process too)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    _stopping.clear()
+    install_stop_handlers()
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _shutdown_ray() -> None:
+    """Ends this driver's Ray session: a Ray it started goes away with its trials, on a cluster the trials'
+    actors die with their driver."""
+    if "ray" not in sys.modules:
+        return
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,13 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stop", default="{}", help="stopping criteria as JSON, e.g. '{\"episode_reward_mean\": 475}'")
     train.add_argument("-f", "--config-file", dest="file", help="experiment YAML file (name: {run, env, stop, config})")
     train.add_argument("--experiment-name", default="default", help="experiment directory name (without -f)")
-    train.add_argument("--checkpoint-freq", type=int, default=None, help="save a checkpoint every N iterations")
+    train.add_argument("--checkpoint-freq", type=_int_at_least(0), default=None,
+                       help="save a checkpoint every N iterations")
     train.add_argument("--checkpoint-at-end", action="store_true", help="save a checkpoint when each trial ends")
     train.add_argument("--local-dir", default=None, help="results directory (default ~/ray_results)")
     train.add_argument("--restore", default=None, help="checkpoint directory to resume training from")
-    train.add_argument("--num-samples", type=int, default=None, help="repetitions of each grid-search point")
+    train.add_argument("--num-samples", type=_int_at_least(1), default=None,
+                       help="repetitions of each grid-search point")
     train.add_argument("--ray-address", default=None, help="address of a running Ray cluster (default: start one)")
-    train.add_argument("--ray-num-cpus", type=int, default=None,
+    train.add_argument("--ray-num-cpus", type=_int_at_least(1), default=None,
                        help="CPUs of the local Ray instance (default: enough for the largest trial)")
     train.add_argument("--plot", action="store_true", help="write a learning-curve PNG into each trial directory")
 
@@ -63,9 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_argument("checkpoint", help="checkpoint directory (as printed by `relayrl train`)")
     rollout.add_argument("--run", help="algorithm of the checkpoint (checked against it)")
     rollout.add_argument("--env", help="environment to roll out in (default: the checkpoint's)")
-    rollout.add_argument("--episodes", type=int, default=None, help="number of episodes (default 10)")
-    rollout.add_argument("--steps", type=int, default=None, help="stop after this many environment steps")
+    rollout.add_argument("--episodes", type=_int_at_least(1), default=None, help="number of episodes (default 10)")
+    rollout.add_argument("--steps", type=_int_at_least(1), default=None,
+                         help="stop after this many environment steps")
     rollout.add_argument("--render", action="store_true", help="render the environment (render_mode='human')")
+    rollout.add_argument("--video", default=None, metavar="DIR",
+                         help="record every episode as DIR/rollout-episode-<n>.mp4 (needs the video extra: moviepy)")
     rollout.add_argument("--out", default=None, help="write each episode as a JSON line to this file")
     rollout.add_argument("--config", default="{}", help="config overrides as a JSON object")
 
@@ -86,9 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verbose = sum(a.count("v") for a in argv if a.startswith("-") and set(a[1:]) == {"v"}) + argv.count("--verbose")
     try:
-        args = build_parser().parse_args(argv)
-        verbose = max(verbose, args.verbose)
-        return {"train": train, "rollout": rollout, "plot": plot, "export": export}[args.command](args)
+        with _stop_handlers():
+            try:
+                args = build_parser().parse_args(argv)
+                verbose = max(verbose, args.verbose)
+                return {"train": train, "rollout": rollout, "plot": plot, "export": export}[args.command](args)
+            except Stopped:
+                _shutdown_ray()  # still under the handlers: a second signal exits at once
+                raise
+    except Stopped as e:
+        print(f"relayrl: stopped by {e.name}", file=sys.stderr)
+        return 128 + e.signum
     except UserError as e:
         if verbose:
             traceback.print_exc()
@@ -152,6 +241,7 @@ def experiments_from_args(args: argparse.Namespace) -> dict[str, dict]:
 
 def train(args: argparse.Namespace) -> int:
     from relayrl.experiments import (
+        PlacementTimeout,
         normalize_experiments,
         resources_needed,
         run_experiments,
@@ -169,7 +259,16 @@ def train(args: argparse.Namespace) -> int:
         raise UserError(f"a trial needs {cpus} CPUs but --ray-num-cpus is {args.ray_num_cpus}",
                         "raise --ray-num-cpus or lower num_workers in --config")
     start_ray(args.ray_address, num_cpus, args.verbose, need=cpus, need_gpus=gpus)
-    trials = run_experiments(experiments, verbose=args.verbose)
+    install_stop_handlers()  # again: ray.init replaced the SIGTERM handler
+    with _env_var("TUNE_DISABLE_SIGINT_HANDLER", "1"):
+        try:
+            trials = run_experiments(experiments, verbose=args.verbose)
+        except PlacementTimeout as e:
+            if args.verbose:
+                traceback.print_exc()
+            print(f"relayrl: error: {e}", file=sys.stderr)
+            print(f"relayrl: hint: {e.hint}", file=sys.stderr)
+            return EXIT_FAILED
     failed = [t for t in trials if t.status != "TERMINATED"]
     for t in trials:
         result = t.last_result or {}
@@ -197,97 +296,33 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _env_var(name: str, value: str) -> Iterator[None]:
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
 # --- rollout -----------------------------------------------------------------------------------------------
 def rollout(args: argparse.Namespace) -> int:
-    import numpy as np
+    from relayrl.rollout import run_rollout
 
-    from relayrl.agents.checkpoint import CheckpointError, read_manifest
-    from relayrl.agents.trainer import Trainer
-    from relayrl.env.registry import EnvContext, get_env_creator
-
-    overrides = parse_json(args.config, "--config")
-    try:
-        manifest = read_manifest(args.checkpoint)
-    except CheckpointError as e:
-        raise UserError(str(e), "pass a checkpoint directory printed by `relayrl train` (checkpoint_...)") from e
-    if args.run and args.run != manifest["trainer"]:
-        from relayrl.agents.registry import get_trainer_class
-
-        try:
-            get_trainer_class(args.run)
-        except ValueError as e:
-            raise UserError(str(e), f"this checkpoint was written by {manifest['trainer']}") from e
-        raise UserError(f"checkpoint {args.checkpoint} was written by {manifest['trainer']}, not {args.run}",
-                        f"use --run {manifest['trainer']}")
-    env_name = args.env or manifest.get("env")
-    if env_name is None:
-        raise UserError("the checkpoint names no environment", "pass --env")
-    try:
-        creator = get_env_creator(env_name)
-    except ValueError as e:
-        raise UserError(str(e), "use a Gymnasium id such as CartPole-v1") from e
-    overrides.setdefault("num_workers", 0)
-    overrides.setdefault("evaluation_interval", None)
-    try:
-        trainer = Trainer.from_checkpoint(args.checkpoint, overrides)
-    except CheckpointError as e:
-        raise UserError(str(e), "the checkpoint does not fit this relayrl or this trainer") from e
-    except ValueError as e:
-        raise UserError(str(e), "check --config against the trainer's DEFAULT_CONFIG") from e
-    env_config = dict(trainer.config.get("env_config") or {})
-    if args.render:
-        env_config["render_mode"] = "human"
-    env = creator(EnvContext(env_config))
-    episodes = args.episodes if args.episodes is not None else (None if args.steps else 10)
-    out = open(args.out, "w") if args.out else None
-    returns, steps = [], 0
-    try:
-        while (episodes is None or len(returns) < episodes) and (args.steps is None or steps < args.steps):
-            seed = trainer.config.get("seed")
-            obs, _ = env.reset(seed=None if seed is None else seed + len(returns))
-            record: dict[str, list] = {"obs": [], "actions": [], "rewards": []}
-            done = False
-            while not done and (args.steps is None or steps < args.steps):
-                action = trainer.compute_action(obs, explore=False)
-                env_action = _clip_action(action, env.action_space) if trainer.config.get("clip_actions") else action
-                next_obs, reward, terminated, truncated, _ = env.step(env_action)
-                if args.render:
-                    env.render()
-                for key, value in (("obs", obs), ("actions", action), ("rewards", reward)):
-                    record[key].append(np.asarray(value).tolist())
-                obs, steps, done = next_obs, steps + 1, terminated or truncated
-            ret = float(np.sum(record["rewards"]))
-            returns.append(ret)
-            print(f"episode {len(returns):4d}  return {ret:10.2f}  length {len(record['rewards'])}", flush=True)
-            if out:
-                out.write(json.dumps({"episode": len(returns) - 1, "return": ret, "length": len(record["rewards"]),
-                                      **record}) + "\n")
-    finally:
-        if out:
-            out.close()
-        env.close()
-        trainer.stop()
-    if returns:
-        print(f"mean return over {len(returns)} episodes: {float(np.mean(returns)):.2f}")
-    return 0
+    return run_rollout(args)
 
 
-def _clip_action(action: Any, space: Any) -> Any:
-    import gymnasium as gym
-    import numpy as np
-
-    if isinstance(space, gym.spaces.Box):
-        return np.clip(action, space.low, space.high)
-    return action
-
-
-# --- export ------------------------------------------------------------------------------------------------
 def export(args: argparse.Namespace) -> int:
     from relayrl.agents.checkpoint import CheckpointError
     from relayrl.agents.trainer import Trainer
 
     try:
-        trainer = Trainer.from_checkpoint(args.checkpoint, {"num_workers": 0, "evaluation_interval": None})
+        trainer = Trainer.from_checkpoint(args.checkpoint, {"num_workers": 0, "evaluation_interval": None,
+                                                               "monitor": False})
     except CheckpointError as e:
         raise UserError(str(e), "pass a checkpoint directory printed by `relayrl train` (checkpoint_...)") from e
     try:

@@ -42,8 +42,33 @@ SPEC_KEYS = {
 }
 
 
+# The keys of a training result (Trainer.train(), the episode summary of relayrl/evaluation/metrics.py) and the
+# ones Tune adds. A stop criterion on any other key is never met: the trial would train until killed.
+RESULT_KEYS = (
+    "episode_reward_mean", "episode_reward_min", "episode_reward_max", "episode_len_mean", "episodes_this_iter",
+    "episodes_total", "timesteps_total", "timesteps_this_iter", "time_this_iter_s", "time_total_s",
+    "training_iteration", "num_steps_per_s", "num_healthy_workers", "num_recreated_workers", "done",
+    # added by Tune
+    "time_since_restore", "timesteps_since_restore", "iterations_since_restore", "timestamp",
+)
+# Result entries that are dicts, which Tune flattens to "group/key" (e.g. "info/num_steps_sampled"): what they
+# hold depends on the algorithm, its policies and the user's callbacks, so any key below them is accepted.
+RESULT_GROUPS = ("info", "custom_metrics", "policy_reward_mean", "sampler_perf", "perf", "config")
+# "evaluation/<key>": the episode summary of the evaluation episodes (only with evaluation_interval set).
+EVALUATION_KEYS = ("episode_reward_mean", "episode_reward_min", "episode_reward_max", "episode_len_mean",
+                   "episodes_this_iter", "episodes_total")
+
+
 class UserError(Exception):
     """A mistake in the user's input: reported as one line plus a hint, without a traceback."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.hint = hint
+
+
+class PlacementTimeout(RuntimeError):
+    """Every trial has waited ``worker_start_timeout_s`` for resources that a busy cluster does not free."""
 
     def __init__(self, message: str, hint: str = ""):
         super().__init__(message)
@@ -133,6 +158,12 @@ def validate_experiments(experiments: dict[str, dict]) -> int:
         if not isinstance(stop, dict) or not all(isinstance(v, (int, float)) for v in stop.values()):
             raise UserError(f"{where}: stop must map result keys to numbers, got {stop!r}",
                             "e.g. --stop '{\"episode_reward_mean\": 475, \"timesteps_total\": 100000}'")
+        validate_stop(where, stop, trainer_cls._default_config, config)
+        for key, minimum in (("num_samples", 1), ("checkpoint_freq", 0), ("keep_checkpoints_num", 1)):
+            value = spec.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+                raise UserError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}",
+                                f"e.g. {key}: {max(minimum, 1)}")
         for variant in grid_variants(config):
             variant.pop("env", None)
             try:
@@ -145,18 +176,51 @@ def validate_experiments(experiments: dict[str, dict]) -> int:
     return resources_needed(experiments)[0]
 
 
+def validate_stop(where: str, stop: dict, defaults: dict, config: dict) -> None:
+    """Raises UserError for a stop criterion that no result of this trainer reports (with the closest key):
+    Tune would silently never stop on it. Accepted: RESULT_KEYS, any key under RESULT_GROUPS (``info/...``,
+    ``custom_metrics/...``), ``evaluation/<episode key>`` when evaluation is on, and any key at all when an
+    ``on_train_result`` callback (which may add keys) is set."""
+    from relayrl.config import merge_dicts
+
+    variants = [merge_dicts(defaults, v) for v in grid_variants(config)]
+    if any((v.get("callbacks") or {}).get("on_train_result") for v in variants):
+        return
+    known = list(RESULT_KEYS) + [f"evaluation/{k}" for k in EVALUATION_KEYS] + ["info/num_steps_sampled",
+                                                                                 "info/num_steps_trained"]
+    for key in stop:
+        group, _, rest = str(key).partition("/")
+        if group in RESULT_GROUPS and rest:
+            continue
+        if group == "evaluation" and (rest in EVALUATION_KEYS or rest.split("/", 1)[0] in RESULT_GROUPS):
+            if not all(v.get("evaluation_interval") for v in variants):
+                raise UserError(f"{where}: stop criterion {key!r} is only reported when evaluation runs, and"
+                                " evaluation_interval is not set",
+                                "add \"evaluation_interval\": 1 to the config, or stop on episode_reward_mean")
+            continue
+        if key in RESULT_KEYS:
+            continue
+        if key in RESULT_GROUPS or key == "evaluation":
+            raise UserError(f"{where}: stop criterion {key!r} is a group of results, not a number",
+                            f"stop on one of its entries, e.g. {key}/...")
+        raise UserError(f"{where}: unknown stop criterion {key!r}{_did_you_mean(key, known)}: no result reports"
+                        " it, so the trial would never stop",
+                        "stop on a result key such as episode_reward_mean, timesteps_total, training_iteration,"
+                        " time_total_s, or one under info/, evaluation/, custom_metrics/, policy_reward_mean/")
+
+
 def resources_needed(experiments: dict[str, dict]) -> tuple[int, float]:
     """CPUs and GPUs the largest trial of validated experiments asks for: CPUs ``num_cpus_for_driver + num_workers
     * num_cpus_per_worker`` (rounded up), GPUs ``num_gpus + num_workers * num_gpus_per_worker``."""
     from relayrl.agents.registry import get_trainer_class
-    from relayrl.config import merge_dicts
+    from relayrl.config import merge_dicts, translate_legacy_keys
 
     cpus, gpus = 1, 0.0
     for spec in experiments.values():
         defaults = get_trainer_class(spec["run"])._default_config
         for variant in grid_variants(spec.get("config") or {}):
             variant.pop("env", None)
-            full = merge_dicts(defaults, variant)
+            full = merge_dicts(defaults, translate_legacy_keys(variant, defaults))
             workers = full.get("num_workers") or 0
             need = (full.get("num_cpus_for_driver") or 1) + workers * (full.get("num_cpus_per_worker") or 0)
             cpus = max(cpus, math.ceil(need))
@@ -210,7 +274,9 @@ def _did_you_mean(key: str, known: Any) -> str:
 def start_ray(address: str | None = None, num_cpus: int | None = None, verbose: int = 0, need: int = 1,
               need_gpus: float = 0) -> None:
     """Starts Ray (or connects to ``address``) unless it already runs; a cluster with fewer than ``need`` CPUs or
-    ``need_gpus`` GPUs, the most one trial asks for, is an error here rather than a trial that waits forever."""
+    ``need_gpus`` GPUs, the most one trial asks for, is an error here rather than a trial that waits forever.
+    A cluster that has them but not free (other jobs hold them) gets a warning: ``run_experiments`` then fails
+    the run if no trial could start within ``worker_start_timeout_s``."""
     import ray
 
     if not ray.is_initialized():
@@ -231,6 +297,13 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, verbose: 
         raise UserError(f"a trial asks for {need_gpus:g} GPUs (num_gpus + num_workers * num_gpus_per_worker) but the"
                         f" Ray cluster has {have_gpus:g}",
                         "set num_gpus: 0 (and num_gpus_per_worker: 0) to train on CPU")
+    free = ray.available_resources()
+    if free.get("CPU", 0) < need or free.get("GPU", 0) < need_gpus:
+        from relayrl.evaluation.worker_set import _describe_available, _describe_holders
+
+        print(f"relayrl: warning: a trial needs {need} CPUs{f' and {need_gpus:g} GPUs' if need_gpus else ''} and"
+              f" the Ray cluster has {_describe_available()} ({_describe_holders()}); waiting for them at most"
+              " worker_start_timeout_s", file=sys.stderr, flush=True)
 
 
 def run_experiments(experiments: dict[str, dict], verbose: int = 0, quiet: bool = False) -> list:
@@ -238,6 +311,7 @@ def run_experiments(experiments: dict[str, dict], verbose: int = 0, quiet: bool 
     from ray import tune
 
     import relayrl  # noqa: F401  (installs the hook that registers our trainables when ray.tune is imported)
+    from relayrl.agents.registry import available_algorithms, get_trainer_class
     from relayrl.agents.tune_adapter import register_all
 
     register_all()
@@ -245,7 +319,12 @@ def run_experiments(experiments: dict[str, dict], verbose: int = 0, quiet: bool 
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new engine prints its tables even when silent
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
         logging.getLogger("ray.train").setLevel(logging.CRITICAL)
-    callbacks = [_ParamsJsonLogger()] + ([] if quiet else [_ProgressLine()])
+    for name, spec in experiments.items():  # Python callers skip validate_experiments; a dict stop is checked
+        stop, run = spec.get("stop"), spec.get("run")
+        if isinstance(stop, dict) and isinstance(run, str) and run in available_algorithms():
+            validate_stop(f"experiment {name!r}", stop, get_trainer_class(run)._default_config,
+                          spec.get("config") or {})
+    callbacks = [_ParamsJsonLogger(), _PendingWatchdog()] + ([] if quiet else [_ProgressLine()])
     # One tune.run per experiment (concurrent=False): Ray 2.60 run concurrently writes every trial of the later
     # experiments nowhere on disk (their storage context is the first experiment's). Trials of one experiment
     # (a grid search, num_samples) still run in parallel.
@@ -300,11 +379,74 @@ def _make_callbacks():
         def on_trial_error(self, iteration, trials, trial, **info):
             print(f"{trial} failed", file=sys.stderr, flush=True)
 
-    return ParamsJsonLogger, ProgressLine
+    class PendingWatchdog(Callback):
+        """Fails the run (PlacementTimeout) when its trials have waited longer than their ``worker_start_timeout_s``
+        for resources: Tune would keep them PENDING forever on a cluster whose CPUs other jobs hold. Waiting means
+        a trial is PENDING, none RUNNING (else the pending ones wait for this run's own trials, which is normal)
+        and no placement group of this job is ready (else a trial got its resources and its actor is starting)."""
+
+        def __init__(self):
+            self._since: float | None = None
+            self._checked = 0.0
+
+        def on_step_begin(self, iteration, trials, **info):
+            pending = [t for t in trials if t.status == "PENDING"]
+            if not pending or any(t.status == "RUNNING" for t in trials):
+                self._since = None
+                return
+            now = time.monotonic()
+            if now - self._checked < 1.0:
+                return
+            self._checked = now
+            if _has_ready_placement_group():
+                self._since = None
+                return
+            if self._since is None:
+                self._since = now
+                return
+            timeout = min(_start_timeout(t) for t in pending)
+            if now - self._since > timeout:
+                raise PlacementTimeout(_placement_message(pending[0], timeout, len(pending)),
+                                       "free the cluster's CPUs, lower num_workers, or raise worker_start_timeout_s")
+
+    return ParamsJsonLogger, ProgressLine, PendingWatchdog
+
+
+def _start_timeout(trial: Any) -> float:
+    from relayrl.config import COMMON_CONFIG
+
+    value = (trial.config or {}).get("worker_start_timeout_s")
+    return float(value if value is not None else COMMON_CONFIG["worker_start_timeout_s"])
+
+
+def _has_ready_placement_group() -> bool:
+    """Whether this job (this driver: Tune creates a placement group per trial) has a placement group whose
+    resources are reserved. A placement group id ends with the id of the job that created it."""
+    import ray
+    from ray.util import placement_group_table
+
+    job = ray.get_runtime_context().get_job_id()
+    return any(pg_id.endswith(job) and pg.get("state") == "CREATED" for pg_id, pg in placement_group_table().items())
+
+
+def _placement_message(trial: Any, timeout: float, num_pending: int) -> str:
+    from relayrl.evaluation.worker_set import _describe_available, _describe_holders
+
+    need = trial.placement_group_factory.required_resources
+    need_text = ", ".join(f"{v:g} {k}" for k, v in sorted(need.items()) if v)
+    workers = len(trial.placement_group_factory.bundles) - 1
+    others = f" (and {num_pending - 1} more trials)" if num_pending > 1 else ""
+    return (f"trial {trial}{others} could not start within worker_start_timeout_s={timeout:g} s: it needs {need_text}"
+            f" (the driver and {workers} workers) and the Ray cluster has {_describe_available()}"
+            f" ({_describe_holders()})")
 
 
 def _ParamsJsonLogger():  # noqa: N802 - built lazily so that importing this module does not import Tune
     return _make_callbacks()[0]()
+
+
+def _PendingWatchdog():  # noqa: N802
+    return _make_callbacks()[2]()
 
 
 def _ProgressLine():  # noqa: N802

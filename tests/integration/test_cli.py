@@ -3,8 +3,10 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -136,11 +138,26 @@ def test_failing_trial_ends_nonzero_with_its_error(tmp_path, ray_session, capsys
     (["rollout", "/no/such/checkpoint", "--run", "PPO", "--env", "CartPole-v1"], "does not exist"),
     (["train", "--run", "PPO"], "needs --run and --env"),
     (["train", "--no-such-flag"], "unrecognized arguments"),
+    # Issue 10, item 6: each of these used to train forever or exit 0 having done nothing.
+    (["train", "--run", "PPO", "--env", "CartPole-v1", "--stop", '{"episode_reward_meen": 100}'],
+     "unknown stop criterion 'episode_reward_meen' (did you mean 'episode_reward_mean'?)"),
+    (["train", "--run", "PPO", "--env", "CartPole-v1", "--stop", '{"evaluation/episode_reward_mean": 100}'],
+     "evaluation_interval is not set"),
+    (["train", "--run", "PPO", "--env", "CartPole-v1", "--num-samples", "0"],
+     "argument --num-samples: must be >= 1, got 0"),
+    (["train", "--run", "PPO", "--env", "CartPole-v1", "--config", '{"horizon": 0}'], "'horizon' must be None or >= 1"),
+    (["train", "--run", "PPO", "--env", "CartPole-v1", "--config", '{"model": {"fcnet_hiddens": [-5]}}'],
+     "'model.fcnet_hiddens' must be a list of positive ints"),
+    (["train", "-f", "ZEROSAMPLES"], "num_samples must be an integer >= 1, got 0"),
+    (["rollout", "/no/such/checkpoint", "--episodes", "-3"], "argument --episodes: must be >= 1, got -3"),
 ])
 def test_user_mistakes_give_one_line(args, expected, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("exp:\n  run: PPO\n  config: {lr: [1, 2}\n")
-    proc = relayrl(*[str(bad) if a == "BADYAML" else a for a in args], timeout=120)
+    zero = tmp_path / "zero.yaml"
+    zero.write_text("exp:\n  run: PG\n  env: CartPole-v1\n  num_samples: 0\n")
+    files = {"BADYAML": str(bad), "ZEROSAMPLES": str(zero)}
+    proc = relayrl(*[files.get(a, a) for a in args], timeout=120)
     assert expected in one_error_line(proc)
     assert proc.returncode == 2
 
@@ -191,3 +208,43 @@ def test_more_resources_than_the_cluster_has_is_an_error_not_a_hang(tmp_path, ra
                    "--stop", '{"training_iteration": 1}', "--local-dir", str(tmp_path)])
         out = capsys.readouterr()
         assert rc == 2 and expected in one_error_line(subprocess.CompletedProcess([], rc, out.out, out.err))
+
+
+def test_rollout_in_an_env_with_other_spaces(checkpoint_dir):
+    line = one_error_line(relayrl("rollout", checkpoint_dir["checkpoint"], "--env", "MountainCar-v0", timeout=120))
+    assert "environment 'MountainCar-v0' does not fit the checkpoint" in line
+    assert "observation space is Box(" in line and "(2,), float32), the checkpoint's is Box(" in line
+    assert "action space is Discrete(3), the checkpoint's is Discrete(2)" in line
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_train_cleanly(sig, code, tmp_path):
+    """SIGTERM (a scheduler, `kill`) and SIGINT (Ctrl+C) stop Tune and Ray: a short message and 128 + signal,
+    no C++ stack dump from Ray's core worker and no Python traceback. (worker_start_timeout_s 1: a trial whose
+    actor takes longer than that to start is not mistaken for one that waits for resources.)"""
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relayrl", "train", "--run", "PG", "--env", "CartPole-v1", "--stop",
+         '{"training_iteration": 100000}', "--config", '{"train_batch_size": 200, "worker_start_timeout_s": 1}',
+         "--local-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 240
+        line = ""
+        while " iter " not in line and time.time() < deadline:  # the first progress line: Tune and Ray are up
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+        assert " iter " in line, proc.stderr.read()
+        sent = time.time()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert time.time() - sent < 30
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1] == f"relayrl: stopped by {signal.Signals(sig).name}", err
+    for dump in ("stack trace", "*** SIGTERM received", "*** SIGINT received", "logging.cc", "PC: @", "Traceback"):
+        assert dump not in err, err
