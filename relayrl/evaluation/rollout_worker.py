@@ -13,7 +13,10 @@ overridden by keyword (``sample_batch_size=50``; the seed-era names ``batch_step
 
 from __future__ import annotations
 
+import difflib
+import functools
 import logging
+import threading
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -21,7 +24,7 @@ import numpy as np
 
 from relayrl.config import COMMON_CONFIG, merge_dicts
 from relayrl.env.multi_agent_env import MultiAgentEnv
-from relayrl.env.registry import EnvContext
+from relayrl.env.registry import EnvContext, make_env
 from relayrl.env.vector_env import VectorEnv
 from relayrl.evaluation.metrics import RolloutMetrics
 from relayrl.evaluation.sampler import SyncSampler
@@ -41,10 +44,49 @@ class PolicyMap(dict):
         raise KeyError(key)
 
 
-_LEGACY_NAMES = {"batch_steps": "sample_batch_size", "episode_horizon": "horizon", "num_envs": "num_envs_per_worker"}
+_LEGACY_NAMES = {"batch_steps": "sample_batch_size", "episode_horizon": "horizon", "num_envs": "num_envs_per_worker",
+                 "model_config": "model"}
+# Seed-era keywords of PolicyEvaluator that have no meaning here (TensorFlow, offline IO): accepted and dropped.
+_DROPPED_NAMES = ("tf_session_creator", "preprocessor_pref", "monitor_path", "log_dir", "input_creator")
+
+
+def _keyword_overrides(overrides: dict, policy_config: dict | None) -> dict:
+    """The constructor's ``**overrides`` as config keys: seed-era names translated, dropped ones removed, and a
+    keyword that is no config key a TypeError (with the closest name) instead of an option silently ignored."""
+    known = set(COMMON_CONFIG) | set(policy_config or {})
+    out = {}
+    for key, value in overrides.items():
+        if key in _DROPPED_NAMES:
+            continue
+        new = _LEGACY_NAMES.get(key, key)
+        if new not in known and not key.startswith("_"):
+            close = difflib.get_close_matches(key, sorted(known | set(_LEGACY_NAMES)), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"RolloutWorker() got an unexpected keyword argument {key!r}{hint}; it takes the common"
+                            " config keys, and an algorithm's own keys through policy_config")
+        out[new] = value
+    return out
+
+
+def _holding_model_lock(method: Callable) -> Callable:
+    """With ``sample_async`` the sampler thread runs the policies' models while this worker learns: a model's
+    forward caches state for ``value_function()`` (the conv net's features), so the two threads take turns (issue
+    10, item 7). Without ``sample_async`` there is no lock to take."""
+
+    @functools.wraps(method)
+    def locked(self: "RolloutWorker", *args: Any, **kwargs: Any) -> Any:
+        lock = self._model_lock
+        if lock is None:
+            return method(self, *args, **kwargs)
+        with lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 class RolloutWorker:
+    _model_lock: threading.RLock | None = None  # set when the sampler thread starts (sample_async)
+
     @classmethod
     def as_remote(cls, num_cpus: float | None = None, num_gpus: float | None = None, memory: int | None = None,
                   resources: dict | None = None):
@@ -63,9 +105,7 @@ class RolloutWorker:
         worker_index: int = 0,
         **overrides: Any,
     ):
-        overrides = {_LEGACY_NAMES.get(k, k): v for k, v in overrides.items()}
-        for k in ("tf_session_creator", "preprocessor_pref", "monitor_path", "log_dir", "input_creator"):
-            overrides.pop(k, None)
+        overrides = _keyword_overrides(overrides, policy_config)
         config = merge_dicts(COMMON_CONFIG, policy_config or {})
         config = merge_dicts(config, overrides)
         self.config = config
@@ -83,9 +123,13 @@ class RolloutWorker:
             torch.manual_seed(self.seed)
             np.random.seed(self.seed % 2**32)
 
-        self.env_context = EnvContext(config.get("env_config"), worker_index)
+        self.env_context = EnvContext.from_config(config, worker_index)  # env_config, model (Atari), videos
         self.env_creator = env_creator
-        self.env = env_creator(self.env_context)
+        self.env = make_env(env_creator, self.env_context, config.get("env"))  # sub-env 0: records with monitor
+        if isinstance(self.env, gym.vector.VectorEnv):  # gym.make_vec, Sync/AsyncVectorEnv: its sub-envs are ours
+            from relayrl.env.gym_vector_env import GymVectorEnvAdapter
+
+            self.env = GymVectorEnvAdapter(self.env, config["num_envs_per_worker"])
         if isinstance(self.env, MultiAgentEnv):
             raise NotImplementedError("multi-agent environments are not supported by the sampler yet")
 
@@ -140,6 +184,8 @@ class RolloutWorker:
                     " which the sampler does not support yet; use a single 'default_policy'"
                 )
             config = self.config
+            if config["sample_async"]:
+                self._model_lock = threading.RLock()
             self._sampler = SyncSampler(
                 self._vectorize(self.env, config["num_envs_per_worker"]),
                 self.policy_map[DEFAULT_POLICY_ID],
@@ -153,6 +199,10 @@ class RolloutWorker:
                 callbacks=config.get("callbacks"),
                 worker=self,
                 seed=self.seed,
+                lock=self._model_lock,
+                check_env=config.get("check_env", False),
+                check_nan=config.get("check_nan", False),
+                env_name=config.get("env"),
             )
             if config["sample_async"]:
                 from relayrl.evaluation.async_sampler import AsyncSampler
@@ -182,6 +232,7 @@ class RolloutWorker:
         return self._sampler.perf_stats() if self._sampler is not None else {}
 
     # --- learning ------------------------------------------------------------------------------------------
+    @_holding_model_lock
     def learn_on_batch(self, samples: SampleBatch | MultiAgentBatch) -> dict:
         if isinstance(samples, MultiAgentBatch):
             return {
@@ -191,6 +242,7 @@ class RolloutWorker:
             }
         return self.policy_map[DEFAULT_POLICY_ID].learn_on_batch(samples)
 
+    @_holding_model_lock
     def compute_gradients(self, samples: SampleBatch | MultiAgentBatch) -> tuple[Any, dict]:
         if isinstance(samples, MultiAgentBatch):
             grads, infos = {}, {}
@@ -200,6 +252,7 @@ class RolloutWorker:
             return grads, infos
         return self.policy_map[DEFAULT_POLICY_ID].compute_gradients(samples)
 
+    @_holding_model_lock
     def apply_gradients(self, grads: Any) -> None:
         if isinstance(grads, dict):
             for pid, g in grads.items():
@@ -223,6 +276,7 @@ class RolloutWorker:
     def get_weights(self, policies: list[str] | None = None) -> dict[str, Any]:
         return {pid: p.get_weights() for pid, p in self.policy_map.items() if policies is None or pid in policies}
 
+    @_holding_model_lock
     def set_weights(self, weights: dict[str, Any], global_vars: dict | None = None) -> None:
         for pid, w in weights.items():
             self.policy_map[pid].set_weights(w)
