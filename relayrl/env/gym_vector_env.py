@@ -26,6 +26,7 @@ Gymnasium autoreset mode (https://farama.org/Vector-Autoreset-Mode) maps onto th
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -34,6 +35,8 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from gymnasium.vector.utils import concatenate, create_empty_array, iterate
 
 from relayrl.env.vector_env import VectorEnv
+
+logger = logging.getLogger(__name__)
 
 _ARRAY_SPACES = (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)
 _FIX = ("gym.make_vec(id, num_envs=N, vectorization_mode='async' (or 'sync'), "
@@ -45,6 +48,7 @@ class GymVectorEnvAdapter(VectorEnv):
 
     def __init__(self, env: gym.vector.VectorEnv, num_envs_per_worker: int = 1):
         try:
+            env = _steppable(env)
             self._mode = _autoreset_mode(env)
             base = env.unwrapped
             # Gymnasium's own vector envs reset one sub-env alone in every mode; others promise it in DISABLED mode.
@@ -158,6 +162,28 @@ def unbatch_infos(infos: dict, num_envs: int) -> list[dict]:
             for i in range(num_envs):
                 out[i][key] = value
     return out
+
+
+def _steppable(env: gym.vector.VectorEnv) -> gym.vector.VectorEnv:
+    """``gym.make_vec(id)`` of an env with its own vectorised implementation (CartPole's CartPoleVectorEnv) resets
+    finished sub-envs one step late and only all together; such an env is rebuilt from its spec as a SyncVectorEnv
+    that resets each sub-env in the step it ends (the sub-envs are the same Gymnasium env, stepped one by one)."""
+    spec = getattr(env, "spec", None)
+    base = env.unwrapped
+    if (isinstance(base, (SyncVectorEnv, AsyncVectorEnv)) or _autoreset_mode(env) is not AutoresetMode.NEXT_STEP
+            or spec is None or not getattr(spec, "id", None)):
+        return env
+    kwargs = {k: v for k, v in (spec.kwargs or {}).items() if k not in ("num_envs", "vectorization_mode")}
+    try:
+        rebuilt = gym.make_vec(spec.id, num_envs=env.num_envs, vectorization_mode="sync",
+                               vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, **kwargs)
+    except Exception:  # noqa: BLE001 - not rebuildable: _validate explains what to do instead
+        return env
+    logger.warning("%s resets finished sub-envs one step late and all together; stepping its %d sub-envs as a"
+                   " SyncVectorEnv of %s instead (%s for subprocesses)", type(base).__name__, env.num_envs, spec.id,
+                   _FIX)
+    env.close()
+    return rebuilt
 
 
 def _autoreset_mode(env: gym.vector.VectorEnv) -> AutoresetMode:

@@ -198,10 +198,24 @@ def test_async_vector_env_steps_in_subprocesses():
     assert not any(_alive(pid) for pid in pids)
 
 
-def test_make_vec_with_a_late_reset_and_no_reset_mask_is_a_clear_error():
+def test_a_late_resetting_vector_env_without_spec_or_reset_mask_is_a_clear_error():
+    from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
+
     with pytest.raises(ValueError, match=r"CartPoleVectorEnv resets a finished sub-env one step late .*"
                                          r"vectorization_mode='async'"):
-        RolloutWorker(lambda ctx: gym.make_vec("CartPole-v1", num_envs=2), PGTorchPolicy)
+        RolloutWorker(lambda ctx: CartPoleVectorEnv(num_envs=2), PGTorchPolicy)
+
+
+def test_plain_make_vec_of_cartpole_is_stepped_as_a_sync_vector_env(caplog):
+    """gym.make_vec("CartPole-v1") is CartPole's own CartPoleVectorEnv (late, all-at-once resets): rebuilt from its
+    spec as a SyncVectorEnv, with a warning; the batches equal the plain path's."""
+    with caplog.at_level("WARNING"):
+        (vec, _, vec_worker), (plain, _, _) = sample_both(
+            lambda ctx: gym.make_vec("CartPole-v1", num_envs=N, max_episode_steps=20), cartpole)
+    assert "stepping its 3 sub-envs as a SyncVectorEnv of CartPole-v1" in caplog.text
+    assert type(vec_worker.sampler.env.env.vector_env.unwrapped).__name__ == "SyncVectorEnv"
+    for a, b in zip(vec, plain):
+        assert np.array_equal(a["obs"], b["obs"]) and np.array_equal(a["dones"], b["dones"])
 
 
 def test_async_next_step_without_shared_memory_is_a_clear_error():
