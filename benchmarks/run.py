@@ -205,12 +205,34 @@ def startup(repeats: int = 3) -> dict:
     return {"startup_s_median": statistics.median(times)}
 
 
+def readme_command(tune: bool = False) -> dict:
+    """Wall seconds of the README's first command, ``relayrl train -f .../cartpole-ppo.yaml``, from the start of
+    the process to its TERMINATED line (in this process's default mode, or ``--tune``), and its reported steps."""
+    import re
+    import tempfile
+
+    cmd = [sys.executable, "-m", "relayrl", "train", "-f", TUNED_PPO_CARTPOLE, "--local-dir", tempfile.mkdtemp()]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd + (["--tune"] if tune else []), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seconds, steps = float("nan"), 0
+    for line in proc.stdout:
+        if "TERMINATED" in line:
+            seconds = time.perf_counter() - start
+            steps = int(re.search(r"(\d+) timesteps", line).group(1))
+    proc.wait()
+    return {"seconds": seconds, "total_s": time.perf_counter() - start, "steps": steps}
+
+
 def core_rows(quick: bool = False) -> list[tuple[str, str, str]]:
     s = sampling_rate(rounds=5 if quick else 15)
     solve = time_to_solve((0,) if quick else (0, 1, 2))
     st = startup(1 if quick else 3)
     lr = learner_rate()
     av = async_vector_sampling(rounds=3 if quick else 7)
+    readme = [readme_command() for _ in range(1 if quick else 3)]
+    readme_tune = readme_command(tune=True)
+    readme_s = statistics.median(r["seconds"] for r in readme)
     return [
         ("raw CartPole-v1, 8 envs, pre-drawn random actions", f"{s['raw_steps_per_s']:,.0f} steps/s",
          "the envs' own cost only"),
@@ -232,6 +254,12 @@ def core_rows(quick: bool = False) -> list[tuple[str, str, str]]:
         ("PPO CartPole-v1 time to mean 475 (train)", f"{solve['train_s_median']:.1f} s",
          f"median of {len(solve['runs'])} seeds, {solve['steps_median']:,.0f} steps (target <= 10 s)"),
         ("  same, whole process incl. imports", f"{solve['process_s_median']:.1f} s", ""),
+        ("README command: relayrl train -f cartpole-ppo.yaml", f"{readme_s:.1f} s",
+         f"command to TERMINATED line, median of {len(readme)} (in this process: num_workers 0), target <= 10 s;"
+         f" {readme[0]['steps']:,} steps"),
+        ("  same with --tune (Ray + Tune)", f"{readme_tune['seconds']:.1f} s",
+         f"the in-process run's time is {readme_s / readme_tune['seconds']:.0%} of this;"
+         f" {readme_tune['steps']:,} steps"),
         ("start-up: import + PPO trainer", f"{st['startup_s_median']:.2f} s", "target <= 2 s"),
         ("peak RSS of the PPO CartPole run", f"{solve['peak_rss_mb_max']:.0f} MB", "one process, no Ray"),
     ]

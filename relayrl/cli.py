@@ -5,6 +5,7 @@
     relayrl rollout ~/ray_results/default/PPO_CartPole-v1_.../checkpoint_000003 --run PPO --env CartPole-v1
     relayrl plot ~/ray_results/default
     relayrl export ~/ray_results/default/PPO_CartPole-v1_.../checkpoint_000003 exported/
+    relayrl config PPO             # every key of PPO's config with its default and meaning
 
 A user mistake (unknown algorithm, env or config key, bad JSON or YAML, missing checkpoint) ends the command
 with exit status 2 and one line ``relayrl: error: ...`` plus a hint; ``-v`` adds the traceback. Everything is
@@ -135,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ray-num-cpus", type=_int_at_least(1), default=None,
                        help="CPUs of the local Ray instance (default: enough for the largest trial)")
     train.add_argument("--plot", action="store_true", help="write a learning-curve PNG into each trial directory")
+    train.add_argument("--tune", action="store_true",
+                       help="run through Ray Tune even a single trial with num_workers 0 (which otherwise runs in"
+                            " this process, without starting Ray; the result files are the same)")
 
     rollout = sub.add_parser("rollout", parents=[common], help="run a checkpoint without exploration",
                              description="Roll out a trained checkpoint with deterministic actions.")
@@ -156,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("export_dir", help="directory to write model.onnx, model.pt and export.json into")
     export.add_argument("--policy-id", default="default_policy", help="policy to export (multi-agent)")
 
+    config = sub.add_parser("config", parents=[common], help="an algorithm's config keys, defaults and docs",
+                            description="Print every config key of an algorithm with its default and meaning.")
+    config.add_argument("algorithm", help="algorithm name, e.g. PPO, DQN, IMPALA")
+
     plot = sub.add_parser("plot", parents=[common], help="learning curve of a run",
                           description="Plot episode_reward_mean against timesteps_total from progress.csv.")
     plot.add_argument("result_dir", help="a trial directory or an experiment directory of trials")
@@ -171,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 args = build_parser().parse_args(argv)
                 verbose = max(verbose, args.verbose)
-                return {"train": train, "rollout": rollout, "plot": plot, "export": export}[args.command](args)
+                commands = {"train": train, "rollout": rollout, "plot": plot, "export": export, "config": config}
+                return commands[args.command](args)
             except Stopped:
                 _shutdown_ray()  # still under the handlers: a second signal exits at once
                 raise
@@ -246,14 +255,21 @@ def train(args: argparse.Namespace) -> int:
         resources_needed,
         run_experiments,
         start_ray,
-        trial_error,
         validate_experiments,
     )
+    from relayrl.local_run import runs_in_process
 
     experiments = experiments_from_args(args)
     validate_experiments(experiments)
     cpus, gpus = resources_needed(experiments)
     experiments = normalize_experiments(experiments, args.local_dir)
+    if not (args.tune or args.ray_address or args.ray_num_cpus) and runs_in_process(experiments):
+        have_gpus = _cuda_devices() if gpus else 0
+        if have_gpus < gpus:  # as through Tune: a GPU asked for and not there is an error, not a silent CPU run
+            raise UserError(f"a trial asks for {gpus:g} GPUs (num_gpus) but this machine has {have_gpus}",
+                            "set num_gpus: 0 to train on CPU")
+        trials = [_train_in_process(experiments)]
+        return _report(trials, args)
     num_cpus = args.ray_num_cpus or (None if args.ray_address else max(os.cpu_count() or 1, cpus))
     if args.ray_num_cpus is not None and args.ray_num_cpus < cpus:
         raise UserError(f"a trial needs {cpus} CPUs but --ray-num-cpus is {args.ray_num_cpus}",
@@ -269,6 +285,38 @@ def train(args: argparse.Namespace) -> int:
             print(f"relayrl: error: {e}", file=sys.stderr)
             print(f"relayrl: hint: {e.hint}", file=sys.stderr)
             return EXIT_FAILED
+    return _report(trials, args)
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _train_in_process(experiments: dict[str, dict]) -> Any:
+    from relayrl.experiments import ProgressPrinter
+    from relayrl.local_run import LocalTrial
+
+    ((name, spec),) = experiments.items()
+    printer = ProgressPrinter()
+    trial = LocalTrial(name, spec)
+    try:
+        trial.run(lambda t, result: printer.result(t, str(t), result))
+    except (Stopped, UserError):
+        raise
+    except Exception as e:  # noqa: BLE001 - reported like a failed Tune trial: one line, the traceback in error.txt
+        trial.error = f"{type(e).__module__}.{type(e).__qualname__}: {e}".replace("builtins.", "")
+        os.makedirs(trial.path, exist_ok=True)
+        with open(os.path.join(trial.path, "error.txt"), "w") as f:
+            f.write(traceback.format_exc())
+    printer.last(trial, str(trial), trial.last_result)
+    return trial
+
+
+def _report(trials: list, args: argparse.Namespace) -> int:
+    from relayrl.experiments import trial_error
+
     failed = [t for t in trials if t.status != "TERMINATED"]
     for t in trials:
         result = t.last_result or {}
@@ -314,6 +362,18 @@ def rollout(args: argparse.Namespace) -> int:
     from relayrl.rollout import run_rollout
 
     return run_rollout(args)
+
+
+def config(args: argparse.Namespace) -> int:
+    from relayrl.agents.registry import get_trainer_class
+    from relayrl.config import describe_config
+
+    try:
+        trainer_cls = get_trainer_class(args.algorithm)
+    except ValueError as e:
+        raise UserError(str(e), "e.g. relayrl config PPO") from e
+    print(describe_config(trainer_cls))
+    return 0
 
 
 def export(args: argparse.Namespace) -> int:

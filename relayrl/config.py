@@ -314,3 +314,71 @@ def _check_common_values(config: dict, name: str) -> None:
     for cb_name, fn in callbacks.items():
         if fn is not None and not callable(fn):
             raise ValueError(f"{name} config: callbacks.{cb_name} must be callable, got {fn!r}")
+
+
+# --- documentation -----------------------------------------------------------------------------------------
+def key_comments(*paths: str) -> dict[str, str]:
+    """The one-line comments above each ``"key": value`` of the given source files (the first file wins)."""
+    import re
+
+    comments: dict[str, str] = {}
+    for path in paths:
+        pending: list[str] = []
+        with open(path) as f:
+            for line in f:
+                stripped = line.strip()
+                if stripped.startswith("#"):
+                    text = stripped.lstrip("#").strip()
+                    if text and not text.startswith("==="):
+                        pending.append(text)
+                    continue
+                match = re.match(r'"(\w+)"\s*:', stripped)
+                if match and pending:
+                    comments.setdefault(match.group(1), " ".join(pending))
+                pending = []
+    return comments
+
+
+def describe_config(trainer_cls: Any) -> str:
+    """``relayrl config ALGO``: every key of the algorithm's config with its default and its comment, the
+    algorithm's own keys (and the common keys it changes) first, then the common keys, then the model's."""
+    import inspect
+    import json
+    import os
+
+    from relayrl.models import catalog
+
+    defaults = trainer_cls._default_config
+    algo_dir = os.path.dirname(inspect.getfile(trainer_cls))
+    here = os.path.dirname(os.path.abspath(__file__))
+    own_files = sorted(os.path.join(algo_dir, f) for f in os.listdir(algo_dir) if f.endswith(".py"))
+    agents = os.path.join(here, "agents")
+    all_algo_files = sorted(os.path.join(root, f) for root, _, files in os.walk(agents) for f in files
+                            if f.endswith(".py"))
+    comments = key_comments(*own_files, *all_algo_files, __file__, inspect.getfile(catalog))
+
+    def show(value: Any) -> str:
+        try:
+            return json.dumps(value)
+        except TypeError:
+            return repr(value)
+
+    def section(title: str, items: dict, base: dict | None = None) -> list[str]:
+        lines = [title]
+        for key, value in items.items():
+            if isinstance(value, dict) and key in ("model", "multiagent", "callbacks"):
+                shown = "{...}" if key != "callbacks" else "{on_episode_start: null, ...}"
+            else:
+                shown = show(value)
+            changed = " (changed from the common default)" if base is not None and key in base else ""
+            lines.append(f"  {key} = {shown}{changed}")
+            if comments.get(key):
+                lines.append(f"      {comments[key]}")
+        return lines
+
+    own = {k: v for k, v in defaults.items() if k not in COMMON_CONFIG or COMMON_CONFIG[k] != v}
+    common = {k: defaults.get(k, v) for k, v in COMMON_CONFIG.items() if k not in own}
+    lines = section(f"{trainer_cls._name} keys:", own, base={k: None for k in own if k in COMMON_CONFIG})
+    lines += [""] + section("common keys (every algorithm):", common)
+    lines += [""] + section("model keys (under \"model\"):", dict(defaults.get("model") or MODEL_DEFAULTS))
+    return "\n".join(lines)

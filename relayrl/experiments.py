@@ -80,8 +80,13 @@ def load_experiment_file(path: str) -> dict[str, dict]:
     import yaml
 
     path = os.path.expanduser(path)
+    packaged = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned_examples", path)
+    if not os.path.isfile(path) and os.path.isfile(packaged):  # -f ppo/cartpole-ppo.yaml: a packaged example
+        path = packaged
     if not os.path.isfile(path):
-        raise UserError(f"experiment file {path} does not exist", "pass -f with the path of a YAML file")
+        raise UserError(f"experiment file {path} does not exist",
+                        "pass -f with the path of a YAML file, or a packaged tuned example such as"
+                        " ppo/cartpole-ppo.yaml (see relayrl/tuned_examples/)")
     try:
         with open(path) as f:
             data = yaml.safe_load(f)
@@ -334,6 +339,8 @@ def run_experiments(experiments: dict[str, dict], verbose: int = 0, quiet: bool 
 
 def trial_error(trial: Any) -> str:
     """The last line of a failed trial's traceback (the exception and its message)."""
+    if getattr(trial, "error", None):  # a trial run in this process (relayrl.local_run) keeps its own
+        return trial.error
     text = None
     try:
         text = trial.get_error()
@@ -344,6 +351,37 @@ def trial_error(trial: Any) -> str:
         if not ln.startswith(("File ", "^", "~")) and ":" in ln:
             return ln
     return lines[-1] if lines else f"status {trial.status}"
+
+
+PROGRESS_INTERVAL_S = 2.0
+
+
+class ProgressPrinter:
+    """Prints a trial's progress line (iteration, timesteps, mean reward, steps/s, elapsed) at most once per
+    ``interval`` seconds, and its last result when it ends (if that one was not printed)."""
+
+    def __init__(self, interval: float = PROGRESS_INTERVAL_S):
+        self.interval = interval
+        self._start = time.time()
+        self._printed: dict[Any, tuple[float, int]] = {}  # trial -> (time, iteration) of its last line
+
+    def result(self, key: Any, name: str, result: dict) -> None:
+        when, _ = self._printed.get(key, (-math.inf, -1))
+        if time.time() - when >= self.interval:
+            self._print(key, name, result)
+
+    def last(self, key: Any, name: str, result: dict) -> None:
+        if result and self._printed.get(key, (0, -1))[1] != result.get("training_iteration", 0):
+            self._print(key, name, result)
+
+    def _print(self, key: Any, name: str, result: dict) -> None:
+        reward = result.get("episode_reward_mean")
+        reward = "    nan" if reward is None or reward != reward else f"{reward:8.2f}"
+        it, ts = result.get("training_iteration", 0), result.get("timesteps_total", 0)
+        sps = result.get("num_steps_per_s", 0.0)
+        print(f"{name} iter {it:4d}  ts {ts:8d}  reward {reward}  {sps:7.0f} steps/s"
+              f"  {time.time() - self._start:6.1f}s", flush=True)
+        self._printed[key] = (time.time(), it)
 
 
 def _make_callbacks():
@@ -363,18 +401,20 @@ def _make_callbacks():
                 json.dump(config, f, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
 
     class ProgressLine(Callback):
-        """One line per result: trial, iteration, timesteps, mean reward, steps/s."""
+        """Progress lines (ProgressPrinter): at most one per PROGRESS_INTERVAL_S per trial, plus each trial's last;
+        with several trials each line names its trial by its short tag (index and grid values)."""
 
         def __init__(self):
-            self._start = time.time()
+            self._printer = ProgressPrinter()
+
+        def _name(self, trials, trial) -> str:
+            return str(trial) if len(trials) <= 1 else f"[{trial.experiment_tag}]"
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            reward = result.get("episode_reward_mean")
-            reward = "    nan" if reward is None or reward != reward else f"{reward:8.2f}"
-            it, ts = result.get("training_iteration", 0), result.get("timesteps_total", 0)
-            sps = result.get("num_steps_per_s", 0.0)
-            print(f"{trial} iter {it:4d}  ts {ts:8d}  reward {reward}  {sps:7.0f} steps/s"
-                  f"  {time.time() - self._start:6.1f}s", flush=True)
+            self._printer.result(trial.trial_id, self._name(trials, trial), result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._printer.last(trial.trial_id, self._name(trials, trial), trial.last_result or {})
 
         def on_trial_error(self, iteration, trials, trial, **info):
             print(f"{trial} failed", file=sys.stderr, flush=True)

@@ -85,6 +85,23 @@ def _holding_model_lock(method: Callable) -> Callable:
 
 
 class RolloutWorker:
+    """An environment (vectorised over ``num_envs_per_worker`` sub-envs), its policies, their preprocessors and
+    observation filters, and the sampler that steps them together. The local worker of a trainer holds the
+    learner's policies; remote ones (``as_remote()``) sample with weights the trainer sends them.
+
+    Args:
+        env_creator: ``env_creator(EnvContext) -> env``: a gymnasium.Env, a relayrl VectorEnv, a Gymnasium vector
+            env (its sub-envs become the worker's) or a MultiAgentEnv.
+        policy: a Policy class (one policy, id ``default_policy``) or a multi-agent dict
+            ``{policy_id: (cls, obs_space, act_space, config_overrides)}``.
+        policy_mapping_fn: agent id -> policy id (multi-agent).
+        policies_to_train: policy ids that learn (default: all).
+        policy_config: a trainer config; missing keys take the common defaults (``relayrl.config.COMMON_CONFIG``).
+        worker_index: 0 for the local worker, 1.. for remote ones (seeds and env contexts differ per worker).
+        **overrides: config keys by keyword (``sample_batch_size=50``, the seed-era ``batch_steps``...); an
+            unknown keyword is a TypeError with a did-you-mean.
+    """
+
     _model_lock: threading.RLock | None = None  # set when the sampler thread starts (sample_async)
 
     @classmethod

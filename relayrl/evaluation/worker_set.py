@@ -41,6 +41,20 @@ def ensure_ray(num_cpus: float = 0) -> None:
 
 
 class WorkerSet:
+    """The local RolloutWorker (the learner's policies) and ``num_workers`` remote ones (Ray actors).
+
+    Args:
+        env_creator: ``env_creator(EnvContext) -> env``, shipped to every remote worker.
+        policy: a Policy class or a multi-agent policy dict (see RolloutWorker).
+        trainer_config: the trainer's config (resources per worker, fault-tolerance keys, worker options).
+        num_workers: remote workers to start now (0: no Ray at all).
+        logdir: unused; kept for the seed-era signature.
+
+    A remote worker that dies is handled where an optimizer waits on it (``handle_worker_failure``, ``fetch``,
+    ``gather``): replaced with ``recreate_failed_workers``, dropped with ``ignore_worker_failures``, else a
+    WorkerFailureError naming it, its node and both keys.
+    """
+
     def __init__(
         self,
         env_creator: Callable,

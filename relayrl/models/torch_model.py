@@ -25,6 +25,18 @@ from torch import nn
 
 
 class TorchModel(nn.Module):
+    """Base of every torch model: ``model(input_dict, state, seq_lens) -> (dist_inputs, state_out)`` and
+    ``value_function()`` for the values of the last forward's observations.
+
+    Args:
+        obs_space: the (preprocessed) observation space; a flat Box whose ``original_space`` is the env's Dict or
+            Tuple space when it had one.
+        action_space: the env's action space.
+        num_outputs: size of the action distribution's inputs (``ModelCatalog.get_action_dist``).
+        model_config: the ``model`` config (MODEL_DEFAULTS merged with the user's; ``custom_options`` for yours).
+        name: a name for the model (used in exports).
+    """
+
     #: Whether ``forward`` gets Dict / Tuple observations in their structure as ``input_dict["obs"]`` (else flat;
     #: ``input_dict["obs_flat"]`` is there either way).
     structured_obs = True

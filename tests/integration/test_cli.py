@@ -248,3 +248,32 @@ def test_a_signal_stops_train_cleanly(sig, code, tmp_path):
     assert err.strip().splitlines()[-1] == f"relayrl: stopped by {signal.Signals(sig).name}", err
     for dump in ("stack trace", "*** SIGTERM received", "*** SIGINT received", "logging.cc", "PC: @", "Traceback"):
         assert dump not in err, err
+
+
+def test_in_process_and_tune_runs_write_the_same_files(tmp_path):
+    """A single trial with num_workers 0 runs in this process (no Ray start); --tune runs it through Tune. Both
+    write the same result files with the same result keys, and print the same kind of progress and end lines."""
+    runs = {}
+    for mode, extra in (("local", []), ("tune", ["--tune"])):
+        proc = relayrl("train", "--run", "PG", "--env", "CartPole-v1", "--config", '{"train_batch_size": 200}',
+                       "--stop", '{"training_iteration": 3}', "--checkpoint-freq", "2", "--checkpoint-at-end",
+                       "--local-dir", str(tmp_path / mode), *extra)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert re.search(r"TERMINATED, 3 iterations", proc.stdout), proc.stdout
+        (trial,) = [d for d in (tmp_path / mode / "default").iterdir() if d.is_dir() and d.name.startswith("PG_")]
+        files = {f.name for f in trial.iterdir()}
+        assert {"params.json", "result.json", "progress.csv"} <= files, files
+        assert any(f.startswith("events.out.tfevents") for f in files)
+        results = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+        assert [r["training_iteration"] for r in results] == [1, 2, 3]
+        assert results[-1]["done"] is True or mode == "tune"
+        checkpoint = re.search(r"checkpoint: (\S+)", proc.stdout).group(1)
+        runs[mode] = (set(results[-1]), checkpoint)
+    local_keys, tune_keys = runs["local"][0], runs["tune"][0]
+    relayrl_keys = {"episode_reward_mean", "timesteps_total", "info", "training_iteration", "time_total_s",
+                    "num_healthy_workers", "trial_id", "timestamp", "config", "time_since_restore"}
+    assert relayrl_keys <= local_keys and relayrl_keys <= tune_keys
+    # both checkpoints roll out
+    for _, checkpoint in runs.values():
+        proc = relayrl("rollout", checkpoint, "--steps", "20")
+        assert proc.returncode == 0, proc.stderr
