@@ -15,6 +15,7 @@ import queue
 import threading
 from typing import Any
 
+from relayrl.env.env_checks import EnvCheckError
 from relayrl.evaluation.metrics import RolloutMetrics
 from relayrl.evaluation.sampler import SyncSampler
 from relayrl.policy.sample_batch import SampleBatch
@@ -51,6 +52,8 @@ class AsyncSampler:
             self._thread = threading.Thread(target=self._run, name="relayrl-async-sampler", daemon=True)
             self._thread.start()
         item = self.queue.get(timeout=self.timeout_s)
+        if isinstance(item, EnvCheckError):
+            raise item  # the one class users catch for a bad env, with its message on the last line
         if isinstance(item, BaseException):
             raise RuntimeError("the background sampling thread failed") from item
         return item
