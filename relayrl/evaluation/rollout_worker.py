@@ -192,6 +192,13 @@ class RolloutWorker:
 
         return VectorEnv.wrap(make_env, num_envs, existing_envs=[env])
 
+    def set_model_lock(self, lock: Any) -> None:
+        """Shares ``lock`` between this worker's sampling (each policy call) and its learn methods: for a learner
+        thread that trains the same model while this worker samples (IMPALA without remote workers)."""
+        self._model_lock = lock
+        if self._sampler is not None:
+            self._sampler._lock = lock
+
     @property
     def sampler(self) -> SyncSampler:
         if self._sampler is None:
@@ -201,7 +208,7 @@ class RolloutWorker:
                     " which the sampler does not support yet; use a single 'default_policy'"
                 )
             config = self.config
-            if config["sample_async"]:
+            if config["sample_async"] and self._model_lock is None:
                 self._model_lock = threading.RLock()
             self._sampler = SyncSampler(
                 self._vectorize(self.env, config["num_envs_per_worker"]),

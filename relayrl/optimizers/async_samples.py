@@ -53,7 +53,7 @@ class LearnerThread(threading.Thread):
     the driver holds it to read consistent weights. ``weights_version`` counts the optimizer steps taken.
     """
 
-    def __init__(self, local_worker: Any, lock: threading.Lock, num_data_loaders: int = 1, queue_size: int = 16):
+    def __init__(self, local_worker: Any, lock: threading.RLock, num_data_loaders: int = 1, queue_size: int = 16):
         super().__init__(name="relayrl-learner", daemon=True)
         self.local_worker = local_worker
         self.lock = lock
@@ -173,7 +173,11 @@ class AsyncSamplesOptimizer(PolicyOptimizer):
         self.replay_proportion = replay_proportion
         self.replay_batches: collections.deque = collections.deque(maxlen=max(1, replay_buffer_num_slots))
         self._rng = np.random.default_rng(seed)
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
+        if not self.workers.remote_workers():
+            # The driver samples with the model the learner thread trains: they take turns (each policy call of
+            # the sampler, each optimizer step), or a model that caches its forward's features would be corrupted.
+            self.workers.local_worker().set_model_lock(self.lock)
         self.learner = LearnerThread(self.workers.local_worker(), self.lock, num_parallel_data_loaders,
                                      learner_queue_size)
         self.learner.start()

@@ -76,3 +76,19 @@ def test_sample_async_does_not_race_the_learner(async_worker):
         with torch.no_grad():
             expected = reference.value(batch[SampleBatch.OBS])
         np.testing.assert_allclose(batch[SampleBatch.VF_PREDS], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_impala_without_remote_workers_shares_the_learner_lock_with_the_sampler():
+    """IMPALA with num_workers 0: the driver samples while the learner thread trains the same model; both take
+    the optimizer's lock (each policy call, each optimizer step)."""
+    from relayrl.agents.impala import ImpalaTrainer
+
+    trainer = ImpalaTrainer(env="CartPole-v1", config={"num_workers": 0, "model": {"fcnet_hiddens": [8]},
+                                                       "sample_batch_size": 20, "train_batch_size": 40})
+    try:
+        trainer.train()
+        worker = trainer.workers.local_worker()
+        assert worker._model_lock is trainer.optimizer.lock
+        assert worker.sampler._lock is trainer.optimizer.lock
+    finally:
+        trainer.stop()
