@@ -1,9 +1,7 @@
 """Users' own model, preprocessor and action distribution on remote (Ray) workers and in Tune trials."""
 
-import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 from relayrl.agents.pg import PGTrainer
@@ -72,13 +70,16 @@ def test_custom_model_preprocessor_and_dist_on_two_remote_workers(ray_session, b
         remote = trainer.workers.remote_workers()
         import ray
 
-        seen = ray.get([w.apply.remote(lambda w: (
-            type(w.get_policy().model).__name__, w.get_policy().model.calls, type(w.preprocessors["default_policy"]).__name__,
-            w.get_policy().dist_class.__name__, CountingCategorical.used)) for w in remote])
+        def describe(w):
+            policy = w.get_policy()
+            return (type(policy.model).__name__, policy.model.calls, type(w.preprocessors["default_policy"]).__name__,
+                    policy.dist_class.__name__, CountingCategorical.used)
+
+        seen = ray.get([w.apply.remote(describe) for w in remote])
         for model_name, calls, prep, dist, used in seen:
             assert model_name == "TinyModel" and calls > 0
             assert prep == "ScaleBy10"
-            assert dist == "CountingCategorical"
+            assert dist == "CountingCategorical" and used
         # the observations a remote worker sampled went through the custom preprocessor (x10)
         obs = ray.get(remote[0].apply.remote(lambda w: np.abs(w.sample()["obs"]).max()))
         assert obs > 1.0
