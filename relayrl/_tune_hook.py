@@ -1,6 +1,6 @@
 """Registers relayrl's trainers with Ray Tune as soon as ``ray.tune`` is imported, without importing it here.
 
-Importing Tune costs about a second, so ``import relayrl`` must not do it; yet seed 002 calls
+Importing Tune costs about a second, so ``import relayrl`` must not do it; yet RLlib 0.7's documentation calls
 ``tune.run_experiments({... "run": "PPO" ...})`` after importing relayrl, and Tune must then find "PPO".
 A meta-path finder wraps the loader of ``ray.tune`` and calls ``register_all()`` right after it executes.
 """

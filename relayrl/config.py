@@ -157,12 +157,12 @@ _NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
 _FREE_DICTS = {"env_config", "optimizer", "custom_options", "custom_resources_per_worker", "policies"}
 
 
-# Names of the seed documents' era and the keys that replaced them.
+# Names of RLlib 0.7's era (2019) and the keys that replaced them.
 LEGACY_KEYS = {
     "sgd_stepsize": "lr",
     "sgd_batchsize": "sgd_minibatch_size",
     "timesteps_per_batch": "train_batch_size",
-    # Seed 002: `gpu: true` asks for one GPU, `gpu_fraction: f` for a fraction of one (both: the fraction when gpu
+    # RLlib 0.7's documentation: `gpu: true` asks for one GPU, `gpu_fraction: f` for a fraction of one (both: the fraction when gpu
     # is true, none when it is false).
     "gpu": "num_gpus",
     "gpu_fraction": "num_gpus",
@@ -170,7 +170,7 @@ LEGACY_KEYS = {
 
 
 def translate_legacy_keys(config: dict, defaults: dict) -> dict:
-    """Renames seed-era keys (``sgd_stepsize`` -> ``lr``, ``gpu`` / ``gpu_fraction`` -> ``num_gpus``, ...) that
+    """Renames RLlib 0.7-era keys (``sgd_stepsize`` -> ``lr``, ``gpu`` / ``gpu_fraction`` -> ``num_gpus``, ...) that
     the defaults know by their new name."""
     out = dict(config)
     if "gpu" in out and "gpu_fraction" in out and "gpu" not in defaults and "gpu_fraction" not in defaults:
@@ -188,7 +188,7 @@ def translate_legacy_keys(config: dict, defaults: dict) -> dict:
 
 def prepare_config(config: dict | None, defaults: dict, name: str = "trainer",
                    check_values: Callable | None = None) -> dict:
-    """The one place a trainer's config is checked: translates seed-era keys, rejects unknown keys and wrong types
+    """The one place a trainer's config is checked: translates RLlib 0.7-era keys, rejects unknown keys and wrong types
     (ValueError naming the key), merges the config onto ``defaults``, then checks the values of the merged config
     (the common keys here, the algorithm's keys with ``check_values(merged)``). Returns the merged config, which
     everything downstream reads as ``config[key]``."""
@@ -221,7 +221,7 @@ def with_common_config(extra: dict) -> dict:
 
 def validate_config(config: dict, defaults: dict, name: str = "trainer", check_values: Callable | None = None) -> None:
     """Raises ValueError for unknown keys, wrong types and impossible values, naming the key (``prepare_config``
-    without keeping the merged config; seed-era key names are accepted)."""
+    without keeping the merged config; RLlib 0.7-era key names are accepted)."""
     prepare_config(config, defaults, name, check_values)
 
 

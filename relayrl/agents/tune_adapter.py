@@ -1,7 +1,7 @@
 """Ray Tune integration: each trainer wrapped as a ``ray.tune.Trainable`` and registered by name.
 
 ``register_all()`` runs when ``ray.tune`` is imported after relayrl (an import hook set in
-``relayrl/__init__.py``) or at once if Tune was already imported. So seed 002's
+``relayrl/__init__.py``) or at once if Tune was already imported. So RLlib 0.7's documentation's
 ``tune.run_experiments({"exp": {"run": "PPO", ...}})`` finds our trainers, and Tune never falls back to
 looking the name up elsewhere.
 """

@@ -1,4 +1,4 @@
-"""RolloutWorker (seed alias: PolicyEvaluator): an environment, its policies and the sampler between them.
+"""RolloutWorker (RLlib 0.7 alias: PolicyEvaluator): an environment, its policies and the sampler between them.
 
     worker = RolloutWorker(lambda ctx: gym.make("CartPole-v1"), MyPolicy)
     batch = worker.sample()                          # a SampleBatch of experience
@@ -7,7 +7,7 @@
     batch = ray.get(remote.sample.remote())
 
 Options come from ``policy_config`` (a trainer config; missing keys take the common defaults) and may be
-overridden by keyword (``sample_batch_size=50``; the seed-era names ``batch_steps``, ``episode_horizon`` and
+overridden by keyword (``sample_batch_size=50``; the RLlib 0.7 (2019) names ``batch_steps``, ``episode_horizon`` and
 ``num_envs`` are accepted too).
 """
 
@@ -36,7 +36,7 @@ from relayrl.utils.filters import Filter, get_filter
 logger = logging.getLogger(__name__)
 
 class PolicyMap(dict):
-    """policy id -> Policy; the seed-era id "default" finds "default_policy"."""
+    """policy id -> Policy; the RLlib 0.7-era id "default" finds "default_policy"."""
 
     def __missing__(self, key: str) -> Policy:
         if key == "default" and DEFAULT_POLICY_ID in self:
@@ -46,12 +46,12 @@ class PolicyMap(dict):
 
 _LEGACY_NAMES = {"batch_steps": "sample_batch_size", "episode_horizon": "horizon", "num_envs": "num_envs_per_worker",
                  "model_config": "model"}
-# Seed-era keywords of PolicyEvaluator that have no meaning here (TensorFlow, offline IO): accepted and dropped.
+# RLlib 0.7-era keywords of PolicyEvaluator that have no meaning here (TensorFlow, offline IO): accepted and dropped.
 _DROPPED_NAMES = ("tf_session_creator", "preprocessor_pref", "monitor_path", "log_dir", "input_creator")
 
 
 def _keyword_overrides(overrides: dict, policy_config: dict | None) -> dict:
-    """The constructor's ``**overrides`` as config keys: seed-era names translated, dropped ones removed, and a
+    """The constructor's ``**overrides`` as config keys: RLlib 0.7 (2019) names translated, dropped ones removed, and a
     keyword that is no config key a TypeError (with the closest name) instead of an option silently ignored."""
     known = set(COMMON_CONFIG) | set(policy_config or {})
     out = {}
@@ -98,7 +98,7 @@ class RolloutWorker:
         policies_to_train: policy ids that learn (default: all).
         policy_config: a trainer config; missing keys take the common defaults (``relayrl.config.COMMON_CONFIG``).
         worker_index: 0 for the local worker, 1.. for remote ones (seeds and env contexts differ per worker).
-        **overrides: config keys by keyword (``sample_batch_size=50``, the seed-era ``batch_steps``...); an
+        **overrides: config keys by keyword (``sample_batch_size=50``, the RLlib 0.7-era ``batch_steps``...); an
             unknown keyword is a TypeError with a did-you-mean.
     """
 

@@ -48,7 +48,7 @@ class WorkerSet:
         policy: a Policy class or a multi-agent policy dict (see RolloutWorker).
         trainer_config: the trainer's config (resources per worker, fault-tolerance keys, worker options).
         num_workers: remote workers to start now (0: no Ray at all).
-        logdir: unused; kept for the seed-era signature.
+        logdir: unused; kept for the RLlib 0.7-era signature.
 
     A remote worker that dies is handled where an optimizer waits on it (``handle_worker_failure``, ``fetch``,
     ``gather``): replaced with ``recreate_failed_workers``, dropped with ``ignore_worker_failures``, else a
@@ -80,7 +80,7 @@ class WorkerSet:
 
     @classmethod
     def from_workers(cls, local_worker: Any, remote_workers: list | None = None) -> "WorkerSet":
-        """Wraps workers built by hand (any objects with the RolloutWorker methods), as in the seeds."""
+        """Wraps workers built by hand (any objects with the RolloutWorker methods), as in RLlib 0.7."""
         ws = cls(None, None, _setup=False)
         ws._local_worker = local_worker
         ws._remote_workers = list(remote_workers or [])
@@ -321,7 +321,7 @@ class WorkerSet:
         return failed
 
     def recreate_failed_workers(self) -> list[int]:
-        """Seed-era name: pings every remote worker and replaces the dead ones (whatever the config says)."""
+        """RLlib 0.7-era name: pings every remote worker and replaces the dead ones (whatever the config says)."""
         saved = self._config
         self._config = {**saved, "recreate_failed_workers": True}
         try:

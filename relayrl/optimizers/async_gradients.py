@@ -1,5 +1,5 @@
 """AsyncGradientsOptimizer: the A3C loop (Mnih et al. 2016, https://arxiv.org/abs/1602.01783, Algorithm S3),
-with Ray actors in place of threads (seed 003).
+with Ray actors in place of threads (RLlib 0.7's A3C).
 
     optimizer = AsyncGradientsOptimizer(workers, grads_per_step=100)
     optimizer.step()   # applies grads_per_step gradients, each as soon as it arrives

@@ -5,7 +5,7 @@
         optimizer.step()
     optimizer.stats()
 
-Seed-era construction is accepted too: ``Optimizer(local_evaluator, remote_evaluators, **options)`` and
+RLlib 0.7-era construction is accepted too: ``Optimizer(local_evaluator, remote_evaluators, **options)`` and
 ``Optimizer.make(env_creator, policy, num_workers=2, optimizer_config={...})``.
 """
 
@@ -26,7 +26,7 @@ class PolicyOptimizer:
         self.num_steps_trained = 0
         self.episode_history: list[RolloutMetrics] = []
 
-    # --- seed-era accessors -----------------------------------------------------------------------------------
+    # --- RLlib 0.7-era accessors -----------------------------------------------------------------------------------
     @property
     def local_evaluator(self):
         return self.workers.local_worker()
@@ -77,7 +77,7 @@ class PolicyOptimizer:
         """Builds the workers and the optimizer in one call.
 
         ``make(env_creator, PolicyClass, num_workers, optimizer_config, worker_config)`` builds RolloutWorkers;
-        ``make(EvaluatorClass, [args...], num_workers, optimizer_config)`` (seed 000) instantiates a user's
+        ``make(EvaluatorClass, [args...], num_workers, optimizer_config)`` (RLlib 0.7) instantiates a user's
         own evaluator class locally and as Ray actors."""
         if isinstance(env_creator_or_worker_cls, type):
             evaluator_cls = env_creator_or_worker_cls

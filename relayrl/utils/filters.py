@@ -273,7 +273,7 @@ def _check_running_stat(stat: Any, shape: tuple[int, ...], where: str) -> None:
             raise ValueError(f"field '{where}.m2' has negative entries (it is a sum of squared deviations)")
 
 
-# ``observation_filter`` names. "ConcurrentMeanStdFilter", a seed-era name (RLlib 2019's MeanStdFilter behind a
+# ``observation_filter`` names. "ConcurrentMeanStdFilter", a RLlib 0.7 (2019) name (RLlib 2019's MeanStdFilter behind a
 # lock), is accepted as MeanStdFilter; workers' statistics are merged by synchronize_filters either way.
 FILTERS = {"NoFilter": NoFilter, "MeanStdFilter": MeanStdFilter, "ConcurrentMeanStdFilter": MeanStdFilter}
 

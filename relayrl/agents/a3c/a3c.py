@@ -3,7 +3,7 @@ Learning", https://arxiv.org/abs/1602.01783).
 
 Remote workers each sample a fragment (in a background thread with ``sample_async``), compute the actor-critic
 gradient on it, and the driver applies every gradient as it arrives, sending that worker fresh weights
-(AsyncGradientsOptimizer, seed 003). The loss is in ``a3c_torch_policy.py``.
+(AsyncGradientsOptimizer, RLlib 0.7's A3C). The loss is in ``a3c_torch_policy.py``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 from relayrl.agents.pg.pg import DEFAULT_CONFIG, PGTorchPolicy, PGTrainer
 
-PGAgent = PGTrainer  # seed-era name
+PGAgent = PGTrainer  # RLlib 0.7 (2019) name
 
 __all__ = ["PGTrainer", "PGAgent", "PGTorchPolicy", "DEFAULT_CONFIG"]
