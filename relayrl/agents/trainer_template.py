@@ -2,12 +2,22 @@
 
     PGTrainer = build_trainer(name="PG", default_config=DEFAULT_CONFIG, default_policy=PGTorchPolicy)
 
-The iteration it builds is: ``optimizer.step()`` until ``min_iter_time_s`` and ``timesteps_per_iteration`` are
-met (filters synchronised after each step), then the episode metrics and learner stats as the result.
+The iteration it builds (one loop for every algorithm built here) is: ``optimizer.step()`` until
+``min_iter_time_s`` and ``timesteps_per_iteration`` are met (filters synchronised after each step), then the
+episode metrics and learner stats as the result. With ``asynchronous=True`` (IMPALA, Ape-X DQN, Ape-X DDPG:
+optimizers that sample and learn in the background) two things differ:
+
+- filters are synchronised once per iteration (and only with a real observation filter), not after every
+  optimizer step: a filter round trip queues behind the workers' in-flight samples and would drain the
+  asynchronous pipeline each step;
+- ``timesteps_this_iter`` is the optimizer's ``num_steps_sampled`` minus the trainer's ``timesteps_total``, not
+  the growth since the iteration began, so that ``timesteps_total`` stays equal to ``num_steps_sampled`` even
+  after an iteration that raised (e.g. a WorkerFailureError) while batches had already arrived.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import sys
@@ -26,7 +36,7 @@ PolicyOptimizerSpec = Callable[[dict], tuple[type, dict]]
 
 
 def default_policy_optimizer(config: dict) -> tuple[type, dict]:
-    return SyncSamplesOptimizer, {"train_batch_size": config["train_batch_size"]}
+    return SyncSamplesOptimizer, {"train_batch_size": config["train_batch_size"], "seed": config["seed"]}
 
 
 def default_make_policy_optimizer(workers: WorkerSet, config: dict):
@@ -39,10 +49,15 @@ def make_from_spec(spec: PolicyOptimizerSpec, workers: WorkerSet, config: dict):
 
 
 def optimizer_options(optimizer_cls: type) -> list[str]:
-    """The keyword options of an optimizer's constructor (read from its signature; ``**kwargs`` takes none)."""
+    """The keyword options of an optimizer's constructor: read from its signature (``**kwargs`` takes none),
+    plus the fields of its ``options_type`` dataclass when it declares one (the replay optimizers' ReplayOptions)."""
     params = inspect.signature(optimizer_cls.__init__).parameters.values()
-    return [p.name for p in params if p.name not in ("self", "workers", "remote_workers")
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    names = [p.name for p in params if p.name not in ("self", "workers", "remote_workers")
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    options_type = getattr(optimizer_cls, "options_type", None)
+    if options_type is not None:
+        names += [f.name for f in dataclasses.fields(options_type) if f.name not in names]
+    return names
 
 
 def check_optimizer_options(name: str, config: dict, spec: PolicyOptimizerSpec) -> None:
@@ -76,6 +91,7 @@ def build_trainer(
     after_optimizer_step: Callable | None = None,
     after_train_result: Callable | None = None,
     mixins: list[type] | None = None,
+    asynchronous: bool = False,
 ) -> type[Trainer]:
     """Returns a Trainer subclass.
 
@@ -87,7 +103,9 @@ def build_trainer(
     - ``get_policy_class(config)`` picks the policy from the config (default: ``default_policy``);
     - ``before_init(trainer)``, ``after_init(trainer)``;
     - ``before_train_step(trainer)``, ``after_optimizer_step(trainer, fetches)``,
-      ``after_train_result(trainer, result)``.
+      ``after_train_result(trainer, result)``;
+    - ``asynchronous``: the optimizer samples and learns in the background; the iteration synchronises filters
+      once and counts timesteps from ``num_steps_sampled`` (see the module docstring).
     """
 
     def _init(self, config: dict, env_creator: Any) -> None:
@@ -107,27 +125,30 @@ def build_trainer(
         if before_train_step is not None:
             before_train_step(self)
         start = time.time()
-        prev_steps = self.optimizer.num_steps_sampled
+        config, optimizer = self.config, self.optimizer
+        prev_steps = optimizer.num_steps_sampled
+        # An asynchronous step may return before anything arrived: the iteration needs at least one step sampled.
+        min_steps = max(1, config["timesteps_per_iteration"]) if asynchronous else config["timesteps_per_iteration"]
         while True:
-            fetches = self.optimizer.step()
-            if self.config["synchronize_filters"]:
+            fetches = optimizer.step()
+            if config["synchronize_filters"] and not asynchronous:
                 synchronize_filters(self.workers)
-            global_vars = {"timestep": self.optimizer.num_steps_sampled}
-            self.workers.local_worker().set_global_vars(global_vars)
+            self.workers.local_worker().set_global_vars({"timestep": optimizer.num_steps_sampled})
             if after_optimizer_step is not None:
                 after_optimizer_step(self, fetches)
-            if (
-                time.time() - start >= self.config["min_iter_time_s"]
-                and self.optimizer.num_steps_sampled - prev_steps >= self.config["timesteps_per_iteration"]
-            ):
+            if (time.time() - start >= config["min_iter_time_s"]
+                    and optimizer.num_steps_sampled - prev_steps >= min_steps):
                 break
+        if asynchronous and config["synchronize_filters"] and config["observation_filter"] != "NoFilter":
+            synchronize_filters(self.workers)
         result = self.collect_metrics()
-        result["timesteps_this_iter"] = self.optimizer.num_steps_sampled - prev_steps
-        stats = self.optimizer.stats()
+        result["timesteps_this_iter"] = optimizer.num_steps_sampled - (
+            self._timesteps_total if asynchronous else prev_steps)
+        stats = optimizer.stats()
         result["info"] = {
             "learner": stats.pop("learner", fetches),
-            "num_steps_sampled": self.optimizer.num_steps_sampled,
-            "num_steps_trained": self.optimizer.num_steps_trained,
+            "num_steps_sampled": optimizer.num_steps_sampled,
+            "num_steps_trained": optimizer.num_steps_trained,
             **stats,
         }
         if after_train_result is not None:

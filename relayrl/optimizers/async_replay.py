@@ -18,6 +18,8 @@ The driver's ``step()`` is bookkeeping only::
     learner output -> shard.update_priorities(indexes, |td|)
 
 The target network is updated in the learner thread every ``target_network_update_freq`` trained steps.
+The replay options are SyncReplayOptimizer's (``ReplayOptions`` in ``replay_options.py``; here
+``train_batch_size`` defaults to 512 and ``sample_batch_size`` to 50); the keywords below are Ape-X's own.
 
 Failures. A remote worker that dies is found when its sample (count) future is awaited: its requests in flight
 are dropped and ``WorkerSet.handle_worker_failure`` decides -- with ``recreate_failed_workers`` the replacement gets
@@ -43,10 +45,10 @@ import numpy as np
 from relayrl.evaluation.worker_set import WorkerFailureError, WorkerSet, _first_line
 from relayrl.optimizers.policy_optimizer import PolicyOptimizer
 from relayrl.optimizers.replay_buffer import PrioritizedReplayBuffer
+from relayrl.optimizers.replay_options import ReplayOptions, build_options
 from relayrl.optimizers.sync_replay import add_to_buffer, make_buffer
 from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, SampleBatch
 from relayrl.policy.torch_policy import LEARNER_STATS_KEY
-from relayrl.utils.schedules import LinearSchedule
 from relayrl.utils.timers import TimerStat
 
 logger = logging.getLogger(__name__)
@@ -142,33 +144,26 @@ class LearnerThread(threading.Thread):
 
 
 class AsyncReplayOptimizer(PolicyOptimizer):
+    # The replay keyword options: the fields of ReplayOptions, with these defaults of Ape-X's own.
+    options_type = ReplayOptions
+    option_defaults = {"train_batch_size": 512, "sample_batch_size": 50}
+
     def __init__(
         self,
         workers: Any,
         remote_workers: list | None = None,
         *,
-        learning_starts: int = 1000,
-        buffer_size: int = 10000,
-        prioritized_replay: bool = True,
-        prioritized_replay_alpha: float = 0.6,
-        prioritized_replay_beta: float = 0.4,
-        final_prioritized_replay_beta: float = 0.4,
-        beta_annealing_fraction: float = 0.2,
-        schedule_max_timesteps: int = 100000,
-        prioritized_replay_eps: float = 1e-6,
-        train_batch_size: int = 512,
-        sample_batch_size: int = 50,
-        target_network_update_freq: int = 0,
-        compress_observations: bool = False,
         num_replay_buffer_shards: int = 1,
         max_weight_sync_delay: int = 400,
         num_sample_requests_in_flight_per_worker: int = 2,
         num_replay_requests_in_flight_per_shard: int = 4,
         max_sample_train_ratio: float | None = None,
         debug: bool = False,
-        seed: int | None = None,
+        **options: Any,
     ):
         super().__init__(workers, remote_workers)
+        self.options = opts = build_options(options, self.option_defaults, owner=type(self).__name__)
+        learning_starts, seed = opts.learning_starts, opts.seed
         if not self.workers.remote_workers():
             raise ValueError("AsyncReplayOptimizer needs remote workers (num_workers >= 1)")
         import ray
@@ -181,22 +176,19 @@ class AsyncReplayOptimizer(PolicyOptimizer):
         self.learning_starts = learning_starts
         self._idle_workers: list = []
         self.debug = debug
-        self.beta_schedule = LinearSchedule(
-            int(beta_annealing_fraction * schedule_max_timesteps),
-            final_p=final_prioritized_replay_beta, initial_p=prioritized_replay_beta,
-        )
+        self.beta_schedule = opts.beta_schedule()
         self._replay_actor_cls = ray.remote(num_cpus=0)(ReplayActor)
         self._shard_args = [
-            (num_replay_buffer_shards, learning_starts, buffer_size, train_batch_size, prioritized_replay,
-             prioritized_replay_alpha, prioritized_replay_eps, compress_observations,
-             None if seed is None else seed + i)
+            (num_replay_buffer_shards, learning_starts, opts.buffer_size, opts.train_batch_size,
+             opts.prioritized_replay, opts.prioritized_replay_alpha, opts.prioritized_replay_eps,
+             opts.compress_observations, None if seed is None else seed + i)
             for i in range(num_replay_buffer_shards)
         ]
         self.replay_actors = [self._replay_actor_cls.remote(*args) for args in self._shard_args]
         self._dead_shards: set = set()  # shards replaced after they died (their priority updates are skipped)
         self.num_replay_shards_recreated = 0
         self.learner = LearnerThread(self.workers.local_worker().get_policy(DEFAULT_POLICY_ID),
-                                     target_network_update_freq)
+                                     opts.target_network_update_freq)
         self._rng = random.Random(seed)
         self._num_samples_in_flight = num_sample_requests_in_flight_per_worker
         self._num_replays_in_flight = num_replay_requests_in_flight_per_shard

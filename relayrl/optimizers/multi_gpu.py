@@ -2,9 +2,11 @@
 
 After gathering ``train_batch_size`` steps, each trainable policy's batch is converted to tensors on its
 device a single time; then ``num_sgd_iter`` epochs index shuffled minibatches of ``sgd_batch_size`` rows out of
-those tensors (no host-to-device copies inside the loop). On a machine without CUDA the one device is the CPU.
-With ``num_gpus > 1`` each minibatch is split across the GPUs ("towers"), each tower computes gradients on its
-share with a replica of the model, and their average is applied to the learner's model.
+those tensors (no host-to-device copies inside the loop). The epochs are SyncSamplesOptimizer's routine
+(``minibatch_sgd.py``: seeded from ``seed``, the last partial minibatch of each epoch dropped). On a machine
+without CUDA the one device is the CPU. With ``num_gpus > 1`` each minibatch is split across the GPUs
+("towers"), each tower computes gradients on its share with a replica of the model, and their average is
+applied to the learner's model.
 
 Worker failures are handled while sampling, as in SyncSamplesOptimizer (``collect_samples``):
 ``recreate_failed_workers: True`` replaces a dead worker, ``ignore_worker_failures: True`` carries on without
@@ -21,12 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from relayrl.optimizers.minibatch_sgd import MinibatchSGD
 from relayrl.optimizers.policy_optimizer import PolicyOptimizer
 from relayrl.optimizers.rollout import collect_samples
 from relayrl.optimizers.sync_samples import standardize
-from relayrl.policy.finite_checks import check_update
 from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch
-from relayrl.policy.torch_policy import LEARNER_STATS_KEY, TorchPolicy
+from relayrl.policy.torch_policy import TorchPolicy
 from relayrl.utils.timers import TimerStat
 
 logger = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ class LocalMultiGPUOptimizer(PolicyOptimizer):
         self.devices = _devices(num_gpus)
         multi = len(self.devices) > 1
         self._towers = {pid: _Towers(p, self.devices) for pid, p in self.policies.items()} if multi else {}
-        self._generator = torch.Generator().manual_seed(0 if seed is None else seed)
+        self.sgd = MinibatchSGD(sgd_batch_size, num_sgd_iter, seed, train_batch_size)
         self.sample_timer = TimerStat()
         self.load_timer = TimerStat()
         self.grad_timer = TimerStat()
@@ -92,19 +94,12 @@ class LocalMultiGPUOptimizer(PolicyOptimizer):
         return stats
 
     def _sgd(self, pid: str, policy: TorchPolicy, tensors: dict[str, torch.Tensor], n: int) -> dict:
-        size = min(self.batch_size, n) if self.batch_size else n
-        num_batches = max(1, n // size)
-        towers = self._towers.get(pid)
-        epoch_stats: list[dict] = []
-        for _ in range(self.num_sgd_iter):
-            perm = torch.randperm(n, generator=self._generator).to(next(iter(tensors.values())).device)
-            epoch_stats = []
-            for b in range(num_batches):
-                idx = perm[b * size:(b + 1) * size]
-                minibatch = {k: v[idx] for k, v in tensors.items()}
-                fetch = towers.learn(minibatch) if towers else policy.learn_on_tensors(minibatch)
-                epoch_stats.append(fetch[LEARNER_STATS_KEY])
-        return _mean_stats(epoch_stats)
+        learn = self._towers[pid].learn if pid in self._towers else policy.learn_on_tensors
+
+        def learn_rows(rows: torch.Tensor | None) -> dict:
+            return learn(tensors if rows is None else {k: v[rows] for k, v in tensors.items()})
+
+        return self.sgd.run(n, learn_rows, device=next(iter(tensors.values())).device)
 
     def stats(self) -> dict:
         return {
@@ -137,19 +132,23 @@ class _Towers:
         self.devices = devices
 
     def learn(self, minibatch: dict[str, torch.Tensor]) -> dict:
+        """One update on a minibatch: each tower's loss on its share, gradients summed into the learner's
+        parameters, then the policy's own update step (NaN check, clipping, optimizer step)."""
         policy = self.policy
         n = next(iter(minibatch.values())).shape[0]
         shares = np.array_split(np.arange(n), len(self.devices))
         params = list(policy.model.parameters())
-        for opt in policy._optimizers:
-            opt.zero_grad(set_to_none=True)
+        policy.zero_grad()
         stats, losses = {}, []
         for model, device, share in zip([policy.model, *self.replicas], self.devices, shares):
             if model is not policy.model:
                 model.load_state_dict(policy.model.state_dict())
             idx = torch.as_tensor(share, device=minibatch[next(iter(minibatch))].device)
             shard = {k: v[idx].to(device, non_blocking=True) for k, v in minibatch.items()}
-            loss = policy._loss_fn(policy, model, policy.dist_class, shard) * (len(share) / n)
+            loss, tower_stats, _ = policy.compute_loss(model, shard)
+            if isinstance(loss, (list, tuple)):
+                raise ValueError(f"{type(policy).__name__}: multi-GPU towers need a loss function with one loss")
+            loss = loss * (len(share) / n)
             losses.append(loss.detach().to(self.devices[0]))
             grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
             for p, g in zip(params, grads):
@@ -157,23 +156,5 @@ class _Towers:
                     g = g.to(p.device)
                     p.grad = g if p.grad is None else p.grad + g
             if model is policy.model:
-                stats = policy.stats(shard)
-        if policy.config.get("check_nan", True):
-            check_update(policy, losses, minibatch)  # the summed gradients, before the step
-        grad_info = policy.extra_grad_process()
-        for opt in policy._optimizers:
-            opt.step()
-        return {LEARNER_STATS_KEY: {**grad_info, **stats}}
-
-
-def _mean_stats(stats: list[dict]) -> dict:
-    if not stats:
-        return {}
-    out = {}
-    for k in stats[0]:
-        vals = [s[k] for s in stats if k in s]
-        try:
-            out[k] = float(np.mean(vals))
-        except (TypeError, ValueError):
-            out[k] = vals[-1]
-    return out
+                stats = tower_stats  # the first tower's share reports the statistics
+        return policy.apply_update(losses, minibatch, stats)  # checks the summed gradients, before the step

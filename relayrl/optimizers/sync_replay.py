@@ -12,7 +12,8 @@ replayed and learned on; with prioritized replay the sampled rows get new priori
 annealed linearly from ``prioritized_replay_beta`` to ``final_prioritized_replay_beta`` over
 ``beta_annealing_fraction * schedule_max_timesteps`` sampled env steps (the clock of the epsilon schedule).
 Every ``target_network_update_freq`` sampled steps ``policy.update_target()`` runs on every trained policy
-that has one.
+that has one. The keyword options are the fields of ``ReplayOptions`` (``replay_options.py``), which
+AsyncReplayOptimizer shares.
 
 Worker failures: a remote worker that dies while a step waits on its batch goes to
 ``WorkerSet.handle_worker_failure``. With ``recreate_failed_workers: True`` its replacement (current weights,
@@ -29,9 +30,9 @@ import numpy as np
 
 from relayrl.optimizers.policy_optimizer import PolicyOptimizer
 from relayrl.optimizers.replay_buffer import PrioritizedReplayBuffer, ReplayBuffer
+from relayrl.optimizers.replay_options import ReplayOptions, build_options
 from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
 from relayrl.policy.torch_policy import LEARNER_STATS_KEY
-from relayrl.utils.schedules import LinearSchedule
 from relayrl.utils.timers import TimerStat
 
 SB = SampleBatch
@@ -69,43 +70,25 @@ def add_to_buffer(buffer: ReplayBuffer, batch: SampleBatch) -> None:
 
 
 class SyncReplayOptimizer(PolicyOptimizer):
-    def __init__(
-        self,
-        workers: Any,
-        remote_workers: list | None = None,
-        *,
-        learning_starts: int = 1000,
-        buffer_size: int = 10000,
-        prioritized_replay: bool = True,
-        prioritized_replay_alpha: float = 0.6,
-        prioritized_replay_beta: float = 0.4,
-        final_prioritized_replay_beta: float = 0.4,
-        beta_annealing_fraction: float = 0.2,
-        schedule_max_timesteps: int = 100000,
-        prioritized_replay_eps: float = 1e-6,
-        train_batch_size: int = 32,
-        sample_batch_size: int = 4,
-        target_network_update_freq: int = 0,
-        compress_observations: bool = False,
-        seed: int | None = None,
-    ):
+    # The keyword options: the fields of ReplayOptions (their defaults and docs are there).
+    options_type = ReplayOptions
+
+    def __init__(self, workers: Any, remote_workers: list | None = None, **options: Any):
         super().__init__(workers, remote_workers)
-        self.learning_starts = learning_starts
-        self.train_batch_size = train_batch_size
-        self.sample_batch_size = sample_batch_size
-        self.prioritized_replay = prioritized_replay
-        self.target_network_update_freq = target_network_update_freq
-        self.beta_schedule = LinearSchedule(
-            int(beta_annealing_fraction * schedule_max_timesteps),
-            final_p=final_prioritized_replay_beta, initial_p=prioritized_replay_beta,
-        )
-        self._buffer_args = (buffer_size, prioritized_replay, prioritized_replay_alpha, prioritized_replay_eps,
-                             compress_observations, seed)
+        self.options = opts = build_options(options, owner=type(self).__name__)
+        self.learning_starts = opts.learning_starts
+        self.train_batch_size = opts.train_batch_size
+        self.sample_batch_size = opts.sample_batch_size
+        self.prioritized_replay = opts.prioritized_replay
+        self.target_network_update_freq = opts.target_network_update_freq
+        self.beta_schedule = opts.beta_schedule()
+        self._buffer_args = (opts.buffer_size, opts.prioritized_replay, opts.prioritized_replay_alpha,
+                             opts.prioritized_replay_eps, opts.compress_observations, opts.seed)
         self.replay_buffers: dict[str, ReplayBuffer] = {}
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(opts.seed)
         self.last_target_update_ts = 0
         self.num_target_updates = 0
-        self.cur_beta = prioritized_replay_beta
+        self.cur_beta = opts.prioritized_replay_beta
         self.sample_timer, self.replay_timer, self.grad_timer = TimerStat(), TimerStat(), TimerStat()
         self.update_weights_timer, self.update_priorities_timer = TimerStat(), TimerStat()
         self.learner_stats: dict = {}

@@ -1,6 +1,9 @@
 """SyncSamplesOptimizer (seed alias LocalSyncOptimizer): sample on all workers, learn on the local policy,
 broadcast the new weights. The loop behind PG and A2C.
 
+With ``sgd_minibatch_size`` the learning is ``num_sgd_iter`` epochs of shuffled minibatches, the routine that
+LocalMultiGPUOptimizer also runs (``minibatch_sgd.py``: seeded from ``seed``, a last partial minibatch dropped).
+
 Worker failures (``collect_samples``): a remote worker that dies while a step waits on its batch goes to
 ``WorkerSet.handle_worker_failure``. With ``recreate_failed_workers: True`` its replacement (current weights and
 filters) samples in its place; with ``ignore_worker_failures: True`` the others sample the missing steps (an
@@ -14,11 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from relayrl.optimizers.minibatch_sgd import MinibatchSGD, get_learner_stats
 from relayrl.optimizers.policy_optimizer import PolicyOptimizer
 from relayrl.optimizers.rollout import collect_samples
 from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
-from relayrl.policy.torch_policy import LEARNER_STATS_KEY
 from relayrl.utils.timers import TimerStat
+
+__all__ = ["SyncSamplesOptimizer", "LocalSyncOptimizer", "learn_in_minibatches", "standardize", "get_learner_stats"]
 
 
 class SyncSamplesOptimizer(PolicyOptimizer):
@@ -31,6 +36,7 @@ class SyncSamplesOptimizer(PolicyOptimizer):
         train_batch_size: int = 1,
         sgd_minibatch_size: int = 0,
         standardize_fields: tuple[str, ...] = (),
+        seed: int | None = None,
     ):
         super().__init__(workers, remote_workers)
         self.num_sgd_iter = num_sgd_iter
@@ -41,7 +47,7 @@ class SyncSamplesOptimizer(PolicyOptimizer):
         self.sample_timer = TimerStat()
         self.grad_timer = TimerStat()
         self.learner_stats: dict = {}
-        self._rng = np.random.default_rng(0)
+        self.sgd = MinibatchSGD(sgd_minibatch_size, num_sgd_iter, seed, train_batch_size)
 
     def step(self) -> dict:
         with self.update_weights_timer:
@@ -51,9 +57,7 @@ class SyncSamplesOptimizer(PolicyOptimizer):
         self.sample_timer.push_units_processed(samples.count)
         with self.grad_timer:
             self.learner_stats = learn_in_minibatches(
-                self.workers.local_worker(), samples, self.num_sgd_iter, self.sgd_minibatch_size,
-                self.standardize_fields, self._rng,
-            )
+                self.workers.local_worker(), samples, self.sgd, self.standardize_fields)
         self.grad_timer.push_units_processed(samples.count)
         self.num_steps_sampled += samples.count
         self.num_steps_trained += samples.count
@@ -73,27 +77,27 @@ class SyncSamplesOptimizer(PolicyOptimizer):
 
 
 def learn_in_minibatches(
-    worker: Any, samples: SampleBatch | MultiAgentBatch, num_sgd_iter: int, minibatch_size: int,
-    standardize_fields: tuple[str, ...], rng: np.random.Generator,
+    worker: Any, samples: SampleBatch | MultiAgentBatch, sgd: MinibatchSGD, standardize_fields: tuple[str, ...],
 ) -> dict:
-    """``num_sgd_iter`` passes of minibatch learning on the worker's policies; returns stats per policy id."""
+    """``sgd``'s epochs of minibatch learning on the worker's trained policies; returns stats per policy id."""
     if isinstance(samples, SampleBatch):
         standardize(samples, standardize_fields)
-        fetch: dict = {}
-        for _ in range(num_sgd_iter):
-            for mb in minibatches(samples, minibatch_size, rng):
-                fetch = worker.learn_on_batch(mb)
-        return {DEFAULT_POLICY_ID: get_learner_stats(fetch or {})}
+        return {DEFAULT_POLICY_ID: sgd.run(samples.count, lambda rows: worker.learn_on_batch(_rows(samples, rows)))}
     stats = {}
     for pid, batch in samples.policy_batches.items():
         if pid not in worker.policies_to_train:
             continue
         standardize(batch, standardize_fields)
-        for _ in range(num_sgd_iter):
-            for mb in minibatches(batch, minibatch_size, rng):
-                fetch = worker.policy_map[pid].learn_on_batch(mb)
-        stats[pid] = get_learner_stats(fetch)
+        policy = worker.policy_map[pid]
+        stats[pid] = sgd.run(batch.count, lambda rows, b=batch, p=policy: p.learn_on_batch(_rows(b, rows)))
     return stats
+
+
+def _rows(batch: SampleBatch, rows: Any) -> SampleBatch:
+    if rows is None:
+        return batch
+    idx = rows.numpy()
+    return SampleBatch({k: v[idx] for k, v in batch.items() if k != SampleBatch.SEQ_LENS})
 
 
 def standardize(batch: SampleBatch, fields: tuple[str, ...]) -> None:
@@ -101,20 +105,6 @@ def standardize(batch: SampleBatch, fields: tuple[str, ...]) -> None:
     for field in fields:
         value = batch[field].astype(np.float64)
         batch[field] = ((value - value.mean()) / max(1e-4, value.std())).astype(np.float32)
-
-
-def minibatches(batch: SampleBatch, size: int, rng: np.random.Generator):
-    """The whole batch if ``size`` is 0 or covers it, else shuffled slices of ``size`` rows."""
-    if not size or size >= batch.count:
-        yield batch
-        return
-    batch = batch.copy().shuffle(rng)
-    for start in range(0, batch.count - size + 1, size):
-        yield batch.slice(start, start + size)
-
-
-def get_learner_stats(fetches: dict) -> dict:
-    return fetches.get(LEARNER_STATS_KEY, fetches)
 
 
 LocalSyncOptimizer = SyncSamplesOptimizer

@@ -2,7 +2,7 @@
 
     for loss in losses:
         loss.backward()
-    check_update(policy, losses, train_batch)   # raises NonFiniteLossError; the weights stay as they were
+    check_update(policy, losses, train_batch, stats)   # raises NonFiniteLossError; the weights stay as they were
     optimizer.step()
 
 The check is one stacked ``isfinite`` over the losses and the gradients' total norm (one device sync per update);
@@ -11,7 +11,7 @@ only when it fails are the loss terms, parameters and batch columns examined to 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -25,9 +25,11 @@ class NonFiniteLossError(FloatingPointError):
     and the batch's non-finite columns and value ranges."""
 
 
-def check_update(policy: Any, losses: list[torch.Tensor], train_batch: dict) -> None:
+def check_update(policy: Any, losses: list[torch.Tensor], train_batch: dict,
+                 stats: dict | Callable[[], dict] | None = None) -> None:
     """Raises NonFiniteLossError when a loss or a gradient of ``policy``'s parameters is not finite. Call it
-    after ``backward()`` and before the optimizers' ``step()``."""
+    after ``backward()`` and before the optimizers' ``step()``. ``stats`` are the update's loss terms (a dict,
+    or a function returning one, called only to write the message): the non-finite ones are named in it."""
     params = [p for opt in policy._optimizers for group in opt.param_groups for p in group["params"]
               if p.grad is not None]
     # One norm per gradient in one fused call (what clip_grad_norm_ uses), stacked with the losses: a single
@@ -42,14 +44,14 @@ def check_update(policy: Any, losses: list[torch.Tensor], train_batch: dict) -> 
         return  # the norm overflowed: huge but finite gradients are the optimizer's (and grad clipping's) business
     for opt in policy._optimizers:
         opt.zero_grad(set_to_none=True)
-    raise NonFiniteLossError(_message(policy, losses, bad_losses, bad_params, len(params), train_batch))
+    raise NonFiniteLossError(_message(policy, losses, bad_losses, bad_params, len(params), train_batch, stats))
 
 
 def _message(policy: Any, losses: list, bad_losses: list[int], bad_params: list[str], num_params: int,
-             train_batch: dict) -> str:
+             train_batch: dict, stats: dict | Callable[[], dict] | None) -> str:
     who = f"policy {type(policy).__name__} (worker {policy.config.get('worker_index', 0)})"
     parts = []
-    terms = _loss_terms(policy, train_batch)
+    terms = _loss_terms(stats)
     if bad_losses or terms:
         loss_names = [("loss" if len(losses) == 1 else f"loss[{j}]") + f"={float(losses[j].detach().sum())}"
                       for j in bad_losses]
@@ -62,14 +64,14 @@ def _message(policy: Any, losses: list, bad_losses: list[int], bad_params: list[
             "batch points to the learning rate or to unclipped gradients; 'check_nan': False skips this check")
 
 
-def _loss_terms(policy: Any, train_batch: dict) -> list[str]:
-    """``name=value`` of the non-finite scalars that the policy's stats function reports (its loss terms)."""
-    fn = getattr(policy, "_stats_fn", None)
-    if fn is None:
-        return []
-    try:
-        stats = fn(policy, train_batch)
-    except Exception:  # noqa: BLE001 - the message must not fail over a stats function that dislikes NaN
+def _loss_terms(stats: dict | Callable[[], dict] | None) -> list[str]:
+    """``name=value`` of the non-finite scalars among the update's stats (its loss terms)."""
+    if callable(stats):
+        try:
+            stats = stats()
+        except Exception:  # noqa: BLE001 - the message must not fail over a stats function that dislikes NaN
+            return []
+    if not stats:
         return []
     out = []
     for name, value in stats.items():

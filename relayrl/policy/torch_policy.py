@@ -6,6 +6,13 @@ An algorithm does not subclass this; it calls ``build_torch_policy(name, loss_fn
     stats = policy.learn_on_batch(batch)               # one gradient step on a whole SampleBatch
     tensors = policy.load_batch(batch)                 # once per train batch (LocalMultiGPUOptimizer) ...
     stats = policy.learn_on_tensors(minibatch)         # ... then one step per minibatch of those tensors
+
+and one update is these public steps, which a caller that computes the gradients itself (the multi-GPU towers,
+several model replicas) drives directly:
+
+    loss, stats, fetches = policy.compute_loss(model, tensors)   # the loss function's output, normalised
+    policy.zero_grad(); loss.backward()                           # (or gradients summed into .grad by hand)
+    out = policy.apply_update([loss], tensors, stats, fetches)    # NaN check, grad clipping, optimizer step
 """
 
 from __future__ import annotations
@@ -29,18 +36,25 @@ LEARNER_STATS_KEY = "learner_stats"
 
 
 def vf_preds_fetches(policy: "TorchPolicy", input_dict, state_batches, model: TorchModel, action_dist) -> dict:
-    """``extra_action_out_fn`` that records the value estimate of every observation (actor-critics)."""
+    """``extra_action_out_fn`` that records the value estimate of every observation (actor-critics). Kept for
+    policies written against it: ``build_torch_policy(extra_action_out_fn=vf_preds_fetches)`` is read as
+    ``needs_value=True``, which the template's own acting paths serve (the numpy fast path included)."""
     return {SampleBatch.VF_PREDS: model.value_function()}
 
 
 class TorchPolicy(Policy):
-    # Hooks, filled in by build_torch_policy.
+    # Hooks, filled in by build_torch_policy (see its docstring for their signatures).
     _loss_fn: Callable | None = None
     _stats_fn: Callable | None = None
+    _stats_fn_takes_loss_stats: bool = False  # stats_fn(policy, train_batch, loss_stats) rather than (policy, batch)
     _postprocess_fn: Callable | None = None
+    _postprocess_takes_last_r: bool = False  # postprocess_fn accepts the bootstrap values as ``last_r=``
     _extra_action_out_fn: Callable | None = None
     _extra_grad_process_fn: Callable | None = None
     _optimizer_fn: Callable | None = None
+    # The policy records the value estimate of every observation while acting (``vf_preds``, for GAE and
+    # bootstrapping); build_torch_policy's ``needs_value``.
+    _needs_value: bool = False
 
     def __init__(
         self,
@@ -66,13 +80,11 @@ class TorchPolicy(Policy):
         self._fast_path = (
             self.device.type == "cpu"
             and not model.get_initial_state()
-            and self._extra_action_out_fn in (None, vf_preds_fetches)
+            and self._extra_action_out_fn is None
             and type(model).numpy_forward is not TorchModel.numpy_forward
             and all(getattr(dist_class, name, None) not in (None, getattr(ActionDistribution, name))
                     for name in ("numpy_sample", "numpy_logp"))
         )
-        self._wants_value = self._extra_action_out_fn is vf_preds_fetches
-        self._bootstrap_values: dict[int, np.ndarray] = {}
         self.global_timestep = 0
         self.cur_lr = config.get("lr", 1e-4)
         schedule = config.get("lr_schedule")
@@ -97,7 +109,7 @@ class TorchPolicy(Policy):
         if self._fast_path and not state_batches:
             # With ``deferred`` (the sampler) the log-probabilities and value estimates, which do not influence the
             # action, are left to postprocess_fragment, which computes them for the whole fragment at once.
-            out = self.model.numpy_forward(obs, value=self._wants_value and not deferred)
+            out = self.model.numpy_forward(obs, value=self._needs_value and not deferred)
             if out is not None:
                 dist_inputs, values = out
                 actions = self.dist_class.numpy_sample(dist_inputs, self._rng, explore)
@@ -123,6 +135,8 @@ class TorchPolicy(Policy):
             dist = self.dist_class(dist_inputs, self.model)
             actions = dist.sample() if explore else dist.deterministic_sample()
             extra = {SampleBatch.ACTION_DIST_INPUTS: dist_inputs, SampleBatch.ACTION_LOGP: dist.logp(actions)}
+            if self._needs_value:
+                extra[SampleBatch.VF_PREDS] = self.model.value_function()
             if self._extra_action_out_fn is not None:
                 extra.update(self._extra_action_out_fn(self, input_dict, state, self.model, dist))
             return (
@@ -149,33 +163,34 @@ class TorchPolicy(Policy):
     def postprocess_fragment(self, batch: SampleBatch, episodes: list | None = None) -> SampleBatch:
         """Computes the deferred value estimates of the whole fragment in one pass (its observations plus each
         trajectory's last next-observation, for bootstrapping), then postprocesses: in one call when the
-        postprocess function handles several trajectories (``@multi_trajectory``), else trajectory by trajectory."""
+        postprocess function handles several trajectories (``@multi_trajectory``), else trajectory by trajectory.
+        The bootstrap values of that pass (one per trajectory: 0 after a termination) reach a postprocess
+        function that takes them as its ``last_r`` argument; without it the function computes them itself."""
         self._fill_deferred_logp(batch)
-        if self._wants_value and batch.count and SampleBatch.VF_PREDS not in batch:
+        last_r = None
+        if self._needs_value and batch.count and SampleBatch.VF_PREDS not in batch:
             last = np.flatnonzero(batch.trajectory_ends())
             values = self.value(np.concatenate([batch[SampleBatch.OBS], batch[SampleBatch.NEXT_OBS][last]]))
             batch[SampleBatch.VF_PREDS] = values[:batch.count]
-            boot = values[batch.count:].astype(np.float64)
-            boot[batch[SampleBatch.TERMINATEDS][last]] = 0.0
-            self._bootstrap_values = {id(batch): boot}
-        try:
-            fn = self._postprocess_fn
-            if fn is None:
-                return batch
-            if getattr(fn, "multi_trajectory", False):
-                return fn(self, batch, None, None)
-            pieces = batch.split_trajectories()
-            if self._bootstrap_values:
-                boot = self._bootstrap_values.pop(id(batch))
-                self._bootstrap_values = {id(p): boot[i:i + 1] for i, p in enumerate(pieces)}
-            episodes = episodes or [None] * len(pieces)
-            return SampleBatch.concat_samples([fn(self, p, None, ep) for p, ep in zip(pieces, episodes)])
-        finally:
-            self._bootstrap_values = {}
+            last_r = values[batch.count:].astype(np.float64)
+            last_r[batch[SampleBatch.TERMINATEDS][last]] = 0.0
+        fn = self._postprocess_fn
+        if fn is None:
+            return batch
+        if getattr(fn, "multi_trajectory", False):
+            return self._postprocess(batch, None, None, last_r)
+        pieces = batch.split_trajectories()
+        episodes = episodes or [None] * len(pieces)
+        return SampleBatch.concat_samples([
+            self._postprocess(p, None, ep, None if last_r is None else last_r[i:i + 1])
+            for i, (p, ep) in enumerate(zip(pieces, episodes))
+        ])
 
-    def cached_bootstrap_values(self, batch: SampleBatch) -> np.ndarray | None:
-        """The bootstrap values postprocess_fragment computed for this batch in its value pass, if any."""
-        return self._bootstrap_values.get(id(batch))
+    def _postprocess(self, batch: SampleBatch, other_agent_batches: dict | None, episode: Any,
+                     last_r: np.ndarray | None) -> SampleBatch:
+        if last_r is not None and self._postprocess_takes_last_r:
+            return self._postprocess_fn(self, batch, other_agent_batches, episode, last_r=last_r)
+        return self._postprocess_fn(self, batch, other_agent_batches, episode)
 
     def _fill_deferred_logp(self, batch: SampleBatch) -> None:
         if SampleBatch.ACTION_LOGP not in batch and SampleBatch.ACTION_DIST_INPUTS in batch and self._fast_path:
@@ -184,7 +199,7 @@ class TorchPolicy(Policy):
 
     def postprocess_trajectory(self, sample_batch, other_agent_batches=None, episode=None):
         self._fill_deferred_logp(sample_batch)
-        if self._wants_value and SampleBatch.VF_PREDS not in sample_batch:
+        if self._needs_value and SampleBatch.VF_PREDS not in sample_batch:
             sample_batch[SampleBatch.VF_PREDS] = self.value(sample_batch[SampleBatch.OBS])
         if self._postprocess_fn is None:
             return sample_batch
@@ -210,35 +225,60 @@ class TorchPolicy(Policy):
     def learn_on_batch(self, samples: SampleBatch) -> dict:
         return self.learn_on_tensors(self.load_batch(samples))
 
-    def learn_on_tensors(self, train_batch: dict[str, torch.Tensor]) -> dict:
-        """One optimizer step on a (mini)batch of tensors; returns ``{"learner_stats": {...}}``."""
-        loss = self._loss_fn(self, self.model, self.dist_class, train_batch)
-        losses = loss if isinstance(loss, (list, tuple)) else [loss]
+    def compute_loss(self, model: TorchModel, train_batch: dict[str, torch.Tensor]) -> tuple[Any, dict, dict]:
+        """The loss function on ``model`` (this policy's, or a replica of it on another device) and a batch of
+        tensors, as ``(loss, stats, fetches)``: the loss (or a list, one per optimizer), the loss's statistics
+        (tensors or numbers, ``{}`` when it reports none) and its per-row outputs such as ``td_error``
+        (``{}`` when none). See build_torch_policy for what a loss function may return."""
+        return split_loss_output(self._loss_fn(self, model, self.dist_class, train_batch))
+
+    def zero_grad(self) -> None:
         for opt in self._optimizers:
             opt.zero_grad(set_to_none=True)
-        for i, each in enumerate(losses):
-            each.backward(retain_graph=i < len(losses) - 1)
+
+    def apply_update(self, losses: list[torch.Tensor], train_batch: dict, loss_stats: dict,
+                     fetches: dict | None = None) -> dict:
+        """Finishes an update whose gradients are in the parameters' ``.grad``: refuses non-finite losses or
+        gradients (``check_nan``: NonFiniteLossError, the weights unchanged), processes the gradients
+        (``extra_grad_process``: clipping by default), steps the optimizers. Returns
+        ``{"learner_stats": {...}, **fetches}`` with the fetches as numpy arrays."""
         if self.config.get("check_nan", True):
-            check_update(self, losses, train_batch)  # before the step: NaN never reaches the weights
+            check_update(self, losses, train_batch, lambda: self.stats(train_batch, loss_stats))
         grad_info = self.extra_grad_process()
         for opt in self._optimizers:
             opt.step()
-        return {LEARNER_STATS_KEY: {**grad_info, **self.stats(train_batch)}}
+        return self._learn_fetches(grad_info, train_batch, loss_stats, fetches)
+
+    def learn_on_tensors(self, train_batch: dict[str, torch.Tensor]) -> dict:
+        """One optimizer step on a (mini)batch of tensors; returns ``{"learner_stats": {...}, **fetches}``."""
+        loss, stats, fetches = self.compute_loss(self.model, train_batch)
+        losses = loss if isinstance(loss, (list, tuple)) else [loss]
+        self.zero_grad()
+        for i, each in enumerate(losses):
+            each.backward(retain_graph=i < len(losses) - 1)
+        return self.apply_update(losses, train_batch, stats, fetches)
 
     def compute_gradients(self, postprocessed_batch: SampleBatch) -> tuple[list[np.ndarray], dict]:
         train_batch = self.load_batch(postprocessed_batch)
-        loss = self._loss_fn(self, self.model, self.dist_class, train_batch)
-        for opt in self._optimizers:
-            opt.zero_grad(set_to_none=True)
+        loss, stats, fetches = self.compute_loss(self.model, train_batch)
+        self.zero_grad()
         loss.backward()
         if self.config.get("check_nan", True):
-            check_update(self, [loss], train_batch)  # NaN gradients never reach the learner's weights
+            # NaN gradients never reach the learner's weights
+            check_update(self, [loss], train_batch, lambda: self.stats(train_batch, stats))
         grad_info = self.extra_grad_process()
         grads = [
             None if p.grad is None else p.grad.detach().cpu().numpy().copy() for p in self.model.parameters()
         ]
-        info = {LEARNER_STATS_KEY: {**grad_info, **self.stats(train_batch)}, "batch_count": postprocessed_batch.count}
+        info = {**self._learn_fetches(grad_info, train_batch, stats, fetches),
+                "batch_count": postprocessed_batch.count}
         return grads, info
+
+    def _learn_fetches(self, grad_info: dict, train_batch: dict, loss_stats: dict, fetches: dict | None) -> dict:
+        out = {LEARNER_STATS_KEY: {**grad_info, **self.stats(train_batch, loss_stats)}}
+        for key, value in (fetches or {}).items():
+            out[key] = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+        return out
 
     def apply_gradients(self, gradients: list[np.ndarray]) -> None:
         for p, g in zip(self.model.parameters(), gradients):
@@ -255,10 +295,15 @@ class TorchPolicy(Policy):
             return {"grad_gnorm": float(norm)}
         return {}
 
-    def stats(self, train_batch: dict) -> dict:
-        stats = {"cur_lr": self.cur_lr}
+    def stats(self, train_batch: dict, loss_stats: dict | None = None) -> dict:
+        """The learner statistics of an update, as numbers: ``cur_lr``, the loss's stats, then what
+        ``stats_fn`` adds (it receives the loss's stats when it takes a third argument)."""
+        loss_stats = loss_stats or {}
+        stats = {"cur_lr": self.cur_lr, **{k: _to_float(v) for k, v in loss_stats.items()}}
         if self._stats_fn is not None:
-            stats.update({k: _to_float(v) for k, v in self._stats_fn(self, train_batch).items()})
+            extra = (self._stats_fn(self, train_batch, loss_stats) if self._stats_fn_takes_loss_stats
+                     else self._stats_fn(self, train_batch))
+            stats.update({k: _to_float(v) for k, v in extra.items()})
         return stats
 
     def _make_optimizers(self) -> list:
@@ -302,6 +347,14 @@ class TorchPolicy(Policy):
         for opt, opt_state in zip(self._optimizers, state.get("optimizers", [])):
             opt.load_state_dict(opt_state)
         self.global_timestep = state.get("global_timestep", 0)
+
+
+def split_loss_output(out: Any) -> tuple[Any, dict, dict]:
+    """A loss function's return value as ``(loss, stats, fetches)``: it returns ``loss``, ``(loss, stats)`` or
+    ``(loss, stats, fetches)``, where ``loss`` is a tensor or a list of tensors (one per optimizer)."""
+    if isinstance(out, tuple) and len(out) in (2, 3) and isinstance(out[1], dict):
+        return out[0], out[1], (out[2] if len(out) == 3 else None) or {}
+    return out, {}, {}
 
 
 def _to_float(v: Any) -> Any:

@@ -134,8 +134,8 @@ def test_vtrace_loss_matches_numpy_recursion():
     policy = _vtrace_policy(vtrace_clip_rho_threshold=None, vtrace_clip_pg_rho_threshold=None, entropy_coeff=0.0)
     batch = _impala_batch(T)
     tensors = policy.load_batch(batch)
-    total = policy._loss_fn(policy, policy.model, policy.dist_class, tensors)
-    stats = policy.stats(tensors)
+    total, loss_stats, _ = policy.compute_loss(policy.model, tensors)
+    stats = policy.stats(tensors, loss_stats)
 
     with torch.no_grad():
         logits, _ = policy.model({"obs": tensors[SampleBatch.OBS]}, [], None)

@@ -64,7 +64,8 @@ def test_target_policy_smoothing_noise_is_clipped_and_scaled():
 def test_twin_q_target_takes_the_minimum():
     policy = make_policy(TD3_DEFAULT_CONFIG, smooth_target_policy=False)
     tensors = policy.load_batch(random_batch())
-    _, td = critic_loss_fn(policy, policy.model, tensors)
+    _, _, fetches = critic_loss_fn(policy, policy.model, tensors)
+    td = fetches["td_error"]
     with torch.no_grad():
         t = policy.target_model
         a = t.policy(tensors[SB.NEXT_OBS])
@@ -110,11 +111,13 @@ def test_prioritized_replay_weights_scale_the_critic_loss():
     weights = np.random.default_rng(1).random(32)
     weights[:8] = 0.0
     tensors = policy.load_batch(random_batch(weights=weights))
-    loss, td = critic_loss_fn(policy, policy.model, tensors)
+    loss, _, fetches = critic_loss_fn(policy, policy.model, tensors)
+    td = fetches["td_error"]
     expected = (torch.tensor(weights, dtype=torch.float32) * 0.5 * td**2).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     huber_policy = make_policy(l2_reg=0.0, use_huber=True, huber_threshold=0.1)
-    loss, td = critic_loss_fn(huber_policy, huber_policy.model, tensors)
+    loss, _, fetches = critic_loss_fn(huber_policy, huber_policy.model, tensors)
+    td = fetches["td_error"]
     h = torch.where(td.abs() < 0.1, 0.5 * td**2, 0.1 * (td.abs() - 0.05))
     assert loss.item() == pytest.approx((torch.tensor(weights, dtype=torch.float32) * h).mean().item(), rel=1e-5)
 

@@ -80,7 +80,7 @@ def test_distributional_loss_is_cross_entropy_to_projected_target():
     policy = make_policy(num_atoms=11, v_min=-5.0, v_max=5.0, dueling=False, double_q=False)
     policy.target_model.load_state_dict(policy.model.state_dict())
     tensors = policy.load_batch(random_batch())
-    loss = dqn_loss(policy, policy.model, policy.dist_class, tensors)
+    loss, _, fetches = dqn_loss(policy, policy.model, policy.dist_class, tensors)
     with torch.no_grad():
         q, logits, _ = policy.model.q_values(tensors[SB.OBS])
         _, logits_tp1, _ = policy.model.q_values(tensors[SB.NEXT_OBS])
@@ -92,7 +92,7 @@ def test_distributional_loss_is_cross_entropy_to_projected_target():
                              tensors[SB.REWARDS].numpy(), live.numpy(), -5.0, 5.0)
         logp = logits[rows, tensors[SB.ACTIONS]].log_softmax(-1).numpy()
     expected = -(m * logp).sum(1)
-    np.testing.assert_allclose(policy._td_error.numpy(), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fetches["td_error"].numpy(), expected, rtol=1e-4, atol=1e-5)
     assert loss.item() == pytest.approx(expected.mean(), rel=1e-4)
 
 
@@ -138,7 +138,7 @@ def test_double_q_nstep_target_and_huber():
         for p in policy.target_model.parameters():
             p.add_(0.1 * torch.randn_like(p))  # target differs from online
     tensors = policy.load_batch(random_batch())
-    loss = dqn_loss(policy, policy.model, policy.dist_class, tensors)
+    loss, _, fetches = dqn_loss(policy, policy.model, policy.dist_class, tensors)
     with torch.no_grad():
         q = policy.model(dict(obs=tensors[SB.OBS]), [], None)[0]
         a_star = policy.model(dict(obs=tensors[SB.NEXT_OBS]), [], None)[0].argmax(1)  # online picks
@@ -146,7 +146,7 @@ def test_double_q_nstep_target_and_huber():
         rows = torch.arange(8)
         y = tensors[SB.REWARDS] + tensors["n_step_discount"] * (1 - tensors[SB.TERMINATEDS]) * q_target[rows, a_star]
         td = q[rows, tensors[SB.ACTIONS]] - y
-    np.testing.assert_allclose(policy._td_error.numpy(), td.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fetches["td_error"].numpy(), td.numpy(), rtol=1e-5, atol=1e-6)
     assert loss.item() == pytest.approx(huber(td).mean().item(), rel=1e-5)
 
 
@@ -154,13 +154,13 @@ def test_prioritized_replay_weights_scale_the_loss():
     policy = make_policy()
     weights = np.array([0.0, 0.0, 1.0, 0.5, 2.0, 0.0, 1.0, 0.1])
     tensors = policy.load_batch(random_batch(weights=weights))
-    loss = dqn_loss(policy, policy.model, policy.dist_class, tensors)
-    per_row = huber(policy._td_error)
+    loss, _, fetches = dqn_loss(policy, policy.model, policy.dist_class, tensors)
+    per_row = huber(fetches["td_error"])
     assert loss.item() == pytest.approx((torch.tensor(weights, dtype=torch.float32) * per_row).mean().item(), rel=1e-5)
     # Rows of weight 0 contribute no gradient: changing their targets leaves the gradient unchanged.
     def grads(batch):
         policy.model.zero_grad()
-        dqn_loss(policy, policy.model, policy.dist_class, policy.load_batch(batch)).backward()
+        dqn_loss(policy, policy.model, policy.dist_class, policy.load_batch(batch))[0].backward()
         return [p.grad.clone() for p in policy.model.parameters() if p.grad is not None]
     a = random_batch(weights=weights)
     b = random_batch(weights=weights)

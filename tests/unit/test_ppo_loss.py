@@ -37,7 +37,8 @@ def test_ppo_loss_matches_numpy():
         Postprocessing.VALUE_TARGETS: targets, SampleBatch.VF_PREDS: vf_preds,
     })
     tensors = policy.load_batch(batch)
-    loss = policy._loss_fn(policy, policy.model, policy.dist_class, tensors).item()
+    loss, loss_stats, _ = policy.compute_loss(policy.model, tensors)
+    loss = loss.item()
 
     # The same quantities by hand, from the model's current outputs.
     with torch.no_grad():
@@ -54,7 +55,7 @@ def test_ppo_loss_matches_numpy():
     vf_loss = np.maximum((values - targets) ** 2, (vf_clipped - targets) ** 2)
     expected = np.mean(-surrogate + 0.3 * kl + 0.7 * vf_loss - 0.01 * entropy)
     assert abs(loss - expected) < 1e-5, (loss, expected)
-    stats = policy.stats(tensors)
+    stats = policy.stats(tensors, loss_stats)
     assert abs(stats["kl"] - kl.mean()) < 1e-5
     assert abs(stats["entropy"] - entropy.mean()) < 1e-5
     assert 0 < stats["clip_fraction"] < 1 and abs(stats["clip_fraction"] - np.mean(np.abs(ratio - 1) > 0.2)) < 1e-6

@@ -25,7 +25,7 @@ A2C_DEFAULT_CONFIG["optimizer"] = {}
 
 
 def policy_optimizer(config: dict) -> tuple[type, dict]:
-    return SyncSamplesOptimizer, {"train_batch_size": config["train_batch_size"]}
+    return SyncSamplesOptimizer, {"train_batch_size": config["train_batch_size"], "seed": config["seed"]}
 
 
 A2CTrainer = build_trainer(

@@ -16,11 +16,11 @@ import torch
 
 from relayrl.evaluation.postprocessing import Postprocessing, bootstrap_values, compute_advantages, multi_trajectory
 from relayrl.policy.sample_batch import SampleBatch
-from relayrl.policy.torch_policy import vf_preds_fetches
 from relayrl.policy.torch_policy_template import build_torch_policy
 
 
-def actor_critic_loss(policy, model, dist_class, train_batch: dict) -> torch.Tensor:
+def actor_critic_loss(policy, model, dist_class, train_batch: dict) -> tuple[torch.Tensor, dict]:
+    """(loss, stats) of a batch."""
     config = policy.config
     logits, _ = model({"obs": train_batch[SampleBatch.OBS], "is_training": True}, [], None)
     values = model.value_function()
@@ -32,23 +32,22 @@ def actor_critic_loss(policy, model, dist_class, train_batch: dict) -> torch.Ten
     entropy = dist.entropy().sum()
     total = pi_err + config["vf_loss_coeff"] * value_err + config["entropy_coeff"] * entropy
     n = max(1, logp.shape[0])
-    policy._stats = {
+    stats = {
         "policy_loss": pi_err.detach(),
         "vf_loss": value_err.detach(),
         "policy_entropy": entropy.detach() / n,
         "total_loss": total.detach(),
     }
-    return total
-
-
-def a3c_stats(policy, train_batch: dict) -> dict:
-    return dict(policy._stats)
+    return total, stats
 
 
 @multi_trajectory
-def postprocess_advantages(policy, batch: SampleBatch, other_agent_batches=None, episode=None) -> SampleBatch:
-    """GAE(gamma, lambda); a cut trajectory is bootstrapped with V(next obs), a terminated one with 0."""
-    last_r = bootstrap_values(policy, batch)
+def postprocess_advantages(policy, batch: SampleBatch, other_agent_batches=None, episode=None,
+                           last_r=None) -> SampleBatch:
+    """GAE(gamma, lambda); a cut trajectory is bootstrapped with V(next obs), a terminated one with 0 (``last_r``:
+    those values when the caller computed them already, one per trajectory)."""
+    if last_r is None:
+        last_r = bootstrap_values(policy, batch)
     return compute_advantages(batch, last_r, policy.config["gamma"], policy.config.get("lambda", 1.0), True)
 
 
@@ -62,7 +61,6 @@ A3CTorchPolicy = build_torch_policy(
     "A3CTorchPolicy",
     loss_fn=actor_critic_loss,
     get_default_config=_default_config,
-    stats_fn=a3c_stats,
     postprocess_fn=postprocess_advantages,
-    extra_action_out_fn=vf_preds_fetches,
+    needs_value=True,
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from relayrl.agents.ddpg.ddpg_torch_policy import DDPGTorchPolicy
 from relayrl.agents.trainer import with_common_config
 from relayrl.agents.trainer_template import build_trainer
-from relayrl.optimizers.sync_replay import SyncReplayOptimizer
+from relayrl.optimizers.replay_options import replay_optimizer_spec
 
 DEFAULT_CONFIG = with_common_config({
     # === Model ===
@@ -143,31 +143,8 @@ def validate_config(config: dict, name: str = "DDPG") -> None:
         raise ValueError(f"{name} config: 'optimizer_class' must be 'SyncReplayOptimizer' or 'AsyncReplayOptimizer'")
 
 
-def replay_optimizer_kwargs(config: dict) -> dict:
-    return {
-        "learning_starts": config["learning_starts"],
-        "buffer_size": config["buffer_size"],
-        "prioritized_replay": config["prioritized_replay"],
-        "prioritized_replay_alpha": config["prioritized_replay_alpha"],
-        "prioritized_replay_beta": config["prioritized_replay_beta"],
-        # DDPG's config has no beta annealing: beta stays at prioritized_replay_beta.
-        "final_prioritized_replay_beta": config["prioritized_replay_beta"],
-        "schedule_max_timesteps": config["schedule_max_timesteps"],
-        "prioritized_replay_eps": config["prioritized_replay_eps"],
-        "train_batch_size": config["train_batch_size"],
-        "sample_batch_size": config["sample_batch_size"],
-        "target_network_update_freq": config["target_network_update_freq"],
-        "compress_observations": config["compress_observations"],
-        "seed": config["seed"],
-    }
-
-
-def policy_optimizer(config: dict) -> tuple[type, dict]:
-    if config["optimizer_class"] == "AsyncReplayOptimizer":
-        from relayrl.optimizers.async_replay import AsyncReplayOptimizer
-
-        return AsyncReplayOptimizer, replay_optimizer_kwargs(config)
-    return SyncReplayOptimizer, replay_optimizer_kwargs(config)
+# The replay optimizer ``optimizer_class`` names, with the config's replay options (shared with DQN).
+policy_optimizer = replay_optimizer_spec
 
 
 DDPGTrainer = build_trainer(

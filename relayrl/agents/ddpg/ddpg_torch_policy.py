@@ -122,8 +122,9 @@ def target_policy_actions(target: DDPGModel, new_obs: torch.Tensor, config: dict
     return torch.max(torch.min(a_tp1 + noise * 0.5 * target.action_range, high), target.action_low)
 
 
-def critic_loss_fn(policy, model: DDPGModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(critic loss, td error) of a batch; the TD3 target when twin_q / smooth_target_policy are set."""
+def critic_loss_fn(policy, model: DDPGModel, batch: dict) -> tuple[torch.Tensor, dict, dict]:
+    """(critic loss, stats, {"td_error": Q1 - y per row}) of a batch, as build_torch_policy's loss convention; the
+    TD3 target when twin_q / smooth_target_policy are set."""
     config = policy.config
     target: DDPGModel = policy.target_model
     obs, new_obs = batch[SB.OBS], batch[SB.NEXT_OBS]
@@ -147,8 +148,8 @@ def critic_loss_fn(policy, model: DDPGModel, batch: dict) -> tuple[torch.Tensor,
     loss = (weights * per_sample).mean()
     if config["l2_reg"]:
         loss = loss + config["l2_reg"] * (_l2(model.q1) + (_l2(model.q2) if model.q2 is not None else 0.0))
-    policy._q_mean = q1.detach().mean()
-    return loss, td_error.detach()
+    stats = {"critic_loss": loss.detach(), "mean_q": q1.detach().mean()}
+    return loss, stats, {"td_error": td_error.detach()}
 
 
 def actor_loss_fn(policy, model: DDPGModel, batch: dict) -> torch.Tensor:
@@ -160,10 +161,11 @@ def actor_loss_fn(policy, model: DDPGModel, batch: dict) -> torch.Tensor:
     return loss
 
 
-def ddpg_loss(policy, model, dist_class, batch: dict) -> list[torch.Tensor]:
-    """[actor loss, critic loss] (the template's view; learning itself is DDPGLearningMixin.learn_on_tensors)."""
-    critic_loss, policy._td_error = critic_loss_fn(policy, model, batch)
-    return [actor_loss_fn(policy, model, batch), critic_loss]
+def ddpg_loss(policy, model, dist_class, batch: dict) -> tuple[list[torch.Tensor], dict, dict]:
+    """([actor loss, critic loss], stats, fetches): the template's view; learning itself is
+    DDPGLearningMixin.learn_on_tensors."""
+    critic_loss, stats, fetches = critic_loss_fn(policy, model, batch)
+    return [actor_loss_fn(policy, model, batch), critic_loss], stats, fetches
 
 
 class DDPGLearningMixin:
@@ -171,19 +173,19 @@ class DDPGLearningMixin:
 
     def learn_on_batch(self, samples) -> dict:
         with small_net_threads(self):
-            out = self.learn_on_tensors(self.load_batch(samples))
-        out["td_error"] = self._td_error.cpu().numpy()
-        return out
+            return self.learn_on_tensors(self.load_batch(samples))
 
     def learn_on_tensors(self, batch: dict) -> dict:
+        """One critic step (and, every ``policy_delay``, an actor step); returns ``learner_stats`` and the
+        critic's per-row ``td_error`` for the priority update."""
         config, model = self.config, self.model
         actor_opt, critic_opt = self._optimizers
-        critic_loss, self._td_error = critic_loss_fn(self, model, batch)
+        critic_loss, critic_stats, fetches = critic_loss_fn(self, model, batch)
         critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         if config.get("check_nan", True):
-            check_update(self, [critic_loss], batch)  # before the step: NaN never reaches the weights
-        stats = {"critic_loss": critic_loss.item(), "mean_q": self._q_mean.item()}
+            check_update(self, [critic_loss], batch, critic_stats)  # before the step: NaN never reaches the weights
+        stats = {k: v.item() for k, v in critic_stats.items()}
         clip = config.get("grad_norm_clipping")
         if clip:
             stats["critic_gnorm"] = float(nn.utils.clip_grad_norm_(model.critic_parameters(), clip))
@@ -194,7 +196,7 @@ class DDPGLearningMixin:
             actor_opt.zero_grad(set_to_none=True)
             actor_loss.backward()
             if config.get("check_nan", True):
-                check_update(self, [actor_loss], batch)
+                check_update(self, [actor_loss], batch, {"actor_loss": actor_loss})
             if clip:
                 stats["actor_gnorm"] = float(nn.utils.clip_grad_norm_(model.actor.parameters(), clip))
             actor_opt.step()
@@ -203,7 +205,7 @@ class DDPGLearningMixin:
             if not config["target_network_update_freq"]:
                 self.update_target(config["tau"])
         stats["actor_loss"] = self._last_actor_loss
-        return {LEARNER_STATS_KEY: stats}
+        return {LEARNER_STATS_KEY: stats, "td_error": fetches["td_error"].cpu().numpy()}
 
     def compute_gradients(self, samples):
         raise NotImplementedError("DDPG learns with learn_on_batch (two optimizers, delayed actor updates)")
@@ -212,8 +214,8 @@ class DDPGLearningMixin:
         tensors = self.load_batch(batch if isinstance(batch, SampleBatch) else SampleBatch(batch))
         tensors.pop(PRIO_WEIGHTS, None)
         with torch.no_grad(), small_net_threads(self):
-            _, td = critic_loss_fn(self, self.model, tensors)
-        return td.cpu().numpy()
+            _, _, fetches = critic_loss_fn(self, self.model, tensors)
+        return fetches["td_error"].cpu().numpy()
 
     def update_target(self, tau: float | None = None) -> None:
         """theta' <- tau theta + (1 - tau) theta' (tau defaults to the config's; 1.0 is a hard copy)."""
@@ -305,7 +307,6 @@ def _after_init(policy, obs_space, action_space, config: dict) -> None:
         p.requires_grad_(False)
     policy.num_updates = policy.num_actor_updates = 0
     policy._last_actor_loss = 0.0
-    policy._td_error = torch.zeros(0)
     policy.exploration = epsilon_schedule(config, config.get("worker_index", 0))
     act_dim = int(np.prod(action_space.shape))
     if config["exploration_noise_type"] == "ou":

@@ -13,7 +13,7 @@ from relayrl.agents.dqn.dqn_torch_policy import DQNTorchPolicy
 from relayrl.agents.trainer import with_common_config
 from relayrl.agents.trainer_template import build_trainer
 from relayrl.env.registry import EnvContext
-from relayrl.optimizers.sync_replay import SyncReplayOptimizer
+from relayrl.optimizers.replay_options import replay_optimizer_spec
 
 DEFAULT_CONFIG = with_common_config({
     # === Model ===
@@ -123,20 +123,8 @@ def validate_config(config: dict, name: str = "DQN") -> None:
         raise ValueError(f"{name} config: 'optimizer_class' must be 'SyncReplayOptimizer' or 'AsyncReplayOptimizer'")
 
 
-def replay_optimizer_kwargs(config: dict) -> dict:
-    keys = ("learning_starts", "buffer_size", "prioritized_replay", "prioritized_replay_alpha",
-            "prioritized_replay_beta", "final_prioritized_replay_beta", "beta_annealing_fraction",
-            "schedule_max_timesteps", "prioritized_replay_eps", "train_batch_size", "sample_batch_size",
-            "target_network_update_freq", "compress_observations")
-    return {**{k: config[k] for k in keys}, "seed": config["seed"]}
-
-
-def policy_optimizer(config: dict) -> tuple[type, dict]:
-    if config["optimizer_class"] == "AsyncReplayOptimizer":
-        from relayrl.optimizers.async_replay import AsyncReplayOptimizer
-
-        return AsyncReplayOptimizer, replay_optimizer_kwargs(config)
-    return SyncReplayOptimizer, replay_optimizer_kwargs(config)
+# The replay optimizer ``optimizer_class`` names, with the config's replay options (shared with DDPG).
+policy_optimizer = replay_optimizer_spec
 
 
 def detect_action_mask(trainer) -> None:

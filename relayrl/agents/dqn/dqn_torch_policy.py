@@ -63,7 +63,8 @@ def huber(x: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
     return torch.where(absx < delta, 0.5 * x * x, delta * (absx - 0.5 * delta))
 
 
-def dqn_loss(policy, model: DQNModel, dist_class, batch: dict) -> torch.Tensor:
+def dqn_loss(policy, model: DQNModel, dist_class, batch: dict) -> tuple[torch.Tensor, dict, dict]:
+    """(loss, stats, {"td_error": per-row TD errors (cross-entropies when distributional), for priorities})."""
     config = policy.config
     target_model: DQNModel = policy.target_model
     obs, new_obs = batch[SB.OBS], batch[SB.NEXT_OBS]
@@ -103,10 +104,9 @@ def dqn_loss(policy, model: DQNModel, dist_class, batch: dict) -> torch.Tensor:
         per_sample = -(target * F.log_softmax(logits_t[rows, actions], dim=-1)).sum(-1)
         td_error = per_sample  # Rainbow prioritizes by the distributional loss
     loss = (weights * per_sample).mean()
-    policy._td_error = td_error.detach()
-    policy._stats = {"loss": loss.detach(), "mean_q": q_selected.detach().mean(),
-                     "mean_td_error": td_error.detach().mean()}
-    return loss
+    td_error = td_error.detach()
+    stats = {"loss": loss.detach(), "mean_q": q_selected.detach().mean(), "mean_td_error": td_error.mean()}
+    return loss, stats, {"td_error": td_error}
 
 
 class small_net_threads:
@@ -133,7 +133,7 @@ class small_net_threads:
 
 
 def dqn_stats(policy, batch: dict) -> dict:
-    return {**{k: v.item() for k, v in policy._stats.items()}, "cur_epsilon": policy.cur_epsilon()}
+    return {"cur_epsilon": policy.cur_epsilon()}
 
 
 def postprocess_nstep(policy, batch: SampleBatch, other_agent_batches=None, episode=None) -> SampleBatch:
@@ -232,20 +232,14 @@ class QLearningMixin:
         tensors = self.load_batch(batch if isinstance(batch, SampleBatch) else SampleBatch(batch))
         tensors.pop(PRIO_WEIGHTS, None)
         with torch.no_grad(), small_net_threads(self):
-            self._loss_fn(self, self.model, self.dist_class, tensors)
-        return self._td_error.cpu().numpy()
+            _, _, fetches = self.compute_loss(self.model, tensors)
+        return fetches["td_error"].cpu().numpy()
 
     def learn_on_batch(self, samples) -> dict:
-        """One gradient step; the result also holds ``td_error`` (per row) for the priority update."""
+        """One gradient step; the result also holds ``td_error`` (per row, from the loss's fetches) for the
+        priority update (as does ``compute_gradients``'s info)."""
         with small_net_threads(self):
-            out = self.learn_on_tensors(self.load_batch(samples))
-        out["td_error"] = self._td_error.cpu().numpy()
-        return out
-
-    def compute_gradients(self, samples):
-        grads, info = super().compute_gradients(samples)
-        info["td_error"] = self._td_error.cpu().numpy()
-        return grads, info
+            return self.learn_on_tensors(self.load_batch(samples))
 
 
 def make_q_model(policy, obs_space, action_space, config: dict):
@@ -275,7 +269,6 @@ def _after_init(policy, obs_space, action_space, config: dict) -> None:
     policy._params = list(policy.model.parameters())
     policy._large_model = policy.model.vision is not None
     policy.exploration = epsilon_schedule(config, config.get("worker_index", 0))
-    policy._td_error = torch.zeros(0)
 
 
 def _before_init(policy, obs_space, action_space, config: dict) -> None:

@@ -7,7 +7,6 @@ the A3C loss on GAE advantages).
 
 from __future__ import annotations
 
-from relayrl.agents.async_iteration import async_train
 from relayrl.agents.impala.vtrace_torch_policy import ImpalaA3CTorchPolicy, VTraceTorchPolicy
 from relayrl.agents.trainer import with_common_config
 from relayrl.agents.trainer_template import build_trainer
@@ -118,14 +117,13 @@ _ImpalaBase = build_trainer(
     get_policy_class=get_policy_class,
     policy_optimizer=policy_optimizer,
     validate_config=validate_config,
+    asynchronous=True,
 )
 
 
 class ImpalaTrainer(_ImpalaBase):
-    """The IMPALA trainer. Its iteration is the asynchronous trainers' one (``async_iteration.py``): filters are
-    synchronised once per iteration, and ``timesteps_total`` follows the optimizer's ``num_steps_sampled``."""
-
-    _train = async_train
+    """The IMPALA trainer. Its iteration is build_trainer's with ``asynchronous=True``: filters are synchronised
+    once per iteration, and ``timesteps_total`` follows the optimizer's ``num_steps_sampled``."""
 
     def save_to_path(self, path: str) -> str:
         # The learner thread steps the optimizer concurrently: hold its lock for a consistent snapshot.

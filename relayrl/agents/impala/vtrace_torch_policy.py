@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from relayrl.agents.a3c.a3c_torch_policy import a3c_stats, actor_critic_loss, postprocess_advantages
+from relayrl.agents.a3c.a3c_torch_policy import actor_critic_loss, postprocess_advantages
 from relayrl.agents.impala.vtrace import vtrace_from_logits
 from relayrl.policy.sample_batch import SampleBatch
-from relayrl.policy.torch_policy import vf_preds_fetches
 from relayrl.policy.torch_policy_template import build_torch_policy
 from relayrl.utils.torch_optim import Adam, RMSprop
 
@@ -34,7 +33,8 @@ def to_time_major(x: torch.Tensor, rows: int) -> torch.Tensor:
     return x.reshape(rows, -1, *x.shape[1:]).transpose(0, 1)
 
 
-def vtrace_loss(policy, model, dist_class, train_batch: dict) -> torch.Tensor:
+def vtrace_loss(policy, model, dist_class, train_batch: dict) -> tuple[torch.Tensor, dict]:
+    """(loss, stats) of a train batch of ``[B, T]`` rows."""
     config = policy.config
     obs = train_batch[SampleBatch.OBS]
     n, T = obs.shape[0], config["sample_batch_size"]
@@ -85,19 +85,15 @@ def vtrace_loss(policy, model, dist_class, train_batch: dict) -> torch.Tensor:
     with torch.no_grad():
         var_vs = vs.var(unbiased=False)
         explained = 1 - (vs - values_tm).var(unbiased=False) / var_vs if var_vs > 0 else torch.zeros(())
-        policy._stats = {
-            "policy_loss": pi_loss,
-            "vf_loss": vf_loss,
-            "entropy": entropy / n,
-            "total_loss": total,
+        stats = {
+            "policy_loss": pi_loss.detach(),
+            "vf_loss": vf_loss.detach(),
+            "entropy": entropy.detach() / n,
+            "total_loss": total.detach(),
             "vf_explained_var": explained,
             "mean_importance_ratio": torch.exp(target_logp - behaviour_logp).mean(),
         }
-    return total
-
-
-def vtrace_stats(policy, train_batch: dict) -> dict:
-    return dict(policy._stats)
+    return total, stats
 
 
 def make_optimizer(policy, config: dict):
@@ -120,7 +116,6 @@ VTraceTorchPolicy = build_torch_policy(
     "VTraceTorchPolicy",
     loss_fn=vtrace_loss,
     get_default_config=_default_config,
-    stats_fn=vtrace_stats,
     optimizer_fn=make_optimizer,
 )
 
@@ -129,8 +124,7 @@ ImpalaA3CTorchPolicy = build_torch_policy(
     "ImpalaA3CTorchPolicy",
     loss_fn=actor_critic_loss,
     get_default_config=_default_config,
-    stats_fn=a3c_stats,
     postprocess_fn=postprocess_advantages,
-    extra_action_out_fn=vf_preds_fetches,
+    needs_value=True,
     optimizer_fn=make_optimizer,
 )

@@ -29,12 +29,8 @@ def pg_loss(policy, model, dist_class, train_batch):
     logits, _ = model({"obs": train_batch[SampleBatch.OBS], "is_training": True}, [], None)
     dist = dist_class(logits, model)
     logp = dist.logp(train_batch[SampleBatch.ACTIONS])
-    policy._pg_loss = -(logp * train_batch[Postprocessing.ADVANTAGES]).mean()
-    return policy._pg_loss
-
-
-def pg_stats(policy, train_batch) -> dict:
-    return {"policy_loss": policy._pg_loss.item()}
+    loss = -(logp * train_batch[Postprocessing.ADVANTAGES]).mean()
+    return loss, {"policy_loss": loss.detach()}
 
 
 PGTorchPolicy = build_torch_policy(
@@ -42,7 +38,6 @@ PGTorchPolicy = build_torch_policy(
     loss_fn=pg_loss,
     get_default_config=lambda: DEFAULT_CONFIG,
     postprocess_fn=postprocess_pg,
-    stats_fn=pg_stats,
 )
 
 PGTrainer = build_trainer(name="PG", default_policy=PGTorchPolicy, default_config=DEFAULT_CONFIG)

@@ -85,7 +85,7 @@ def policy_optimizer(config: dict) -> tuple[type, dict]:
     if config["simple_optimizer"]:
         return SyncSamplesOptimizer, dict(
             num_sgd_iter=config["num_sgd_iter"], train_batch_size=config["train_batch_size"],
-            sgd_minibatch_size=config["sgd_minibatch_size"], standardize_fields=standardize,
+            sgd_minibatch_size=config["sgd_minibatch_size"], standardize_fields=standardize, seed=config["seed"],
         )
     return LocalMultiGPUOptimizer, dict(
         sgd_batch_size=config["sgd_minibatch_size"], num_sgd_iter=config["num_sgd_iter"],

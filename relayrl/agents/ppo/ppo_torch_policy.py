@@ -11,11 +11,11 @@ import torch
 
 from relayrl.evaluation.postprocessing import Postprocessing, bootstrap_values, compute_advantages, multi_trajectory
 from relayrl.policy.sample_batch import SampleBatch
-from relayrl.policy.torch_policy import vf_preds_fetches
 from relayrl.policy.torch_policy_template import build_torch_policy
 
 
-def ppo_surrogate_loss(policy, model, dist_class, train_batch: dict) -> torch.Tensor:
+def ppo_surrogate_loss(policy, model, dist_class, train_batch: dict) -> tuple[torch.Tensor, dict]:
+    """(loss, stats) of a minibatch."""
     config = policy.config
     logits, _ = model({"obs": train_batch[SampleBatch.OBS], "is_training": True}, [], None)
     curr = dist_class(logits, model)
@@ -43,19 +43,15 @@ def ppo_surrogate_loss(policy, model, dist_class, train_batch: dict) -> torch.Te
         total = total + config["vf_loss_coeff"] * vf_loss
     loss = total.mean()
     with torch.no_grad():  # statistics only: no autograd graph for them
-        policy._stats = {"total_loss": loss.detach(), "policy_loss": -surrogate.mean(), "kl": action_kl.mean(),
-                         "entropy": entropy.mean(), "cur_kl_coeff": policy.kl_coeff,
-                         # share of samples whose ratio left the clip range, and the sampled KL(old || new)
-                         # estimate E[(r - 1) - log r] (unbiased, always >= 0; Schulman's "k3" estimator)
-                         "clip_fraction": ((logp_ratio - 1).abs() > config["clip_param"]).float().mean(),
-                         "approx_kl": ((logp_ratio - 1) - log_ratio).mean()}
+        stats = {"total_loss": loss.detach(), "policy_loss": -surrogate.mean(), "kl": action_kl.mean(),
+                 "entropy": entropy.mean(), "cur_kl_coeff": policy.kl_coeff,
+                 # share of samples whose ratio left the clip range, and the sampled KL(old || new)
+                 # estimate E[(r - 1) - log r] (unbiased, always >= 0; Schulman's "k3" estimator)
+                 "clip_fraction": ((logp_ratio - 1).abs() > config["clip_param"]).float().mean(),
+                 "approx_kl": ((logp_ratio - 1) - log_ratio).mean()}
         if config["use_gae"]:
-            policy._stats.update(vf_loss=vf_loss.mean(), vf_explained_var=explained_variance(targets, value_fn))
-    return loss
-
-
-def ppo_stats(policy, train_batch: dict) -> dict:
-    return {k: float(v) for k, v in policy._stats.items()}
+            stats.update(vf_loss=vf_loss.mean(), vf_explained_var=explained_variance(targets, value_fn))
+    return loss, stats
 
 
 def explained_variance(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -65,9 +61,14 @@ def explained_variance(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
 
 
 @multi_trajectory
-def postprocess_ppo_gae(policy, batch: SampleBatch, other_agent_batches=None, episode=None) -> SampleBatch:
-    """GAE with bootstrapping: V(next obs) unless the trajectory ends in a termination."""
-    last_r = bootstrap_values(policy, batch) if policy.config["use_gae"] else 0.0
+def postprocess_ppo_gae(policy, batch: SampleBatch, other_agent_batches=None, episode=None,
+                        last_r=None) -> SampleBatch:
+    """GAE with bootstrapping: V(next obs) unless the trajectory ends in a termination (``last_r``: those values
+    when the caller computed them already, one per trajectory)."""
+    if not policy.config["use_gae"]:
+        last_r = 0.0
+    elif last_r is None:
+        last_r = bootstrap_values(policy, batch)
     return compute_advantages(batch, last_r, policy.config["gamma"], policy.config["lambda"], policy.config["use_gae"])
 
 
@@ -105,9 +106,8 @@ PPOTorchPolicy = build_torch_policy(
     "PPOTorchPolicy",
     loss_fn=ppo_surrogate_loss,
     get_default_config=_default_config,
-    stats_fn=ppo_stats,
     postprocess_fn=postprocess_ppo_gae,
-    extra_action_out_fn=vf_preds_fetches,
+    needs_value=True,
     before_init=_before_init,
     mixins=[KLCoeffMixin],
 )

@@ -1,0 +1,80 @@
+"""Minibatch SGD over a train batch: the one routine behind SyncSamplesOptimizer and LocalMultiGPUOptimizer.
+
+    sgd = MinibatchSGD(minibatch_size=128, num_sgd_iter=30, seed=config["seed"], train_batch_size=4000)
+    stats = sgd.run(batch.count, lambda rows: policy.learn_on_tensors({k: v[rows] for k, v in tensors.items()}))
+
+Each of the ``num_sgd_iter`` epochs draws a new permutation of the ``n`` rows (``torch.randperm`` on a generator
+seeded once from the config's ``seed``; 0 when it is None) and learns on consecutive slices of
+``minibatch_size`` rows of it. Remainder rule: the ``n % minibatch_size`` rows at the end of an epoch's
+permutation are dropped for that epoch (every minibatch has the same size, so every update has the same
+weight); they are different rows each epoch. A ``minibatch_size`` of 0, or one that covers the batch, is one
+update per epoch on the whole batch in its order (no permutation is drawn). As Stable-Baselines3 does, a
+``train_batch_size`` that is not a multiple of ``minibatch_size`` is warned about (once per optimizer).
+
+The stats returned are the mean over the last epoch's minibatches of each learner stat (the last value for a
+stat that is not a number); with a single update per epoch, that update's stats as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from relayrl.policy.torch_policy import LEARNER_STATS_KEY
+
+logger = logging.getLogger(__name__)
+
+
+class MinibatchSGD:
+    def __init__(self, minibatch_size: int, num_sgd_iter: int, seed: int | None = None,
+                 train_batch_size: int | None = None):
+        self.minibatch_size = int(minibatch_size or 0)
+        self.num_sgd_iter = int(num_sgd_iter)
+        self.generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        if train_batch_size and 0 < self.minibatch_size < train_batch_size and train_batch_size % self.minibatch_size:
+            dropped = train_batch_size % self.minibatch_size
+            logger.warning(
+                "train_batch_size=%d is not a multiple of sgd_minibatch_size=%d: each SGD epoch learns on %d"
+                " minibatches and leaves out the last %d rows of its shuffle (different rows each epoch); pick a"
+                " multiple to use every sample in every epoch", train_batch_size, self.minibatch_size,
+                train_batch_size // self.minibatch_size, dropped)
+
+    def epoch(self, n: int, device: torch.device | str = "cpu") -> list[torch.Tensor | None]:
+        """The row indices of one epoch's minibatches (``[None]``: the whole batch in its order)."""
+        size = self.minibatch_size
+        if not size or size >= n:
+            return [None]
+        perm = torch.randperm(n, generator=self.generator).to(device)
+        return [perm[b * size:(b + 1) * size] for b in range(n // size)]
+
+    def run(self, n: int, learn: Callable[[torch.Tensor | None], dict],
+            device: torch.device | str = "cpu") -> dict:
+        """``num_sgd_iter`` epochs of ``learn(rows)`` over a batch of ``n`` rows (``rows`` None: all of them);
+        ``learn`` returns a learner fetch (``{"learner_stats": {...}, ...}``). Returns the last epoch's stats."""
+        epoch_stats: list[dict] = []
+        for _ in range(self.num_sgd_iter):
+            epoch_stats = [get_learner_stats(learn(rows)) for rows in self.epoch(n, device)]
+        if len(epoch_stats) == 1:
+            return epoch_stats[0]
+        return mean_stats(epoch_stats)
+
+
+def get_learner_stats(fetches: dict) -> dict:
+    return fetches.get(LEARNER_STATS_KEY, fetches)
+
+
+def mean_stats(stats: list[dict]) -> dict:
+    """The mean of each stat over a list of stats dicts (the last value for one that is not a number)."""
+    if not stats:
+        return {}
+    out: dict[str, Any] = {}
+    for k in stats[0]:
+        vals = [s[k] for s in stats if k in s]
+        try:
+            out[k] = float(np.mean(vals))
+        except (TypeError, ValueError):
+            out[k] = vals[-1]
+    return out
