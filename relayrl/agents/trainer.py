@@ -348,6 +348,23 @@ def _space_signature(policy: Any) -> dict:
 _COUNTERS = {"iteration": int, "timesteps_total": int, "episodes_total": int, "time_total_s": float}
 
 
+def check_counters(prefix: str, manifest: dict) -> dict:
+    """The manifest's counters (iteration, timesteps_total, time_total_s, episodes_total), each present and a
+    non-negative integer (a number for time_total_s); else CheckpointError naming it."""
+    counters = manifest.get("counters")
+    if not isinstance(counters, dict):
+        raise ckpt.CheckpointError(f"{prefix}{ckpt.MANIFEST} has no 'counters' object")
+    for key, kind in _COUNTERS.items():
+        if key not in counters:
+            raise ckpt.CheckpointError(f"{prefix}counter {key!r} is missing from {ckpt.MANIFEST}")
+        value = counters[key]
+        number = isinstance(value, (int, float)) if kind is float else isinstance(value, int)
+        if isinstance(value, bool) or not number or not (value >= 0 and math.isfinite(value)):
+            what = "number" if kind is float else "integer"
+            raise ckpt.CheckpointError(f"{prefix}counter {key!r} must be a non-negative {what}, found {value!r}")
+    return counters
+
+
 def _checked_state(trainer: Trainer, path: str, manifest: dict, state: dict) -> dict:
     """Everything ``restore`` applies, taken from a checkpoint and checked against the live trainer: its name
     and spaces, the counters, each policy's state (weights, optimizer state, global_timestep, ...) against the
@@ -362,17 +379,7 @@ def _checked_state(trainer: Trainer, path: str, manifest: dict, state: dict) -> 
     if manifest.get("spaces") != expected:
         raise ckpt.CheckpointError(
             f"checkpoint {path} has spaces {manifest.get('spaces')}, this trainer has {expected}")
-    counters = manifest.get("counters")
-    if not isinstance(counters, dict):
-        raise ckpt.CheckpointError(f"{prefix}{ckpt.MANIFEST} has no 'counters' object")
-    for key, kind in _COUNTERS.items():
-        if key not in counters:
-            raise ckpt.CheckpointError(f"{prefix}counter {key!r} is missing from {ckpt.MANIFEST}")
-        value = counters[key]
-        number = isinstance(value, (int, float)) if kind is float else isinstance(value, int)
-        if isinstance(value, bool) or not number or not (value >= 0 and math.isfinite(value)):
-            what = "number" if kind is float else "integer"
-            raise ckpt.CheckpointError(f"{prefix}counter {key!r} must be a non-negative {what}, found {value!r}")
+    counters = check_counters(prefix, manifest)
     # Format 1 checkpoints may lack fields added since; the policies' set_state defaults fill those in.
     allow_missing = manifest["format_version"] < 2
     sections = {}

@@ -166,3 +166,41 @@ def test_es_with_two_ray_workers_shares_one_noise_table_and_syncs_filters():
         assert local_filter.rs.n >= result["timesteps_this_iter"] - 1
     finally:
         trainer.stop()
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda m, s: m["counters"].update(iteration="abc"), "counter 'iteration' must be a non-negative integer"),
+    (lambda m, s: s["optimizer"].update(m=np.zeros(3, np.float32)), "field 'optimizer.m' has shape"),
+    (lambda m, s: s["filters"]["default_policy"]["rs"].update(mean=np.zeros(7)), "filters.default_policy"),
+    (lambda m, s: s["trainer"].update(reward_list=["x"]), "trainer.reward_list"),
+])
+def test_es_restore_is_all_or_nothing(tmp_path, corrupt, message):
+    """A checkpoint that fails any check leaves the ES trainer exactly as it was (weights, moments, filter,
+    counters), whichever part is bad: nothing is applied before everything is checked."""
+    from relayrl.agents import checkpoint as ckpt
+
+    config = {"num_workers": 0, "noise_size": NOISE, "seed": 0, "episodes_per_batch": 10, "train_batch_size": 200,
+              "model": {"fcnet_hiddens": [8]}, "observation_filter": "MeanStdFilter"}
+    source = ESTrainer(env="CartPole-v1", config=config)
+    source.train()
+    source.train()
+    path = source.save(str(tmp_path / "good"))
+    manifest, state = ckpt.read_checkpoint(path)
+    target = ESTrainer(env="CartPole-v1", config=config)
+    target.train()
+    before = (target.policy.get_flat_weights().copy(), target._flat_optimizer.m.copy(),
+              target.workers.local_worker().filter.to_state(), target.iteration)
+    corrupt(manifest, state)
+    bad = ckpt.write_checkpoint(str(tmp_path / "bad"), {k: v for k, v in manifest.items() if k not in (
+        "format_version", "files", "state")}, state)
+    with pytest.raises(ckpt.CheckpointError, match=message):
+        target.restore(bad)
+    np.testing.assert_array_equal(target.policy.get_flat_weights(), before[0])
+    np.testing.assert_array_equal(target._flat_optimizer.m, before[1])
+    after_filter = target.workers.local_worker().filter.to_state()
+    np.testing.assert_array_equal(after_filter["rs"]["mean"], before[2]["rs"]["mean"])
+    assert target.iteration == before[3] == 1
+    target.restore(path)  # the good one still loads
+    assert target.iteration == 2
+    for t in (source, target):
+        t.stop()

@@ -22,7 +22,7 @@ import numpy as np
 import relayrl
 from relayrl.agents import checkpoint as ckpt
 from relayrl.agents.es.es_worker import PerturbationWorkerSet
-from relayrl.agents.trainer import Trainer
+from relayrl.agents.trainer import Trainer, check_counters
 from relayrl.policy.sample_batch import DEFAULT_POLICY_ID
 from relayrl.utils.es_utils import create_noise
 from relayrl.utils.filters import filter_from_state
@@ -188,8 +188,17 @@ class PerturbationTrainer(Trainer):
         self.policy.set_flat_weights(weights[DEFAULT_POLICY_ID]["theta"])
 
     # --- checkpoints -----------------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        """What a checkpoint holds besides the config: weights, master filter, optimizer moments, reward list."""
+        opt = self._flat_optimizer
+        return {
+            "policies": {DEFAULT_POLICY_ID: {"weights": {"theta": self.policy.get_flat_weights()}}},
+            "filters": {DEFAULT_POLICY_ID: self.workers.local_worker().filter.to_state()},
+            "optimizer": {k: copy.deepcopy(getattr(opt, k)) for k in ("t", "m", "v") if hasattr(opt, k)},
+            "trainer": {"reward_list": list(self._reward_list)},
+        }
+
     def save_to_path(self, path: str) -> str:
-        local = self.workers.local_worker()
         manifest = {
             "library": "relayrl",
             "library_version": relayrl.__version__,
@@ -200,45 +209,49 @@ class PerturbationTrainer(Trainer):
                          "time_total_s": self._time_total, "episodes_total": self._episodes_total},
             "host": platform.node(),
         }
-        opt = self._flat_optimizer
-        state = {
-            "config": _portable_config(self.config),
-            "policies": {DEFAULT_POLICY_ID: {"weights": {"theta": self.policy.get_flat_weights()}}},
-            "filters": {DEFAULT_POLICY_ID: local.filter.to_state()},
-            "optimizer": {k: copy.deepcopy(getattr(opt, k)) for k in ("t", "m", "v") if hasattr(opt, k)},
-            "trainer": {"reward_list": list(self._reward_list)},
-        }
-        return ckpt.write_checkpoint(path, manifest, state)
+        return ckpt.write_checkpoint(path, manifest, {"config": _portable_config(self.config), **self._state()})
 
     def restore(self, checkpoint_path: str) -> None:
+        """All or nothing, as Trainer.restore: everything is checked against this trainer before any of it is
+        applied; a CheckpointError names the field and leaves the trainer as it was."""
         manifest, state = ckpt.read_checkpoint(checkpoint_path)
+        prefix = f"checkpoint {checkpoint_path}: "
         if manifest["trainer"] != self._name:
             raise ckpt.CheckpointError(
                 f"checkpoint {checkpoint_path} was written by trainer {manifest['trainer']!r}, not {self._name!r}")
         if manifest.get("spaces", {}).get(DEFAULT_POLICY_ID) != self._spaces():
             raise ckpt.CheckpointError(
                 f"checkpoint {checkpoint_path} has spaces {manifest.get('spaces')}, this trainer {self._spaces()}")
-        try:
-            theta = np.asarray(state["policies"][DEFAULT_POLICY_ID]["weights"]["theta"], dtype=np.float32)
-        except (KeyError, TypeError) as e:
-            raise ckpt.CheckpointError(f"checkpoint {checkpoint_path} has no policy weights") from e
-        if theta.shape != (self.policy.num_params,):
-            raise ckpt.CheckpointError(
-                f"checkpoint {checkpoint_path}: {theta.shape[0]} parameters, this policy has {self.policy.num_params}")
-        self.policy.set_flat_weights(theta)
+        counters = check_counters(prefix, manifest)
+        live = self._state()
+        allow_missing = manifest["format_version"] < 2
+        for section in ("policies", "optimizer", "trainer"):
+            if not isinstance(state.get(section), dict):
+                raise ckpt.CheckpointError(f"{prefix}its state has no {section!r} object")
+            if section != "trainer":  # the reward list's length varies: checked below
+                ckpt.check_structure(state[section], live[section], section, prefix, allow_missing)
         local = self.workers.local_worker()
-        filt = state.get("filters", {}).get(DEFAULT_POLICY_ID)
-        if filt:
+        filt = (state.get("filters") or {}).get(DEFAULT_POLICY_ID)
+        if filt is not None:
+            try:
+                local.filter.check_state(filt, f"filters.{DEFAULT_POLICY_ID}")
+            except ValueError as e:
+                raise ckpt.CheckpointError(f"{prefix}{e}") from e
+        rewards = state["trainer"].get("reward_list", [])
+        if not isinstance(rewards, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in rewards):
+            raise ckpt.CheckpointError(f"{prefix}field 'trainer.reward_list' must hold numbers")
+        # Everything checked: apply.
+        self.policy.set_flat_weights(np.asarray(state["policies"][DEFAULT_POLICY_ID]["weights"]["theta"], np.float32))
+        if filt is not None:
             local.filter.set_state(filt)
         opt = self._flat_optimizer
-        for k, v in state.get("optimizer", {}).items():
+        for k, v in state["optimizer"].items():
             setattr(opt, k, np.asarray(v, dtype=np.float32) if k != "t" else int(v))
-        counters = manifest.get("counters", {})
-        self.iteration = int(counters.get("iteration", 0))
-        self._timesteps_total = int(counters.get("timesteps_total", 0))
-        self._time_total = float(counters.get("time_total_s", 0.0))
-        self._episodes_total = int(counters.get("episodes_total", 0))
-        self._reward_list = [float(x) for x in state.get("trainer", {}).get("reward_list", [])]
+        self.iteration = int(counters["iteration"])
+        self._timesteps_total = int(counters["timesteps_total"])
+        self._time_total = float(counters["time_total_s"])
+        self._episodes_total = int(counters["episodes_total"])
+        self._reward_list = [float(x) for x in rewards]
         if self.workers.remote_workers():
             self.workers.call("sync_filter", [(local.filter.to_state(),)] * len(self.workers.remote_workers()))
 
