@@ -17,11 +17,22 @@ import time
 import torch
 
 IMPALA_CONFIG = {
-    "num_workers": 2, "num_gpus": 0, "sample_batch_size": 50, "train_batch_size": 500, "min_iter_time_s": 1,
-    "model": {"fcnet_hiddens": [64, 64]}, "seed": 0,
+    "num_workers": 2,
+    "num_gpus": 0,
+    "sample_batch_size": 50,
+    "train_batch_size": 500,
+    "min_iter_time_s": 1,
+    "model": {"fcnet_hiddens": [64, 64]},
+    "seed": 0,
 }
-A3C_CONFIG = {"num_workers": 2, "sample_batch_size": 50, "lr": 5e-4, "min_iter_time_s": 1,
-              "model": {"fcnet_hiddens": [64, 64]}, "seed": 0}
+A3C_CONFIG = {
+    "num_workers": 2,
+    "sample_batch_size": 50,
+    "lr": 5e-4,
+    "min_iter_time_s": 1,
+    "model": {"fcnet_hiddens": [64, 64]},
+    "seed": 0,
+}
 
 
 def impala_throughput(seconds: float = 20.0, env: str = "CartPole-v1", config: dict | None = None) -> dict:
@@ -96,8 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per figure")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # small networks: one intra-op thread avoids oversubscribing the cores
-    rows = [("IMPALA (2 workers)", impala_throughput(args.seconds)),
-            ("A3C (2 workers)", a3c_gradients_per_second(args.seconds))]
+    rows = [
+        ("IMPALA (2 workers)", impala_throughput(args.seconds)),
+        ("A3C (2 workers)", a3c_gradients_per_second(args.seconds)),
+    ]
     print(f"{'benchmark':<22} {'metric':<32} {'value':>12}")
     for name, figures in rows:
         for metric, value in figures.items():

@@ -20,15 +20,23 @@ import gymnasium as gym
 import numpy as np
 
 DQN_SOLVE_CONFIG = {
-    "compress_observations": False, "model": {"fcnet_hiddens": [64], "fcnet_activation": "relu"}, "hiddens": [64],
-    "lr": 1e-3, "n_step": 3, "train_batch_size": 64, "target_network_update_freq": 500,
-    "exploration_fraction": 0.1, "schedule_max_timesteps": 100000, "timesteps_per_iteration": 1000,
+    "compress_observations": False,
+    "model": {"fcnet_hiddens": [64], "fcnet_activation": "relu"},
+    "hiddens": [64],
+    "lr": 1e-3,
+    "n_step": 3,
+    "train_batch_size": 64,
+    "target_network_update_freq": 500,
+    "exploration_fraction": 0.1,
+    "schedule_max_timesteps": 100000,
+    "timesteps_per_iteration": 1000,
     "min_iter_time_s": 0,
 }
 
 
-def dqn_cartpole_time_to_solve(seeds: tuple[int, ...] = (0,), threshold: float = 475.0,
-                               max_steps: int = 300_000) -> dict:
+def dqn_cartpole_time_to_solve(
+    seeds: tuple[int, ...] = (0,), threshold: float = 475.0, max_steps: int = 300_000
+) -> dict:
     """Wall seconds (and env steps) until DQN's 100-episode mean on CartPole-v1 reaches ``threshold``."""
     from relayrl.agents.dqn import DQNTrainer
 
@@ -44,26 +52,46 @@ def dqn_cartpole_time_to_solve(seeds: tuple[int, ...] = (0,), threshold: float =
                 break
             if result["timesteps_total"] >= max_steps:
                 break
-        runs.append({"seed": seed, "wall_s": time.perf_counter() - start, "steps": result["timesteps_total"],
-                     "solved": solved, "final_mean": result["episode_reward_mean"]})
+        runs.append(
+            {
+                "seed": seed,
+                "wall_s": time.perf_counter() - start,
+                "steps": result["timesteps_total"],
+                "solved": solved,
+                "final_mean": result["episode_reward_mean"],
+            }
+        )
         trainer.stop()
     # An unsolved run counts as infinitely slow, so the median is that of every seed.
     times = [r["wall_s"] if r["solved"] else float("inf") for r in runs]
-    return {"runs": runs, "median_wall_s": statistics.median(times), "num_solved": sum(r["solved"] for r in runs),
-            "threshold": threshold}
+    return {
+        "runs": runs,
+        "median_wall_s": statistics.median(times),
+        "num_solved": sum(r["solved"] for r in runs),
+        "threshold": threshold,
+    }
 
 
 def _random_batch(obs_dim: int, act, n: int, seed: int = 0):
     from relayrl.policy.sample_batch import SampleBatch
 
     rng = np.random.default_rng(seed)
-    actions = (rng.integers(0, act.n, n) if isinstance(act, gym.spaces.Discrete)
-               else rng.uniform(act.low, act.high, (n,) + act.shape).astype(np.float32))
-    return SampleBatch({
-        "obs": rng.normal(size=(n, obs_dim)).astype(np.float32), "new_obs": rng.normal(size=(n, obs_dim)).astype(
-            np.float32), "actions": actions, "rewards": rng.normal(size=n).astype(np.float32),
-        "terminateds": np.zeros(n, np.float32), "n_step_discount": np.full(n, 0.99, np.float32),
-        "weights": np.ones(n, np.float32)})
+    actions = (
+        rng.integers(0, act.n, n)
+        if isinstance(act, gym.spaces.Discrete)
+        else rng.uniform(act.low, act.high, (n,) + act.shape).astype(np.float32)
+    )
+    return SampleBatch(
+        {
+            "obs": rng.normal(size=(n, obs_dim)).astype(np.float32),
+            "new_obs": rng.normal(size=(n, obs_dim)).astype(np.float32),
+            "actions": actions,
+            "rewards": rng.normal(size=n).astype(np.float32),
+            "terminateds": np.zeros(n, np.float32),
+            "n_step_discount": np.full(n, 0.99, np.float32),
+            "weights": np.ones(n, np.float32),
+        }
+    )
 
 
 def learner_updates_per_s(algo: str = "DQN", seconds: float = 3.0, config: dict | None = None) -> dict:
@@ -87,12 +115,17 @@ def learner_updates_per_s(algo: str = "DQN", seconds: float = 3.0, config: dict 
         policy.learn_on_batch(batch)
         n += 1
     elapsed = time.perf_counter() - start
-    return {"algo": algo, "train_batch_size": cfg["train_batch_size"], "updates_per_s": n / elapsed,
-            "ms_per_update": 1000 * elapsed / n}
+    return {
+        "algo": algo,
+        "train_batch_size": cfg["train_batch_size"],
+        "updates_per_s": n / elapsed,
+        "ms_per_update": 1000 * elapsed / n,
+    }
 
 
-def replay_microseconds(capacity: int = 1_000_000, batch_size: int = 32, add_rows: int = 4,
-                        obs_dim: int = 4, repeats: int = 2000) -> dict:
+def replay_microseconds(
+    capacity: int = 1_000_000, batch_size: int = 32, add_rows: int = 4, obs_dim: int = 4, repeats: int = 2000
+) -> dict:
     """Microseconds per add / prioritized sample / priority update on a full buffer of ``capacity`` rows."""
     from relayrl.optimizers.replay_buffer import PrioritizedReplayBuffer
 
@@ -100,9 +133,13 @@ def replay_microseconds(capacity: int = 1_000_000, batch_size: int = 32, add_row
     rng = np.random.default_rng(0)
 
     def rows(n):
-        return {"obs": rng.normal(size=(n, obs_dim)).astype(np.float32),
-                "new_obs": rng.normal(size=(n, obs_dim)).astype(np.float32), "actions": rng.integers(0, 2, n),
-                "rewards": rng.normal(size=n).astype(np.float32), "terminateds": np.zeros(n, np.float32)}
+        return {
+            "obs": rng.normal(size=(n, obs_dim)).astype(np.float32),
+            "new_obs": rng.normal(size=(n, obs_dim)).astype(np.float32),
+            "actions": rng.integers(0, 2, n),
+            "rewards": rng.normal(size=n).astype(np.float32),
+            "terminateds": np.zeros(n, np.float32),
+        }
 
     chunk = rows(100_000)
     for _ in range(capacity // 100_000):
@@ -121,8 +158,13 @@ def replay_microseconds(capacity: int = 1_000_000, batch_size: int = 32, add_row
         timings["sample"] += t2 - t1
         timings["update"] += t3 - t2
     us = {k: 1e6 * v / repeats for k, v in timings.items()}
-    return {"capacity": capacity, "add_us": us["add"], "sample_us": us["sample"], "update_us": us["update"],
-            "total_us": sum(us.values())}
+    return {
+        "capacity": capacity,
+        "add_us": us["add"],
+        "sample_us": us["sample"],
+        "update_us": us["update"],
+        "total_us": sum(us.values()),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,20 +174,32 @@ def main(argv: list[str] | None = None) -> None:
     args, _ = parser.parse_known_args(argv if argv is not None else [])
     rows = []
     r = replay_microseconds()
-    rows.append(("replay add (4 rows) / sample (32) / update (32), 1M", "us",
-                 f"{r['add_us']:.0f} / {r['sample_us']:.0f} / {r['update_us']:.0f}"))
-    for algo, config in (("DQN", {"hiddens": [64], "model": {"fcnet_hiddens": [64], "fcnet_activation": "relu"}}),
-                         ("DQN", {}), ("DDPG", {"actor_hiddens": [64, 64], "critic_hiddens": [64, 64]}),
-                         ("DDPG", {})):
+    rows.append(
+        (
+            "replay add (4 rows) / sample (32) / update (32), 1M",
+            "us",
+            f"{r['add_us']:.0f} / {r['sample_us']:.0f} / {r['update_us']:.0f}",
+        )
+    )
+    for algo, config in (
+        ("DQN", {"hiddens": [64], "model": {"fcnet_hiddens": [64], "fcnet_activation": "relu"}}),
+        ("DQN", {}),
+        ("DDPG", {"actor_hiddens": [64, 64], "critic_hiddens": [64, 64]}),
+        ("DDPG", {}),
+    ):
         u = learner_updates_per_s(algo, config=config)
         label = f"{algo} ({'small nets' if config else 'default nets'}) learner, batch {u['train_batch_size']}"
         rows.append((label, "updates/s", f"{u['updates_per_s']:.0f} ({u['ms_per_update']:.2f} ms)"))
     if not args.skip_solve:
         s = dqn_cartpole_time_to_solve(tuple(args.seeds))
-        runs = ", ".join(f"{x['wall_s']:.0f}s/{x['steps']}" + ("" if x["solved"] else " (unsolved)")
-                         for x in s["runs"])
-        rows.append((f"DQN CartPole-v1 to 100-ep mean >= 475 ({len(args.seeds)} seed(s))", "s",
-                     f"median {s['median_wall_s']:.0f} [{runs}]"))
+        runs = ", ".join(f"{x['wall_s']:.0f}s/{x['steps']}" + ("" if x["solved"] else " (unsolved)") for x in s["runs"])
+        rows.append(
+            (
+                f"DQN CartPole-v1 to 100-ep mean >= 475 ({len(args.seeds)} seed(s))",
+                "s",
+                f"median {s['median_wall_s']:.0f} [{runs}]",
+            )
+        )
     width = max(len(r[0]) for r in rows)
     print("\nrelayrl off-policy benchmarks")
     for name, unit, value in rows:

@@ -66,8 +66,9 @@ def sampling_rate(rounds: int = 15, seconds: float = 0.2) -> dict:
     from relayrl.env.registry import get_env_creator
     from relayrl.evaluation import RolloutWorker
 
-    worker = RolloutWorker(get_env_creator("CartPole-v1"), PPOTorchPolicy,
-                           policy_config=dict(DEFAULT_CONFIG, num_envs_per_worker=8))
+    worker = RolloutWorker(
+        get_env_creator("CartPole-v1"), PPOTorchPolicy, policy_config=dict(DEFAULT_CONFIG, num_envs_per_worker=8)
+    )
     worker.sample()
     raw_steps = 2_000  # per env: about as long as one sampler measurement
     raws, raws_sampled, raws_vector, rates = [], [], [], []
@@ -80,16 +81,21 @@ def sampling_rate(rounds: int = 15, seconds: float = 0.2) -> dict:
             n += worker.sample().count
         rates.append(n / (time.perf_counter() - start))
     med = statistics.median
-    return {"raw_steps_per_s": med(raws), "raw_sampled_steps_per_s": med(raws_sampled),
-            "sample_steps_per_s": med(rates), "ratio": med(r / w for r, w in zip(rates, raws)),
-            "ratio_sampled": med(r / w for r, w in zip(rates, raws_sampled)),
-            "raw_vector_steps_per_s": med(raws_vector), "ratio_vector": med(r / w for r, w in zip(rates, raws_vector)),
-            "breakdown_us": {k.removeprefix("mean_").removesuffix("_ms"): 1000 * v
-                             for k, v in worker.sampler_perf().items()}}
+    return {
+        "raw_steps_per_s": med(raws),
+        "raw_sampled_steps_per_s": med(raws_sampled),
+        "sample_steps_per_s": med(rates),
+        "ratio": med(r / w for r, w in zip(rates, raws)),
+        "ratio_sampled": med(r / w for r, w in zip(rates, raws_sampled)),
+        "raw_vector_steps_per_s": med(raws_vector),
+        "ratio_vector": med(r / w for r, w in zip(rates, raws_vector)),
+        "breakdown_us": {
+            k.removeprefix("mean_").removesuffix("_ms"): 1000 * v for k, v in worker.sampler_perf().items()
+        },
+    }
 
 
-def async_vector_sampling(rounds: int = 7, seconds: float = 1.0, step_cpu_ms: float = 1.0,
-                          num_envs: int = 8) -> dict:
+def async_vector_sampling(rounds: int = 7, seconds: float = 1.0, step_cpu_ms: float = 1.0, num_envs: int = 8) -> dict:
     """Sampling env-steps/s of one RolloutWorker with a small PPO policy (fcnet [32, 32]) on ``num_envs`` CartPole-v1
     envs whose ``step()`` costs ``step_cpu_ms`` of CPU (a busy loop on ``time.thread_time``: a sleep, or a spin on the
     wall clock, would finish on time on a crowded CPU and overstate the gain): a Gymnasium ``AsyncVectorEnv`` of
@@ -112,10 +118,14 @@ def async_vector_sampling(rounds: int = 7, seconds: float = 1.0, step_cpu_ms: fl
         return CpuCostlyCartPole(gym.make("CartPole-v1"))
 
     config = dict(DEFAULT_CONFIG, sample_batch_size=25, model={"fcnet_hiddens": [32, 32]}, seed=0)
-    async_worker = RolloutWorker(lambda ctx: gym.vector.AsyncVectorEnv(
-        [make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP), PPOTorchPolicy, policy_config=config)
-    local_worker = RolloutWorker(lambda ctx: make(), PPOTorchPolicy,
-                                 policy_config=dict(config, num_envs_per_worker=num_envs))
+    async_worker = RolloutWorker(
+        lambda ctx: gym.vector.AsyncVectorEnv([make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP),
+        PPOTorchPolicy,
+        policy_config=config,
+    )
+    local_worker = RolloutWorker(
+        lambda ctx: make(), PPOTorchPolicy, policy_config=dict(config, num_envs_per_worker=num_envs)
+    )
 
     def rate(worker: RolloutWorker) -> float:
         start, n = time.perf_counter(), 0
@@ -130,8 +140,12 @@ def async_vector_sampling(rounds: int = 7, seconds: float = 1.0, step_cpu_ms: fl
         async_worker.stop()
         local_worker.stop()
     med = statistics.median
-    return {"async_steps_per_s": med(a for a, _ in pairs), "local_steps_per_s": med(b for _, b in pairs),
-            "ratio": med(a / b for a, b in pairs), "cpus": os.cpu_count()}
+    return {
+        "async_steps_per_s": med(a for a, _ in pairs),
+        "local_steps_per_s": med(b for _, b in pairs),
+        "ratio": med(a / b for a, b in pairs),
+        "cpus": os.cpu_count(),
+    }
 
 
 def learner_rate() -> dict:
@@ -146,8 +160,10 @@ def learner_rate() -> dict:
     pg = PGTrainer(env="CartPole-v1", config={"seed": 0, "train_batch_size": 4000})
     pg.train()
     pg_info = pg.train()["info"]
-    return {"ppo_learner_samples_per_s": info["learner_throughput"],
-            "pg_learner_samples_per_s": pg_info["opt_peak_throughput"]}
+    return {
+        "ppo_learner_samples_per_s": info["learner_throughput"],
+        "pg_learner_samples_per_s": pg_info["opt_peak_throughput"],
+    }
 
 
 _SOLVE = r"""
@@ -175,8 +191,12 @@ def time_to_solve(seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
     config = tuned_config(TUNED_PPO_CARTPOLE)
     runs = []
     for seed in seeds:
-        out = subprocess.run([sys.executable, "-c", _SOLVE, json.dumps({**config, "seed": seed})],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _SOLVE, json.dumps({**config, "seed": seed})],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return {
         "solved": all(r["solved"] for r in runs),
@@ -200,8 +220,12 @@ print(time.perf_counter() - t)
 
 def startup(repeats: int = 3) -> dict:
     """``import relayrl`` plus building a PPO trainer (num_workers 0), in a fresh process."""
-    times = [float(subprocess.run([sys.executable, "-c", _STARTUP], capture_output=True, text=True,
-                                  check=True).stdout.strip()) for _ in range(repeats)]
+    times = [
+        float(
+            subprocess.run([sys.executable, "-c", _STARTUP], capture_output=True, text=True, check=True).stdout.strip()
+        )
+        for _ in range(repeats)
+    ]
     return {"startup_s_median": statistics.median(times)}
 
 
@@ -213,8 +237,13 @@ def readme_command(tune: bool = False) -> dict:
 
     cmd = [sys.executable, "-m", "relayrl", "train", "-f", TUNED_PPO_CARTPOLE, "--local-dir", tempfile.mkdtemp()]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd + (["--tune"] if tune else []), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        cmd + (["--tune"] if tune else []),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     seconds, steps = float("nan"), 0
     for line in proc.stdout:
         if "TERMINATED" in line:
@@ -234,32 +263,59 @@ def core_rows(quick: bool = False) -> list[tuple[str, str, str]]:
     readme_tune = readme_command(tune=True)
     readme_s = statistics.median(r["seconds"] for r in readme)
     return [
-        ("raw CartPole-v1, 8 envs, pre-drawn random actions", f"{s['raw_steps_per_s']:,.0f} steps/s",
-         "the envs' own cost only"),
-        ("raw CartPole-v1, 8 envs, action_space.sample()", f"{s['raw_sampled_steps_per_s']:,.0f} steps/s",
-         "a random agent"),
-        ("gymnasium SyncVectorEnv, 8 envs, random actions", f"{s['raw_vector_steps_per_s']:,.0f} steps/s",
-         "Gymnasium's own vector env"),
-        ("sampling, 1 worker, 8 sub-envs, PPO default model", f"{s['sample_steps_per_s']:,.0f} steps/s",
-         f"{100 * s['ratio']:.0f}% / {100 * s['ratio_sampled']:.0f}% / {100 * s['ratio_vector']:.0f}% of the three"
-         " raw rates (target: >= 50% of the random agent's)"),
-        ("  per vector step: env / policy / sampler / postprocess",
-         " / ".join(f"{s['breakdown_us'][k]:.0f}" for k in ("env_wait", "inference", "processing", "postprocessing"))
-         + " us", "postprocess includes the value pass over the fragment"),
-        ("AsyncVectorEnv of 8 in 1 worker / 8 in-process sub-envs", f"{av['ratio']:.2f}x",
-         f"{av['async_steps_per_s']:,.0f} vs {av['local_steps_per_s']:,.0f} steps/s, small PPO policy, CartPole"
-         f" step() busy-loops 1 ms of CPU (not sleep), {av['cpus']} CPUs (target >= 1.6x on 2)"),
+        (
+            "raw CartPole-v1, 8 envs, pre-drawn random actions",
+            f"{s['raw_steps_per_s']:,.0f} steps/s",
+            "the envs' own cost only",
+        ),
+        (
+            "raw CartPole-v1, 8 envs, action_space.sample()",
+            f"{s['raw_sampled_steps_per_s']:,.0f} steps/s",
+            "a random agent",
+        ),
+        (
+            "gymnasium SyncVectorEnv, 8 envs, random actions",
+            f"{s['raw_vector_steps_per_s']:,.0f} steps/s",
+            "Gymnasium's own vector env",
+        ),
+        (
+            "sampling, 1 worker, 8 sub-envs, PPO default model",
+            f"{s['sample_steps_per_s']:,.0f} steps/s",
+            f"{100 * s['ratio']:.0f}% / {100 * s['ratio_sampled']:.0f}% / {100 * s['ratio_vector']:.0f}% of the three"
+            " raw rates (target: >= 50% of the random agent's)",
+        ),
+        (
+            "  per vector step: env / policy / sampler / postprocess",
+            " / ".join(f"{s['breakdown_us'][k]:.0f}" for k in ("env_wait", "inference", "processing", "postprocessing"))
+            + " us",
+            "postprocess includes the value pass over the fragment",
+        ),
+        (
+            "AsyncVectorEnv of 8 in 1 worker / 8 in-process sub-envs",
+            f"{av['ratio']:.2f}x",
+            f"{av['async_steps_per_s']:,.0f} vs {av['local_steps_per_s']:,.0f} steps/s, small PPO policy, CartPole"
+            f" step() busy-loops 1 ms of CPU (not sleep), {av['cpus']} CPUs (target >= 1.6x on 2)",
+        ),
         ("PPO learner (default config: 4000 x 30 epochs)", f"{lr['ppo_learner_samples_per_s']:,.0f} samples/s", ""),
         ("PG learner (train_batch_size 4000)", f"{lr['pg_learner_samples_per_s']:,.0f} samples/s", ""),
-        ("PPO CartPole-v1 time to mean 475 (train)", f"{solve['train_s_median']:.1f} s",
-         f"median of {len(solve['runs'])} seeds, {solve['steps_median']:,.0f} steps (target <= 10 s)"),
+        (
+            "PPO CartPole-v1 time to mean 475 (train)",
+            f"{solve['train_s_median']:.1f} s",
+            f"median of {len(solve['runs'])} seeds, {solve['steps_median']:,.0f} steps (target <= 10 s)",
+        ),
         ("  same, whole process incl. imports", f"{solve['process_s_median']:.1f} s", ""),
-        ("README command: relayrl train -f cartpole-ppo.yaml", f"{readme_s:.1f} s",
-         f"command to TERMINATED line, median of {len(readme)} (in this process: num_workers 0), target <= 10 s;"
-         f" {readme[0]['steps']:,} steps"),
-        ("  same with --tune (Ray + Tune)", f"{readme_tune['seconds']:.1f} s",
-         f"the in-process run's time is {readme_s / readme_tune['seconds']:.0%} of this;"
-         f" {readme_tune['steps']:,} steps"),
+        (
+            "README command: relayrl train -f cartpole-ppo.yaml",
+            f"{readme_s:.1f} s",
+            f"command to TERMINATED line, median of {len(readme)} (in this process: num_workers 0), target <= 10 s;"
+            f" {readme[0]['steps']:,} steps",
+        ),
+        (
+            "  same with --tune (Ray + Tune)",
+            f"{readme_tune['seconds']:.1f} s",
+            f"the in-process run's time is {readme_s / readme_tune['seconds']:.0%} of this;"
+            f" {readme_tune['steps']:,} steps",
+        ),
         ("start-up: import + PPO trainer", f"{st['startup_s_median']:.2f} s", "target <= 2 s"),
         ("peak RSS of the PPO CartPole run", f"{solve['peak_rss_mb_max']:.0f} MB", "one process, no Ray"),
     ]

@@ -1,8 +1,8 @@
 """relayrl: scalable reinforcement learning on PyTorch, Gymnasium, Ray core and Ray Tune.
 
-    from relayrl.agents.ppo import PPOTrainer
-    trainer = PPOTrainer(env="CartPole-v1")
-    print(trainer.train()["episode_reward_mean"])
+from relayrl.agents.ppo import PPOTrainer
+trainer = PPOTrainer(env="CartPole-v1")
+print(trainer.train()["episode_reward_mean"])
 """
 
 __version__ = "0.1.0"

@@ -112,60 +112,97 @@ def _shutdown_ray() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more output: Tune's reports and full tracebacks (-vv: Ray's logs too)")
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more output: Tune's reports and full tracebacks (-vv: Ray's logs too)",
+    )
     parser = _Parser(prog="relayrl", description="Train, roll out and plot relayrl agents.", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = sub.add_parser("train", parents=[common], help="train through Ray Tune",
-                           description="Train one or more experiments through Ray Tune.")
+    train = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train through Ray Tune",
+        description="Train one or more experiments through Ray Tune.",
+    )
     train.add_argument("--run", help="algorithm to train, e.g. PPO, PG, A2C, IMPALA, DQN")
     train.add_argument("--env", help="environment: a Gymnasium id such as CartPole-v1")
     train.add_argument("--config", default="{}", help="trainer config overrides as a JSON object")
     train.add_argument("--stop", default="{}", help="stopping criteria as JSON, e.g. '{\"episode_reward_mean\": 475}'")
     train.add_argument("-f", "--config-file", dest="file", help="experiment YAML file (name: {run, env, stop, config})")
     train.add_argument("--experiment-name", default="default", help="experiment directory name (without -f)")
-    train.add_argument("--checkpoint-freq", type=_int_at_least(0), default=None,
-                       help="save a checkpoint every N iterations")
+    train.add_argument(
+        "--checkpoint-freq", type=_int_at_least(0), default=None, help="save a checkpoint every N iterations"
+    )
     train.add_argument("--checkpoint-at-end", action="store_true", help="save a checkpoint when each trial ends")
     train.add_argument("--local-dir", default=None, help="results directory (default ~/ray_results)")
     train.add_argument("--restore", default=None, help="checkpoint directory to resume training from")
-    train.add_argument("--num-samples", type=_int_at_least(1), default=None,
-                       help="repetitions of each grid-search point")
+    train.add_argument(
+        "--num-samples", type=_int_at_least(1), default=None, help="repetitions of each grid-search point"
+    )
     train.add_argument("--ray-address", default=None, help="address of a running Ray cluster (default: start one)")
-    train.add_argument("--ray-num-cpus", type=_int_at_least(1), default=None,
-                       help="CPUs of the local Ray instance (default: enough for the largest trial)")
+    train.add_argument(
+        "--ray-num-cpus",
+        type=_int_at_least(1),
+        default=None,
+        help="CPUs of the local Ray instance (default: enough for the largest trial)",
+    )
     train.add_argument("--plot", action="store_true", help="write a learning-curve PNG into each trial directory")
-    train.add_argument("--tune", action="store_true",
-                       help="run through Ray Tune even a single trial with num_workers 0 (which otherwise runs in"
-                            " this process, without starting Ray; the result files are the same)")
+    train.add_argument(
+        "--tune",
+        action="store_true",
+        help="run through Ray Tune even a single trial with num_workers 0 (which otherwise runs in"
+        " this process, without starting Ray; the result files are the same)",
+    )
 
-    rollout = sub.add_parser("rollout", parents=[common], help="run a checkpoint without exploration",
-                             description="Roll out a trained checkpoint with deterministic actions.")
+    rollout = sub.add_parser(
+        "rollout",
+        parents=[common],
+        help="run a checkpoint without exploration",
+        description="Roll out a trained checkpoint with deterministic actions.",
+    )
     rollout.add_argument("checkpoint", help="checkpoint directory (as printed by `relayrl train`)")
     rollout.add_argument("--run", help="algorithm of the checkpoint (checked against it)")
     rollout.add_argument("--env", help="environment to roll out in (default: the checkpoint's)")
     rollout.add_argument("--episodes", type=_int_at_least(1), default=None, help="number of episodes (default 10)")
-    rollout.add_argument("--steps", type=_int_at_least(1), default=None,
-                         help="stop after this many environment steps")
+    rollout.add_argument("--steps", type=_int_at_least(1), default=None, help="stop after this many environment steps")
     rollout.add_argument("--render", action="store_true", help="render the environment (render_mode='human')")
-    rollout.add_argument("--video", default=None, metavar="DIR",
-                         help="record every episode as DIR/rollout-episode-<n>.mp4 (needs the video extra: moviepy)")
+    rollout.add_argument(
+        "--video",
+        default=None,
+        metavar="DIR",
+        help="record every episode as DIR/rollout-episode-<n>.mp4 (needs the video extra: moviepy)",
+    )
     rollout.add_argument("--out", default=None, help="write each episode as a JSON line to this file")
     rollout.add_argument("--config", default="{}", help="config overrides as a JSON object")
 
-    export = sub.add_parser("export", parents=[common], help="export a checkpoint's policy to ONNX/TorchScript",
-                            description="Export a policy (ONNX, TorchScript, JSON sidecar) with its filter.")
+    export = sub.add_parser(
+        "export",
+        parents=[common],
+        help="export a checkpoint's policy to ONNX/TorchScript",
+        description="Export a policy (ONNX, TorchScript, JSON sidecar) with its filter.",
+    )
     export.add_argument("checkpoint", help="checkpoint directory (as printed by `relayrl train`)")
     export.add_argument("export_dir", help="directory to write model.onnx, model.pt and export.json into")
     export.add_argument("--policy-id", default="default_policy", help="policy to export (multi-agent)")
 
-    config = sub.add_parser("config", parents=[common], help="an algorithm's config keys, defaults and docs",
-                            description="Print every config key of an algorithm with its default and meaning.")
+    config = sub.add_parser(
+        "config",
+        parents=[common],
+        help="an algorithm's config keys, defaults and docs",
+        description="Print every config key of an algorithm with its default and meaning.",
+    )
     config.add_argument("algorithm", help="algorithm name, e.g. PPO, DQN, IMPALA")
 
-    plot = sub.add_parser("plot", parents=[common], help="learning curve of a run",
-                          description="Plot episode_reward_mean against timesteps_total from progress.csv.")
+    plot = sub.add_parser(
+        "plot",
+        parents=[common],
+        help="learning curve of a run",
+        description="Plot episode_reward_mean against timesteps_total from progress.csv.",
+    )
     plot.add_argument("result_dir", help="a trial directory or an experiment directory of trials")
     plot.add_argument("--out", default=None, help="PNG path (default RESULT_DIR/learning_curve.png)")
     return parser
@@ -209,8 +246,10 @@ def parse_json(text: str, flag: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"{flag} is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno}): {text!r}",
-                        f"quote the JSON for the shell: {flag} '{{\"lr\": 0.001}}'") from e
+        raise UserError(
+            f"{flag} is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno}): {text!r}",
+            f"quote the JSON for the shell: {flag} '{{\"lr\": 0.001}}'",
+        ) from e
     if not isinstance(value, dict):
         raise UserError(f"{flag} must be a JSON object, got {text!r}", f"e.g. {flag} '{{\"lr\": 0.001}}'")
     return value
@@ -234,13 +273,24 @@ def experiments_from_args(args: argparse.Namespace) -> dict[str, dict]:
                 spec["stop"] = stop
     else:
         if not args.run or not (args.env or config.get("env")):
-            raise UserError("train needs --run and --env, or -f FILE.yaml",
-                            "e.g. relayrl train --run PPO --env CartPole-v1 --stop '{\"training_iteration\": 10}'")
-        experiments = {args.experiment_name: {"run": args.run, "env": args.env or config.pop("env"),
-                                              "stop": stop, "config": config}}
+            raise UserError(
+                "train needs --run and --env, or -f FILE.yaml",
+                "e.g. relayrl train --run PPO --env CartPole-v1 --stop '{\"training_iteration\": 10}'",
+            )
+        experiments = {
+            args.experiment_name: {
+                "run": args.run,
+                "env": args.env or config.pop("env"),
+                "stop": stop,
+                "config": config,
+            }
+        }
     for spec in experiments.values():
-        for key, value in (("checkpoint_freq", args.checkpoint_freq), ("restore", args.restore),
-                           ("num_samples", args.num_samples)):
+        for key, value in (
+            ("checkpoint_freq", args.checkpoint_freq),
+            ("restore", args.restore),
+            ("num_samples", args.num_samples),
+        ):
             if value is not None:
                 spec[key] = value
         if args.checkpoint_at_end:
@@ -266,14 +316,18 @@ def train(args: argparse.Namespace) -> int:
     if not (args.tune or args.ray_address or args.ray_num_cpus) and runs_in_process(experiments):
         have_gpus = _cuda_devices() if gpus else 0
         if have_gpus < gpus:  # as through Tune: a GPU asked for and not there is an error, not a silent CPU run
-            raise UserError(f"a trial asks for {gpus:g} GPUs (num_gpus) but this machine has {have_gpus}",
-                            "set num_gpus: 0 to train on CPU")
+            raise UserError(
+                f"a trial asks for {gpus:g} GPUs (num_gpus) but this machine has {have_gpus}",
+                "set num_gpus: 0 to train on CPU",
+            )
         trials = [_train_in_process(experiments)]
         return _report(trials, args)
     num_cpus = args.ray_num_cpus or (None if args.ray_address else max(os.cpu_count() or 1, cpus))
     if args.ray_num_cpus is not None and args.ray_num_cpus < cpus:
-        raise UserError(f"a trial needs {cpus} CPUs but --ray-num-cpus is {args.ray_num_cpus}",
-                        "raise --ray-num-cpus or lower num_workers in --config")
+        raise UserError(
+            f"a trial needs {cpus} CPUs but --ray-num-cpus is {args.ray_num_cpus}",
+            "raise --ray-num-cpus or lower num_workers in --config",
+        )
     start_ray(args.ray_address, num_cpus, args.verbose, need=cpus, need_gpus=gpus)
     install_stop_handlers()  # again: ray.init replaced the SIGTERM handler
     with _env_var("TUNE_DISABLE_SIGINT_HANDLER", "1"):
@@ -295,8 +349,8 @@ def _cuda_devices() -> int:
 
 
 def _train_in_process(experiments: dict[str, dict]) -> Any:
-    from relayrl.experiments import ProgressPrinter
     from relayrl.local_run import LocalTrial
+    from relayrl.tune_callbacks import ProgressPrinter
 
     ((name, spec),) = experiments.items()
     printer = ProgressPrinter()
@@ -320,8 +374,10 @@ def _report(trials: list, args: argparse.Namespace) -> int:
     failed = [t for t in trials if t.status != "TERMINATED"]
     for t in trials:
         result = t.last_result or {}
-        print(f"{t}: {t.status}, {result.get('training_iteration', 0)} iterations, "
-              f"{result.get('timesteps_total', 0)} timesteps, episode_reward_mean {result.get('episode_reward_mean')}")
+        print(
+            f"{t}: {t.status}, {result.get('training_iteration', 0)} iterations, "
+            f"{result.get('timesteps_total', 0)} timesteps, episode_reward_mean {result.get('episode_reward_mean')}"
+        )
         print(f"  results: {t.path}")
         if t.checkpoint is not None:
             print(f"  checkpoint: {t.checkpoint.path}")
@@ -339,8 +395,10 @@ def _report(trials: list, args: argparse.Namespace) -> int:
     last = [t for t in trials if t.checkpoint is not None]
     if last:
         t = last[-1]
-        print(f"roll out with: relayrl rollout {t.checkpoint.path} --run {t.trainable_name} "
-              f"--env {t.config.get('env')} --episodes 10")
+        print(
+            f"roll out with: relayrl rollout {t.checkpoint.path} --run {t.trainable_name} "
+            f"--env {t.config.get('env')} --episodes 10"
+        )
     return 0
 
 
@@ -381,14 +439,17 @@ def export(args: argparse.Namespace) -> int:
     from relayrl.agents.trainer import Trainer
 
     try:
-        trainer = Trainer.from_checkpoint(args.checkpoint, {"num_workers": 0, "evaluation_interval": None,
-                                                               "monitor": False})
+        trainer = Trainer.from_checkpoint(
+            args.checkpoint, {"num_workers": 0, "evaluation_interval": None, "monitor": False}
+        )
     except CheckpointError as e:
         raise UserError(str(e), "pass a checkpoint directory printed by `relayrl train` (checkpoint_...)") from e
     try:
         if args.policy_id not in trainer.workers.local_worker().policy_map:
-            raise UserError(f"no policy {args.policy_id!r} in this checkpoint",
-                            f"choose one of {sorted(trainer.workers.local_worker().policy_map)}")
+            raise UserError(
+                f"no policy {args.policy_id!r} in this checkpoint",
+                f"choose one of {sorted(trainer.workers.local_worker().policy_map)}",
+            )
         sidecar = trainer.export_policy_model(args.export_dir, args.policy_id)
     finally:
         trainer.stop()
@@ -404,8 +465,10 @@ def plot(args: argparse.Namespace) -> int:
     from relayrl.utils.plot import plot_learning_curve
 
     if not os.path.isdir(os.path.expanduser(args.result_dir)):
-        raise UserError(f"result directory {args.result_dir} does not exist",
-                        "pass a trial directory under ~/ray_results/<experiment>/")
+        raise UserError(
+            f"result directory {args.result_dir} does not exist",
+            "pass a trial directory under ~/ray_results/<experiment>/",
+        )
     try:
         print(plot_learning_curve(os.path.expanduser(args.result_dir), args.out))
     except FileNotFoundError as e:

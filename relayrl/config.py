@@ -19,7 +19,11 @@ from relayrl.utils.filters import FILTERS
 logger = logging.getLogger(__name__)
 
 CALLBACK_NAMES = (
-    "on_episode_start", "on_episode_step", "on_episode_end", "on_sample_end", "on_postprocess_traj",
+    "on_episode_start",
+    "on_episode_step",
+    "on_episode_end",
+    "on_sample_end",
+    "on_postprocess_traj",
     "on_train_result",
 )
 
@@ -162,8 +166,8 @@ LEGACY_KEYS = {
     "sgd_stepsize": "lr",
     "sgd_batchsize": "sgd_minibatch_size",
     "timesteps_per_batch": "train_batch_size",
-    # RLlib 0.7's documentation: `gpu: true` asks for one GPU, `gpu_fraction: f` for a fraction of one (both: the fraction when gpu
-    # is true, none when it is false).
+    # RLlib 0.7's documentation: `gpu: true` asks for one GPU, `gpu_fraction: f` for a fraction of one (both: the
+    # fraction when gpu is true, none when it is false).
     "gpu": "num_gpus",
     "gpu_fraction": "num_gpus",
 }
@@ -186,8 +190,9 @@ def translate_legacy_keys(config: dict, defaults: dict) -> dict:
     return out
 
 
-def prepare_config(config: dict | None, defaults: dict, name: str = "trainer",
-                   check_values: Callable | None = None) -> dict:
+def prepare_config(
+    config: dict | None, defaults: dict, name: str = "trainer", check_values: Callable | None = None
+) -> dict:
     """The one place a trainer's config is checked: translates RLlib 0.7-era keys, rejects unknown keys and wrong types
     (ValueError naming the key), merges the config onto ``defaults``, then checks the values of the merged config
     (the common keys here, the algorithm's keys with ``check_values(merged)``). Returns the merged config, which
@@ -268,6 +273,7 @@ def _check_type(path: str, value: Any, default: Any, name: str) -> None:
             allowed = (dict,)
         else:
             return
+
     def matches(t: type) -> bool:
         if t is Callable:
             return callable(value)
@@ -296,16 +302,25 @@ def _check_common_values(config: dict, name: str) -> None:
     need("num_cpus_per_worker", (get("num_cpus_per_worker") or 0) >= 0, ">= 0")
     need("num_gpus_per_worker", (get("num_gpus_per_worker") or 0) >= 0, ">= 0")
     need("horizon", get("horizon") is None or get("horizon") >= 1, "None or >= 1")  # 0 would cut every step
-    need("check_env", isinstance(get("check_env"), bool) or (get("check_env") or 0) >= 0,
-         "True, False or a number of steps >= 0")
+    need(
+        "check_env",
+        isinstance(get("check_env"), bool) or (get("check_env") or 0) >= 0,
+        "True, False or a number of steps >= 0",
+    )
     need("metrics_smoothing_episodes", get("metrics_smoothing_episodes", 1) >= 1, ">= 1")
     need("evaluation_interval", (get("evaluation_interval") or 1) >= 1, "None or >= 1")
     need("evaluation_num_episodes", get("evaluation_num_episodes", 1) >= 1, ">= 1")
-    need("batch_mode", get("batch_mode") in ("truncate_episodes", "complete_episodes"),
-         "'truncate_episodes' or 'complete_episodes'")
+    need(
+        "batch_mode",
+        get("batch_mode") in ("truncate_episodes", "complete_episodes"),
+        "'truncate_episodes' or 'complete_episodes'",
+    )
     need("observation_filter", get("observation_filter") in FILTERS, " or ".join(repr(f) for f in FILTERS))
-    need("log_level", str(get("log_level", "WARN")).upper() in ("DEBUG", "INFO", "WARN", "WARNING", "ERROR"),
-         "DEBUG, INFO, WARN or ERROR")
+    need(
+        "log_level",
+        str(get("log_level", "WARN")).upper() in ("DEBUG", "INFO", "WARN", "WARNING", "ERROR"),
+        "DEBUG, INFO, WARN or ERROR",
+    )
     if isinstance(get("model"), dict):
         validate_model_config(get("model"), f"{name} config")
     if get("monitor") and importlib.util.find_spec("moviepy") is None:
@@ -353,8 +368,9 @@ def describe_config(trainer_cls: Any) -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     own_files = sorted(os.path.join(algo_dir, f) for f in os.listdir(algo_dir) if f.endswith(".py"))
     agents = os.path.join(here, "agents")
-    all_algo_files = sorted(os.path.join(root, f) for root, _, files in os.walk(agents) for f in files
-                            if f.endswith(".py"))
+    all_algo_files = sorted(
+        os.path.join(root, f) for root, _, files in os.walk(agents) for f in files if f.endswith(".py")
+    )
     comments = key_comments(*own_files, *all_algo_files, __file__, inspect.getfile(catalog))
 
     def show(value: Any) -> str:
@@ -380,5 +396,5 @@ def describe_config(trainer_cls: Any) -> str:
     common = {k: defaults.get(k, v) for k, v in COMMON_CONFIG.items() if k not in own}
     lines = section(f"{trainer_cls._name} keys:", own, base={k: None for k in own if k in COMMON_CONFIG})
     lines += [""] + section("common keys (every algorithm):", common)
-    lines += [""] + section("model keys (under \"model\"):", dict(defaults.get("model") or MODEL_DEFAULTS))
+    lines += [""] + section('model keys (under "model"):', dict(defaults.get("model") or MODEL_DEFAULTS))
     return "\n".join(lines)

@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import sys
-import time
 from typing import Any
 
 DEFAULT_LOCAL_DIR = "~/ray_results"
@@ -45,18 +44,39 @@ SPEC_KEYS = {
 # The keys of a training result (Trainer.train(), the episode summary of relayrl/evaluation/metrics.py) and the
 # ones Tune adds. A stop criterion on any other key is never met: the trial would train until killed.
 RESULT_KEYS = (
-    "episode_reward_mean", "episode_reward_min", "episode_reward_max", "episode_len_mean", "episodes_this_iter",
-    "episodes_total", "timesteps_total", "timesteps_this_iter", "time_this_iter_s", "time_total_s",
-    "training_iteration", "num_steps_per_s", "num_healthy_workers", "num_recreated_workers", "done",
+    "episode_reward_mean",
+    "episode_reward_min",
+    "episode_reward_max",
+    "episode_len_mean",
+    "episodes_this_iter",
+    "episodes_total",
+    "timesteps_total",
+    "timesteps_this_iter",
+    "time_this_iter_s",
+    "time_total_s",
+    "training_iteration",
+    "num_steps_per_s",
+    "num_healthy_workers",
+    "num_recreated_workers",
+    "done",
     # added by Tune
-    "time_since_restore", "timesteps_since_restore", "iterations_since_restore", "timestamp",
+    "time_since_restore",
+    "timesteps_since_restore",
+    "iterations_since_restore",
+    "timestamp",
 )
 # Result entries that are dicts, which Tune flattens to "group/key" (e.g. "info/num_steps_sampled"): what they
 # hold depends on the algorithm, its policies and the user's callbacks, so any key below them is accepted.
 RESULT_GROUPS = ("info", "custom_metrics", "policy_reward_mean", "sampler_perf", "perf", "config")
 # "evaluation/<key>": the episode summary of the evaluation episodes (only with evaluation_interval set).
-EVALUATION_KEYS = ("episode_reward_mean", "episode_reward_min", "episode_reward_max", "episode_len_mean",
-                   "episodes_this_iter", "episodes_total")
+EVALUATION_KEYS = (
+    "episode_reward_mean",
+    "episode_reward_min",
+    "episode_reward_max",
+    "episode_len_mean",
+    "episodes_this_iter",
+    "episodes_total",
+)
 
 
 class UserError(Exception):
@@ -84,9 +104,11 @@ def load_experiment_file(path: str) -> dict[str, dict]:
     if not os.path.isfile(path) and os.path.isfile(packaged):  # -f ppo/cartpole-ppo.yaml: a packaged example
         path = packaged
     if not os.path.isfile(path):
-        raise UserError(f"experiment file {path} does not exist",
-                        "pass -f with the path of a YAML file, or a packaged tuned example such as"
-                        " ppo/cartpole-ppo.yaml (see relayrl/tuned_examples/)")
+        raise UserError(
+            f"experiment file {path} does not exist",
+            "pass -f with the path of a YAML file, or a packaged tuned example such as"
+            " ppo/cartpole-ppo.yaml (see relayrl/tuned_examples/)",
+        )
     try:
         with open(path) as f:
             data = yaml.safe_load(f)
@@ -94,11 +116,15 @@ def load_experiment_file(path: str) -> dict[str, dict]:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"cannot parse YAML file {path}{where}: {problem}",
-                        "the format is `name: {run: PPO, env: CartPole-v1, stop: {...}, config: {...}}`") from e
+        raise UserError(
+            f"cannot parse YAML file {path}{where}: {problem}",
+            "the format is `name: {run: PPO, env: CartPole-v1, stop: {...}, config: {...}}`",
+        ) from e
     if not isinstance(data, dict) or not data or not all(isinstance(v, dict) for v in data.values()):
-        raise UserError(f"{path} holds no experiments",
-                        "the format is `name: {run: PPO, env: CartPole-v1, stop: {...}, config: {...}}`")
+        raise UserError(
+            f"{path} holds no experiments",
+            "the format is `name: {run: PPO, env: CartPole-v1, stop: {...}, config: {...}}`",
+        )
     return data
 
 
@@ -138,8 +164,10 @@ def validate_experiments(experiments: dict[str, dict]) -> int:
         where = f"experiment {name!r}"
         for key in spec:
             if key not in SPEC_KEYS:
-                raise UserError(f"{where}: unknown key {key!r}{_did_you_mean(key, SPEC_KEYS)}",
-                                f"an experiment has the keys {', '.join(SPEC_KEYS)}")
+                raise UserError(
+                    f"{where}: unknown key {key!r}{_did_you_mean(key, SPEC_KEYS)}",
+                    f"an experiment has the keys {', '.join(SPEC_KEYS)}",
+                )
         if "run" not in spec:
             raise UserError(f"{where} names no algorithm", "add `run: PPO` (or pass --run)")
         try:
@@ -156,26 +184,33 @@ def validate_experiments(experiments: dict[str, dict]) -> int:
             get_env_creator(env)
         except ValueError as e:
             atari = isinstance(env, str) and ("NoFrameskip" in env or env.startswith("ALE/"))
-            hint = "Atari needs `pip install 'relayrl[atari]'` (ale-py)" if atari else \
-                "use a Gymnasium id such as CartPole-v1 or Pendulum-v1"
+            hint = (
+                "Atari needs `pip install 'relayrl[atari]'` (ale-py)"
+                if atari
+                else "use a Gymnasium id such as CartPole-v1 or Pendulum-v1"
+            )
             raise UserError(f"{where}: {e}", hint) from e
         stop = spec.get("stop") or {}
         if not isinstance(stop, dict) or not all(isinstance(v, (int, float)) for v in stop.values()):
-            raise UserError(f"{where}: stop must map result keys to numbers, got {stop!r}",
-                            "e.g. --stop '{\"episode_reward_mean\": 475, \"timesteps_total\": 100000}'")
+            raise UserError(
+                f"{where}: stop must map result keys to numbers, got {stop!r}",
+                'e.g. --stop \'{"episode_reward_mean": 475, "timesteps_total": 100000}\'',
+            )
         validate_stop(where, stop, trainer_cls._default_config, config)
         for key, minimum in (("num_samples", 1), ("checkpoint_freq", 0), ("keep_checkpoints_num", 1)):
             value = spec.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-                raise UserError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}",
-                                f"e.g. {key}: {max(minimum, 1)}")
+                raise UserError(
+                    f"{where}: {key} must be an integer >= {minimum}, got {value!r}", f"e.g. {key}: {max(minimum, 1)}"
+                )
         for variant in grid_variants(config):
             variant.pop("env", None)
             try:
                 validate_config(variant, trainer_cls._default_config, spec["run"], trainer_cls._validate_config)
             except ValueError as e:
-                raise UserError(f"{where}: {e}", f"see the documented keys of relayrl {spec['run']} DEFAULT_CONFIG") \
-                    from e
+                raise UserError(
+                    f"{where}: {e}", f"see the documented keys of relayrl {spec['run']} DEFAULT_CONFIG"
+                ) from e
         if spec.get("restore"):
             _check_restore(where, spec["restore"], spec["run"])
     return resources_needed(experiments)[0]
@@ -191,27 +226,36 @@ def validate_stop(where: str, stop: dict, defaults: dict, config: dict) -> None:
     variants = [merge_dicts(defaults, v) for v in grid_variants(config)]
     if any((v.get("callbacks") or {}).get("on_train_result") for v in variants):
         return
-    known = list(RESULT_KEYS) + [f"evaluation/{k}" for k in EVALUATION_KEYS] + ["info/num_steps_sampled",
-                                                                                 "info/num_steps_trained"]
+    known = (
+        list(RESULT_KEYS)
+        + [f"evaluation/{k}" for k in EVALUATION_KEYS]
+        + ["info/num_steps_sampled", "info/num_steps_trained"]
+    )
     for key in stop:
         group, _, rest = str(key).partition("/")
         if group in RESULT_GROUPS and rest:
             continue
         if group == "evaluation" and (rest in EVALUATION_KEYS or rest.split("/", 1)[0] in RESULT_GROUPS):
             if not all(v.get("evaluation_interval") for v in variants):
-                raise UserError(f"{where}: stop criterion {key!r} is only reported when evaluation runs, and"
-                                " evaluation_interval is not set",
-                                "add \"evaluation_interval\": 1 to the config, or stop on episode_reward_mean")
+                raise UserError(
+                    f"{where}: stop criterion {key!r} is only reported when evaluation runs, and"
+                    " evaluation_interval is not set",
+                    'add "evaluation_interval": 1 to the config, or stop on episode_reward_mean',
+                )
             continue
         if key in RESULT_KEYS:
             continue
         if key in RESULT_GROUPS or key == "evaluation":
-            raise UserError(f"{where}: stop criterion {key!r} is a group of results, not a number",
-                            f"stop on one of its entries, e.g. {key}/...")
-        raise UserError(f"{where}: unknown stop criterion {key!r}{_did_you_mean(key, known)}: no result reports"
-                        " it, so the trial would never stop",
-                        "stop on a result key such as episode_reward_mean, timesteps_total, training_iteration,"
-                        " time_total_s, or one under info/, evaluation/, custom_metrics/, policy_reward_mean/")
+            raise UserError(
+                f"{where}: stop criterion {key!r} is a group of results, not a number",
+                f"stop on one of its entries, e.g. {key}/...",
+            )
+        raise UserError(
+            f"{where}: unknown stop criterion {key!r}{_did_you_mean(key, known)}: no result reports"
+            " it, so the trial would never stop",
+            "stop on a result key such as episode_reward_mean, timesteps_total, training_iteration,"
+            " time_total_s, or one under info/, evaluation/, custom_metrics/, policy_reward_mean/",
+        )
 
 
 def resources_needed(experiments: dict[str, dict]) -> tuple[int, float]:
@@ -266,8 +310,10 @@ def _check_restore(where: str, path: str, run: str) -> None:
     except CheckpointError as e:
         raise UserError(f"{where}: --restore {e}", "pass a checkpoint directory printed by `relayrl train`") from e
     if manifest["trainer"] != run:
-        raise UserError(f"{where}: checkpoint {path} was written by {manifest['trainer']}, not {run}",
-                        f"use --run {manifest['trainer']}")
+        raise UserError(
+            f"{where}: checkpoint {path} was written by {manifest['trainer']}, not {run}",
+            f"use --run {manifest['trainer']}",
+        )
 
 
 def _did_you_mean(key: str, known: Any) -> str:
@@ -276,8 +322,9 @@ def _did_you_mean(key: str, known: Any) -> str:
 
 
 # --- running -----------------------------------------------------------------------------------------------
-def start_ray(address: str | None = None, num_cpus: int | None = None, verbose: int = 0, need: int = 1,
-              need_gpus: float = 0) -> None:
+def start_ray(
+    address: str | None = None, num_cpus: int | None = None, verbose: int = 0, need: int = 1, need_gpus: float = 0
+) -> None:
     """Starts Ray (or connects to ``address``) unless it already runs; a cluster with fewer than ``need`` CPUs or
     ``need_gpus`` GPUs, the most one trial asks for, is an error here rather than a trial that waits forever.
     A cluster that has them but not free (other jobs hold them) gets a warning: ``run_experiments`` then fails
@@ -285,8 +332,11 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, verbose: 
     import ray
 
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose > 0,
-                                      logging_level=logging.INFO if verbose > 1 else logging.ERROR)
+        kwargs: dict[str, Any] = dict(
+            include_dashboard=False,
+            log_to_driver=verbose > 0,
+            logging_level=logging.INFO if verbose > 1 else logging.ERROR,
+        )
         if address:
             ray.init(address=address, **kwargs)
         else:
@@ -294,21 +344,29 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, verbose: 
     resources = ray.cluster_resources()
     have = resources.get("CPU", 0)
     if have < need:
-        raise UserError(f"a trial needs {need} CPUs (num_cpus_for_driver + num_workers * num_cpus_per_worker) but"
-                        f" the Ray cluster has {have:g}",
-                        "lower num_workers, or give Ray more CPUs (--ray-num-cpus, or `ray start --num-cpus`)")
+        raise UserError(
+            f"a trial needs {need} CPUs (num_cpus_for_driver + num_workers * num_cpus_per_worker) but"
+            f" the Ray cluster has {have:g}",
+            "lower num_workers, or give Ray more CPUs (--ray-num-cpus, or `ray start --num-cpus`)",
+        )
     have_gpus = resources.get("GPU", 0)
     if have_gpus < need_gpus:
-        raise UserError(f"a trial asks for {need_gpus:g} GPUs (num_gpus + num_workers * num_gpus_per_worker) but the"
-                        f" Ray cluster has {have_gpus:g}",
-                        "set num_gpus: 0 (and num_gpus_per_worker: 0) to train on CPU")
+        raise UserError(
+            f"a trial asks for {need_gpus:g} GPUs (num_gpus + num_workers * num_gpus_per_worker) but the"
+            f" Ray cluster has {have_gpus:g}",
+            "set num_gpus: 0 (and num_gpus_per_worker: 0) to train on CPU",
+        )
     free = ray.available_resources()
     if free.get("CPU", 0) < need or free.get("GPU", 0) < need_gpus:
         from relayrl.evaluation.worker_set import _describe_available, _describe_holders
 
-        print(f"relayrl: warning: a trial needs {need} CPUs{f' and {need_gpus:g} GPUs' if need_gpus else ''} and"
-              f" the Ray cluster has {_describe_available()} ({_describe_holders()}); waiting for them at most"
-              " worker_start_timeout_s", file=sys.stderr, flush=True)
+        print(
+            f"relayrl: warning: a trial needs {need} CPUs{f' and {need_gpus:g} GPUs' if need_gpus else ''} and"
+            f" the Ray cluster has {_describe_available()} ({_describe_holders()}); waiting for them at most"
+            " worker_start_timeout_s",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def run_experiments(experiments: dict[str, dict], verbose: int = 0, quiet: bool = False) -> list:
@@ -327,14 +385,18 @@ def run_experiments(experiments: dict[str, dict], verbose: int = 0, quiet: bool 
     for name, spec in experiments.items():  # Python callers skip validate_experiments; a dict stop is checked
         stop, run = spec.get("stop"), spec.get("run")
         if isinstance(stop, dict) and isinstance(run, str) and run in available_algorithms():
-            validate_stop(f"experiment {name!r}", stop, get_trainer_class(run)._default_config,
-                          spec.get("config") or {})
+            validate_stop(
+                f"experiment {name!r}", stop, get_trainer_class(run)._default_config, spec.get("config") or {}
+            )
+    from relayrl.tune_callbacks import _ParamsJsonLogger, _PendingWatchdog, _ProgressLine
+
     callbacks = [_ParamsJsonLogger(), _PendingWatchdog()] + ([] if quiet else [_ProgressLine()])
     # One tune.run per experiment (concurrent=False): Ray 2.60 run concurrently writes every trial of the later
     # experiments nowhere on disk (their storage context is the first experiment's). Trials of one experiment
     # (a grid search, num_samples) still run in parallel.
-    return tune.run_experiments(experiments, verbose=min(verbose, 2), raise_on_failed_trial=False,
-                                callbacks=callbacks, concurrent=False)
+    return tune.run_experiments(
+        experiments, verbose=min(verbose, 2), raise_on_failed_trial=False, callbacks=callbacks, concurrent=False
+    )
 
 
 def trial_error(trial: Any) -> str:
@@ -351,143 +413,3 @@ def trial_error(trial: Any) -> str:
         if not ln.startswith(("File ", "^", "~")) and ":" in ln:
             return ln
     return lines[-1] if lines else f"status {trial.status}"
-
-
-PROGRESS_INTERVAL_S = 2.0
-
-
-class ProgressPrinter:
-    """Prints a trial's progress line (iteration, timesteps, mean reward, steps/s, elapsed) at most once per
-    ``interval`` seconds, and its last result when it ends (if that one was not printed)."""
-
-    def __init__(self, interval: float = PROGRESS_INTERVAL_S):
-        self.interval = interval
-        self._start = time.time()
-        self._printed: dict[Any, tuple[float, int]] = {}  # trial -> (time, iteration) of its last line
-
-    def result(self, key: Any, name: str, result: dict) -> None:
-        when, _ = self._printed.get(key, (-math.inf, -1))
-        if time.time() - when >= self.interval:
-            self._print(key, name, result)
-
-    def last(self, key: Any, name: str, result: dict) -> None:
-        if result and self._printed.get(key, (0, -1))[1] != result.get("training_iteration", 0):
-            self._print(key, name, result)
-
-    def _print(self, key: Any, name: str, result: dict) -> None:
-        reward = result.get("episode_reward_mean")
-        reward = "    nan" if reward is None or reward != reward else f"{reward:8.2f}"
-        it, ts = result.get("training_iteration", 0), result.get("timesteps_total", 0)
-        sps = result.get("num_steps_per_s", 0.0)
-        print(f"{name} iter {it:4d}  ts {ts:8d}  reward {reward}  {sps:7.0f} steps/s"
-              f"  {time.time() - self._start:6.1f}s", flush=True)
-        self._printed[key] = (time.time(), it)
-
-
-def _make_callbacks():
-    from ray.tune import Callback
-    from ray.tune.logger import JsonLoggerCallback
-    from ray.tune.logger.json import EXPR_PARAM_FILE, SafeFallbackEncoder
-
-    class ParamsJsonLogger(JsonLoggerCallback):
-        """Tune's JSON logger without its params.pkl: relayrl writes no pickle."""
-
-        def update_config(self, trial, config):
-            import json
-            from pathlib import Path
-
-            self._trial_configs[trial] = config
-            with Path(trial.local_path, EXPR_PARAM_FILE).open("w") as f:
-                json.dump(config, f, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
-
-    class ProgressLine(Callback):
-        """Progress lines (ProgressPrinter): at most one per PROGRESS_INTERVAL_S per trial, plus each trial's last;
-        with several trials each line names its trial by its short tag (index and grid values)."""
-
-        def __init__(self):
-            self._printer = ProgressPrinter()
-
-        def _name(self, trials, trial) -> str:
-            return str(trial) if len(trials) <= 1 else f"[{trial.experiment_tag}]"
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            self._printer.result(trial.trial_id, self._name(trials, trial), result)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._printer.last(trial.trial_id, self._name(trials, trial), trial.last_result or {})
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"{trial} failed", file=sys.stderr, flush=True)
-
-    class PendingWatchdog(Callback):
-        """Fails the run (PlacementTimeout) when its trials have waited longer than their ``worker_start_timeout_s``
-        for resources: Tune would keep them PENDING forever on a cluster whose CPUs other jobs hold. Waiting means
-        a trial is PENDING, none RUNNING (else the pending ones wait for this run's own trials, which is normal)
-        and no placement group of this job is ready (else a trial got its resources and its actor is starting)."""
-
-        def __init__(self):
-            self._since: float | None = None
-            self._checked = 0.0
-
-        def on_step_begin(self, iteration, trials, **info):
-            pending = [t for t in trials if t.status == "PENDING"]
-            if not pending or any(t.status == "RUNNING" for t in trials):
-                self._since = None
-                return
-            now = time.monotonic()
-            if now - self._checked < 1.0:
-                return
-            self._checked = now
-            if _has_ready_placement_group():
-                self._since = None
-                return
-            if self._since is None:
-                self._since = now
-                return
-            timeout = min(_start_timeout(t) for t in pending)
-            if now - self._since > timeout:
-                raise PlacementTimeout(_placement_message(pending[0], timeout, len(pending)),
-                                       "free the cluster's CPUs, lower num_workers, or raise worker_start_timeout_s")
-
-    return ParamsJsonLogger, ProgressLine, PendingWatchdog
-
-
-def _start_timeout(trial: Any) -> float:
-    from relayrl.config import COMMON_CONFIG
-
-    value = (trial.config or {}).get("worker_start_timeout_s")
-    return float(value if value is not None else COMMON_CONFIG["worker_start_timeout_s"])
-
-
-def _has_ready_placement_group() -> bool:
-    """Whether this job (this driver: Tune creates a placement group per trial) has a placement group whose
-    resources are reserved. A placement group id ends with the id of the job that created it."""
-    import ray
-    from ray.util import placement_group_table
-
-    job = ray.get_runtime_context().get_job_id()
-    return any(pg_id.endswith(job) and pg.get("state") == "CREATED" for pg_id, pg in placement_group_table().items())
-
-
-def _placement_message(trial: Any, timeout: float, num_pending: int) -> str:
-    from relayrl.evaluation.worker_set import _describe_available, _describe_holders
-
-    need = trial.placement_group_factory.required_resources
-    need_text = ", ".join(f"{v:g} {k}" for k, v in sorted(need.items()) if v)
-    workers = len(trial.placement_group_factory.bundles) - 1
-    others = f" (and {num_pending - 1} more trials)" if num_pending > 1 else ""
-    return (f"trial {trial}{others} could not start within worker_start_timeout_s={timeout:g} s: it needs {need_text}"
-            f" (the driver and {workers} workers) and the Ray cluster has {_describe_available()}"
-            f" ({_describe_holders()})")
-
-
-def _ParamsJsonLogger():  # noqa: N802 - built lazily so that importing this module does not import Tune
-    return _make_callbacks()[0]()
-
-
-def _PendingWatchdog():  # noqa: N802
-    return _make_callbacks()[2]()
-
-
-def _ProgressLine():  # noqa: N802
-    return _make_callbacks()[1]()

@@ -124,9 +124,15 @@ class LocalTrial:
 
     def _tune_fields(self, start: float, result: dict) -> dict:
         """The fields Tune adds to each result, so that result.json reads the same either way."""
-        return {"trial_id": self.trial_id, "experiment_tag": "0", "timestamp": int(time.time()),
-                "time_since_restore": time.time() - start, "iterations_since_restore": result["training_iteration"],
-                "node_ip": platform.node(), "config": self.config}
+        return {
+            "trial_id": self.trial_id,
+            "experiment_tag": "0",
+            "timestamp": int(time.time()),
+            "time_since_restore": time.time() - start,
+            "iterations_since_restore": result["training_iteration"],
+            "node_ip": platform.node(),
+            "config": self.config,
+        }
 
     def _save(self, trainer: Any) -> None:
         path = trainer.save(self.path)

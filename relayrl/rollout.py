@@ -36,8 +36,10 @@ def run_rollout(args: argparse.Namespace) -> int:
             get_trainer_class(args.run)
         except ValueError as e:
             raise UserError(str(e), f"this checkpoint was written by {manifest['trainer']}") from e
-        raise UserError(f"checkpoint {args.checkpoint} was written by {manifest['trainer']}, not {args.run}",
-                        f"use --run {manifest['trainer']}")
+        raise UserError(
+            f"checkpoint {args.checkpoint} was written by {manifest['trainer']}, not {args.run}",
+            f"use --run {manifest['trainer']}",
+        )
     env_name = args.env or manifest.get("env")
     if env_name is None:
         raise UserError("the checkpoint names no environment", "pass --env")
@@ -49,8 +51,10 @@ def run_rollout(args: argparse.Namespace) -> int:
     overrides.setdefault("evaluation_interval", None)
     overrides.setdefault("monitor", False)  # the trainer only acts here; --video records the rollout's env
     if args.video and args.render:
-        raise UserError("--video and --render both render the env", "--video records rgb_array frames to files,"
-                        " --render opens a window (render_mode='human'): pick one")
+        raise UserError(
+            "--video and --render both render the env",
+            "--video records rgb_array frames to files, --render opens a window (render_mode='human'): pick one",
+        )
     if args.video:
         from relayrl.env.video import require_moviepy
 
@@ -83,9 +87,13 @@ def run_rollout(args: argparse.Namespace) -> int:
     if mismatch:
         env.close()
         trainer.stop()
-        raise UserError(f"environment {env_name!r} does not fit the checkpoint: {mismatch}",
-                        f"roll out in the environment it was trained on ({manifest.get('env')}): drop --env or pass"
-                        f" --env {manifest.get('env')}" if manifest.get("env") else "pass the env it was trained on")
+        raise UserError(
+            f"environment {env_name!r} does not fit the checkpoint: {mismatch}",
+            f"roll out in the environment it was trained on ({manifest.get('env')}): drop --env or pass"
+            f" --env {manifest.get('env')}"
+            if manifest.get("env")
+            else "pass the env it was trained on",
+        )
     episodes = args.episodes if args.episodes is not None else (None if args.steps else 10)
     out = open(args.out, "w") if args.out else None
     returns, steps = [], 0
@@ -108,8 +116,10 @@ def run_rollout(args: argparse.Namespace) -> int:
             returns.append(ret)
             print(f"episode {len(returns):4d}  return {ret:10.2f}  length {len(record['rewards'])}", flush=True)
             if out:
-                out.write(json.dumps({"episode": len(returns) - 1, "return": ret, "length": len(record["rewards"]),
-                                      **record}) + "\n")
+                out.write(
+                    json.dumps({"episode": len(returns) - 1, "return": ret, "length": len(record["rewards"]), **record})
+                    + "\n"
+                )
     finally:
         if out:
             out.close()

@@ -173,8 +173,9 @@ def check_structure(stored: Any, live: Any, where: str, prefix: str = "", allow_
             fail(f"must be an object, found {_brief(stored)}")
         if set(live) == {"state", "param_groups"} and set(stored) == set(live) and isinstance(stored["state"], dict):
             # torch.optim: per-parameter state is created on the first step.
-            check_structure(stored["param_groups"], live["param_groups"], f"{where}.param_groups", prefix,
-                            allow_missing)
+            check_structure(
+                stored["param_groups"], live["param_groups"], f"{where}.param_groups", prefix, allow_missing
+            )
             ids = {i for g in live["param_groups"] for i in g.get("params", [])}
             for k, v in stored["state"].items():
                 if k not in ids:
@@ -186,7 +187,8 @@ def check_structure(stored: Any, live: Any, where: str, prefix: str = "", allow_
         extra = [k for k in stored if k not in live]
         if missing or extra:
             parts = ([f"lacks {', '.join(repr(k) for k in missing[:8])}"] if missing else []) + (
-                [f"has unexpected {extra[:8]!r}"] if extra else [])
+                [f"has unexpected {extra[:8]!r}"] if extra else []
+            )
             fail(" and ".join(parts) + " (its keys do not match this trainer's)")
         for k, v in live.items():
             if k in stored:
@@ -283,12 +285,16 @@ def _read_verified(path: str, manifest: dict) -> dict[str, bytes]:
             data = f.read()
         if meta is not None:
             if len(data) != meta["bytes"]:
-                raise CheckpointError(f"checkpoint {path}: {name} is corrupt: it has {len(data)} bytes, the manifest"
-                                      f" says {meta['bytes']} (truncated or replaced)")
+                raise CheckpointError(
+                    f"checkpoint {path}: {name} is corrupt: it has {len(data)} bytes, the manifest"
+                    f" says {meta['bytes']} (truncated or replaced)"
+                )
             digest = hashlib.sha256(data).hexdigest()
             if digest != meta["sha256"]:
-                raise CheckpointError(f"checkpoint {path}: {name} is corrupt: its SHA-256 {digest[:16]}... is not"
-                                      f" the {meta['sha256'][:16]}... in {MANIFEST} (changed after it was written)")
+                raise CheckpointError(
+                    f"checkpoint {path}: {name} is corrupt: its SHA-256 {digest[:16]}... is not"
+                    f" the {meta['sha256'][:16]}... in {MANIFEST} (changed after it was written)"
+                )
         out[name] = data
     return out
 
@@ -334,9 +340,14 @@ def read_manifest(path: str) -> dict:
         for name, meta in files.items():
             if not name or os.path.basename(name) != name or name in (".", "..", MANIFEST):
                 fail(f"lists {name!r} in 'files', which is not a file of the checkpoint directory")
-            if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str)
-                    and re.fullmatch(r"[0-9a-f]{64}", meta["sha256"]) and isinstance(meta.get("bytes"), int)
-                    and not isinstance(meta["bytes"], bool) and meta["bytes"] >= 0):
+            if not (
+                isinstance(meta, dict)
+                and isinstance(meta.get("sha256"), str)
+                and re.fullmatch(r"[0-9a-f]{64}", meta["sha256"])
+                and isinstance(meta.get("bytes"), int)
+                and not isinstance(meta["bytes"], bool)
+                and meta["bytes"] >= 0
+            ):
                 fail(f"has no valid sha256 and bytes for {name!r} in 'files' (found {_brief(meta)})")
     return manifest
 
@@ -347,9 +358,13 @@ def checkpoint_dir(path: str) -> str:
     if not os.path.exists(path):
         # A save killed between its two renames (no renameat2) left the previous checkpoint at path.old-PID-HOST.
         # A directory whose removal was interrupted has lost its manifest first (_remove_dir), so never qualifies.
-        olds = [d for d in glob.glob(glob.escape(path) + ".old-*")
-                if _OLD_RE.fullmatch(os.path.basename(d)) and os.path.isfile(os.path.join(d, MANIFEST))
-                and os.path.isfile(os.path.join(d, TENSORS))]
+        olds = [
+            d
+            for d in glob.glob(glob.escape(path) + ".old-*")
+            if _OLD_RE.fullmatch(os.path.basename(d))
+            and os.path.isfile(os.path.join(d, MANIFEST))
+            and os.path.isfile(os.path.join(d, TENSORS))
+        ]
         if olds:
             return max(olds, key=lambda d: os.path.getmtime(os.path.join(d, MANIFEST)))
         raise CheckpointError(f"checkpoint path {path} does not exist")

@@ -48,15 +48,16 @@ class Trainer:
     _default_config: dict = COMMON_CONFIG
     _policy: Any = None
 
-    def __init__(self, config: dict | None = None, env: Any = None, logger_creator: Any = None,
-                 logdir: str | None = None):
+    def __init__(
+        self, config: dict | None = None, env: Any = None, logger_creator: Any = None, logdir: str | None = None
+    ):
         """Args:
-            config: overrides of the algorithm's DEFAULT_CONFIG (validated: an unknown key or a bad value is a
-                ValueError naming it).
-            env: a Gymnasium id, a name given to ``register_env``, an env class or a creator; else ``config["env"]``.
-            logger_creator: under Tune, the trial directory (checkpoints go there; Tune writes the result files).
-            logdir: a directory for ``params.json``, ``result.json``, ``progress.csv`` and TensorBoard events of
-                every ``train()`` (the files a Tune trial has); ``save()`` puts checkpoints there too.
+        config: overrides of the algorithm's DEFAULT_CONFIG (validated: an unknown key or a bad value is a
+            ValueError naming it).
+        env: a Gymnasium id, a name given to ``register_env``, an env class or a creator; else ``config["env"]``.
+        logger_creator: under Tune, the trial directory (checkpoints go there; Tune writes the result files).
+        logdir: a directory for ``params.json``, ``result.json``, ``progress.csv`` and TensorBoard events of
+            every ``train()`` (the files a Tune trial has); ``save()`` puts checkpoints there too.
         """
         self.raw_user_config = dict(config or {})
         env = env if env is not None else self.raw_user_config.get("env")
@@ -156,8 +157,14 @@ class Trainer:
         """Runs ``evaluation_num_episodes`` episodes with ``evaluation_config`` applied; returns their summary."""
         if self._evaluation_workers is None:
             eval_config = merge_dicts(
-                self.config, {**self.config["evaluation_config"], "num_envs_per_worker": 1, "sample_batch_size": 1,
-                              "batch_mode": "complete_episodes"})
+                self.config,
+                {
+                    **self.config["evaluation_config"],
+                    "num_envs_per_worker": 1,
+                    "sample_batch_size": 1,
+                    "batch_mode": "complete_episodes",
+                },
+            )
             if eval_config["monitor"]:
                 eval_config["_video_dir"] = os.path.join(self.logdir, "evaluation")
             self._evaluation_workers = WorkerSet(self.env_creator, self._policy, eval_config, num_workers=0)
@@ -288,8 +295,9 @@ class Trainer:
         try:
             trainer_cls = get_trainer_class(name)
         except ValueError as e:
-            raise ckpt.CheckpointError(f"checkpoint {path} was written by trainer {name!r}, which this relayrl"
-                                       f" cannot build: {e}") from e
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} was written by trainer {name!r}, which this relayrl cannot build: {e}"
+            ) from e
         stored = state.get("config")
         if not isinstance(stored, dict):
             raise ckpt.CheckpointError(f"checkpoint {path}: its state has no 'config' object")
@@ -300,7 +308,8 @@ class Trainer:
             trainer = trainer_cls(config=config, env=env)
         except ValueError as e:  # a config key of the wrong type or value: validate_config names it
             raise ckpt.CheckpointError(
-                f"checkpoint {path}: cannot rebuild its {name} trainer from the stored config: {e}") from e
+                f"checkpoint {path}: cannot rebuild its {name} trainer from the stored config: {e}"
+            ) from e
         try:
             trainer.restore(path)
         except BaseException:
@@ -373,12 +382,14 @@ def _checked_state(trainer: Trainer, path: str, manifest: dict, state: dict) -> 
     prefix = f"checkpoint {path}: "
     if manifest["trainer"] != trainer._name:
         raise ckpt.CheckpointError(
-            f"checkpoint {path} was written by trainer {manifest['trainer']!r}, not {trainer._name!r}")
+            f"checkpoint {path} was written by trainer {manifest['trainer']!r}, not {trainer._name!r}"
+        )
     local = trainer.workers.local_worker()
     expected = {pid: _space_signature(p) for pid, p in local.policy_map.items()}
     if manifest.get("spaces") != expected:
         raise ckpt.CheckpointError(
-            f"checkpoint {path} has spaces {manifest.get('spaces')}, this trainer has {expected}")
+            f"checkpoint {path} has spaces {manifest.get('spaces')}, this trainer has {expected}"
+        )
     counters = check_counters(prefix, manifest)
     # Format 1 checkpoints may lack fields added since; the policies' set_state defaults fill those in.
     allow_missing = manifest["format_version"] < 2
@@ -397,8 +408,10 @@ def _checked_state(trainer: Trainer, path: str, manifest: dict, state: dict) -> 
             raise ckpt.CheckpointError(f"{prefix}field 'filters' has no state for policy {pid!r}")
         kind = filters[pid].get("type") if isinstance(filters[pid], dict) else None
         if kind != type(live).__name__:
-            raise ckpt.CheckpointError(f"{prefix}field 'filters.{pid}' is a {kind}, this trainer's observation_filter"
-                                       f" is a {type(live).__name__}")
+            raise ckpt.CheckpointError(
+                f"{prefix}field 'filters.{pid}' is a {kind}, this trainer's observation_filter"
+                f" is a {type(live).__name__}"
+            )
         try:
             live.check_state(filters[pid], f"filters.{pid}")
         except ValueError as e:
@@ -420,8 +433,12 @@ def _current_state(trainer: Trainer) -> dict:
     return {
         "policies": {pid: copy.deepcopy(p.get_state()) for pid, p in local.policy_map.items()},
         "filters": {pid: f.to_state() for pid, f in local.filters.items()},
-        "counters": {"iteration": trainer.iteration, "timesteps_total": trainer._timesteps_total,
-                     "time_total_s": trainer._time_total, "episodes_total": trainer._metrics.episodes_total},
+        "counters": {
+            "iteration": trainer.iteration,
+            "timesteps_total": trainer._timesteps_total,
+            "time_total_s": trainer._time_total,
+            "episodes_total": trainer._metrics.episodes_total,
+        },
         "optimizer": copy.deepcopy(trainer.optimizer.save()),
         "extra": copy.deepcopy(trainer._extra_state()),
         "global_vars": copy.deepcopy(local.global_vars),

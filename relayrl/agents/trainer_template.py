@@ -52,8 +52,11 @@ def optimizer_options(optimizer_cls: type) -> list[str]:
     """The keyword options of an optimizer's constructor: read from its signature (``**kwargs`` takes none),
     plus the fields of its ``options_type`` dataclass when it declares one (the replay optimizers' ReplayOptions)."""
     params = inspect.signature(optimizer_cls.__init__).parameters.values()
-    names = [p.name for p in params if p.name not in ("self", "workers", "remote_workers")
-             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    names = [
+        p.name
+        for p in params
+        if p.name not in ("self", "workers", "remote_workers") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
     options_type = getattr(optimizer_cls, "options_type", None)
     if options_type is not None:
         names += [f.name for f in dataclasses.fields(options_type) if f.name not in names]
@@ -68,8 +71,9 @@ def check_optimizer_options(name: str, config: dict, spec: PolicyOptimizerSpec) 
     for key in config["optimizer"]:
         if key in set_by_trainer:
             top = f"; set the top-level {key!r} instead" if key in config else ""
-            raise ValueError(f"{name} config: 'optimizer.{key}' cannot be set: {name} passes {key} to {cls.__name__}"
-                             f" itself{top}")
+            raise ValueError(
+                f"{name} config: 'optimizer.{key}' cannot be set: {name} passes {key} to {cls.__name__} itself{top}"
+            )
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
             hint = f" (did you mean 'optimizer.{close[0]}'?)" if close else ""
@@ -136,14 +140,17 @@ def build_trainer(
             self.workers.local_worker().set_global_vars({"timestep": optimizer.num_steps_sampled})
             if after_optimizer_step is not None:
                 after_optimizer_step(self, fetches)
-            if (time.time() - start >= config["min_iter_time_s"]
-                    and optimizer.num_steps_sampled - prev_steps >= min_steps):
+            if (
+                time.time() - start >= config["min_iter_time_s"]
+                and optimizer.num_steps_sampled - prev_steps >= min_steps
+            ):
                 break
         if asynchronous and config["synchronize_filters"] and config["observation_filter"] != "NoFilter":
             synchronize_filters(self.workers)
         result = self.collect_metrics()
         result["timesteps_this_iter"] = optimizer.num_steps_sampled - (
-            self._timesteps_total if asynchronous else prev_steps)
+            self._timesteps_total if asynchronous else prev_steps
+        )
         stats = optimizer.stats()
         result["info"] = {
             "learner": stats.pop("learner", fetches),

@@ -6,5 +6,15 @@ from relayrl.env.pettingzoo_env import ParallelPettingZooEnv, PettingZooEnv  # i
 from relayrl.env.registry import EnvContext, get_env_creator, register_env
 from relayrl.env.vector_env import VectorEnv
 
-__all__ = ["MultiAgentEnv", "MultiAgentEpisodeChecker", "make_multi_agent", "PettingZooEnv", "ParallelPettingZooEnv",
-           "VectorEnv", "EnvContext", "EnvCheckError", "register_env", "get_env_creator"]
+__all__ = [
+    "MultiAgentEnv",
+    "MultiAgentEpisodeChecker",
+    "make_multi_agent",
+    "PettingZooEnv",
+    "ParallelPettingZooEnv",
+    "VectorEnv",
+    "EnvContext",
+    "EnvCheckError",
+    "register_env",
+    "get_env_creator",
+]

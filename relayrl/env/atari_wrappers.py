@@ -33,16 +33,26 @@ def atari_options(model_config: dict | None) -> dict[str, Any]:
     return {key: model[key] for key in ATARI_MODEL_KEYS}
 
 
-def wrap_deepmind(env: gym.Env, dim: int = 84, framestack: bool | int = True, grayscale: bool = True,
-                  zero_mean: bool = False, noop_max: int = 30) -> gym.Env:
+def wrap_deepmind(
+    env: gym.Env,
+    dim: int = 84,
+    framestack: bool | int = True,
+    grayscale: bool = True,
+    zero_mean: bool = False,
+    noop_max: int = 30,
+) -> gym.Env:
     """Observations ``(dim, dim, C * k)`` channels-last, the newest frame last, with C = 1 (grayscale) or 3 (RGB)
     and k = ``framestack`` frames (True: 4; False / 0 / 1: one frame); uint8 in [0, 255], or float32
     ``(x - 128) / 128`` in [-1, 1) with ``zero_mean`` (RLlib 2019's zero_mean scaling)."""
     # Ids with a built-in frame skip ("Deterministic", "ALE/...-v5") must not be skipped twice.
     built_in_skip = (env.spec.kwargs or {}).get("frameskip", 1) if env.spec else 1
     env = gym.wrappers.AtariPreprocessing(
-        env, noop_max=noop_max, frame_skip=4 if built_in_skip == 1 else 1, screen_size=dim,
-        grayscale_obs=grayscale, grayscale_newaxis=True,
+        env,
+        noop_max=noop_max,
+        frame_skip=4 if built_in_skip == 1 else 1,
+        screen_size=dim,
+        grayscale_obs=grayscale,
+        grayscale_newaxis=True,
     )
     channels = 1 if grayscale else 3
     frames = _DEFAULT_STACK if framestack is True else int(framestack or 1)

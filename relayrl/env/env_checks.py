@@ -23,8 +23,10 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-STEP_API = ("Gymnasium's API returns 5: (obs, reward, terminated, truncated, info) — see "
-            "https://gymnasium.farama.org/api/env/#gymnasium.Env.step")
+STEP_API = (
+    "Gymnasium's API returns 5: (obs, reward, terminated, truncated, info) — see "
+    "https://gymnasium.farama.org/api/env/#gymnasium.Env.step"
+)
 RESET_URL = "https://gymnasium.farama.org/api/env/#gymnasium.Env.reset"
 RESET_API = f"Gymnasium's API returns (obs, info) — see {RESET_URL}"
 SPACES_DOC = "see https://gymnasium.farama.org/api/spaces/"
@@ -101,18 +103,21 @@ class EnvChecker:
         self.reward(index, step, episode_step, reward)
         for name, flag in (("terminated", terminated), ("truncated", truncated)):
             if not isinstance(flag, (bool, np.bool_)) and not (isinstance(flag, (int, np.integer)) and flag in (0, 1)):
-                raise self.error(index, step, episode_step,
-                                 f"step() returned {_kind(flag)} as {name}, not a bool; {STEP_API}")
+                raise self.error(
+                    index, step, episode_step, f"step() returned {_kind(flag)} as {name}, not a bool; {STEP_API}"
+                )
         if not isinstance(info, dict):
-            raise self.error(index, step, episode_step,
-                             f"step() returned {_kind(info)} as info, not a dict; {STEP_API}")
+            raise self.error(
+                index, step, episode_step, f"step() returned {_kind(info)} as info, not a dict; {STEP_API}"
+            )
 
     def reward(self, index: int, step: int, episode_step: int, reward: Any) -> None:
         if isinstance(reward, np.ndarray) and reward.shape == ():
             reward = reward[()]
         if not isinstance(reward, (int, float, np.integer, np.floating, np.bool_)):
-            raise self.error(index, step, episode_step,
-                             f"step() returned {_kind(reward)} as the reward, not a number; {STEP_API}")
+            raise self.error(
+                index, step, episode_step, f"step() returned {_kind(reward)} as the reward, not a number; {STEP_API}"
+            )
         if self.check_nan and not np.isfinite(reward):
             raise self.error(index, step, episode_step, f"the reward is {float(reward)}; rewards must be finite")
 
@@ -120,8 +125,12 @@ class EnvChecker:
     def observation(self, index: int, step: int, episode_step: int | None, obs: Any, source: str) -> None:
         problem = self._obs_problem(self.space, obs, "")
         if problem is not None:
-            raise self.error(index, step, episode_step,
-                             f"{source} returned an observation that {problem}; observation_space is {self.space}")
+            raise self.error(
+                index,
+                step,
+                episode_step,
+                f"{source} returned an observation that {problem}; observation_space is {self.space}",
+            )
 
     def _obs_problem(self, space: gym.Space, obs: Any, path: str) -> str | None:
         """Why ``obs`` does not fit ``space`` (None when it does). ``path`` names the part of a Dict/Tuple."""
@@ -132,15 +141,18 @@ class EnvChecker:
             missing = [k for k in space.spaces if k not in obs]
             if missing:
                 return f"lacks the key(s) {missing}{at}"
-            return next((p for k, s in space.spaces.items() if (p := self._obs_problem(s, obs[k], f"{path}[{k!r}]"))),
-                        None)
+            return next(
+                (p for k, s in space.spaces.items() if (p := self._obs_problem(s, obs[k], f"{path}[{k!r}]"))), None
+            )
         if isinstance(space, gym.spaces.Tuple):
             if not isinstance(obs, Sequence) or isinstance(obs, (str, bytes)) or len(obs) != len(space.spaces):
                 return f"is {_kind(obs)}{at}, not a tuple of {len(space.spaces)}"
-            return next((p for j, s in enumerate(space.spaces) if (p := self._obs_problem(s, obs[j], f"{path}[{j}]"))),
-                        None)
-        if not isinstance(space, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete,
-                                  gym.spaces.MultiBinary)):
+            return next(
+                (p for j, s in enumerate(space.spaces) if (p := self._obs_problem(s, obs[j], f"{path}[{j}]"))), None
+            )
+        if not isinstance(
+            space, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)
+        ):
             return None if space.contains(obs) else f"is not in its space{at} ({SPACES_DOC})"
         if isinstance(obs, (str, bytes)) or (isinstance(obs, np.ndarray) and obs.dtype.kind in "USO"):
             return f"is {_kind(obs)}{at}, not numbers ({SPACES_DOC})"
@@ -167,8 +179,13 @@ class EnvChecker:
         elif isinstance(space, gym.spaces.Box) and not self._warned_bounds:
             if (arr < space.low).any() or (arr > space.high).any():
                 self._warned_bounds = True  # out of bounds is often harmless (velocities): warned once, not raised
-                logger.warning("env %s, worker %d: an observation%s is outside observation_space %s (warned once)",
-                               self.env_name, self.worker_index, at, space)
+                logger.warning(
+                    "env %s, worker %d: an observation%s is outside observation_space %s (warned once)",
+                    self.env_name,
+                    self.worker_index,
+                    at,
+                    space,
+                )
         return None
 
     # --- one fragment at a time (numpy, after the per-step window) -----------------------------------------------
@@ -185,11 +202,17 @@ class EnvChecker:
         value = values[t, i]
         shown = value if np.ndim(value) == 0 else value[~np.isfinite(value)][0]
         if column == "reward":
-            raise self.error(i, first_step + t + 1, int(episode_steps[t, i]) + 1,
-                             f"the reward is {float(shown)}; rewards must be finite")
+            raise self.error(
+                i,
+                first_step + t + 1,
+                int(episode_steps[t, i]) + 1,
+                f"the reward is {float(shown)}; rewards must be finite",
+            )
         source = "reset()" if column == "reset observation" else "step()"
-        problem = (f"{source} returned an observation that contains {shown} (as the policy sees it, after the "
-                   f"preprocessor and the observation filter); observation_space is {self.space}")
+        problem = (
+            f"{source} returned an observation that contains {shown} (as the policy sees it, after the "
+            f"preprocessor and the observation filter); observation_space is {self.space}"
+        )
         if source == "reset()":
             raise self.error(i, first_step + t, None, problem)
         raise self.error(i, first_step + t + 1, int(episode_steps[t, i]) + 1, problem)

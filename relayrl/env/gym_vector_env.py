@@ -39,8 +39,10 @@ from relayrl.env.vector_env import VectorEnv
 logger = logging.getLogger(__name__)
 
 _ARRAY_SPACES = (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)
-_FIX = ("gym.make_vec(id, num_envs=N, vectorization_mode='async' (or 'sync'), "
-        "vector_kwargs={'autoreset_mode': gym.vector.AutoresetMode.SAME_STEP})")
+_FIX = (
+    "gym.make_vec(id, num_envs=N, vectorization_mode='async' (or 'sync'), "
+    "vector_kwargs={'autoreset_mode': gym.vector.AutoresetMode.SAME_STEP})"
+)
 
 
 class GymVectorEnvAdapter(VectorEnv):
@@ -52,8 +54,9 @@ class GymVectorEnvAdapter(VectorEnv):
             self._mode = _autoreset_mode(env)
             base = env.unwrapped
             # Gymnasium's own vector envs reset one sub-env alone in every mode; others promise it in DISABLED mode.
-            self._masked_reset = (isinstance(base, (SyncVectorEnv, AsyncVectorEnv))
-                                  or self._mode is AutoresetMode.DISABLED)
+            self._masked_reset = (
+                isinstance(base, (SyncVectorEnv, AsyncVectorEnv)) or self._mode is AutoresetMode.DISABLED
+            )
             _validate(env, base, self._mode, self._masked_reset, num_envs_per_worker)
         except Exception:
             env.close()  # an AsyncVectorEnv's subprocesses must not outlive the failed worker
@@ -78,9 +81,11 @@ class GymVectorEnvAdapter(VectorEnv):
         if pending is not None and seed is None:
             return pending
         if not self._masked_reset:  # SAME_STEP env asked to cut an episode it did not end (config key horizon)
-            raise ValueError(f"{type(self.vector_env.unwrapped).__name__} cannot reset sub-env {index} alone, which"
-                             f" the sampler needs to end an episode at the config's horizon; use {_FIX}, or a"
-                             " TimeLimit wrapper (max_episode_steps) instead of horizon")
+            raise ValueError(
+                f"{type(self.vector_env.unwrapped).__name__} cannot reset sub-env {index} alone, which"
+                f" the sampler needs to end an episode at the config's horizon; use {_FIX}, or a"
+                " TimeLimit wrapper (max_episode_steps) instead of horizon"
+            )
         mask = np.zeros(self.num_envs, dtype=np.bool_)
         mask[index] = True
         seeds = [None] * self.num_envs
@@ -106,8 +111,10 @@ class GymVectorEnvAdapter(VectorEnv):
             for i in np.flatnonzero(terms | truncs).tolist():
                 reset_info = infos[i]
                 if "final_obs" not in reset_info:
-                    raise ValueError(f"{type(self.vector_env.unwrapped).__name__} (autoreset_mode SAME_STEP) ended"
-                                     f" sub-env {i}'s episode without infos['final_obs']; use {_FIX}")
+                    raise ValueError(
+                        f"{type(self.vector_env.unwrapped).__name__} (autoreset_mode SAME_STEP) ended"
+                        f" sub-env {i}'s episode without infos['final_obs']; use {_FIX}"
+                    )
                 infos[i] = reset_info.pop("final_info", {})
                 final = reset_info.pop("final_obs")
                 self._pending[i] = (obs[i].copy() if self._obs_is_array else obs[i], reset_info)
@@ -170,18 +177,32 @@ def _steppable(env: gym.vector.VectorEnv) -> gym.vector.VectorEnv:
     that resets each sub-env in the step it ends (the sub-envs are the same Gymnasium env, stepped one by one)."""
     spec = getattr(env, "spec", None)
     base = env.unwrapped
-    if (isinstance(base, (SyncVectorEnv, AsyncVectorEnv)) or _autoreset_mode(env) is not AutoresetMode.NEXT_STEP
-            or spec is None or not getattr(spec, "id", None)):
+    if (
+        isinstance(base, (SyncVectorEnv, AsyncVectorEnv))
+        or _autoreset_mode(env) is not AutoresetMode.NEXT_STEP
+        or spec is None
+        or not getattr(spec, "id", None)
+    ):
         return env
     kwargs = {k: v for k, v in (spec.kwargs or {}).items() if k not in ("num_envs", "vectorization_mode")}
     try:
-        rebuilt = gym.make_vec(spec.id, num_envs=env.num_envs, vectorization_mode="sync",
-                               vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, **kwargs)
+        rebuilt = gym.make_vec(
+            spec.id,
+            num_envs=env.num_envs,
+            vectorization_mode="sync",
+            vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+            **kwargs,
+        )
     except Exception:  # noqa: BLE001 - not rebuildable: _validate explains what to do instead
         return env
-    logger.warning("%s resets finished sub-envs one step late and all together; stepping its %d sub-envs as a"
-                   " SyncVectorEnv of %s instead (%s for subprocesses)", type(base).__name__, env.num_envs, spec.id,
-                   _FIX)
+    logger.warning(
+        "%s resets finished sub-envs one step late and all together; stepping its %d sub-envs as a"
+        " SyncVectorEnv of %s instead (%s for subprocesses)",
+        type(base).__name__,
+        env.num_envs,
+        spec.id,
+        _FIX,
+    )
     env.close()
     return rebuilt
 
@@ -194,17 +215,23 @@ def _autoreset_mode(env: gym.vector.VectorEnv) -> AutoresetMode:
 def _validate(env: Any, base: Any, mode: AutoresetMode, masked_reset: bool, num_envs_per_worker: int) -> None:
     name = type(base).__name__
     if num_envs_per_worker != 1:
-        raise ValueError(f"the env creator returned a {name} of {env.num_envs} sub-envs, which are the worker's"
-                         f" sub-envs; num_envs_per_worker must stay 1 (got {num_envs_per_worker}): set num_envs in the"
-                         " vector env instead")
+        raise ValueError(
+            f"the env creator returned a {name} of {env.num_envs} sub-envs, which are the worker's"
+            f" sub-envs; num_envs_per_worker must stay 1 (got {num_envs_per_worker}): set num_envs in the"
+            " vector env instead"
+        )
     if mode is AutoresetMode.NEXT_STEP and not masked_reset:
-        raise ValueError(f"{name} resets a finished sub-env one step late (autoreset_mode NEXT_STEP) and cannot"
-                         " reset one sub-env alone, but relayrl's sampler resets each finished sub-env at once; use"
-                         f" {_FIX}")
+        raise ValueError(
+            f"{name} resets a finished sub-env one step late (autoreset_mode NEXT_STEP) and cannot"
+            " reset one sub-env alone, but relayrl's sampler resets each finished sub-env at once; use"
+            f" {_FIX}"
+        )
     if mode is AutoresetMode.NEXT_STEP and isinstance(base, AsyncVectorEnv) and not base.shared_memory:
         # Gymnasium 1.x's subprocess forgets a masked reset without shared memory and resets again at the next step.
-        raise ValueError("an AsyncVectorEnv with shared_memory=False and autoreset_mode NEXT_STEP would reset a"
-                         " finished sub-env twice; use autoreset_mode=gym.vector.AutoresetMode.SAME_STEP")
+        raise ValueError(
+            "an AsyncVectorEnv with shared_memory=False and autoreset_mode NEXT_STEP would reset a"
+            " finished sub-env twice; use autoreset_mode=gym.vector.AutoresetMode.SAME_STEP"
+        )
 
 
 def _gym_seed(seeds: list[int | None] | None, num_envs: int) -> int | list[int | None] | None:

@@ -95,8 +95,10 @@ def _space(env: Any, agent_id: Hashable, kind: str) -> gym.Space:
     shared = getattr(env, f"{kind}_space", None)
     if isinstance(shared, gym.Space):
         return shared
-    raise KeyError(f"{describe_env(env)} has no {kind} space for agent {agent_id!r}: set {kind}_space (shared) or "
-                   f"{kind}_spaces[{agent_id!r}]")
+    raise KeyError(
+        f"{describe_env(env)} has no {kind} space for agent {agent_id!r}: set {kind}_space (shared) or "
+        f"{kind}_spaces[{agent_id!r}]"
+    )
 
 
 class MultiAgentEpisodeChecker:
@@ -116,8 +118,16 @@ class MultiAgentEpisodeChecker:
     keeps the structural ones, which the bookkeeping of agents needs anyway.
     """
 
-    def __init__(self, env: Any, env_name: str | None = None, worker_index: int = 0, index: int = 0,
-                 check_nan: bool = True, action_mask_key: str | None = ACTION_MASK, check_spaces: bool = True):
+    def __init__(
+        self,
+        env: Any,
+        env_name: str | None = None,
+        worker_index: int = 0,
+        index: int = 0,
+        check_nan: bool = True,
+        action_mask_key: str | None = ACTION_MASK,
+        check_spaces: bool = True,
+    ):
         self.env = env
         self.index = index
         self.check_spaces = check_spaces
@@ -167,21 +177,30 @@ class MultiAgentEpisodeChecker:
             raise self.error(f"the actions are {_kind(action_dict)}, not a dict keyed by agent id", upcoming=True)
         for agent, action in action_dict.items():
             if agent not in self.acting:
-                why = (f"which left at step {self.left[agent]} of this episode" if agent in self.left
-                       else "which was not asked to act (not in the last observation dict, or it ended there)")
-                raise self.error(f"an action was given for it, {why}; agents asked to act: {self.acting}", agent,
-                                 upcoming=True)
+                why = (
+                    f"which left at step {self.left[agent]} of this episode"
+                    if agent in self.left
+                    else "which was not asked to act (not in the last observation dict, or it ended there)"
+                )
+                raise self.error(
+                    f"an action was given for it, {why}; agents asked to act: {self.acting}", agent, upcoming=True
+                )
             mask = self._masks.get(agent)
             if mask is not None and np.ndim(action) == 0:
                 space = self._action_space(agent)
                 i = int(action) - int(space.start) if isinstance(space, gym.spaces.Discrete) else None
                 if i is not None and (not 0 <= i < len(mask) or not mask[i]):
-                    raise self.error(f"action {action!r} is illegal: its observation's {self.action_mask_key!r} is"
-                                     f" {mask.astype(int).tolist()}", agent, upcoming=True)
+                    raise self.error(
+                        f"action {action!r} is illegal: its observation's {self.action_mask_key!r} is"
+                        f" {mask.astype(int).tolist()}",
+                        agent,
+                        upcoming=True,
+                    )
         missing = [a for a in self.acting if a not in action_dict]
         if missing:
-            raise self.error(f"no action given, although it was asked to act (missing: {missing})", missing[0],
-                             upcoming=True)
+            raise self.error(
+                f"no action given, although it was asked to act (missing: {missing})", missing[0], upcoming=True
+            )
 
     def step(self, result: Any) -> tuple[dict, dict, dict, dict, dict]:
         """Checks a ``step()`` result, updates who acts next (``acting``), who left, ``episode_over``; returns it."""
@@ -191,8 +210,14 @@ class MultiAgentEpisodeChecker:
             got = f"{len(result)} values" if isinstance(result, (tuple, list)) else _kind(result)
             raise self.error(f"step() returned {got}; {MA_API}")
         obs, rewards, terminateds, truncateds, infos = result
-        self._dicts(("obs", obs), ("rewards", rewards), ("terminateds", terminateds), ("truncateds", truncateds),
-                    ("infos", infos), source="step()")
+        self._dicts(
+            ("obs", obs),
+            ("rewards", rewards),
+            ("terminateds", terminateds),
+            ("truncateds", truncateds),
+            ("infos", infos),
+            source="step()",
+        )
         for name, flags in (("terminateds", terminateds), ("truncateds", truncateds)):
             if ALL not in flags:
                 raise self.error(f"step() returned {name} without {ALL!r} (True ends the episode): {MA_API}")
@@ -204,8 +229,11 @@ class MultiAgentEpisodeChecker:
                 if agent != ALL:
                     self._check_known(agent)
                 if agent in self.left:
-                    raise self.error(f"it is in step()'s {name} after it left at step {self.left[agent]} of this "
-                                     "episode; a left agent never reappears in its episode", agent)
+                    raise self.error(
+                        f"it is in step()'s {name} after it left at step {self.left[agent]} of this "
+                        "episode; a left agent never reappears in its episode",
+                        agent,
+                    )
         ended = {a for a in terminateds if a != ALL and terminateds[a]}
         ended |= {a for a in truncateds if a != ALL and truncateds[a]}
         over = bool(terminateds[ALL] or truncateds[ALL])
@@ -215,13 +243,16 @@ class MultiAgentEpisodeChecker:
         self.seen.update(obs)
         for agent in ended:
             if agent not in self.seen:
-                raise self.error("it is done in step()'s terminateds / truncateds but has had no observation in "
-                                 "this episode", agent)
+                raise self.error(
+                    "it is done in step()'s terminateds / truncateds but has had no observation in this episode", agent
+                )
             self.left[agent] = self.episode_step
         self.acting = [] if over else [a for a in obs if a not in ended]
         if not over and not self.acting:
-            raise self.error(f"step() asked no agent to act (no observation of a live agent) and did not end the "
-                             f"episode ({ALL!r} in terminateds / truncateds)")
+            raise self.error(
+                f"step() asked no agent to act (no observation of a live agent) and did not end the "
+                f"episode ({ALL!r} in terminateds / truncateds)"
+            )
         self.episode_over = over
         return obs, rewards, terminateds, truncateds, infos
 
@@ -232,8 +263,10 @@ class MultiAgentEpisodeChecker:
                 raise self.error(f"{source} returned {_kind(value)} as {name}, not a dict keyed by agent id")
         for name, value in named:
             if name in ("obs", "rewards") and ALL in value:
-                raise self.error(f"{source} returned {name} with the key {ALL!r}, which is reserved for the"
-                                 " episode's end in terminateds / truncateds")
+                raise self.error(
+                    f"{source} returned {name} with the key {ALL!r}, which is reserved for the"
+                    " episode's end in terminateds / truncateds"
+                )
 
     def _check_known(self, agent: Hashable) -> None:
         if self._known and agent not in self._known:
@@ -265,8 +298,9 @@ class MultiAgentEpisodeChecker:
                 continue
             problem = self._fmt._obs_problem(space, o, "")
             if problem is not None:
-                raise self.error(f"{source} returned an observation that {problem}; its observation space is {space}",
-                                 agent)
+                raise self.error(
+                    f"{source} returned an observation that {problem}; its observation space is {space}", agent
+                )
             if mask_size and agent not in final:
                 mask = np.asarray(o[self.action_mask_key]) != 0
                 if not mask.any():
@@ -282,8 +316,11 @@ class MultiAgentEpisodeChecker:
             if self._fmt.check_nan and not np.isfinite(r):
                 raise self.error(f"its reward is {float(r)}; rewards must be finite", agent)
             if agent not in self.seen and r != 0:
-                raise self.error(f"it gets reward {float(r)} but had no observation (no step) before this one in "
-                                 "this episode to add it to", agent)
+                raise self.error(
+                    f"it gets reward {float(r)} but had no observation (no step) before this one in "
+                    "this episode to add it to",
+                    agent,
+                )
 
 
 # --- N independent copies of a single-agent env --------------------------------------------------------------------
@@ -333,8 +370,13 @@ def _make_copies(env: Any, num_agents: int, ctx: Any = None) -> IndependentCopie
     ctx = ctx if isinstance(ctx, EnvContext) else EnvContext(ctx)
     creator = get_env_creator(env)
     n = int(ctx.get("num_agents", num_agents))
-    inner = EnvContext({k: v for k, v in ctx.items() if k != "num_agents"}, ctx.worker_index, ctx.vector_index,
-                       model=ctx.model, video_dir=None)
+    inner = EnvContext(
+        {k: v for k, v in ctx.items() if k != "num_agents"},
+        ctx.worker_index,
+        ctx.vector_index,
+        model=ctx.model,
+        video_dir=None,
+    )
     return IndependentCopiesEnv(lambda i: creator(inner), n)
 
 

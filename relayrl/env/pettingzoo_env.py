@@ -23,8 +23,10 @@ def _pettingzoo() -> Any:
     try:
         import pettingzoo
     except ImportError as e:
-        raise ImportError("PettingZoo environments need the pettingzoo package: pip install 'relayrl[pettingzoo]'"
-                          " (or pip install pettingzoo)") from e
+        raise ImportError(
+            "PettingZoo environments need the pettingzoo package: pip install 'relayrl[pettingzoo]'"
+            " (or pip install pettingzoo)"
+        ) from e
     return pettingzoo
 
 
@@ -85,8 +87,10 @@ class PettingZooEnv(MultiAgentEnv):
     def step(self, action_dict: dict) -> tuple[dict, dict, dict, dict, dict]:
         agent = self.env.agent_selection
         if set(action_dict) != {agent}:
-            raise ValueError(f"PettingZooEnv: agent {agent!r} acts now (the one in the last observation dict);"
-                             f" got actions for {list(action_dict)}")
+            raise ValueError(
+                f"PettingZooEnv: agent {agent!r} acts now (the one in the last observation dict);"
+                f" got actions for {list(action_dict)}"
+            )
         self.env.step(action_dict[agent])
         return self._advance(acted=agent)
 
@@ -158,8 +162,10 @@ class ParallelPettingZooEnv(MultiAgentEnv):
         if isinstance(env, pz.AECEnv):
             raise TypeError(f"{env} is a PettingZoo AECEnv: wrap it with PettingZooEnv")
         if not isinstance(env, pz.ParallelEnv):
-            raise TypeError(f"ParallelPettingZooEnv wraps a PettingZoo ParallelEnv (e.g. simple_spread_v3"
-                            f".parallel_env()), got {env!r}")
+            raise TypeError(
+                f"ParallelPettingZooEnv wraps a PettingZoo ParallelEnv (e.g. simple_spread_v3"
+                f".parallel_env()), got {env!r}"
+            )
         self.env = env
         _set_spaces(self, env)
         self._left_truncated: dict[Hashable, bool] = {}

@@ -28,8 +28,15 @@ class EnvContext(dict):
       to its env (``gym.make(id, render_mode=ctx.render_mode)``) for ``monitor: True`` to work.
     """
 
-    def __init__(self, env_config: dict | None, worker_index: int = 0, vector_index: int = 0, *,
-                 model: dict | None = None, video_dir: str | None = None):
+    def __init__(
+        self,
+        env_config: dict | None,
+        worker_index: int = 0,
+        vector_index: int = 0,
+        *,
+        model: dict | None = None,
+        video_dir: str | None = None,
+    ):
         super().__init__(env_config or {})
         self.worker_index = worker_index
         self.vector_index = vector_index
@@ -44,8 +51,10 @@ class EnvContext(dict):
         if config.get("monitor"):
             video_dir = config.get("_video_dir")
             if video_dir is None:
-                raise ValueError("monitor: True writes videos into a Trainer's logdir; a worker built without a"
-                                 " Trainer needs the directory as config['_video_dir']")
+                raise ValueError(
+                    "monitor: True writes videos into a Trainer's logdir; a worker built without a"
+                    " Trainer needs the directory as config['_video_dir']"
+                )
         return cls(config.get("env_config"), worker_index, model=config.get("model"), video_dir=video_dir)
 
     @property

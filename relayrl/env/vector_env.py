@@ -1,9 +1,9 @@
 """VectorEnv: several sub-environments stepped together so a policy can act on all of them in one call.
 
-    env = VectorEnv.wrap(make_env, num_envs=8)
-    obs_list = env.vector_reset(seeds)
-    obs_list, rewards, terminateds, truncateds, infos = env.vector_step(actions)
-    obs, info = env.reset_at(i)          # the sampler resets each finished sub-env itself
+env = VectorEnv.wrap(make_env, num_envs=8)
+obs_list = env.vector_reset(seeds)
+obs_list, rewards, terminateds, truncateds, infos = env.vector_step(actions)
+obs, info = env.reset_at(i)          # the sampler resets each finished sub-env itself
 """
 
 from __future__ import annotations
@@ -99,9 +99,13 @@ class CheckedVectorEnv(VectorEnv):
         except TypeError as e:
             if "seed" not in str(e):
                 raise
-            raise self.checker.error(index, self._steps, None,
-                                     f"reset(seed={seed!r}) failed ({e}); Gymnasium's API is "
-                                     f"reset(*, seed=None, options=None) -> (obs, info) — see {RESET_URL}") from e
+            raise self.checker.error(
+                index,
+                self._steps,
+                None,
+                f"reset(seed={seed!r}) failed ({e}); Gymnasium's API is "
+                f"reset(*, seed=None, options=None) -> (obs, info) — see {RESET_URL}",
+            ) from e
 
     def vector_reset(self, seeds: list[int | None] | None = None) -> list[Any]:
         seeds = seeds or [None] * self.num_envs
@@ -131,8 +135,13 @@ class CheckedVectorEnv(VectorEnv):
         else:
             out = self.env.vector_step(actions)
             if not isinstance(out, (tuple, list)) or len(out) != 5 or any(len(c) != self.num_envs for c in out):
-                raise self.checker.error(0, step, eps[0], f"vector_step() of {type(self.env).__name__} returned "
-                                         f"{type(out).__name__}, not 5 sequences of {self.num_envs}; {STEP_API}")
+                raise self.checker.error(
+                    0,
+                    step,
+                    eps[0],
+                    f"vector_step() of {type(self.env).__name__} returned "
+                    f"{type(out).__name__}, not 5 sequences of {self.num_envs}; {STEP_API}",
+                )
             for i in range(self.num_envs):
                 check(i, step, eps[i], tuple(c[i] for c in out))
         if self._limit is not None and step >= self._limit:

@@ -18,16 +18,23 @@ def require_moviepy(what: str = "monitor: True") -> None:
         raise ValueError(f"{what} needs moviepy: {MOVIEPY_HINT}")
 
 
-def record_video(env: Any, video_dir: str, name_prefix: str, env_name: str | None = None,
-                 episode_trigger: Callable[[int], bool] | None = None) -> gym.Env:
+def record_video(
+    env: Any,
+    video_dir: str,
+    name_prefix: str,
+    env_name: str | None = None,
+    episode_trigger: Callable[[int], bool] | None = None,
+) -> gym.Env:
     """``env`` wrapped in RecordVideo, writing ``<video_dir>/<name_prefix>-episode-<n>.mp4``. ``episode_trigger``
     None is RecordVideo's default schedule (episodes 0, 1, 8, 27, ..., 1000, 2000, ...). Raises ValueError when
     ``env`` cannot give rgb_array frames."""
     require_moviepy()
     name = env_name or getattr(getattr(env, "spec", None), "id", None) or type(env).__name__
     if not isinstance(env, gym.Env):
-        raise ValueError(f"monitor: True records videos of gymnasium.Env environments; the creator of {name!r}"
-                         f" returned a {type(env).__name__}")
+        raise ValueError(
+            f"monitor: True records videos of gymnasium.Env environments; the creator of {name!r}"
+            f" returned a {type(env).__name__}"
+        )
     if env.render_mode not in ("rgb_array", "rgb_array_list"):
         raise ValueError(
             f"monitor: True needs an env that renders rgb_array frames, but {name!r} was made with render_mode="

@@ -12,8 +12,18 @@ class Episode:
     ``custom_metrics`` (averaged into the result's ``custom_metrics``), ``user_data``, ``hist_data``."""
 
     __slots__ = (
-        "episode_id", "env_index", "length", "total_reward", "agent_rewards", "custom_metrics",
-        "user_data", "hist_data", "_last_obs", "_last_action", "_last_info", "_last_reward",
+        "episode_id",
+        "env_index",
+        "length",
+        "total_reward",
+        "agent_rewards",
+        "custom_metrics",
+        "user_data",
+        "hist_data",
+        "_last_obs",
+        "_last_action",
+        "_last_info",
+        "_last_reward",
     )
 
     def __init__(self, env_index: int = 0, rng: random.Random | None = None):

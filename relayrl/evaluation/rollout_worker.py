@@ -35,6 +35,7 @@ from relayrl.utils.filters import Filter, get_filter
 
 logger = logging.getLogger(__name__)
 
+
 class PolicyMap(dict):
     """policy id -> Policy; the RLlib 0.7-era id "default" finds "default_policy"."""
 
@@ -44,8 +45,12 @@ class PolicyMap(dict):
         raise KeyError(key)
 
 
-_LEGACY_NAMES = {"batch_steps": "sample_batch_size", "episode_horizon": "horizon", "num_envs": "num_envs_per_worker",
-                 "model_config": "model"}
+_LEGACY_NAMES = {
+    "batch_steps": "sample_batch_size",
+    "episode_horizon": "horizon",
+    "num_envs": "num_envs_per_worker",
+    "model_config": "model",
+}
 # RLlib 0.7-era keywords of PolicyEvaluator that have no meaning here (TensorFlow, offline IO): accepted and dropped.
 _DROPPED_NAMES = ("tf_session_creator", "preprocessor_pref", "monitor_path", "log_dir", "input_creator")
 
@@ -62,8 +67,10 @@ def _keyword_overrides(overrides: dict, policy_config: dict | None) -> dict:
         if new not in known and not key.startswith("_"):
             close = difflib.get_close_matches(key, sorted(known | set(_LEGACY_NAMES)), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise TypeError(f"RolloutWorker() got an unexpected keyword argument {key!r}{hint}; it takes the common"
-                            " config keys, and an algorithm's own keys through policy_config")
+            raise TypeError(
+                f"RolloutWorker() got an unexpected keyword argument {key!r}{hint}; it takes the common"
+                " config keys, and an algorithm's own keys through policy_config"
+            )
         out[new] = value
     return out
 
@@ -105,8 +112,13 @@ class RolloutWorker:
     _model_lock: threading.RLock | None = None  # set when the sampler thread starts (sample_async)
 
     @classmethod
-    def as_remote(cls, num_cpus: float | None = None, num_gpus: float | None = None, memory: int | None = None,
-                  resources: dict | None = None):
+    def as_remote(
+        cls,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+        memory: int | None = None,
+        resources: dict | None = None,
+    ):
         """The Ray actor class of this worker: ``RolloutWorker.as_remote().remote(env_creator, policy, ...)``."""
         import ray
 
@@ -152,8 +164,8 @@ class RolloutWorker:
 
         self.policy_map: dict[str, Policy] = self._build_policies(policy, config, worker_index)
         self.policy_mapping_fn = policy_mapping_fn or config["multiagent"].get("policy_mapping_fn")
-        self.policies_to_train = policies_to_train or config["multiagent"].get("policies_to_train") or list(
-            self.policy_map
+        self.policies_to_train = (
+            policies_to_train or config["multiagent"].get("policies_to_train") or list(self.policy_map)
         )
         self.filters: dict[str, Filter] = {
             pid: get_filter(config["observation_filter"], self.preprocessors[pid].shape) for pid in self.policy_map

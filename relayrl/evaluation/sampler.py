@@ -69,8 +69,12 @@ class SyncSampler:
         self._checker = None
         if check_env or check_nan:
             subs = env.get_sub_environments()
-            self._checker = EnvChecker(env.observation_space, describe_env(subs[0] if subs else env, env_name),
-                                       getattr(worker, "worker_index", 0), check_nan)
+            self._checker = EnvChecker(
+                env.observation_space,
+                describe_env(subs[0] if subs else env, env_name),
+                getattr(worker, "worker_index", 0),
+                check_nan,
+            )
         if check_env:
             env = CheckedVectorEnv(env, self._checker, None if check_env is True else int(check_env))
         self._check_nan = check_nan
@@ -167,8 +171,9 @@ class SyncSampler:
         with single_blas_thread():
             for step in range(self.fragment_length):
                 t0 = clock()
-                actions, state_out, extra = compute_actions(obs, self._state or None, episodes=self._episodes,
-                                                            **act_kwargs)
+                actions, state_out, extra = compute_actions(
+                    obs, self._state or None, episodes=self._episodes, **act_kwargs
+                )
                 actions = np.asarray(actions)
                 t1 = clock()
                 raw_obs, rewards, terms, truncs, infos = env.vector_step(action_fn(actions))
@@ -202,8 +207,9 @@ class SyncSampler:
                 processing += clock() - t2
         self._obs = obs
         t3 = clock()
-        batch = self._assemble(obs_rows, act_rows, rew_rows, ends, next_rows, info_rows, eps_rows, t_rows, extra_rows,
-                               state_rows)
+        batch = self._assemble(
+            obs_rows, act_rows, rew_rows, ends, next_rows, info_rows, eps_rows, t_rows, extra_rows, state_rows
+        )
         perf = self._perf
         perf["inference"] += inference
         perf["env_wait"] += env_wait
@@ -230,11 +236,15 @@ class SyncSampler:
         for i in done:
             ep = self._episodes[i]
             ep.length = int(self._t[i])
-            ep.total_reward = float(self._return_before[i] + sum(map(operator.itemgetter(i),
-                                                                     rew_rows[self._return_row[i]:])))
+            ep.total_reward = float(
+                self._return_before[i] + sum(map(operator.itemgetter(i), rew_rows[self._return_row[i] :]))
+            )
             self._callback("on_episode_end", ep)
-            self._metrics.append(RolloutMetrics(ep.length, ep.total_reward, {(0, self.policy_id): ep.total_reward},
-                                                dict(ep.custom_metrics), {}))
+            self._metrics.append(
+                RolloutMetrics(
+                    ep.length, ep.total_reward, {(0, self.policy_id): ep.total_reward}, dict(ep.custom_metrics), {}
+                )
+            )
             raw, _ = self.env.reset_at(i)
             ep = self._episodes[i] = self._new_episode(i)
             ep._last_obs = raw
@@ -246,15 +256,16 @@ class SyncSampler:
             self._callback("on_episode_start", ep)
             reset_obs.append(raw)
         processed = self._process_obs(list(raw_obs) + reset_obs)  # one filter call for both
-        next_obs = processed[:self.num_envs]
+        next_obs = processed[: self.num_envs]
         obs = next_obs.copy()
         for j, i in enumerate(done, self.num_envs):  # a loop: fancy indexing costs more for a few rows
             obs[i] = processed[j]
         return next_obs, obs
 
     # --- from rows to a batch ---------------------------------------------------------------------------------
-    def _assemble(self, obs_rows, act_rows, rew_rows, ends, next_rows, info_rows, eps_rows, t_rows, extra_rows,
-                  state_rows) -> SampleBatch | None:
+    def _assemble(
+        self, obs_rows, act_rows, rew_rows, ends, next_rows, info_rows, eps_rows, t_rows, extra_rows, state_rows
+    ) -> SampleBatch | None:
         T, n = self.fragment_length, self.num_envs
         rewards = np.array(rew_rows, dtype=np.float64)
         self._close_fragment_returns(rewards)
@@ -262,9 +273,14 @@ class SyncSampler:
         for step, terms, truncs in ends:
             terminateds[step], truncateds[step] = terms, truncs
         cols = {
-            SB.OBS: _stack(obs_rows), SB.ACTIONS: _stack(act_rows), SB.REWARDS: self._clip(rewards),
-            SB.TERMINATEDS: terminateds, SB.TRUNCATEDS: truncateds,
-            SB.NEXT_OBS: _stack(next_rows), SB.EPS_ID: _stack(eps_rows), SB.T: _stack(t_rows),
+            SB.OBS: _stack(obs_rows),
+            SB.ACTIONS: _stack(act_rows),
+            SB.REWARDS: self._clip(rewards),
+            SB.TERMINATEDS: terminateds,
+            SB.TRUNCATEDS: truncateds,
+            SB.NEXT_OBS: _stack(next_rows),
+            SB.EPS_ID: _stack(eps_rows),
+            SB.T: _stack(t_rows),
             SB.INFOS: np.fromiter(itertools.chain.from_iterable(info_rows), dtype=object, count=T * n).reshape(T, n),
         }
         cols.update((k, _stack(v)) for k, v in extra_rows.items())
@@ -345,12 +361,20 @@ class SyncSampler:
         if post_fragment is not None:
             post = post_fragment(batch, episodes)
         else:  # a duck-typed policy with only the per-trajectory hook
-            post = SampleBatch.concat_samples([self.policy.postprocess_trajectory(b, None, ep)
-                                               for b, ep in zip(batch.split_trajectories(), episodes)])
+            post = SampleBatch.concat_samples(
+                [self.policy.postprocess_trajectory(b, None, ep) for b, ep in zip(batch.split_trajectories(), episodes)]
+            )
         if callback:
             for ep, before, after in zip(episodes, pre.split_trajectories(), post.split_trajectories()):
-                callback({"episode": ep, "agent_id": 0, "pre_batch": (self.policy, before), "post_batch": after,
-                          "all_pre_batches": {0: (self.policy, before)}})
+                callback(
+                    {
+                        "episode": ep,
+                        "agent_id": 0,
+                        "pre_batch": (self.policy, before),
+                        "post_batch": after,
+                        "all_pre_batches": {0: (self.policy, before)},
+                    }
+                )
         return post
 
     # --- helpers ----------------------------------------------------------------------------------------------
@@ -373,8 +397,7 @@ class SyncSampler:
     def _callback(self, name: str, episode: Episode) -> None:
         cb = self.callbacks.get(name)
         if cb is not None:
-            cb({"env": self.env, "episode": episode, "worker": self.worker,
-                "policy": {self.policy_id: self.policy}})
+            cb({"env": self.env, "episode": episode, "worker": self.worker, "policy": {self.policy_id: self.policy}})
 
 
 def _accepts_keyword(fn: Callable, name: str) -> bool:
@@ -384,9 +407,11 @@ def _accepts_keyword(fn: Callable, name: str) -> bool:
 
 def _holding(lock: Any, fn: Callable) -> Callable:
     """``fn`` with ``lock`` held during each call."""
+
     def call(*args: Any, **kwargs: Any) -> Any:
         with lock:
             return fn(*args, **kwargs)
+
     return call
 
 

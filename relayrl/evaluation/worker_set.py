@@ -30,14 +30,20 @@ def ensure_ray(num_cpus: float = 0) -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=max(math.ceil(num_cpus), os.cpu_count() or 1), include_dashboard=False,
-                 log_to_driver=True, logging_level=logging.WARNING)
+        ray.init(
+            num_cpus=max(math.ceil(num_cpus), os.cpu_count() or 1),
+            include_dashboard=False,
+            log_to_driver=True,
+            logging_level=logging.WARNING,
+        )
         return
     have = ray.cluster_resources().get("CPU", 0)
     if have < num_cpus:
-        raise ValueError(f"the remote workers need {num_cpus:g} CPUs (num_workers * num_cpus_per_worker) but the"
-                         f" running Ray cluster has {have:g}; lower num_workers or num_cpus_per_worker, or start Ray"
-                         " with more CPUs")
+        raise ValueError(
+            f"the remote workers need {num_cpus:g} CPUs (num_workers * num_cpus_per_worker) but the"
+            f" running Ray cluster has {have:g}; lower num_workers or num_cpus_per_worker, or start Ray"
+            " with more CPUs"
+        )
 
 
 class WorkerSet:
@@ -96,7 +102,10 @@ class WorkerSet:
     # --- construction ----------------------------------------------------------------------------------------
     def _make_local(self) -> RolloutWorker:
         return RolloutWorker(
-            self._env_creator, self._policy, policy_config=self._config, worker_index=0,
+            self._env_creator,
+            self._policy,
+            policy_config=self._config,
+            worker_index=0,
             **self._multiagent_kwargs(),
         )
 
@@ -113,8 +122,13 @@ class WorkerSet:
 
         free = ray.available_resources().get("CPU", 0)
         if free < num_workers * per_worker:
-            logger.warning("%d remote worker(s) need %g CPUs but the cluster has %g free; waiting up to %g s for them",
-                           num_workers, num_workers * per_worker, free, self._config.get("worker_start_timeout_s", 60))
+            logger.warning(
+                "%d remote worker(s) need %g CPUs but the cluster has %g free; waiting up to %g s for them",
+                num_workers,
+                num_workers * per_worker,
+                free,
+                self._config.get("worker_start_timeout_s", 60),
+            )
         cls = self._remote_class()
         start = len(self._remote_workers) + 1
         indices = list(range(start, start + num_workers))
@@ -151,16 +165,20 @@ class WorkerSet:
             )
 
     def _resource_request(self) -> str:
-        parts = {"CPU": self._config.get("num_cpus_per_worker", 1), "GPU": self._config.get("num_gpus_per_worker", 0),
-                 **(self._config.get("custom_resources_per_worker") or {})}
+        parts = {
+            "CPU": self._config.get("num_cpus_per_worker", 1),
+            "GPU": self._config.get("num_gpus_per_worker", 0),
+            **(self._config.get("custom_resources_per_worker") or {}),
+        }
         return ", ".join(f"{v:g} {k}" for k, v in parts.items() if v)
 
     def _make_remote(self, cls: Any, index: int) -> Any:
         # A remote worker uses its own GPU share, not the learner's. Custom model / preprocessor / action-dist
         # names travel as the classes they name: the worker's process has not run the user's registrations.
         config = merge_dicts(resolve_config(self._config), {"num_gpus": self._config.get("num_gpus_per_worker", 0)})
-        worker = cls.remote(self._env_creator, self._policy, policy_config=config, worker_index=index,
-                            **self._multiagent_kwargs())
+        worker = cls.remote(
+            self._env_creator, self._policy, policy_config=config, worker_index=index, **self._multiagent_kwargs()
+        )
         self._indices[_actor_key(worker)] = index
         return worker
 
@@ -237,8 +255,13 @@ class WorkerSet:
         """Exceptions that mean a remote worker (or its node) died, as opposed to an error in its code."""
         import ray.exceptions as rex
 
-        return (rex.RayActorError, rex.ActorUnavailableError, rex.ObjectLostError, rex.OwnerDiedError,
-                rex.NodeDiedError)
+        return (
+            rex.RayActorError,
+            rex.ActorUnavailableError,
+            rex.ObjectLostError,
+            rex.OwnerDiedError,
+            rex.NodeDiedError,
+        )
 
     @property
     def fault_tolerant(self) -> bool:
@@ -270,8 +293,13 @@ class WorkerSet:
                 " to replace it and carry on, or 'ignore_worker_failures': True to carry on without it"
             ) from error
         if not self._config.get("recreate_failed_workers"):
-            logger.warning("remote worker %d (on %s) died (%s); carrying on with the other %d", index, node,
-                           _first_line(error), len(self._remote_workers) - (position is not None))
+            logger.warning(
+                "remote worker %d (on %s) died (%s); carrying on with the other %d",
+                index,
+                node,
+                _first_line(error),
+                len(self._remote_workers) - (position is not None),
+            )
             if position is not None:
                 del self._remote_workers[position]
             self.num_failed += 1

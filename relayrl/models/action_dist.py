@@ -241,10 +241,17 @@ class MultiActionDistribution(ActionDistribution):
                 action_lens.append(size)
                 nvecs.append(None)
             else:
-                raise UnsupportedSpaceException(action_space, ACTION_LEAF_SPACES,
-                                                detail=f"its leaf {leaf} is not Discrete, MultiDiscrete or Box")
-        attrs = {"action_space": action_space, "leaf_classes": tuple(leaf_classes), "input_lens": tuple(input_lens),
-                 "action_lens": tuple(action_lens), "leaf_nvec": tuple(nvecs), "__module__": __name__}
+                raise UnsupportedSpaceException(
+                    action_space, ACTION_LEAF_SPACES, detail=f"its leaf {leaf} is not Discrete, MultiDiscrete or Box"
+                )
+        attrs = {
+            "action_space": action_space,
+            "leaf_classes": tuple(leaf_classes),
+            "input_lens": tuple(input_lens),
+            "action_lens": tuple(action_lens),
+            "leaf_nvec": tuple(nvecs),
+            "__module__": __name__,
+        }
         return type(cls.__name__, (cls,), attrs)
 
     @classmethod
@@ -315,6 +322,7 @@ class MultiActionDistribution(ActionDistribution):
 
 def _partial_class(base: type, **kwargs) -> type:
     """``base`` with constructor keywords bound, as a class (so the leaf keeps ``required_model_output_shape``)."""
+
     def __init__(self, inputs, model=None):
         base.__init__(self, inputs, model, **kwargs)
 

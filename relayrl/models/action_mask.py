@@ -30,8 +30,10 @@ ACTION_MASK = "action_mask"
 def _mask_size(space: gym.Space, key: str) -> int:
     if isinstance(space, (gym.spaces.Box, gym.spaces.MultiBinary)) and len(space.shape) == 1:
         return int(space.shape[0])
-    raise ValueError(f"the observation entry {key!r} is {space}; an action mask must be a 1-D Box or MultiBinary"
-                     " (one entry per action, non-zero = legal)")
+    raise ValueError(
+        f"the observation entry {key!r} is {space}; an action mask must be a 1-D Box or MultiBinary"
+        " (one entry per action, non-zero = legal)"
+    )
 
 
 def split_action_mask(obs_space: gym.Space, key: str = ACTION_MASK) -> tuple[gym.Space | None, int]:
@@ -107,8 +109,10 @@ def split_mask_batch(batch: Any, key: str = ACTION_MASK, obs_space: gym.Space | 
         return _inner(_stack(rest), key) if rest[0] else None, mask
     cols = None if obs_space is None else action_mask_columns(obs_space, key)
     if cols is None:
-        raise ValueError(f"a flat observation batch needs obs_space: a Dict with a {key!r} entry (or the flat Box"
-                         f" carrying it as original_space); got {obs_space}")
+        raise ValueError(
+            f"a flat observation batch needs obs_space: a Dict with a {key!r} entry (or the flat Box"
+            f" carrying it as original_space); got {obs_space}"
+        )
     start, end = cols
     mask = batch[..., start:end] > 0
     parts = [batch[..., :start], batch[..., end:]]

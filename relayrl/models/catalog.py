@@ -83,11 +83,18 @@ def validate_model_config(model_config: dict | None, where: str = "model config"
             fail(key, f"one of {', '.join(activations)}")
     if config.get("conv_filters") is not None:
         filters = config["conv_filters"]
-        if not isinstance(filters, (list, tuple)) or not filters or not all(
-            isinstance(f, (list, tuple)) and len(f) == 3 and all(positive_int(x) for x in f) for f in filters
+        if (
+            not isinstance(filters, (list, tuple))
+            or not filters
+            or not all(
+                isinstance(f, (list, tuple)) and len(f) == 3 and all(positive_int(x) for x in f) for f in filters
+            )
         ):
-            fail("conv_filters", "a non-empty list of [out_channels, kernel, stride] of positive ints, e.g."
-                                 " [[16, 8, 4], [32, 4, 2], [256, 11, 1]]")
+            fail(
+                "conv_filters",
+                "a non-empty list of [out_channels, kernel, stride] of positive ints, e.g."
+                " [[16, 8, 4], [32, 4, 2], [256, 11, 1]]",
+            )
     for key in ("max_seq_len", "lstm_cell_size", "dim"):
         if key in config and not positive_int(config[key]):
             fail(key, "a positive int")
@@ -95,8 +102,11 @@ def validate_model_config(model_config: dict | None, where: str = "model config"
     if not isinstance(framestack, bool) and not (isinstance(framestack, int) and framestack >= 0):
         fail("framestack", "true, false or a number of frames >= 0")
     if config.get("use_lstm") and not config.get("custom_model"):
-        fail("use_lstm", "false: the LSTM wrapper is not implemented yet (a custom_model may read use_lstm and the"
-                         " lstm_* keys itself)")
+        fail(
+            "use_lstm",
+            "false: the LSTM wrapper is not implemented yet (a custom_model may read use_lstm and the"
+            " lstm_* keys itself)",
+        )
 
 
 class ModelCatalog:
@@ -124,14 +134,18 @@ class ModelCatalog:
             cls = dists.DiagGaussian
         elif is_nested(action_space):
             if config.get("free_log_std"):
-                raise ValueError(f"model.free_log_std needs a Box action space, not {action_space}: with a Tuple or"
-                                 " Dict space the model's outputs are the leaves' inputs side by side")
+                raise ValueError(
+                    f"model.free_log_std needs a Box action space, not {action_space}: with a Tuple or"
+                    " Dict space the model's outputs are the leaves' inputs side by side"
+                )
             check_action_space(None, action_space, NESTED_SPACES)
             cls = dists.MultiActionDistribution.for_space(action_space)
         else:
             raise UnsupportedSpaceException(
-                action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Box, *NESTED_SPACES),
-                detail="a Box action space must be 1-D")
+                action_space,
+                (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.Box, *NESTED_SPACES),
+                detail="a Box action space must be 1-D",
+            )
         return cls, cls.required_model_output_shape(action_space, config)
 
     @staticmethod

@@ -18,7 +18,10 @@ _VERSION = operator.attrgetter("_version")
 
 # In-place numpy twins of the activations, called as ``act(x, out=x)``; None is the identity.
 ACTIVATIONS: dict[str | None, Any] = {
-    "tanh": np.tanh, "relu": lambda x, out: np.maximum(x, 0.0, out=out), "linear": None, None: None,
+    "tanh": np.tanh,
+    "relu": lambda x, out: np.maximum(x, 0.0, out=out),
+    "linear": None,
+    None: None,
 }
 
 
@@ -43,8 +46,9 @@ class NumpyMirror:
 
 def linear_layers(modules: Iterable[nn.Module], types: tuple[type, ...] = (nn.Linear,)) -> list[tuple]:
     """``(W [in, out], b)`` numpy copies of the layers of ``types`` among ``modules``, in order."""
-    return [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in modules
-            if isinstance(m, types)]
+    return [
+        (m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in modules if isinstance(m, types)
+    ]
 
 
 def mlp(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]], act, last_linear: bool = False) -> np.ndarray:

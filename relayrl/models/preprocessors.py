@@ -116,8 +116,8 @@ def obs_restorer(obs_space: gym.Space) -> Callable[[Any], Any] | None:
         # Box leaves get their shape back; Discrete / MultiDiscrete leaves stay one-hot ([..., n] / [..., sum nvec]).
         shape = tuple(s.shape) if isinstance(s, gym.spaces.Box) else (size,)
         if len(shape) == 1:
-            return lambda x: x[..., start:start + size]
-        return lambda x: x[..., start:start + size].reshape(*x.shape[:-1], *shape)
+            return lambda x: x[..., start : start + size]
+        return lambda x: x[..., start : start + size].reshape(*x.shape[:-1], *shape)
 
     return build(space)
 

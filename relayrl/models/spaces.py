@@ -31,10 +31,21 @@ class UnsupportedSpaceException(ValueError):
     ``algorithm`` is None when raised below the trainer (e.g. by the ModelCatalog); the trainer re-raises it
     with its name (``for_algorithm``)."""
 
-    def __init__(self, space: gym.Space, supported: Sequence[type] = (), algorithm: str | None = None,
-                 kind: str = "action", detail: str = ""):
+    def __init__(
+        self,
+        space: gym.Space,
+        supported: Sequence[type] = (),
+        algorithm: str | None = None,
+        kind: str = "action",
+        detail: str = "",
+    ):
         self.space, self.supported, self.algorithm, self.kind, self.detail = (
-            space, tuple(supported), algorithm, kind, detail)
+            space,
+            tuple(supported),
+            algorithm,
+            kind,
+            detail,
+        )
         who = algorithm or "this policy"
         msg = f"{who} does not support the {kind} space {space}"
         if detail:
@@ -61,7 +72,8 @@ def check_action_space(algorithm: str | None, space: gym.Space, supported: Seque
         for leaf in flatten_space(space):
             if not isinstance(leaf, ACTION_LEAF_SPACES):
                 raise UnsupportedSpaceException(
-                    space, supported, algorithm, detail=f"its leaf {leaf} is not Discrete, MultiDiscrete or Box")
+                    space, supported, algorithm, detail=f"its leaf {leaf} is not Discrete, MultiDiscrete or Box"
+                )
 
 
 def is_nested(space: gym.Space) -> bool:
@@ -116,11 +128,11 @@ def action_unflattener(space: gym.Space, clip: bool = False) -> Callable[[np.nda
             return lambda row: np.int64(row[start]) + offset
         if isinstance(s, gym.spaces.MultiDiscrete):
             md_offset, md_shape, md_dtype = s.start, s.shape, s.dtype
-            return lambda row: np.asarray(row[start:start + n]).astype(md_dtype).reshape(md_shape) + md_offset
+            return lambda row: np.asarray(row[start : start + n]).astype(md_dtype).reshape(md_shape) + md_offset
         shape, dtype, low, high = s.shape, s.dtype, s.low, s.high
         if clip:
-            return lambda row: np.clip(np.asarray(row[start:start + n]).reshape(shape), low, high).astype(dtype)
-        return lambda row: np.asarray(row[start:start + n]).reshape(shape).astype(dtype)
+            return lambda row: np.clip(np.asarray(row[start : start + n]).reshape(shape), low, high).astype(dtype)
+        return lambda row: np.asarray(row[start : start + n]).reshape(shape).astype(dtype)
 
     return build(space)
 

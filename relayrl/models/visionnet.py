@@ -81,9 +81,11 @@ class VisionNetwork(TorchModel):
                     h, w = nn.Sequential(*layers)(dummy).shape[-2:]
             kernel = (int(h), int(w))
         elif min(h, w) < kernel:
-            raise ValueError(f"model.conv_filters {filters} leave a {h}x{w} map before the last layer, smaller than"
-                             f" its kernel {kernel}, for observations of shape {tuple(obs_space.shape)}; change the"
-                             " filters or leave conv_filters unset (a default for any image size)")
+            raise ValueError(
+                f"model.conv_filters {filters} leave a {h}x{w} map before the last layer, smaller than"
+                f" its kernel {kernel}, for observations of shape {tuple(obs_space.shape)}; change the"
+                " filters or leave conv_filters unset (a default for any image size)"
+            )
         layers += [nn.Conv2d(in_ch, out_ch, kernel, stride), activation()]
         self.convs = nn.Sequential(*layers)
         with torch.no_grad():

@@ -13,7 +13,10 @@ __all__ = [
     "SyncSamplesOptimizer",
     "LocalSyncOptimizer",
     "LocalMultiGPUOptimizer",
-    "AsyncGradientsOptimizer", "AsyncSamplesOptimizer",
-    "SyncReplayOptimizer", "LocalSyncReplayOptimizer",
-    "AsyncReplayOptimizer", "ApexOptimizer",
+    "AsyncGradientsOptimizer",
+    "AsyncSamplesOptimizer",
+    "SyncReplayOptimizer",
+    "LocalSyncReplayOptimizer",
+    "AsyncReplayOptimizer",
+    "ApexOptimizer",
 ]

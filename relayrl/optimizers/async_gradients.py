@@ -35,8 +35,10 @@ def _stats_and_count(info: dict) -> tuple[dict, int]:
     """Learner stats by policy id (like the other optimizers) and the steps a gradient was computed on."""
     if LEARNER_STATS_KEY in info or "batch_count" in info:
         return {DEFAULT_POLICY_ID: get_learner_stats(info)}, int(info["batch_count"])
-    return ({pid: get_learner_stats(i) for pid, i in info.items()},
-            max(int(i.get("batch_count", 0)) for i in info.values()))
+    return (
+        {pid: get_learner_stats(i) for pid, i in info.items()},
+        max(int(i.get("batch_count", 0)) for i in info.values()),
+    )
 
 
 class AsyncGradientsOptimizer(PolicyOptimizer):

@@ -58,8 +58,18 @@ class ReplayActor:
     """One shard of the replay memory: ``buffer_size / num_shards`` rows, replays once it holds
     ``learning_starts / num_shards``. Runs as a Ray actor (``ray.remote(num_cpus=0)(ReplayActor)``)."""
 
-    def __init__(self, num_shards: int, learning_starts: int, buffer_size: int, train_batch_size: int,
-                 prioritized_replay: bool, alpha: float, eps: float, compress: bool, seed: int | None = None):
+    def __init__(
+        self,
+        num_shards: int,
+        learning_starts: int,
+        buffer_size: int,
+        train_batch_size: int,
+        prioritized_replay: bool,
+        alpha: float,
+        eps: float,
+        compress: bool,
+        seed: int | None = None,
+    ):
         self.buffer = make_buffer(max(1, buffer_size // num_shards), prioritized_replay, alpha, eps, compress, seed)
         self.learning_starts = learning_starts // num_shards
         self.train_batch_size = train_batch_size
@@ -87,8 +97,11 @@ class ReplayActor:
 
     def stats(self) -> dict:
         out = {k: v for k, v in self.buffer.stats().items() if isinstance(v, (int, float))}
-        out.update(add_time_ms=1000 * self.add_timer.mean, replay_time_ms=1000 * self.replay_timer.mean,
-                   update_priorities_time_ms=1000 * self.update_timer.mean)
+        out.update(
+            add_time_ms=1000 * self.add_timer.mean,
+            replay_time_ms=1000 * self.replay_timer.mean,
+            update_priorities_time_ms=1000 * self.update_timer.mean,
+        )
         return out
 
 
@@ -130,8 +143,10 @@ class LearnerThread(threading.Thread):
             info = self.policy.learn_on_batch(batch)
             self.num_steps_trained += batch.count
             self.weights_version += 1
-            if (self.target_network_update_freq
-                    and self.num_steps_trained - self.last_target_update >= self.target_network_update_freq):
+            if (
+                self.target_network_update_freq
+                and self.num_steps_trained - self.last_target_update >= self.target_network_update_freq
+            ):
                 self.policy.update_target()
                 self.last_target_update = self.num_steps_trained
                 self.num_target_updates += 1
@@ -179,16 +194,25 @@ class AsyncReplayOptimizer(PolicyOptimizer):
         self.beta_schedule = opts.beta_schedule()
         self._replay_actor_cls = ray.remote(num_cpus=0)(ReplayActor)
         self._shard_args = [
-            (num_replay_buffer_shards, learning_starts, opts.buffer_size, opts.train_batch_size,
-             opts.prioritized_replay, opts.prioritized_replay_alpha, opts.prioritized_replay_eps,
-             opts.compress_observations, None if seed is None else seed + i)
+            (
+                num_replay_buffer_shards,
+                learning_starts,
+                opts.buffer_size,
+                opts.train_batch_size,
+                opts.prioritized_replay,
+                opts.prioritized_replay_alpha,
+                opts.prioritized_replay_eps,
+                opts.compress_observations,
+                None if seed is None else seed + i,
+            )
             for i in range(num_replay_buffer_shards)
         ]
         self.replay_actors = [self._replay_actor_cls.remote(*args) for args in self._shard_args]
         self._dead_shards: set = set()  # shards replaced after they died (their priority updates are skipped)
         self.num_replay_shards_recreated = 0
-        self.learner = LearnerThread(self.workers.local_worker().get_policy(DEFAULT_POLICY_ID),
-                                     opts.target_network_update_freq)
+        self.learner = LearnerThread(
+            self.workers.local_worker().get_policy(DEFAULT_POLICY_ID), opts.target_network_update_freq
+        )
         self._rng = random.Random(seed)
         self._num_samples_in_flight = num_sample_requests_in_flight_per_worker
         self._num_replays_in_flight = num_replay_requests_in_flight_per_shard
@@ -201,8 +225,10 @@ class AsyncReplayOptimizer(PolicyOptimizer):
         self.num_weight_syncs = 0
         self.num_samples_dropped = 0
         self._t0 = time.time()
-        self.timers = {k: TimerStat() for k in ("put_weights", "sample_processing", "replay_processing",
-                                                "update_priorities", "wait")}
+        self.timers = {
+            k: TimerStat()
+            for k in ("put_weights", "sample_processing", "replay_processing", "update_priorities", "wait")
+        }
 
     # --- the loop ------------------------------------------------------------------------------------------
     def _start(self) -> None:
@@ -315,7 +341,8 @@ class AsyncReplayOptimizer(PolicyOptimizer):
         if not self.workers.remote_workers():
             raise WorkerFailureError(
                 f"every remote worker has died ({self.workers.num_failed} failed): Ape-X has none left to sample"
-                " with. Set 'recreate_failed_workers': True to replace failed workers")
+                " with. Set 'recreate_failed_workers': True to replace failed workers"
+            )
 
     def _on_shard_failure(self, shard: Any, error: BaseException) -> None:
         """Replaces a dead replay shard by an empty one (its contents are lost) when the config allows."""
@@ -360,8 +387,11 @@ class AsyncReplayOptimizer(PolicyOptimizer):
         return out
 
     def save(self) -> dict:
-        return {**super().save(), "num_target_updates": self.learner.num_target_updates,
-                "last_target_update": self.learner.last_target_update}
+        return {
+            **super().save(),
+            "num_target_updates": self.learner.num_target_updates,
+            "last_target_update": self.learner.last_target_update,
+        }
 
     def restore(self, data: dict) -> None:
         super().restore(data)

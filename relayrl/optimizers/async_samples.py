@@ -112,8 +112,9 @@ class LearnerThread(threading.Thread):
                             policy = self.local_worker.policy_map[DEFAULT_POLICY_ID]
                             fetch = {DEFAULT_POLICY_ID: get_learner_stats(policy.learn_on_tensors(data))}
                         else:
-                            fetch = {pid: get_learner_stats(f) for pid, f in
-                                     self.local_worker.learn_on_batch(data).items()}
+                            fetch = {
+                                pid: get_learner_stats(f) for pid, f in self.local_worker.learn_on_batch(data).items()
+                            }
                         lag = self.weights_version - float(np.mean(versions))
                         self.weights_version += 1
                 self.grad_timer.push_units_processed(count)
@@ -157,10 +158,12 @@ class AsyncSamplesOptimizer(PolicyOptimizer):
         seed: int | None = None,
     ):
         super().__init__(workers, remote_workers)
-        for name, value in (("train_batch_size", train_batch_size),
-                            ("max_sample_requests_in_flight_per_worker", max_sample_requests_in_flight_per_worker),
-                            ("broadcast_interval", broadcast_interval),
-                            ("num_parallel_data_loaders", num_parallel_data_loaders)):
+        for name, value in (
+            ("train_batch_size", train_batch_size),
+            ("max_sample_requests_in_flight_per_worker", max_sample_requests_in_flight_per_worker),
+            ("broadcast_interval", broadcast_interval),
+            ("num_parallel_data_loaders", num_parallel_data_loaders),
+        ):
             if value < 1:
                 raise ValueError(f"AsyncSamplesOptimizer: {name} must be >= 1, got {value}")
         if replay_proportion < 0:
@@ -178,8 +181,9 @@ class AsyncSamplesOptimizer(PolicyOptimizer):
             # The driver samples with the model the learner thread trains: they take turns (each policy call of
             # the sampler, each optimizer step), or a model that caches its forward's features would be corrupted.
             self.workers.local_worker().set_model_lock(self.lock)
-        self.learner = LearnerThread(self.workers.local_worker(), self.lock, num_parallel_data_loaders,
-                                     learner_queue_size)
+        self.learner = LearnerThread(
+            self.workers.local_worker(), self.lock, num_parallel_data_loaders, learner_queue_size
+        )
         self.learner.start()
         self.sample_timer = TimerStat()
         self.wait_timer = TimerStat()
@@ -233,7 +237,8 @@ class AsyncSamplesOptimizer(PolicyOptimizer):
         if self._remote_mode and not self._pending:
             raise WorkerFailureError(
                 f"every remote worker has died ({self.workers.num_failed} failed): IMPALA has none left to sample"
-                " with. Set 'recreate_failed_workers': True to replace failed workers")
+                " with. Set 'recreate_failed_workers': True to replace failed workers"
+            )
         if not self._pending:
             with self.sample_timer:
                 version = self.learner.weights_version

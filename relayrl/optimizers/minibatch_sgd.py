@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 
 
 class MinibatchSGD:
-    def __init__(self, minibatch_size: int, num_sgd_iter: int, seed: int | None = None,
-                 train_batch_size: int | None = None):
+    def __init__(
+        self, minibatch_size: int, num_sgd_iter: int, seed: int | None = None, train_batch_size: int | None = None
+    ):
         self.minibatch_size = int(minibatch_size or 0)
         self.num_sgd_iter = int(num_sgd_iter)
         self.generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
@@ -39,8 +40,12 @@ class MinibatchSGD:
             logger.warning(
                 "train_batch_size=%d is not a multiple of sgd_minibatch_size=%d: each SGD epoch learns on %d"
                 " minibatches and leaves out the last %d rows of its shuffle (different rows each epoch); pick a"
-                " multiple to use every sample in every epoch", train_batch_size, self.minibatch_size,
-                train_batch_size // self.minibatch_size, dropped)
+                " multiple to use every sample in every epoch",
+                train_batch_size,
+                self.minibatch_size,
+                train_batch_size // self.minibatch_size,
+                dropped,
+            )
 
     def epoch(self, n: int, device: torch.device | str = "cpu") -> list[torch.Tensor | None]:
         """The row indices of one epoch's minibatches (``[None]``: the whole batch in its order)."""
@@ -48,10 +53,9 @@ class MinibatchSGD:
         if not size or size >= n:
             return [None]
         perm = torch.randperm(n, generator=self.generator).to(device)
-        return [perm[b * size:(b + 1) * size] for b in range(n // size)]
+        return [perm[b * size : (b + 1) * size] for b in range(n // size)]
 
-    def run(self, n: int, learn: Callable[[torch.Tensor | None], dict],
-            device: torch.device | str = "cpu") -> dict:
+    def run(self, n: int, learn: Callable[[torch.Tensor | None], dict], device: torch.device | str = "cpu") -> dict:
         """``num_sgd_iter`` epochs of ``learn(rows)`` over a batch of ``n`` rows (``rows`` None: all of them);
         ``learn`` returns a learner fetch (``{"learner_stats": {...}, ...}``). Returns the last epoch's stats."""
         epoch_stats: list[dict] = []

@@ -60,12 +60,16 @@ class ReplayOptions:
     def beta_schedule(self) -> LinearSchedule:
         """Beta as a function of sampled steps: ``prioritized_replay_beta`` annealed linearly to
         ``final_prioritized_replay_beta`` over ``beta_annealing_fraction * schedule_max_timesteps`` steps."""
-        return LinearSchedule(int(self.beta_annealing_fraction * self.schedule_max_timesteps),
-                              final_p=self.final_prioritized_replay_beta, initial_p=self.prioritized_replay_beta)
+        return LinearSchedule(
+            int(self.beta_annealing_fraction * self.schedule_max_timesteps),
+            final_p=self.final_prioritized_replay_beta,
+            initial_p=self.prioritized_replay_beta,
+        )
 
 
-def build_options(options: dict[str, Any], defaults: dict[str, Any] | None = None,
-                  owner: str = "replay optimizer") -> ReplayOptions:
+def build_options(
+    options: dict[str, Any], defaults: dict[str, Any] | None = None, owner: str = "replay optimizer"
+) -> ReplayOptions:
     """ReplayOptions from a replay optimizer's keyword arguments (``defaults``: the optimizer's own defaults);
     an unknown keyword is a TypeError naming it, as for an explicit signature."""
     unknown = sorted(set(options) - set(ReplayOptions.names()))
@@ -77,12 +81,24 @@ def build_options(options: dict[str, Any], defaults: dict[str, Any] | None = Non
 def replay_options(config: dict) -> ReplayOptions:
     """The replay options of a DQN- or DDPG-family config (DQN, APEX, DDPG, TD3, APEX_DDPG). A config without
     beta annealing keys (DDPG's) keeps beta at ``prioritized_replay_beta``."""
-    keys = ("learning_starts", "buffer_size", "prioritized_replay", "prioritized_replay_alpha",
-            "prioritized_replay_beta", "schedule_max_timesteps", "prioritized_replay_eps", "train_batch_size",
-            "sample_batch_size", "target_network_update_freq", "compress_observations", "seed")
+    keys = (
+        "learning_starts",
+        "buffer_size",
+        "prioritized_replay",
+        "prioritized_replay_alpha",
+        "prioritized_replay_beta",
+        "schedule_max_timesteps",
+        "prioritized_replay_eps",
+        "train_batch_size",
+        "sample_batch_size",
+        "target_network_update_freq",
+        "compress_observations",
+        "seed",
+    )
     values = {k: config[k] for k in keys}
-    values["final_prioritized_replay_beta"] = config.get("final_prioritized_replay_beta",
-                                                         config["prioritized_replay_beta"])
+    values["final_prioritized_replay_beta"] = config.get(
+        "final_prioritized_replay_beta", config["prioritized_replay_beta"]
+    )
     if "beta_annealing_fraction" in config:
         values["beta_annealing_fraction"] = config["beta_annealing_fraction"]
     return ReplayOptions(**values)

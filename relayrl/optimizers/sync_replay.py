@@ -50,12 +50,12 @@ def replay_columns(batch: SampleBatch) -> dict[str, np.ndarray]:
     return cols
 
 
-def make_buffer(buffer_size: int, prioritized: bool, alpha: float, eps: float, compress: bool,
-                seed: int | None = None) -> ReplayBuffer:
+def make_buffer(
+    buffer_size: int, prioritized: bool, alpha: float, eps: float, compress: bool, seed: int | None = None
+) -> ReplayBuffer:
     compress_columns = (SB.OBS, SB.NEXT_OBS) if compress else ()
     if prioritized:
-        return PrioritizedReplayBuffer(buffer_size, alpha=alpha, eps=eps, compress_columns=compress_columns,
-                                       seed=seed)
+        return PrioritizedReplayBuffer(buffer_size, alpha=alpha, eps=eps, compress_columns=compress_columns, seed=seed)
     return ReplayBuffer(buffer_size, compress_columns=compress_columns, seed=seed)
 
 
@@ -82,8 +82,14 @@ class SyncReplayOptimizer(PolicyOptimizer):
         self.prioritized_replay = opts.prioritized_replay
         self.target_network_update_freq = opts.target_network_update_freq
         self.beta_schedule = opts.beta_schedule()
-        self._buffer_args = (opts.buffer_size, opts.prioritized_replay, opts.prioritized_replay_alpha,
-                             opts.prioritized_replay_eps, opts.compress_observations, opts.seed)
+        self._buffer_args = (
+            opts.buffer_size,
+            opts.prioritized_replay,
+            opts.prioritized_replay_alpha,
+            opts.prioritized_replay_eps,
+            opts.compress_observations,
+            opts.seed,
+        )
         self.replay_buffers: dict[str, ReplayBuffer] = {}
         self._rng = np.random.default_rng(opts.seed)
         self.last_target_update_ts = 0
@@ -109,8 +115,10 @@ class SyncReplayOptimizer(PolicyOptimizer):
         self.num_steps_sampled += batch.count
         if self.num_steps_sampled >= self.learning_starts:
             self._optimize()
-        if (self.target_network_update_freq
-                and self.num_steps_sampled - self.last_target_update_ts >= self.target_network_update_freq):
+        if (
+            self.target_network_update_freq
+            and self.num_steps_sampled - self.last_target_update_ts >= self.target_network_update_freq
+        ):
             self.update_targets()
         return self.learner_stats
 
@@ -172,8 +180,11 @@ class SyncReplayOptimizer(PolicyOptimizer):
         }
 
     def save(self) -> dict:
-        return {**super().save(), "last_target_update_ts": self.last_target_update_ts,
-                "num_target_updates": self.num_target_updates}
+        return {
+            **super().save(),
+            "last_target_update_ts": self.last_target_update_ts,
+            "num_target_updates": self.num_target_updates,
+        }
 
     def restore(self, data: dict) -> None:
         super().restore(data)

@@ -57,7 +57,8 @@ class SyncSamplesOptimizer(PolicyOptimizer):
         self.sample_timer.push_units_processed(samples.count)
         with self.grad_timer:
             self.learner_stats = learn_in_minibatches(
-                self.workers.local_worker(), samples, self.sgd, self.standardize_fields)
+                self.workers.local_worker(), samples, self.sgd, self.standardize_fields
+            )
         self.grad_timer.push_units_processed(samples.count)
         self.num_steps_sampled += samples.count
         self.num_steps_trained += samples.count
@@ -77,7 +78,10 @@ class SyncSamplesOptimizer(PolicyOptimizer):
 
 
 def learn_in_minibatches(
-    worker: Any, samples: SampleBatch | MultiAgentBatch, sgd: MinibatchSGD, standardize_fields: tuple[str, ...],
+    worker: Any,
+    samples: SampleBatch | MultiAgentBatch,
+    sgd: MinibatchSGD,
+    standardize_fields: tuple[str, ...],
 ) -> dict:
     """``sgd``'s epochs of minibatch learning on the worker's trained policies; returns stats per policy id."""
     if isinstance(samples, SampleBatch):

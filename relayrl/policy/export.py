@@ -39,8 +39,14 @@ EXPORT_FORMAT_VERSION = 1
 class ExportedPolicy(nn.Module):
     """raw obs -> (filter) -> model -> (deterministic action, dist inputs); everything as graph constants."""
 
-    def __init__(self, model: nn.Module, dist_class: type, obs_space: gym.Space, action_space: gym.Space,
-                 filter_consts: tuple[np.ndarray, np.ndarray, float] | None):
+    def __init__(
+        self,
+        model: nn.Module,
+        dist_class: type,
+        obs_space: gym.Space,
+        action_space: gym.Space,
+        filter_consts: tuple[np.ndarray, np.ndarray, float] | None,
+    ):
         super().__init__()
         self.model = model
         self.one_hot = int(obs_space.n) if isinstance(obs_space, gym.spaces.Discrete) else 0
@@ -72,8 +78,15 @@ class ExportedPolicy(nn.Module):
         return action, dist_inputs
 
 
-def export_policy(policy: Any, export_dir: str, obs_filter: Filter | None = None, raw_obs_space: Any = None,
-                  onnx: bool = True, torchscript: bool = True, opset: int = 17) -> dict:
+def export_policy(
+    policy: Any,
+    export_dir: str,
+    obs_filter: Filter | None = None,
+    raw_obs_space: Any = None,
+    onnx: bool = True,
+    torchscript: bool = True,
+    opset: int = 17,
+) -> dict:
     """Writes model.onnx, model.pt and export.json for ``policy`` into ``export_dir``; returns the sidecar.
 
     ``raw_obs_space``: the environment's observation space when it is Discrete (one-hot in the graph);
@@ -96,8 +109,13 @@ def export_policy(policy: Any, export_dir: str, obs_filter: Filter | None = None
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still the portable format
             if onnx:
                 torch.onnx.export(
-                    wrapper, (example,), os.path.join(export_dir, ONNX_FILE), input_names=["obs"],
-                    output_names=["action", "dist_inputs"], opset_version=opset, dynamo=False,
+                    wrapper,
+                    (example,),
+                    os.path.join(export_dir, ONNX_FILE),
+                    input_names=["obs"],
+                    output_names=["action", "dist_inputs"],
+                    opset_version=opset,
+                    dynamo=False,
                     dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}, "dist_inputs": {0: "batch"}},
                 )
             if torchscript:
@@ -141,8 +159,13 @@ def filter_constants(obs_filter: Filter | None) -> tuple[np.ndarray, np.ndarray,
 
 def space_to_json(space: gym.Space) -> dict:
     if isinstance(space, gym.spaces.Box):
-        return {"type": "Box", "shape": list(space.shape), "dtype": str(space.dtype),
-                "low": _jsonable(space.low), "high": _jsonable(space.high)}
+        return {
+            "type": "Box",
+            "shape": list(space.shape),
+            "dtype": str(space.dtype),
+            "low": _jsonable(space.low),
+            "high": _jsonable(space.high),
+        }
     if isinstance(space, gym.spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
     if isinstance(space, gym.spaces.MultiDiscrete):

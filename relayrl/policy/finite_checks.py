@@ -25,13 +25,15 @@ class NonFiniteLossError(FloatingPointError):
     and the batch's non-finite columns and value ranges."""
 
 
-def check_update(policy: Any, losses: list[torch.Tensor], train_batch: dict,
-                 stats: dict | Callable[[], dict] | None = None) -> None:
+def check_update(
+    policy: Any, losses: list[torch.Tensor], train_batch: dict, stats: dict | Callable[[], dict] | None = None
+) -> None:
     """Raises NonFiniteLossError when a loss or a gradient of ``policy``'s parameters is not finite. Call it
     after ``backward()`` and before the optimizers' ``step()``. ``stats`` are the update's loss terms (a dict,
     or a function returning one, called only to write the message): the non-finite ones are named in it."""
-    params = [p for opt in policy._optimizers for group in opt.param_groups for p in group["params"]
-              if p.grad is not None]
+    params = [
+        p for opt in policy._optimizers for group in opt.param_groups for p in group["params"] if p.grad is not None
+    ]
     # One norm per gradient in one fused call (what clip_grad_norm_ uses), stacked with the losses: a single
     # isfinite and a single sync. A norm overflows to inf only for gradients near 1e19; the search below skips those.
     norms = list(torch._foreach_norm([p.grad for p in params])) if params else []
@@ -47,21 +49,31 @@ def check_update(policy: Any, losses: list[torch.Tensor], train_batch: dict,
     raise NonFiniteLossError(_message(policy, losses, bad_losses, bad_params, len(params), train_batch, stats))
 
 
-def _message(policy: Any, losses: list, bad_losses: list[int], bad_params: list[str], num_params: int,
-             train_batch: dict, stats: dict | Callable[[], dict] | None) -> str:
+def _message(
+    policy: Any,
+    losses: list,
+    bad_losses: list[int],
+    bad_params: list[str],
+    num_params: int,
+    train_batch: dict,
+    stats: dict | Callable[[], dict] | None,
+) -> str:
     who = f"policy {type(policy).__name__} (worker {policy.config.get('worker_index', 0)})"
     parts = []
     terms = _loss_terms(stats)
     if bad_losses or terms:
-        loss_names = [("loss" if len(losses) == 1 else f"loss[{j}]") + f"={float(losses[j].detach().sum())}"
-                      for j in bad_losses]
+        loss_names = [
+            ("loss" if len(losses) == 1 else f"loss[{j}]") + f"={float(losses[j].detach().sum())}" for j in bad_losses
+        ]
         parts.append("non-finite loss terms: " + ", ".join(loss_names + terms))
     if bad_params:
         shown = ", ".join(bad_params[:3]) + (", ..." if len(bad_params) > 3 else "")
         parts.append(f"non-finite gradients of {len(bad_params)} of {num_params} parameters ({shown})")
     parts.append(_batch_summary(train_batch))
-    return (f"{who}: {'; '.join(parts)}. The optimizer step was not applied: the weights are unchanged. A finite "
-            "batch points to the learning rate or to unclipped gradients; 'check_nan': False skips this check")
+    return (
+        f"{who}: {'; '.join(parts)}. The optimizer step was not applied: the weights are unchanged. A finite "
+        "batch points to the learning rate or to unclipped gradients; 'check_nan': False skips this check"
+    )
 
 
 def _loss_terms(stats: dict | Callable[[], dict] | None) -> list[str]:
@@ -99,7 +111,10 @@ def _batch_summary(train_batch: dict) -> str:
         col = columns.get(key)
         if col is not None and col.numel():
             finite = col[torch.isfinite(col)]
-            ranges.append(f"{key} min {float(finite.min()):.4g} max {float(finite.max()):.4g}" if finite.numel()
-                          else f"{key} has no finite value")
+            ranges.append(
+                f"{key} min {float(finite.min()):.4g} max {float(finite.max()):.4g}"
+                if finite.numel()
+                else f"{key} has no finite value"
+            )
     summary = f"batch of {rows} rows: " + (f"NaN/inf in {', '.join(bad)}" if bad else "no NaN/inf in its columns")
     return summary + ("; " + ", ".join(ranges) if ranges else "")

@@ -220,9 +220,7 @@ class MultiAgentBatch:
             for pid, batch in s.policy_batches.items():
                 per_policy.setdefault(pid, []).append(batch)
             count += s.count
-        return MultiAgentBatch(
-            {pid: SampleBatch.concat_samples(bs) for pid, bs in per_policy.items()}, count
-        )
+        return MultiAgentBatch({pid: SampleBatch.concat_samples(bs) for pid, bs in per_policy.items()}, count)
 
     def copy(self) -> "MultiAgentBatch":
         return MultiAgentBatch({k: v.copy() for k, v in self.policy_batches.items()}, self.count)

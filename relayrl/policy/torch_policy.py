@@ -82,8 +82,10 @@ class TorchPolicy(Policy):
             and not model.get_initial_state()
             and self._extra_action_out_fn is None
             and type(model).numpy_forward is not TorchModel.numpy_forward
-            and all(getattr(dist_class, name, None) not in (None, getattr(ActionDistribution, name))
-                    for name in ("numpy_sample", "numpy_logp"))
+            and all(
+                getattr(dist_class, name, None) not in (None, getattr(ActionDistribution, name))
+                for name in ("numpy_sample", "numpy_logp")
+            )
         )
         self.global_timestep = 0
         self.cur_lr = config.get("lr", 1e-4)
@@ -150,7 +152,7 @@ class TorchPolicy(Policy):
         obs = np.asarray(obs, dtype=np.float32)
         if self._fast_path:
             # In blocks of rows whose activations stay in cache: a whole fragment at once is ~1.5x slower.
-            values = [self.model.numpy_value(obs[i:i + 512]) for i in range(0, len(obs), 512)]
+            values = [self.model.numpy_value(obs[i : i + 512]) for i in range(0, len(obs), 512)]
             if values and values[0] is not None:
                 return np.concatenate(values)
         with torch.inference_mode():
@@ -171,8 +173,8 @@ class TorchPolicy(Policy):
         if self._needs_value and batch.count and SampleBatch.VF_PREDS not in batch:
             last = np.flatnonzero(batch.trajectory_ends())
             values = self.value(np.concatenate([batch[SampleBatch.OBS], batch[SampleBatch.NEXT_OBS][last]]))
-            batch[SampleBatch.VF_PREDS] = values[:batch.count]
-            last_r = values[batch.count:].astype(np.float64)
+            batch[SampleBatch.VF_PREDS] = values[: batch.count]
+            last_r = values[batch.count :].astype(np.float64)
             last_r[batch[SampleBatch.TERMINATEDS][last]] = 0.0
         fn = self._postprocess_fn
         if fn is None:
@@ -181,13 +183,16 @@ class TorchPolicy(Policy):
             return self._postprocess(batch, None, None, last_r)
         pieces = batch.split_trajectories()
         episodes = episodes or [None] * len(pieces)
-        return SampleBatch.concat_samples([
-            self._postprocess(p, None, ep, None if last_r is None else last_r[i:i + 1])
-            for i, (p, ep) in enumerate(zip(pieces, episodes))
-        ])
+        return SampleBatch.concat_samples(
+            [
+                self._postprocess(p, None, ep, None if last_r is None else last_r[i : i + 1])
+                for i, (p, ep) in enumerate(zip(pieces, episodes))
+            ]
+        )
 
-    def _postprocess(self, batch: SampleBatch, other_agent_batches: dict | None, episode: Any,
-                     last_r: np.ndarray | None) -> SampleBatch:
+    def _postprocess(
+        self, batch: SampleBatch, other_agent_batches: dict | None, episode: Any, last_r: np.ndarray | None
+    ) -> SampleBatch:
         if last_r is not None and self._postprocess_takes_last_r:
             return self._postprocess_fn(self, batch, other_agent_batches, episode, last_r=last_r)
         return self._postprocess_fn(self, batch, other_agent_batches, episode)
@@ -195,7 +200,8 @@ class TorchPolicy(Policy):
     def _fill_deferred_logp(self, batch: SampleBatch) -> None:
         if SampleBatch.ACTION_LOGP not in batch and SampleBatch.ACTION_DIST_INPUTS in batch and self._fast_path:
             batch[SampleBatch.ACTION_LOGP] = self.dist_class.numpy_logp(
-                batch[SampleBatch.ACTION_DIST_INPUTS], batch[SampleBatch.ACTIONS])
+                batch[SampleBatch.ACTION_DIST_INPUTS], batch[SampleBatch.ACTIONS]
+            )
 
     def postprocess_trajectory(self, sample_batch, other_agent_batches=None, episode=None):
         self._fill_deferred_logp(sample_batch)
@@ -236,8 +242,9 @@ class TorchPolicy(Policy):
         for opt in self._optimizers:
             opt.zero_grad(set_to_none=True)
 
-    def apply_update(self, losses: list[torch.Tensor], train_batch: dict, loss_stats: dict,
-                     fetches: dict | None = None) -> dict:
+    def apply_update(
+        self, losses: list[torch.Tensor], train_batch: dict, loss_stats: dict, fetches: dict | None = None
+    ) -> dict:
         """Finishes an update whose gradients are in the parameters' ``.grad``: refuses non-finite losses or
         gradients (``check_nan``: NonFiniteLossError, the weights unchanged), processes the gradients
         (``extra_grad_process``: clipping by default), steps the optimizers. Returns
@@ -267,11 +274,8 @@ class TorchPolicy(Policy):
             # NaN gradients never reach the learner's weights
             check_update(self, [loss], train_batch, lambda: self.stats(train_batch, stats))
         grad_info = self.extra_grad_process()
-        grads = [
-            None if p.grad is None else p.grad.detach().cpu().numpy().copy() for p in self.model.parameters()
-        ]
-        info = {**self._learn_fetches(grad_info, train_batch, stats, fetches),
-                "batch_count": postprocessed_batch.count}
+        grads = [None if p.grad is None else p.grad.detach().cpu().numpy().copy() for p in self.model.parameters()]
+        info = {**self._learn_fetches(grad_info, train_batch, stats, fetches), "batch_count": postprocessed_batch.count}
         return grads, info
 
     def _learn_fetches(self, grad_info: dict, train_batch: dict, loss_stats: dict, fetches: dict | None) -> dict:
@@ -301,8 +305,11 @@ class TorchPolicy(Policy):
         loss_stats = loss_stats or {}
         stats = {"cur_lr": self.cur_lr, **{k: _to_float(v) for k, v in loss_stats.items()}}
         if self._stats_fn is not None:
-            extra = (self._stats_fn(self, train_batch, loss_stats) if self._stats_fn_takes_loss_stats
-                     else self._stats_fn(self, train_batch))
+            extra = (
+                self._stats_fn(self, train_batch, loss_stats)
+                if self._stats_fn_takes_loss_stats
+                else self._stats_fn(self, train_batch)
+            )
             stats.update({k: _to_float(v) for k, v in extra.items()})
         return stats
 

@@ -60,8 +60,9 @@ def ray_is_too_small(cpus: int) -> bool:
     return ray.is_initialized() and ray.cluster_resources().get("CPU", 0) < cpus
 
 
-def run_tuned_example(path: str, local_dir: str | None = None, ray_num_cpus: int | None = None,
-                      quiet: bool = True) -> list[dict]:
+def run_tuned_example(
+    path: str, local_dir: str | None = None, ray_num_cpus: int | None = None, quiet: bool = True
+) -> list[dict]:
     """Runs every experiment of one YAML file; returns one summary dict per trial (``passed`` included)."""
     experiments = load_experiment_file(path)
     expected = {name: spec.get("expected") for name, spec in experiments.items()}
@@ -85,12 +86,20 @@ def run_tuned_example(path: str, local_dir: str | None = None, ray_num_cpus: int
                 passed, why = False, f"trial {trial.status}: {trial_error(trial)}"
             else:
                 passed, why = check(expected[name], result)
-            summaries.append({
-                "file": os.path.relpath(path, HERE), "experiment": name, "passed": passed, "why": why,
-                "episode_reward_mean": result.get("episode_reward_mean"),
-                "timesteps_total": result.get("timesteps_total"), "time_total_s": result.get("time_total_s"),
-                "wall_s": time.time() - start, "expected": expected[name], "path": trial.path,
-            })
+            summaries.append(
+                {
+                    "file": os.path.relpath(path, HERE),
+                    "experiment": name,
+                    "passed": passed,
+                    "why": why,
+                    "episode_reward_mean": result.get("episode_reward_mean"),
+                    "timesteps_total": result.get("timesteps_total"),
+                    "time_total_s": result.get("time_total_s"),
+                    "wall_s": time.time() - start,
+                    "expected": expected[name],
+                    "path": trial.path,
+                }
+            )
     return summaries
 
 
@@ -126,16 +135,20 @@ def main(argv: list[str] | None = None) -> int:
             plan.append((path, cpus))
     # One Ray instance for all files, big enough for the largest trial.
     if plan:
-        start_ray(num_cpus=max([args.ray_num_cpus or 0, os.cpu_count() or 1] + [c for _, c in plan]),
-                  need=max(c for _, c in plan))
+        start_ray(
+            num_cpus=max([args.ray_num_cpus or 0, os.cpu_count() or 1] + [c for _, c in plan]),
+            need=max(c for _, c in plan),
+        )
     for path, _ in plan:
         rows += run_tuned_example(path, args.local_dir, args.ray_num_cpus, quiet=False)
     print(f"\n{'example':40s} {'reward':>9s} {'timesteps':>10s} {'train s':>8s}  result")
     for r in rows:
         reward = r["episode_reward_mean"]
-        print(f"{r['file'] + ':' + r['experiment']:40s} {reward if reward is not None else float('nan'):9.1f}"
-              f" {r['timesteps_total'] or 0:10d} {r['time_total_s'] or 0:8.1f}  "
-              f"{'PASS' if r['passed'] else 'FAIL: ' + r['why']}")
+        print(
+            f"{r['file'] + ':' + r['experiment']:40s} {reward if reward is not None else float('nan'):9.1f}"
+            f" {r['timesteps_total'] or 0:10d} {r['time_total_s'] or 0:8.1f}  "
+            f"{'PASS' if r['passed'] else 'FAIL: ' + r['why']}"
+        )
     for file, why in skipped:
         print(f"{file:40s} {'':9s} {'':10s} {'':8s}  SKIP: {why.splitlines()[0][:100]}")
     return 0 if rows and all(r["passed"] for r in rows) else 1

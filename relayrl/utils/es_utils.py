@@ -132,9 +132,7 @@ class SharedNoiseTable:
         if dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
         if i < 0 or i + dim > self.size:
-            raise IndexError(
-                f"slice [{i}, {i + dim}) outside noise table of size {self.size}"
-            )
+            raise IndexError(f"slice [{i}, {i + dim}) outside noise table of size {self.size}")
         return self.noise[i : i + dim]
 
     def sample_index(self, rng: np.random.Generator, dim: int) -> int:
@@ -164,17 +162,13 @@ class _FlatOptimizer:
         self.stepsize = stepsize
         self.t = 0
 
-    def update(
-        self, theta: np.ndarray, globalg: np.ndarray
-    ) -> tuple[np.ndarray, float]:
+    def update(self, theta: np.ndarray, globalg: np.ndarray) -> tuple[np.ndarray, float]:
         """Apply one step; returns ``(new_theta, ||step|| / ||theta||)``."""
         theta = np.asarray(theta)
         globalg = np.asarray(globalg)
         expected = (self.num_params,)
         if theta.shape != expected or globalg.shape != expected:
-            raise ValueError(
-                f"theta {theta.shape} and globalg {globalg.shape} must both have shape {expected}"
-            )
+            raise ValueError(f"theta {theta.shape} and globalg {globalg.shape} must both have shape {expected}")
         self.t += 1
         step = self._compute_step(globalg)
         step_norm = float(np.linalg.norm(step))
@@ -183,9 +177,7 @@ class _FlatOptimizer:
             ratio = step_norm / theta_norm
         else:
             ratio = float("inf") if step_norm > 0 else 0.0
-        out_dtype = (
-            theta.dtype if np.issubdtype(theta.dtype, np.floating) else np.float64
-        )
+        out_dtype = theta.dtype if np.issubdtype(theta.dtype, np.floating) else np.float64
         return (theta + step).astype(out_dtype, copy=False), ratio
 
     def _compute_step(self, globalg: np.ndarray) -> np.ndarray:
@@ -239,11 +231,7 @@ class Adam(_FlatOptimizer):
         self.v = np.zeros(num_params, dtype=np.float32)
 
     def _compute_step(self, globalg: np.ndarray) -> np.ndarray:
-        a = (
-            self.stepsize
-            * np.sqrt(1.0 - self.beta2**self.t)
-            / (1.0 - self.beta1**self.t)
-        )
+        a = self.stepsize * np.sqrt(1.0 - self.beta2**self.t) / (1.0 - self.beta1**self.t)
         m = self.beta1 * self.m + (1.0 - self.beta1) * globalg
         v = self.beta2 * self.v + (1.0 - self.beta2) * (globalg * globalg)
         self.m = m.astype(self.m.dtype, copy=False)

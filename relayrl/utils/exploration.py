@@ -41,8 +41,9 @@ class OUNoise:
     """Ornstein-Uhlenbeck process dx = theta * (0 - x) dt + sigma dW (dt = 1), one state row per sub-env
     (Lillicrap et al. 2016, "Continuous control with deep reinforcement learning", section 7)."""
 
-    def __init__(self, action_dim: int, theta: float = 0.15, sigma: float = 0.2,
-                 rng: np.random.Generator | None = None):
+    def __init__(
+        self, action_dim: int, theta: float = 0.15, sigma: float = 0.2, rng: np.random.Generator | None = None
+    ):
         self.action_dim = action_dim
         self.theta, self.sigma = theta, sigma
         self.rng = rng or np.random.default_rng()

@@ -51,5 +51,5 @@ class TimerStat:
 
     @property
     def mean_throughput(self) -> float:
-        time_total = sum(self._samples[-len(self._units):]) if self._units else 0.0
+        time_total = sum(self._samples[-len(self._units) :]) if self._units else 0.0
         return sum(self._units) / time_total if time_total > 0 else 0.0

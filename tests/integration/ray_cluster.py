@@ -55,8 +55,13 @@ sys.stdin.read()  # until the test closes stdin or ends this process
 def cluster_env() -> dict:
     """The environment of the nodes and of the drivers that join them: no RAY_ADDRESS from outside, and no token
     authentication (``ray start`` turns it on, drivers that join by address do not send the token)."""
-    return {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0",
-            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    return {
+        **os.environ,
+        "RAY_ADDRESS": "",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_DEDUP_LOGS": "0",
+        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    }
 
 
 class LocalCluster:
@@ -67,28 +72,42 @@ class LocalCluster:
         self._known: dict[int, psutil.Process] = {}  # every process seen under a node, by PID
         self._cpus: list[int] = []
 
-    def add_node(self, num_cpus: int, resources: dict | None = None, env: dict | None = None,
-                 timeout: float = 180.0) -> str:
+    def add_node(
+        self, num_cpus: int, resources: dict | None = None, env: dict | None = None, timeout: float = 180.0
+    ) -> str:
         """Starts a node (the head first) and waits until the cluster counts its CPUs; returns the address.
         ``env``: extra environment variables of its processes (e.g. Ray system config as RAY_<name>)."""
         temp_dir = tempfile.mkdtemp(prefix="rrl", dir="/tmp")  # short: Ray's socket paths have a length limit
         self._temp_dirs.append(temp_dir)
         head = self.address is None
         port = free_port()
-        cmd = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--block",
-               "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
-               "--object-store-memory=150000000", "--disable-usage-stats",
-               f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-               f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+        cmd = [
+            os.path.join(os.path.dirname(sys.executable), "ray"),
+            "start",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={num_cpus}",
+            f"--temp-dir={temp_dir}",
+            "--object-store-memory=150000000",
+            "--disable-usage-stats",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+        ]
         if head:
             cmd += ["--head", f"--port={port}", "--include-dashboard=false", f"--ray-client-server-port={free_port()}"]
         else:
             cmd += [f"--address={self.address}"]
         if resources:
             cmd.append(f"--resources={json.dumps(resources)}")
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**cluster_env(), **(env or {})},
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**cluster_env(), **(env or {})},
+            start_new_session=True,
+        )
         self.nodes.append(proc)
         if head:
             self.address = f"127.0.0.1:{port}"
@@ -98,17 +117,24 @@ class LocalCluster:
 
     def _wait_for_cpus(self, cpus: int, proc: subprocess.Popen, timeout: float) -> None:
         """Polls (in a subprocess, so that this process never connects) until the cluster has ``cpus`` CPUs."""
-        code = ("import ray, sys, time\n"
-                f"ray.init(address={self.address!r}, log_to_driver=False, logging_level='ERROR')\n"
-                f"while ray.cluster_resources().get('CPU', 0) < {cpus}: time.sleep(0.5)\n")
+        code = (
+            "import ray, sys, time\n"
+            f"ray.init(address={self.address!r}, log_to_driver=False, logging_level='ERROR')\n"
+            f"while ray.cluster_resources().get('CPU', 0) < {cpus}: time.sleep(0.5)\n"
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             self.remember_processes()
             if proc.poll() is not None:
                 raise RuntimeError(f"ray start exited with {proc.returncode}")
             try:
-                subprocess.run([sys.executable, "-c", code], timeout=max(5.0, deadline - time.time()), check=True,
-                               capture_output=True, env=cluster_env())
+                subprocess.run(
+                    [sys.executable, "-c", code],
+                    timeout=max(5.0, deadline - time.time()),
+                    check=True,
+                    capture_output=True,
+                    env=cluster_env(),
+                )
                 self.remember_processes()
                 return
             except subprocess.CalledProcessError:

@@ -52,17 +52,37 @@ class FragileCartPole(gym.Wrapper):
 
 
 def impala(env="CartPole-v1", **overrides):
-    config = {"num_workers": 2, "num_gpus": 0, "min_iter_time_s": ITER_S, "timesteps_per_iteration": 0,
-              "sample_batch_size": 20, "train_batch_size": 100, "model": {"fcnet_hiddens": [16]}, "seed": 0,
-              "worker_start_timeout_s": 60, **overrides}
+    config = {
+        "num_workers": 2,
+        "num_gpus": 0,
+        "min_iter_time_s": ITER_S,
+        "timesteps_per_iteration": 0,
+        "sample_batch_size": 20,
+        "train_batch_size": 100,
+        "model": {"fcnet_hiddens": [16]},
+        "seed": 0,
+        "worker_start_timeout_s": 60,
+        **overrides,
+    }
     return ImpalaTrainer(env=env, config=config)
 
 
 def apex(cls=ApexTrainer, **overrides):
-    config = {"num_workers": 2, "num_gpus": 0, "min_iter_time_s": ITER_S, "timesteps_per_iteration": 0,
-              "buffer_size": 2000, "learning_starts": 100, "train_batch_size": 32, "sample_batch_size": 20,
-              "model": {"fcnet_hiddens": [16]}, "seed": 0, "worker_start_timeout_s": 60,
-              "optimizer": {"num_replay_buffer_shards": 2, "max_weight_sync_delay": 100}, **overrides}
+    config = {
+        "num_workers": 2,
+        "num_gpus": 0,
+        "min_iter_time_s": ITER_S,
+        "timesteps_per_iteration": 0,
+        "buffer_size": 2000,
+        "learning_starts": 100,
+        "train_batch_size": 32,
+        "sample_batch_size": 20,
+        "model": {"fcnet_hiddens": [16]},
+        "seed": 0,
+        "worker_start_timeout_s": 60,
+        "optimizer": {"num_replay_buffer_shards": 2, "max_weight_sync_delay": 100},
+        **overrides,
+    }
     if cls is ApexTrainer:
         config.update(hiddens=[16], compress_observations=False)
         return cls(env="CartPole-v1", config=config)

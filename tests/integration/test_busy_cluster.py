@@ -37,8 +37,14 @@ def busy_cluster():
     holder = None
     try:
         address = cluster.add_node(num_cpus=3)
-        holder = subprocess.Popen([sys.executable, "-c", HOLDER, address, "3"], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster_env())
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, address, "3"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cluster_env(),
+        )
         line = holder.stdout.readline()  # blocks until the actors hold the CPUs (or the holder died)
         assert line.strip() == "holding", holder.stderr.read() if holder.poll() is not None else line
         yield address
@@ -50,13 +56,15 @@ def busy_cluster():
 
 
 def test_trainer_on_a_busy_cluster_names_the_missing_cpus(busy_cluster):
-    proc = subprocess.run([sys.executable, "-c", TRAINER, busy_cluster], capture_output=True, text=True,
-                          timeout=240, env=cluster_env())
+    proc = subprocess.run(
+        [sys.executable, "-c", TRAINER, busy_cluster], capture_output=True, text=True, timeout=240, env=cluster_env()
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     error = out["error"] or ""
-    assert error.startswith("WorkerStartTimeout: remote worker(s) [1, 2] did not start within"
-                            " worker_start_timeout_s=5 s"), error
+    assert error.startswith(
+        "WorkerStartTimeout: remote worker(s) [1, 2] did not start within worker_start_timeout_s=5 s"
+    ), error
     assert "each needs 1 CPU (2 waiting)" in error and "0 of 3 CPU free" in error, error
     assert "CPUHolder x 3 (job " in error and "driver pid" in error, error  # who holds them
     assert out["seconds"] < 20, out
@@ -65,10 +73,30 @@ def test_trainer_on_a_busy_cluster_names_the_missing_cpus(busy_cluster):
 def test_cli_train_on_a_busy_cluster_fails_with_one_line(busy_cluster, tmp_path):
     start = time.time()
     proc = subprocess.run(
-        [sys.executable, "-m", "relayrl", "train", "--run", "PPO", "--env", "CartPole-v1", "--ray-address",
-         busy_cluster, "--config", json.dumps({"num_workers": 2, "worker_start_timeout_s": 5}),
-         "--stop", '{"training_iteration": 1}', "--local-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env=cluster_env(), cwd=os.getcwd())
+        [
+            sys.executable,
+            "-m",
+            "relayrl",
+            "train",
+            "--run",
+            "PPO",
+            "--env",
+            "CartPole-v1",
+            "--ray-address",
+            busy_cluster,
+            "--config",
+            json.dumps({"num_workers": 2, "worker_start_timeout_s": 5}),
+            "--stop",
+            '{"training_iteration": 1}',
+            "--local-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cluster_env(),
+        cwd=os.getcwd(),
+    )
     elapsed = time.time() - start
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()

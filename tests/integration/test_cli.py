@@ -10,14 +10,21 @@ import time
 
 import pytest
 
-SMALL = {"train_batch_size": 256, "sample_batch_size": 128, "sgd_minibatch_size": 64, "num_sgd_iter": 2,
-         "model": {"fcnet_hiddens": [32, 32]}, "seed": 0}
+SMALL = {
+    "train_batch_size": 256,
+    "sample_batch_size": 128,
+    "sgd_minibatch_size": 64,
+    "num_sgd_iter": 2,
+    "model": {"fcnet_hiddens": [32, 32]},
+    "seed": 0,
+}
 
 
 def relayrl(*args: str, timeout: int = 300, cwd: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_DEDUP_LOGS": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    return subprocess.run([sys.executable, "-m", "relayrl", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "relayrl", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
+    )
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -35,9 +42,23 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
 def checkpoint_dir(tmp_path_factory):
     """A tiny PPO run through the CLI, kept for the rollout tests."""
     tmp = tmp_path_factory.mktemp("train")
-    proc = relayrl("train", "--run", "PPO", "--env", "CartPole-v1", "--config", json.dumps(SMALL),
-                   "--stop", '{"training_iteration": 2}', "--checkpoint-at-end", "--local-dir", str(tmp),
-                   "--experiment-name", "cli_test", "--plot")
+    proc = relayrl(
+        "train",
+        "--run",
+        "PPO",
+        "--env",
+        "CartPole-v1",
+        "--config",
+        json.dumps(SMALL),
+        "--stop",
+        '{"training_iteration": 2}',
+        "--checkpoint-at-end",
+        "--local-dir",
+        str(tmp),
+        "--experiment-name",
+        "cli_test",
+        "--plot",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     match = re.search(r"checkpoint: (\S+)", proc.stdout)
     assert match, proc.stdout
@@ -49,8 +70,11 @@ def test_train_writes_tune_results_and_a_checkpoint(checkpoint_dir):
     # One progress line per iteration with iteration, timesteps, reward and steps/s.
     progress = [ln for ln in out.splitlines() if re.search(r"iter +\d+ +ts +\d+ +reward .* steps/s", ln)]
     assert len(progress) == 2, out
-    (trial_dir,) = [os.path.join(checkpoint_dir["local_dir"], "cli_test", d)
-                    for d in os.listdir(os.path.join(checkpoint_dir["local_dir"], "cli_test")) if d.startswith("PPO")]
+    (trial_dir,) = [
+        os.path.join(checkpoint_dir["local_dir"], "cli_test", d)
+        for d in os.listdir(os.path.join(checkpoint_dir["local_dir"], "cli_test"))
+        if d.startswith("PPO")
+    ]
     files = set(os.listdir(trial_dir))
     assert {"params.json", "result.json", "progress.csv", "learning_curve.png"} <= files
     assert any(f.startswith("events.out.tfevents") for f in files)
@@ -68,8 +92,18 @@ def test_train_writes_tune_results_and_a_checkpoint(checkpoint_dir):
 
 def test_rollout_of_the_tune_checkpoint(checkpoint_dir, tmp_path):
     out_file = tmp_path / "episodes.jsonl"
-    proc = relayrl("rollout", checkpoint_dir["checkpoint"], "--run", "PPO", "--env", "CartPole-v1",
-                   "--episodes", "3", "--out", str(out_file))
+    proc = relayrl(
+        "rollout",
+        checkpoint_dir["checkpoint"],
+        "--run",
+        "PPO",
+        "--env",
+        "CartPole-v1",
+        "--episodes",
+        "3",
+        "--out",
+        str(out_file),
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     returns = [float(m) for m in re.findall(r"episode +\d+ +return +([\d.]+)", proc.stdout)]
     assert len(returns) == 3
@@ -89,9 +123,23 @@ def test_restore_continues_the_counters(checkpoint_dir, tmp_path, ray_session, c
     # In-process (cli.main) on the test session's Ray: the same code path as the command, without a Ray start.
     from relayrl.cli import main
 
-    rc = main(["train", "--run", "PPO", "--env", "CartPole-v1", "--config", json.dumps(SMALL),
-               "--stop", '{"training_iteration": 3}', "--restore", checkpoint_dir["checkpoint"],
-               "--local-dir", str(tmp_path)])
+    rc = main(
+        [
+            "train",
+            "--run",
+            "PPO",
+            "--env",
+            "CartPole-v1",
+            "--config",
+            json.dumps(SMALL),
+            "--stop",
+            '{"training_iteration": 3}',
+            "--restore",
+            checkpoint_dir["checkpoint"],
+            "--local-dir",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.out + out.err
     assert re.findall(r"iter +(\d+)", out.out) == ["3"], out.out
@@ -103,7 +151,8 @@ def test_two_experiment_yaml_runs_both(tmp_path):
         "ppo-small:\n  run: PPO\n  env: CartPole-v1\n  stop: {training_iteration: 1}\n"
         f"  config: {json.dumps(SMALL)}\n"
         "pg-small:\n  run: PG\n  env: CartPole-v1\n  stop: {training_iteration: 2}\n"
-        "  config: {seed: 0}\n  expected: {episode_reward_mean: 10}\n")
+        "  config: {seed: 0}\n  expected: {episode_reward_mean: 10}\n"
+    )
     proc = relayrl("train", "-f", str(yaml_file), "--local-dir", str(tmp_path / "results"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(os.listdir(tmp_path / "results")) == ["pg-small", "ppo-small"]
@@ -117,40 +166,69 @@ def test_two_experiment_yaml_runs_both(tmp_path):
 def test_failing_trial_ends_nonzero_with_its_error(tmp_path, ray_session, capsys):
     from relayrl.cli import main
 
-    rc = main(["train", "--run", "PG", "--env", "CartPole-v1", "--config", '{"env_config": {"bogus": 1}}',
-               "--stop", '{"training_iteration": 1}', "--local-dir", str(tmp_path)])
+    rc = main(
+        [
+            "train",
+            "--run",
+            "PG",
+            "--env",
+            "CartPole-v1",
+            "--config",
+            '{"env_config": {"bogus": 1}}',
+            "--stop",
+            '{"training_iteration": 1}',
+            "--local-dir",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr()
     line = one_error_line(subprocess.CompletedProcess([], rc, out.out, out.err))
     assert "trial" in line and "bogus" in line
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["train", "--run", "PPOO", "--env", "CartPole-v1"], "unknown algorithm 'PPOO' (did you mean 'PPO'?)"),
-    (["train", "--run", "PPO", "--env", "CartPol-v1"], "unknown environment 'CartPol-v1'"),
-    (["train", "--run", "PPO", "--env", "CartPole-v1", "--config", "{lr: 1"], "--config is not valid JSON"),
-    (["train", "--run", "PPO", "--env", "CartPole-v1", "--stop", "[1"], "--stop is not valid JSON"),
-    (["train", "--run", "PPO", "--env", "CartPole-v1", "--config", '{"lrr": 0.1}'],
-     "unknown key 'lrr' (did you mean 'lr'?)"),
-    (["train", "--run", "PPO", "--env", "CartPole-v1", "--config", '{"gamma": 2.0}'], "'gamma' must be"),
-    (["train", "-f", "BADYAML"], "cannot parse YAML file"),
-    (["train", "-f", "/no/such/file.yaml"], "does not exist"),
-    (["train", "--run", "PPO", "--env", "CartPole-v1", "--restore", "/no/such/ckpt"], "does not exist"),
-    (["rollout", "/no/such/checkpoint", "--run", "PPO", "--env", "CartPole-v1"], "does not exist"),
-    (["train", "--run", "PPO"], "needs --run and --env"),
-    (["train", "--no-such-flag"], "unrecognized arguments"),
-    # Issue 10, item 6: each of these used to train forever or exit 0 having done nothing.
-    (["train", "--run", "PPO", "--env", "CartPole-v1", "--stop", '{"episode_reward_meen": 100}'],
-     "unknown stop criterion 'episode_reward_meen' (did you mean 'episode_reward_mean'?)"),
-    (["train", "--run", "PPO", "--env", "CartPole-v1", "--stop", '{"evaluation/episode_reward_mean": 100}'],
-     "evaluation_interval is not set"),
-    (["train", "--run", "PPO", "--env", "CartPole-v1", "--num-samples", "0"],
-     "argument --num-samples: must be >= 1, got 0"),
-    (["train", "--run", "PPO", "--env", "CartPole-v1", "--config", '{"horizon": 0}'], "'horizon' must be None or >= 1"),
-    (["train", "--run", "PPO", "--env", "CartPole-v1", "--config", '{"model": {"fcnet_hiddens": [-5]}}'],
-     "'model.fcnet_hiddens' must be a list of positive ints"),
-    (["train", "-f", "ZEROSAMPLES"], "num_samples must be an integer >= 1, got 0"),
-    (["rollout", "/no/such/checkpoint", "--episodes", "-3"], "argument --episodes: must be >= 1, got -3"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--run", "PPOO", "--env", "CartPole-v1"], "unknown algorithm 'PPOO' (did you mean 'PPO'?)"),
+        (["train", "--run", "PPO", "--env", "CartPol-v1"], "unknown environment 'CartPol-v1'"),
+        (["train", "--run", "PPO", "--env", "CartPole-v1", "--config", "{lr: 1"], "--config is not valid JSON"),
+        (["train", "--run", "PPO", "--env", "CartPole-v1", "--stop", "[1"], "--stop is not valid JSON"),
+        (
+            ["train", "--run", "PPO", "--env", "CartPole-v1", "--config", '{"lrr": 0.1}'],
+            "unknown key 'lrr' (did you mean 'lr'?)",
+        ),
+        (["train", "--run", "PPO", "--env", "CartPole-v1", "--config", '{"gamma": 2.0}'], "'gamma' must be"),
+        (["train", "-f", "BADYAML"], "cannot parse YAML file"),
+        (["train", "-f", "/no/such/file.yaml"], "does not exist"),
+        (["train", "--run", "PPO", "--env", "CartPole-v1", "--restore", "/no/such/ckpt"], "does not exist"),
+        (["rollout", "/no/such/checkpoint", "--run", "PPO", "--env", "CartPole-v1"], "does not exist"),
+        (["train", "--run", "PPO"], "needs --run and --env"),
+        (["train", "--no-such-flag"], "unrecognized arguments"),
+        # Issue 10, item 6: each of these used to train forever or exit 0 having done nothing.
+        (
+            ["train", "--run", "PPO", "--env", "CartPole-v1", "--stop", '{"episode_reward_meen": 100}'],
+            "unknown stop criterion 'episode_reward_meen' (did you mean 'episode_reward_mean'?)",
+        ),
+        (
+            ["train", "--run", "PPO", "--env", "CartPole-v1", "--stop", '{"evaluation/episode_reward_mean": 100}'],
+            "evaluation_interval is not set",
+        ),
+        (
+            ["train", "--run", "PPO", "--env", "CartPole-v1", "--num-samples", "0"],
+            "argument --num-samples: must be >= 1, got 0",
+        ),
+        (
+            ["train", "--run", "PPO", "--env", "CartPole-v1", "--config", '{"horizon": 0}'],
+            "'horizon' must be None or >= 1",
+        ),
+        (
+            ["train", "--run", "PPO", "--env", "CartPole-v1", "--config", '{"model": {"fcnet_hiddens": [-5]}}'],
+            "'model.fcnet_hiddens' must be a list of positive ints",
+        ),
+        (["train", "-f", "ZEROSAMPLES"], "num_samples must be an integer >= 1, got 0"),
+        (["rollout", "/no/such/checkpoint", "--episodes", "-3"], "argument --episodes: must be >= 1, got -3"),
+    ],
+)
 def test_user_mistakes_give_one_line(args, expected, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("exp:\n  run: PPO\n  config: {lr: [1, 2}\n")
@@ -204,8 +282,21 @@ def test_more_resources_than_the_cluster_has_is_an_error_not_a_hang(tmp_path, ra
     if not torch.cuda.is_available():
         checks.append(({"num_gpus": 1}, "a trial asks for 1 GPUs"))
     for config, expected in checks:
-        rc = main(["train", "--run", "PG", "--env", "CartPole-v1", "--config", json.dumps(config),
-                   "--stop", '{"training_iteration": 1}', "--local-dir", str(tmp_path)])
+        rc = main(
+            [
+                "train",
+                "--run",
+                "PG",
+                "--env",
+                "CartPole-v1",
+                "--config",
+                json.dumps(config),
+                "--stop",
+                '{"training_iteration": 1}',
+                "--local-dir",
+                str(tmp_path),
+            ]
+        )
         out = capsys.readouterr()
         assert rc == 2 and expected in one_error_line(subprocess.CompletedProcess([], rc, out.out, out.err))
 
@@ -224,10 +315,27 @@ def test_a_signal_stops_train_cleanly(sig, code, tmp_path):
     actor takes longer than that to start is not mistaken for one that waits for resources.)"""
     env = {**os.environ, "RAY_DEDUP_LOGS": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "relayrl", "train", "--run", "PG", "--env", "CartPole-v1", "--stop",
-         '{"training_iteration": 100000}', "--config", '{"train_batch_size": 200, "worker_start_timeout_s": 1}',
-         "--local-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "relayrl",
+            "train",
+            "--run",
+            "PG",
+            "--env",
+            "CartPole-v1",
+            "--stop",
+            '{"training_iteration": 100000}',
+            "--config",
+            '{"train_batch_size": 200, "worker_start_timeout_s": 1}',
+            "--local-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.time() + 240
         line = ""
@@ -255,9 +363,23 @@ def test_in_process_and_tune_runs_write_the_same_files(tmp_path):
     write the same result files with the same result keys, and print the same kind of progress and end lines."""
     runs = {}
     for mode, extra in (("local", []), ("tune", ["--tune"])):
-        proc = relayrl("train", "--run", "PG", "--env", "CartPole-v1", "--config", '{"train_batch_size": 200}',
-                       "--stop", '{"training_iteration": 3}', "--checkpoint-freq", "2", "--checkpoint-at-end",
-                       "--local-dir", str(tmp_path / mode), *extra)
+        proc = relayrl(
+            "train",
+            "--run",
+            "PG",
+            "--env",
+            "CartPole-v1",
+            "--config",
+            '{"train_batch_size": 200}',
+            "--stop",
+            '{"training_iteration": 3}',
+            "--checkpoint-freq",
+            "2",
+            "--checkpoint-at-end",
+            "--local-dir",
+            str(tmp_path / mode),
+            *extra,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert re.search(r"TERMINATED, 3 iterations", proc.stdout), proc.stdout
         (trial,) = [d for d in (tmp_path / mode / "default").iterdir() if d.is_dir() and d.name.startswith("PG_")]
@@ -270,8 +392,18 @@ def test_in_process_and_tune_runs_write_the_same_files(tmp_path):
         checkpoint = re.search(r"checkpoint: (\S+)", proc.stdout).group(1)
         runs[mode] = (set(results[-1]), checkpoint)
     local_keys, tune_keys = runs["local"][0], runs["tune"][0]
-    relayrl_keys = {"episode_reward_mean", "timesteps_total", "info", "training_iteration", "time_total_s",
-                    "num_healthy_workers", "trial_id", "timestamp", "config", "time_since_restore"}
+    relayrl_keys = {
+        "episode_reward_mean",
+        "timesteps_total",
+        "info",
+        "training_iteration",
+        "time_total_s",
+        "num_healthy_workers",
+        "trial_id",
+        "timestamp",
+        "config",
+        "time_since_restore",
+    }
     assert relayrl_keys <= local_keys and relayrl_keys <= tune_keys
     # both checkpoints roll out
     for _, checkpoint in runs.values():

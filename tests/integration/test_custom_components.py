@@ -49,8 +49,13 @@ class CountingCategorical(Categorical):
 
 
 def _config(**model):
-    return {"num_workers": 2, "sample_batch_size": 20, "train_batch_size": 40, "seed": 0,
-            "model": {"custom_options": {"hidden": 8}, **model}}
+    return {
+        "num_workers": 2,
+        "sample_batch_size": 20,
+        "train_batch_size": 40,
+        "seed": 0,
+        "model": {"custom_options": {"hidden": 8}, **model},
+    }
 
 
 @pytest.mark.parametrize("by", ["name", "class"])
@@ -59,8 +64,11 @@ def test_custom_model_preprocessor_and_dist_on_two_remote_workers(ray_session, b
     ModelCatalog.register_custom_preprocessor("scale_by_10", ScaleBy10)
     ModelCatalog.register_custom_action_dist("counting_categorical", CountingCategorical)
     if by == "name":
-        model = {"custom_model": "tiny_model", "custom_preprocessor": "scale_by_10",
-                 "custom_action_dist": "counting_categorical"}
+        model = {
+            "custom_model": "tiny_model",
+            "custom_preprocessor": "scale_by_10",
+            "custom_action_dist": "counting_categorical",
+        }
     else:
         model = {"custom_model": TinyModel, "custom_preprocessor": ScaleBy10, "custom_action_dist": CountingCategorical}
     trainer = PGTrainer(env="CartPole-v1", config=_config(**model))
@@ -72,8 +80,13 @@ def test_custom_model_preprocessor_and_dist_on_two_remote_workers(ray_session, b
 
         def describe(w):
             policy = w.get_policy()
-            return (type(policy.model).__name__, policy.model.calls, type(w.preprocessors["default_policy"]).__name__,
-                    policy.dist_class.__name__, CountingCategorical.used)
+            return (
+                type(policy.model).__name__,
+                policy.model.calls,
+                type(w.preprocessors["default_policy"]).__name__,
+                policy.dist_class.__name__,
+                CountingCategorical.used,
+            )
 
         seen = ray.get([w.apply.remote(describe) for w in remote])
         for model_name, calls, prep, dist, used in seen:

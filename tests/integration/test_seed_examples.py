@@ -21,14 +21,16 @@ class CustomPolicy(Policy):
         # example parameter
         self.w = 1.0
 
-    def compute_actions(self,
-                        obs_batch,
-                        state_batches,
-                        prev_action_batch=None,
-                        prev_reward_batch=None,
-                        info_batch=None,
-                        episodes=None,
-                        **kwargs):
+    def compute_actions(
+        self,
+        obs_batch,
+        state_batches,
+        prev_action_batch=None,
+        prev_reward_batch=None,
+        info_batch=None,
+        episodes=None,
+        **kwargs,
+    ):
         # return action batch, RNN states, extra values to include in batch
         return [self.action_space.sample() for _ in obs_batch], [], {}
 
@@ -49,15 +51,12 @@ def test_seed_001_policy_evaluation_loop(ray_session):
     env = gym.make("CartPole-v0")
     policy = CustomPolicy(env.observation_space, env.action_space, {})
     remote_evaluators = [
-        PolicyEvaluator.as_remote().remote(lambda c: gym.make("CartPole-v0"),
-                                           CustomPolicy)
-        for _ in range(2)
+        PolicyEvaluator.as_remote().remote(lambda c: gym.make("CartPole-v0"), CustomPolicy) for _ in range(2)
     ]
 
     for _ in range(2):
         # Gather a batch of samples
-        T1 = SampleBatch.concat_samples(
-            ray.get([w.sample.remote() for w in remote_evaluators]))
+        T1 = SampleBatch.concat_samples(ray.get([w.sample.remote() for w in remote_evaluators]))
 
         # Improve the policy using the T1 batch
         policy.learn_on_batch(T1)
@@ -77,9 +76,7 @@ def test_seed_001_with_a_policy_optimizer(ray_session):
     # Same setup as before
     local_evaluator = PolicyEvaluator(lambda c: gym.make("CartPole-v0"), CustomPolicy)
     remote_evaluators = [
-        PolicyEvaluator.as_remote().remote(lambda c: gym.make("CartPole-v0"),
-                                           CustomPolicy)
-        for _ in range(2)
+        PolicyEvaluator.as_remote().remote(lambda c: gym.make("CartPole-v0"), CustomPolicy) for _ in range(2)
     ]
 
     optimizer = SyncSamplesOptimizer(local_evaluator, remote_evaluators, train_batch_size=500)
@@ -97,8 +94,9 @@ def test_seed_001_with_a_policy_optimizer(ray_session):
 
 def test_seed_001_local_only_optimizer_no_ray_needed():
     local = PolicyEvaluator(lambda c: gym.make("CartPole-v0"), CustomPolicy, batch_steps=50)
-    optimizer = SyncSamplesOptimizer.make(lambda c: gym.make("CartPole-v0"), CustomPolicy, num_workers=0,
-                                          optimizer_config={"train_batch_size": 100})
+    optimizer = SyncSamplesOptimizer.make(
+        lambda c: gym.make("CartPole-v0"), CustomPolicy, num_workers=0, optimizer_config={"train_batch_size": 100}
+    )
     optimizer.step()
     assert optimizer.num_steps_sampled >= 100
     assert local.sample().count == 50

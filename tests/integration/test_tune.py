@@ -14,23 +14,26 @@ def test_seed_002_grid_search_runs_both_trials(ray_session, tmp_path):
     import ray.tune as tune
 
     # Seed 002's experiment; "sgd_stepsize" is the seed-era name of "lr", the stop and batch sizes are small.
-    trials = tune.run_experiments({
-        "my_experiment": {
-            "run": "PPO",
-            "env": "CartPole-v1",
-            "stop": {"training_iteration": 2},
-            "storage_path": str(tmp_path),
-            "config": {
-                "num_gpus": 0,
-                "num_workers": 1,
-                "train_batch_size": 256,
-                "sample_batch_size": 128,
-                "sgd_minibatch_size": 64,
-                "num_sgd_iter": 2,
-                "lr": tune.grid_search([0.01, 0.001]),
+    trials = tune.run_experiments(
+        {
+            "my_experiment": {
+                "run": "PPO",
+                "env": "CartPole-v1",
+                "stop": {"training_iteration": 2},
+                "storage_path": str(tmp_path),
+                "config": {
+                    "num_gpus": 0,
+                    "num_workers": 1,
+                    "train_batch_size": 256,
+                    "sample_batch_size": 128,
+                    "sgd_minibatch_size": 64,
+                    "num_sgd_iter": 2,
+                    "lr": tune.grid_search([0.01, 0.001]),
+                },
             },
         },
-    }, verbose=0)
+        verbose=0,
+    )
     assert len(trials) == 2
     assert sorted(t.config["lr"] for t in trials) == [0.001, 0.01]
     for trial in trials:

@@ -59,8 +59,11 @@ trainer.stop()
 """
 
 # Node death is noticed by the GCS's health checks: every second, dead after 3 misses (Ray's default: ~30 s).
-FAST_HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
-                      "RAY_health_check_failure_threshold": "3"}
+FAST_HEALTH_CHECKS = {
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
 
 
 def read_event(proc: subprocess.Popen, event: str, deadline: float, seen: list) -> dict:
@@ -84,13 +87,25 @@ def test_ppo_survives_losing_the_second_node():
     holder = driver = None
     try:
         address = cluster.add_node(num_cpus=2, env=FAST_HEALTH_CHECKS)
-        holder = subprocess.Popen([sys.executable, "-c", HOLDER, address, "2"], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster_env())
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, address, "2"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cluster_env(),
+        )
         assert holder.stdout.readline().strip() == "holding"
         cluster.add_node(num_cpus=2, resources={"node2": 1}, env=FAST_HEALTH_CHECKS)
-        driver = subprocess.Popen([sys.executable, "-c", DRIVER, address, str(ITERS_BEFORE), str(ITERS_AFTER)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  env=cluster_env(), cwd=os.getcwd())
+        driver = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, address, str(ITERS_BEFORE), str(ITERS_AFTER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cluster_env(),
+            cwd=os.getcwd(),
+        )
         deadline = time.time() + 900
         seen: list[dict] = []
         built = read_event(driver, "built", deadline, seen)

@@ -27,12 +27,24 @@ ROLLOUT = {"num_workers": 2, "model": MODEL, "observation_filter": "MeanStdFilte
 PERTURBATION = {"num_workers": 2, "model": MODEL, "noise_size": 100_000, "eval_prob": 0.0, "seed": 0}
 CONFIGS = {
     "PG": {**ROLLOUT, "sample_batch_size": 50, "train_batch_size": 200},
-    "PPO": {**ROLLOUT, "sample_batch_size": 50, "train_batch_size": 200, "sgd_minibatch_size": 50,
-            "num_sgd_iter": 1},
-    "PPO-simple": {**ROLLOUT, "sample_batch_size": 50, "train_batch_size": 200, "sgd_minibatch_size": 200,
-                   "num_sgd_iter": 1, "simple_optimizer": True},
-    "DQN": {**ROLLOUT, "hiddens": [16], "sample_batch_size": 25, "learning_starts": 50, "buffer_size": 1000,
-            "timesteps_per_iteration": 100, "min_iter_time_s": 0},
+    "PPO": {**ROLLOUT, "sample_batch_size": 50, "train_batch_size": 200, "sgd_minibatch_size": 50, "num_sgd_iter": 1},
+    "PPO-simple": {
+        **ROLLOUT,
+        "sample_batch_size": 50,
+        "train_batch_size": 200,
+        "sgd_minibatch_size": 200,
+        "num_sgd_iter": 1,
+        "simple_optimizer": True,
+    },
+    "DQN": {
+        **ROLLOUT,
+        "hiddens": [16],
+        "sample_batch_size": 25,
+        "learning_starts": 50,
+        "buffer_size": 1000,
+        "timesteps_per_iteration": 100,
+        "min_iter_time_s": 0,
+    },
     "A3C": {**ROLLOUT, "sample_batch_size": 20, "optimizer": {"grads_per_step": 4}, "min_iter_time_s": 0},
     "ES": {**PERTURBATION, "episodes_per_batch": 8, "train_batch_size": 100},
     "ARS": {**PERTURBATION, "num_rollouts": 4, "rollouts_used": 4},
@@ -260,8 +272,13 @@ def test_es_workers_and_their_replacements_ask_for_the_custom_resources(monkeypa
     from relayrl.agents.es.es_worker import PerturbationWorkerSet
     from relayrl.utils.es_utils import create_noise
 
-    config = {**DEFAULT_CONFIG, "model": MODEL, "noise_size": 1000, "num_cpus_per_worker": 0.5,
-              "custom_resources_per_worker": {"accelerator_box": 1}}
+    config = {
+        **DEFAULT_CONFIG,
+        "model": MODEL,
+        "noise_size": 1000,
+        "num_cpus_per_worker": 0.5,
+        "custom_resources_per_worker": {"accelerator_box": 1},
+    }
     workers = PerturbationWorkerSet(make_stalling_cartpole, config, None, create_noise(1000, 0), num_workers=0)
     asked = []
     monkeypatch.setattr(ray, "remote", lambda **kwargs: asked.append(kwargs) or (lambda cls: cls))

@@ -11,8 +11,16 @@ from relayrl.agents.ppo import PPOTrainer
 
 
 def small_ppo(**overrides):
-    config = {"num_workers": 2, "num_envs_per_worker": 2, "sample_batch_size": 50, "train_batch_size": 200,
-              "sgd_minibatch_size": 50, "num_sgd_iter": 1, "model": {"fcnet_hiddens": [16]}, "seed": 1}
+    config = {
+        "num_workers": 2,
+        "num_envs_per_worker": 2,
+        "sample_batch_size": 50,
+        "train_batch_size": 200,
+        "sgd_minibatch_size": 50,
+        "num_sgd_iter": 1,
+        "model": {"fcnet_hiddens": [16]},
+        "seed": 1,
+    }
     config.update(overrides)
     return PPOTrainer(env="CartPole-v1", config=config)
 
@@ -66,10 +74,23 @@ def test_results_have_the_documented_keys(ray_session):
         result = trainer.train()
     finally:
         trainer.stop()
-    for key in ("episode_reward_mean", "episode_reward_min", "episode_reward_max", "episode_len_mean",
-                "episodes_this_iter", "episodes_total", "timesteps_total", "timesteps_this_iter",
-                "time_this_iter_s", "time_total_s", "training_iteration", "policy_reward_mean",
-                "custom_metrics", "sampler_perf", "info"):
+    for key in (
+        "episode_reward_mean",
+        "episode_reward_min",
+        "episode_reward_max",
+        "episode_len_mean",
+        "episodes_this_iter",
+        "episodes_total",
+        "timesteps_total",
+        "timesteps_this_iter",
+        "time_this_iter_s",
+        "time_total_s",
+        "training_iteration",
+        "policy_reward_mean",
+        "custom_metrics",
+        "sampler_perf",
+        "info",
+    ):
         assert key in result, key
     info = result["info"]
     assert info["num_steps_sampled"] >= 200 and info["num_steps_trained"] >= 200

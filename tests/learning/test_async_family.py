@@ -21,13 +21,34 @@ FC64 = {"fcnet_hiddens": [64, 64]}
 # pass 400 by 30-47k steps.)
 RECENT = {"metrics_smoothing_episodes": 20}
 CONFIGS = {
-    "A2C": {"num_workers": 0, "lr": 3e-3, "train_batch_size": 200, "sample_batch_size": 20,
-            "num_envs_per_worker": 5, "min_iter_time_s": 0, "model": FC64, **RECENT},
+    "A2C": {
+        "num_workers": 0,
+        "lr": 3e-3,
+        "train_batch_size": 200,
+        "sample_batch_size": 20,
+        "num_envs_per_worker": 5,
+        "min_iter_time_s": 0,
+        "model": FC64,
+        **RECENT,
+    },
     "A3C": {"num_workers": 2, "lr": 5e-4, "sample_batch_size": 50, "min_iter_time_s": 1, "model": FC64, **RECENT},
-    "IMPALA": {"num_workers": 2, "num_gpus": 0, "lr": 1e-3, "train_batch_size": 250, "min_iter_time_s": 1,
-               "model": FC64, **RECENT},
-    "ES": {"num_workers": 2, "noise_size": 2_000_000, "episodes_per_batch": 40, "train_batch_size": 2000,
-           "eval_prob": 0.05, "model": {"fcnet_hiddens": [32, 32]}},
+    "IMPALA": {
+        "num_workers": 2,
+        "num_gpus": 0,
+        "lr": 1e-3,
+        "train_batch_size": 250,
+        "min_iter_time_s": 1,
+        "model": FC64,
+        **RECENT,
+    },
+    "ES": {
+        "num_workers": 2,
+        "noise_size": 2_000_000,
+        "episodes_per_batch": 40,
+        "train_batch_size": 2000,
+        "eval_prob": 0.05,
+        "model": {"fcnet_hiddens": [32, 32]},
+    },
     "ARS": {"num_workers": 0, "noise_size": 1_000_000, "num_rollouts": 8, "rollouts_used": 4},
 }
 
@@ -46,8 +67,9 @@ def _one_torch_thread_and_ray_cleanup():
         ray.shutdown()
 
 
-def train_until(algo: str, target: float, budget: int, env: str = "CartPole-v1", config: dict | None = None,
-                seed: int = 0) -> dict:
+def train_until(
+    algo: str, target: float, budget: int, env: str = "CartPole-v1", config: dict | None = None, seed: int = 0
+) -> dict:
     trainer = get_trainer_class(algo)(env=env, config={**CONFIGS.get(algo, {}), **(config or {}), "seed": seed})
     try:
         while True:
@@ -84,8 +106,16 @@ def test_ars_swimmer_300():
     pytest.importorskip("mujoco", reason="Swimmer-v5 needs mujoco: pip install 'relayrl[mujoco]'")
     # Mania et al. 2018, Table 1 hyperparameters for Swimmer (N = b = 1, alpha = 0.02, nu = 0.01), as in the
     # RLlib tuned example; unnormalised observations.
-    config = {"num_workers": 0, "noise_size": 10_000_000, "num_rollouts": 1, "rollouts_used": 1,
-              "noise_stdev": 0.01, "sgd_stepsize": 0.02, "eval_prob": 0.2, "observation_filter": "NoFilter",
-              "report_length": 3}
+    config = {
+        "num_workers": 0,
+        "noise_size": 10_000_000,
+        "num_rollouts": 1,
+        "rollouts_used": 1,
+        "noise_stdev": 0.01,
+        "sgd_stepsize": 0.02,
+        "eval_prob": 0.2,
+        "observation_filter": "NoFilter",
+        "report_length": 3,
+    }
     result = train_until("ARS", 300.0, 1_000_000, env="Swimmer-v5", config=config)
     _check(result, 300.0, 1_000_000)

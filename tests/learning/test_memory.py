@@ -74,8 +74,9 @@ def rss_every(algo: str, config: dict, total_steps: int, every: int = 50_000) ->
     return series
 
 
-def check_flat_per_steps(name: str, series: list[tuple[int, int]], total_steps: int,
-                         bound_mib_per_100k: float = 1.0) -> None:
+def check_flat_per_steps(
+    name: str, series: list[tuple[int, int]], total_steps: int, bound_mib_per_100k: float = 1.0
+) -> None:
     print(f"\n{name} RSS (MiB) by timesteps_total:")
     for steps, b in series:
         print(f"  {steps:>9,d}  {b / MIB:8.1f}")
@@ -83,8 +84,10 @@ def check_flat_per_steps(name: str, series: list[tuple[int, int]], total_steps: 
     assert len(window) >= 4, f"too few samples after warm-up: {window}"
     per_100k = slope([s for s, _ in window], [b for _, b in window]) * 100_000 / MIB
     growth = (window[-1][1] - window[0][1]) / MIB
-    print(f"{name}: slope after {WARMUP_FRACTION_STEPS:.0%} warm-up {per_100k:+.3f} MiB per 100k steps "
-          f"(bound {bound_mib_per_100k}); {growth:+.1f} MiB from {window[0][0]:,d} to {window[-1][0]:,d} steps")
+    print(
+        f"{name}: slope after {WARMUP_FRACTION_STEPS:.0%} warm-up {per_100k:+.3f} MiB per 100k steps "
+        f"(bound {bound_mib_per_100k}); {growth:+.1f} MiB from {window[0][0]:,d} to {window[-1][0]:,d} steps"
+    )
     assert per_100k <= bound_mib_per_100k, f"{name}: RSS grows {per_100k:.2f} MiB per 100k steps"
 
 
@@ -149,8 +152,10 @@ def test_impala_memory_is_flat_with_two_workers():
     for name, values in series.items():
         per_min = slope([times[j] / 60 for j in window], [values[j] for j in window]) / MIB
         growth = (values[window[-1]] - values[window[0]]) / MIB
-        print(f"{name}: {per_min:+.2f} MiB/min after {WARMUP_FRACTION_TIME:.0%} warm-up (bound 2); "
-              f"{growth:+.1f} MiB from {times[window[0]]:.0f} s to the end (bound 8)")
+        print(
+            f"{name}: {per_min:+.2f} MiB/min after {WARMUP_FRACTION_TIME:.0%} warm-up (bound 2); "
+            f"{growth:+.1f} MiB from {times[window[0]]:.0f} s to the end (bound 8)"
+        )
         if per_min > 2.0 or growth > 8.0:
             failures.append(f"{name}: {per_min:+.2f} MiB/min, {growth:+.1f} MiB")
     assert not failures, "RSS grows: " + "; ".join(failures)

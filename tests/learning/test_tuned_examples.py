@@ -43,6 +43,8 @@ def test_tuned_example(name, tmp_path):
     summaries = run_tuned_example(os.path.join(HERE, name), local_dir=str(tmp_path))
     assert summaries
     for s in summaries:
-        print(f"{name}:{s['experiment']}: reward {s['episode_reward_mean']} at {s['timesteps_total']} steps,"
-              f" {s['time_total_s']:.1f} s training")
+        print(
+            f"{name}:{s['experiment']}: reward {s['episode_reward_mean']} at {s['timesteps_total']} steps,"
+            f" {s['time_total_s']:.1f} s training"
+        )
         assert s["passed"], s["why"]

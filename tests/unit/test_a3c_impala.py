@@ -33,26 +33,60 @@ def _one_torch_thread():
 
 # --- configs (seed 004) ------------------------------------------------------------------------------------
 def test_a3c_config_reproduces_seed():
-    seed = {"sample_batch_size": 10, "use_pytorch": False, "lambda": 1.0, "grad_clip": 40.0, "lr": 0.0001,
-            "lr_schedule": None, "vf_loss_coeff": 0.5, "entropy_coeff": -0.01, "min_iter_time_s": 5,
-            "sample_async": True}
+    seed = {
+        "sample_batch_size": 10,
+        "use_pytorch": False,
+        "lambda": 1.0,
+        "grad_clip": 40.0,
+        "lr": 0.0001,
+        "lr_schedule": None,
+        "vf_loss_coeff": 0.5,
+        "entropy_coeff": -0.01,
+        "min_iter_time_s": 5,
+        "sample_async": True,
+    }
     assert {k: A3C_CONFIG[k] for k in seed} == seed
     assert A2C_DEFAULT_CONFIG["sample_batch_size"] == 20 and A2C_DEFAULT_CONFIG["sample_async"] is False
     assert A2C_DEFAULT_CONFIG["optimizer"] == {}
 
 
 def test_impala_config_reproduces_seed():
-    seed = {"vtrace": True, "vtrace_clip_rho_threshold": 1.0, "vtrace_clip_pg_rho_threshold": 1.0,
-            "sample_batch_size": 50, "train_batch_size": 500, "min_iter_time_s": 10, "num_workers": 2,
-            "num_gpus": 1, "num_parallel_data_loaders": 1, "max_sample_requests_in_flight_per_worker": 2,
-            "broadcast_interval": 1, "replay_proportion": 0.0, "replay_buffer_num_slots": 100, "grad_clip": 40.0,
-            "opt_type": "adam", "lr": 0.0005, "lr_schedule": None, "decay": 0.99, "momentum": 0.0, "epsilon": 0.1,
-            "vf_loss_coeff": 0.5, "entropy_coeff": -0.01}
+    seed = {
+        "vtrace": True,
+        "vtrace_clip_rho_threshold": 1.0,
+        "vtrace_clip_pg_rho_threshold": 1.0,
+        "sample_batch_size": 50,
+        "train_batch_size": 500,
+        "min_iter_time_s": 10,
+        "num_workers": 2,
+        "num_gpus": 1,
+        "num_parallel_data_loaders": 1,
+        "max_sample_requests_in_flight_per_worker": 2,
+        "broadcast_interval": 1,
+        "replay_proportion": 0.0,
+        "replay_buffer_num_slots": 100,
+        "grad_clip": 40.0,
+        "opt_type": "adam",
+        "lr": 0.0005,
+        "lr_schedule": None,
+        "decay": 0.99,
+        "momentum": 0.0,
+        "epsilon": 0.1,
+        "vf_loss_coeff": 0.5,
+        "entropy_coeff": -0.01,
+    }
     assert {k: IMPALA_CONFIG[k] for k in seed} == seed
 
 
-@pytest.mark.parametrize("bad", [{"opt_type": "sgd"}, {"batch_mode": "complete_episodes"},
-                                 {"vtrace_clip_rho_threshold": 0.0}, {"broadcast_interval": 0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"opt_type": "sgd"},
+        {"batch_mode": "complete_episodes"},
+        {"vtrace_clip_rho_threshold": 0.0},
+        {"broadcast_interval": 0},
+    ],
+)
 def test_impala_rejects_impossible_values(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         ImpalaTrainer(env="CartPole-v1", config={"num_workers": 0, "num_gpus": 0, **bad})
@@ -61,8 +95,16 @@ def test_impala_rejects_impossible_values(bad):
 def test_a3c_without_remote_workers_runs_the_same_loop_in_one_process():
     from relayrl.agents.a3c import A3CTrainer
 
-    trainer = A3CTrainer(env="CartPole-v1", config={"num_workers": 0, "min_iter_time_s": 0, "model": SMALL_MODEL,
-                                                    "optimizer": {"grads_per_step": 5}, "seed": 0})
+    trainer = A3CTrainer(
+        env="CartPole-v1",
+        config={
+            "num_workers": 0,
+            "min_iter_time_s": 0,
+            "model": SMALL_MODEL,
+            "optimizer": {"grads_per_step": 5},
+            "seed": 0,
+        },
+    )
     try:
         result = trainer.train()
         assert trainer.optimizer.num_gradients_applied == 5
@@ -74,14 +116,22 @@ def test_a3c_without_remote_workers_runs_the_same_loop_in_one_process():
 
 # --- the actor-critic loss ---------------------------------------------------------------------------------
 def _entropy_after_steps(entropy_coeff: float) -> tuple[float, float]:
-    policy = A3CTorchPolicy(OBS_SPACE, ACT_SPACE, {**A3C_CONFIG, "model": SMALL_MODEL, "lr": 0.01,
-                                                   "entropy_coeff": entropy_coeff, "seed": 0})
+    policy = A3CTorchPolicy(
+        OBS_SPACE,
+        ACT_SPACE,
+        {**A3C_CONFIG, "model": SMALL_MODEL, "lr": 0.01, "entropy_coeff": entropy_coeff, "seed": 0},
+    )
     with torch.no_grad():
         policy.model.logits.bias.copy_(torch.tensor([1.0, -1.0]))  # a peaked start: entropy can go either way
     obs = np.random.default_rng(0).uniform(-1, 1, (64, 4)).astype(np.float32)
-    batch = SampleBatch({SampleBatch.OBS: obs, SampleBatch.ACTIONS: np.zeros(64, np.int64),
-                         Postprocessing.ADVANTAGES: np.zeros(64, np.float32),
-                         Postprocessing.VALUE_TARGETS: np.zeros(64, np.float32)})
+    batch = SampleBatch(
+        {
+            SampleBatch.OBS: obs,
+            SampleBatch.ACTIONS: np.zeros(64, np.int64),
+            Postprocessing.ADVANTAGES: np.zeros(64, np.float32),
+            Postprocessing.VALUE_TARGETS: np.zeros(64, np.float32),
+        }
+    )
     first = policy.learn_on_batch(batch)["learner_stats"]["policy_entropy"]
     for _ in range(20):
         last = policy.learn_on_batch(batch)["learner_stats"]["policy_entropy"]
@@ -110,20 +160,29 @@ def _impala_batch(T: int = 5) -> SampleBatch:
     trunc = np.zeros(n, bool)
     term[2] = True
     trunc[T + 3] = True
-    return SampleBatch({
-        SampleBatch.OBS: rng.uniform(-1, 1, (n, 4)).astype(np.float32),
-        SampleBatch.NEXT_OBS: rng.uniform(-1, 1, (n, 4)).astype(np.float32),
-        SampleBatch.ACTIONS: rng.integers(0, 2, n),
-        SampleBatch.REWARDS: rng.uniform(0, 1, n),
-        SampleBatch.TERMINATEDS: term,
-        SampleBatch.TRUNCATEDS: trunc,
-        SampleBatch.ACTION_LOGP: np.full(n, np.log(0.5), np.float32),
-    })
+    return SampleBatch(
+        {
+            SampleBatch.OBS: rng.uniform(-1, 1, (n, 4)).astype(np.float32),
+            SampleBatch.NEXT_OBS: rng.uniform(-1, 1, (n, 4)).astype(np.float32),
+            SampleBatch.ACTIONS: rng.integers(0, 2, n),
+            SampleBatch.REWARDS: rng.uniform(0, 1, n),
+            SampleBatch.TERMINATEDS: term,
+            SampleBatch.TRUNCATEDS: trunc,
+            SampleBatch.ACTION_LOGP: np.full(n, np.log(0.5), np.float32),
+        }
+    )
 
 
 def _vtrace_policy(**overrides) -> VTraceTorchPolicy:
-    config = {**IMPALA_CONFIG, "model": SMALL_MODEL, "num_gpus": 0, "sample_batch_size": 5, "seed": 0,
-              "gamma": 0.9, **overrides}
+    config = {
+        **IMPALA_CONFIG,
+        "model": SMALL_MODEL,
+        "num_gpus": 0,
+        "sample_batch_size": 5,
+        "seed": 0,
+        "gamma": 0.9,
+        **overrides,
+    }
     return VTraceTorchPolicy(OBS_SPACE, ACT_SPACE, config)
 
 
@@ -207,12 +266,28 @@ def test_rmsprop_matches_tf_update():
 
 # --- AsyncSamplesOptimizer in one process -------------------------------------------------------------------------
 def test_async_samples_optimizer_local_mode_learns_in_the_background():
-    config = {**IMPALA_CONFIG, "num_workers": 0, "num_gpus": 0, "sample_batch_size": 10, "train_batch_size": 40,
-              "num_envs_per_worker": 2, "model": SMALL_MODEL, "seed": 0, "replay_proportion": 1.0,
-              "replay_buffer_num_slots": 4}
+    config = {
+        **IMPALA_CONFIG,
+        "num_workers": 0,
+        "num_gpus": 0,
+        "sample_batch_size": 10,
+        "train_batch_size": 40,
+        "num_envs_per_worker": 2,
+        "model": SMALL_MODEL,
+        "seed": 0,
+        "replay_proportion": 1.0,
+        "replay_buffer_num_slots": 4,
+    }
     workers = WorkerSet(lambda ctx: gym.make("CartPole-v1"), VTraceTorchPolicy, config, num_workers=0)
-    opt = AsyncSamplesOptimizer(workers, train_batch_size=40, sample_batch_size=10, num_envs_per_worker=2,
-                                replay_proportion=1.0, replay_buffer_num_slots=4, seed=0)
+    opt = AsyncSamplesOptimizer(
+        workers,
+        train_batch_size=40,
+        sample_batch_size=10,
+        num_envs_per_worker=2,
+        replay_proportion=1.0,
+        replay_buffer_num_slots=4,
+        seed=0,
+    )
     try:
         for _ in range(30):
             opt.step()
@@ -257,7 +332,6 @@ def test_async_gradients_applies_every_gradient_exactly_once(ray_session):
 
         def report(self) -> tuple[int, list]:
             return self.num_sampled, self.weights_seen
-
 
     class _LocalLearner:
         def __init__(self):
@@ -325,8 +399,16 @@ def test_sample_async_samples_in_a_background_thread():
 
 
 def test_impala_with_a_remote_worker_trains_and_restores(tmp_path):
-    config = {"num_workers": 1, "num_gpus": 0, "min_iter_time_s": 0, "timesteps_per_iteration": 1000,
-              "train_batch_size": 100, "sample_batch_size": 20, "model": SMALL_MODEL, "seed": 0}
+    config = {
+        "num_workers": 1,
+        "num_gpus": 0,
+        "min_iter_time_s": 0,
+        "timesteps_per_iteration": 1000,
+        "train_batch_size": 100,
+        "sample_batch_size": 20,
+        "model": SMALL_MODEL,
+        "seed": 0,
+    }
     trainer = ImpalaTrainer(env="CartPole-v1", config=config)
     try:
         result = trainer.train()
@@ -354,9 +436,18 @@ def test_impala_with_a_remote_worker_trains_and_restores(tmp_path):
 def test_impala_without_vtrace_uses_the_a3c_loss_on_gae_advantages():
     from relayrl.agents.impala import ImpalaA3CTorchPolicy
 
-    config = {"vtrace": False, "num_workers": 0, "num_gpus": 0, "min_iter_time_s": 0, "opt_type": "rmsprop",
-              "timesteps_per_iteration": 400, "train_batch_size": 100, "sample_batch_size": 20,
-              "model": SMALL_MODEL, "seed": 0}
+    config = {
+        "vtrace": False,
+        "num_workers": 0,
+        "num_gpus": 0,
+        "min_iter_time_s": 0,
+        "opt_type": "rmsprop",
+        "timesteps_per_iteration": 400,
+        "train_batch_size": 100,
+        "sample_batch_size": 20,
+        "model": SMALL_MODEL,
+        "seed": 0,
+    }
     trainer = ImpalaTrainer(env="CartPole-v1", config=config)
     try:
         assert isinstance(trainer.get_policy(), ImpalaA3CTorchPolicy)

@@ -83,8 +83,10 @@ def test_impala_without_remote_workers_shares_the_learner_lock_with_the_sampler(
     the optimizer's lock (each policy call, each optimizer step)."""
     from relayrl.agents.impala import ImpalaTrainer
 
-    trainer = ImpalaTrainer(env="CartPole-v1", config={"num_workers": 0, "model": {"fcnet_hiddens": [8]},
-                                                       "sample_batch_size": 20, "train_batch_size": 40})
+    trainer = ImpalaTrainer(
+        env="CartPole-v1",
+        config={"num_workers": 0, "model": {"fcnet_hiddens": [8]}, "sample_batch_size": 20, "train_batch_size": 40},
+    )
     try:
         trainer.train()
         worker = trainer.workers.local_worker()

@@ -8,8 +8,17 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "relayrl"
 # Spelt in pieces so that text searches for these imports do not match this list itself.
-FORBIDDEN = tuple(a + b for a, b in [("ray.", "rllib"), ("stable_", "baselines3"), ("clean", "rl"),
-                                     ("tian", "shou"), ("torch", "rl"), ("sample_", "factory")])
+FORBIDDEN = tuple(
+    a + b
+    for a, b in [
+        ("ray.", "rllib"),
+        ("stable_", "baselines3"),
+        ("clean", "rl"),
+        ("tian", "shou"),
+        ("torch", "rl"),
+        ("sample_", "factory"),
+    ]
+)
 
 
 def imported_modules(path: pathlib.Path) -> set[str]:
@@ -38,8 +47,8 @@ def test_evaluation_imports_neither_agents_nor_optimizers():
 
 
 def test_no_other_rl_library_anywhere():
-    for path in list(PACKAGE.rglob("*.py")) + list((ROOT / "tests").rglob("*.py")) + list(
-        (ROOT / "benchmarks").rglob("*.py")
+    for path in (
+        list(PACKAGE.rglob("*.py")) + list((ROOT / "tests").rglob("*.py")) + list((ROOT / "benchmarks").rglob("*.py"))
     ):
         for module in imported_modules(path):
             assert not module.startswith(FORBIDDEN), f"{path.relative_to(ROOT)} imports {module}"
@@ -52,14 +61,18 @@ def test_no_file_over_500_lines():
 
 
 def test_import_relayrl_starts_neither_ray_nor_tune():
-    code = "import sys, relayrl; from relayrl.agents.ppo import PPOTrainer; " \
-           "print('ray.tune' in sys.modules, 'torch._dynamo' in sys.modules)"
+    code = (
+        "import sys, relayrl; from relayrl.agents.ppo import PPOTrainer; "
+        "print('ray.tune' in sys.modules, 'torch._dynamo' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"], out
 
 
 def test_tune_finds_our_trainers_when_imported_after_relayrl():
-    code = "import relayrl; from ray.tune.registry import get_trainable_cls; " \
-           "print(get_trainable_cls('PPO').__module__, get_trainable_cls('PG').__name__)"
+    code = (
+        "import relayrl; from ray.tune.registry import get_trainable_cls; "
+        "print(get_trainable_cls('PPO').__module__, get_trainable_cls('PG').__name__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["relayrl.agents.tune_adapter", "PG"], out

@@ -42,14 +42,23 @@ def on_train_result(info):
     info["result"]["callback_saw_iteration"] = info["trainer"].iteration
 
 
-CALLBACKS = {f.__name__: f for f in (on_episode_start, on_episode_step, on_episode_end, on_sample_end,
-                                     on_postprocess_traj, on_train_result)}
+CALLBACKS = {
+    f.__name__: f
+    for f in (on_episode_start, on_episode_step, on_episode_end, on_sample_end, on_postprocess_traj, on_train_result)
+}
 
 
 def test_callbacks_custom_metrics_and_evaluation():
     CALLS.clear()
-    config = {"seed": 0, "callbacks": CALLBACKS, "evaluation_interval": 2, "evaluation_num_episodes": 3,
-              "evaluation_config": {"explore": False}, "train_batch_size": 400, "sample_batch_size": 200}
+    config = {
+        "seed": 0,
+        "callbacks": CALLBACKS,
+        "evaluation_interval": 2,
+        "evaluation_num_episodes": 3,
+        "evaluation_config": {"explore": False},
+        "train_batch_size": 400,
+        "sample_batch_size": 200,
+    }
     trainer = PGTrainer(env="CartPole-v1", config=config)
     results = [trainer.train() for _ in range(4)]
     trainer.stop()

@@ -18,8 +18,14 @@ from relayrl.agents.ppo import PPOTrainer
 from relayrl.agents.trainer import Trainer
 
 SMALL = {
-    "num_workers": 0, "sample_batch_size": 128, "train_batch_size": 256, "sgd_minibatch_size": 64,
-    "num_sgd_iter": 2, "observation_filter": "MeanStdFilter", "model": {"fcnet_hiddens": [32, 32]}, "seed": 0,
+    "num_workers": 0,
+    "sample_batch_size": 128,
+    "train_batch_size": 256,
+    "sgd_minibatch_size": 64,
+    "num_sgd_iter": 2,
+    "observation_filter": "MeanStdFilter",
+    "model": {"fcnet_hiddens": [32, 32]},
+    "seed": 0,
 }
 
 
@@ -73,8 +79,9 @@ def test_save_restore_round_trip(trained, good_checkpoint):
     # The optimizer state comes back too: the next iteration of both trainers is identical.
     opt_a = trained.get_policy().get_state()["optimizers"]
     opt_b = fresh.get_policy().get_state()["optimizers"]
-    assert json.dumps(opt_a, default=lambda x: np.asarray(x).tolist()) == \
-        json.dumps(opt_b, default=lambda x: np.asarray(x).tolist())
+    assert json.dumps(opt_a, default=lambda x: np.asarray(x).tolist()) == json.dumps(
+        opt_b, default=lambda x: np.asarray(x).tolist()
+    )
     rebuilt = Trainer.from_checkpoint(good_checkpoint)
     assert type(rebuilt) is PPOTrainer and rebuilt.config["model"]["fcnet_hiddens"] == [32, 32]
     assert_same(before, snapshot(rebuilt))
@@ -144,16 +151,24 @@ def _truncate(path):
 
 
 CORRUPTIONS = {
-    "other algorithm": (lambda p, tmp: _other_trainer_checkpoint(tmp, PGTrainer, "CartPole-v1", {"seed": 0}),
-                        "written by trainer 'PG'"),
+    "other algorithm": (
+        lambda p, tmp: _other_trainer_checkpoint(tmp, PGTrainer, "CartPole-v1", {"seed": 0}),
+        "written by trainer 'PG'",
+    ),
     "other spaces": (lambda p, tmp: _other_trainer_checkpoint(tmp, PPOTrainer, "Acrobot-v1", SMALL), "spaces"),
-    "other model": (lambda p, tmp: _other_trainer_checkpoint(
-        tmp, PPOTrainer, "CartPole-v1", {**SMALL, "model": {"fcnet_hiddens": [16]}}), "do not match"),
+    "other model": (
+        lambda p, tmp: _other_trainer_checkpoint(
+            tmp, PPOTrainer, "CartPole-v1", {**SMALL, "model": {"fcnet_hiddens": [16]}}
+        ),
+        "do not match",
+    ),
     "missing tensors file": (lambda p, tmp: os.remove(os.path.join(p, TENSORS)), "missing"),
     "missing manifest": (lambda p, tmp: os.remove(os.path.join(p, MANIFEST)), "missing"),
     "bad manifest json": (lambda p, tmp: _write(os.path.join(p, MANIFEST), "{not json"), "not valid JSON"),
-    "newer format version": (lambda p, tmp: _edit_manifest(p, lambda m: m.update(format_version=99)),
-                             "format version 99"),
+    "newer format version": (
+        lambda p, tmp: _edit_manifest(p, lambda m: m.update(format_version=99)),
+        "format version 99",
+    ),
     "truncated tensors": (lambda p, tmp: _truncate(p), "corrupt"),
     "missing path": (lambda p, tmp: shutil.rmtree(p), "does not exist"),
 }
@@ -216,7 +231,6 @@ def test_kill_during_save_keeps_previous_checkpoint(round_, tmp_path):
     for p in restored.get_policy().model.parameters():
         assert bool((p == float(k)).all()), "the checkpoint mixes two saves"
     restored.stop()
-
 
 
 def test_save_killed_between_its_two_renames(trained, good_checkpoint, tmp_path):

@@ -31,12 +31,24 @@ from relayrl.agents.ppo import PPOTrainer
 from relayrl.agents.trainer import Trainer
 
 PPO_CONFIG = {
-    "num_workers": 0, "sample_batch_size": 128, "train_batch_size": 256, "sgd_minibatch_size": 64,
-    "num_sgd_iter": 2, "observation_filter": "MeanStdFilter", "model": {"fcnet_hiddens": [32, 32]}, "seed": 0,
+    "num_workers": 0,
+    "sample_batch_size": 128,
+    "train_batch_size": 256,
+    "sgd_minibatch_size": 64,
+    "num_sgd_iter": 2,
+    "observation_filter": "MeanStdFilter",
+    "model": {"fcnet_hiddens": [32, 32]},
+    "seed": 0,
 }
 DQN_CONFIG = {
-    "num_workers": 0, "seed": 0, "compress_observations": False, "learning_starts": 100,
-    "timesteps_per_iteration": 300, "min_iter_time_s": 0, "hiddens": [16], "model": {"fcnet_hiddens": [16]},
+    "num_workers": 0,
+    "seed": 0,
+    "compress_observations": False,
+    "learning_starts": 100,
+    "timesteps_per_iteration": 300,
+    "min_iter_time_s": 0,
+    "hiddens": [16],
+    "model": {"fcnet_hiddens": [16]},
 }
 ALGOS = {"PPO": (PPOTrainer, PPO_CONFIG), "DQN": (DQNTrainer, DQN_CONFIG)}
 
@@ -47,8 +59,7 @@ def full_state(trainer: Trainer) -> dict:
     return {
         "policies": {pid: p.get_state() for pid, p in local.policy_map.items()},
         "filters": local.get_filter_states(),
-        "counters": [trainer.iteration, trainer._timesteps_total, trainer._time_total,
-                     trainer._metrics.episodes_total],
+        "counters": [trainer.iteration, trainer._timesteps_total, trainer._time_total, trainer._metrics.episodes_total],
         "optimizer": trainer.optimizer.save(),
         "extra": trainer._extra_state(),
         "global_vars": dict(local.global_vars),
@@ -124,8 +135,10 @@ def edit_tensors(fn):
         save_file(tensors, file)
         with open(file, "rb") as f:
             data = f.read()
-        edit_manifest(path, lambda m: m["files"].update(
-            {TENSORS: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}}))
+        edit_manifest(
+            path,
+            lambda m: m["files"].update({TENSORS: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}}),
+        )
 
     return run
 
@@ -152,6 +165,7 @@ def write(name: str, text: str):
     def run(path: str) -> None:
         with open(os.path.join(path, name), "w") as f:
             f.write(text)
+
     return run
 
 
@@ -169,6 +183,7 @@ def other_checkpoint(cls, env, config):
             return trainer.save(path + "-other")
         finally:
             trainer.stop()
+
     return run
 
 
@@ -176,6 +191,7 @@ def replace_tensor(key_part: str, new):
     def fn(tensors):
         key = sorted(k for k in tensors if key_part in k)[0]
         tensors[key] = new(tensors[key])
+
     return fn
 
 
@@ -196,82 +212,134 @@ COMMON = {
     "manifest without state": (lambda p: edit_manifest(p, lambda m: m.pop("state")), r"'state'"),
     "state not an object": (lambda p: edit_manifest(p, lambda m: m.update(state=[1])), r"'state'"),
     "manifest without trainer": (lambda p: edit_manifest(p, lambda m: m.pop("trainer")), r"'trainer'"),
-    "format version a string": (lambda p: edit_manifest(p, lambda m: m.update(format_version="2")),
-                                r"format version '2'"),
+    "format version a string": (
+        lambda p: edit_manifest(p, lambda m: m.update(format_version="2")),
+        r"format version '2'",
+    ),
     "newer format version": (lambda p: edit_manifest(p, lambda m: m.update(format_version=99)), "format version 99"),
     "checksums missing": (lambda p: edit_manifest(p, lambda m: m.pop("files")), r"'files'"),
-    "checksum malformed": (lambda p: edit_manifest(p, lambda m: m["files"][TENSORS].update(sha256="abc")),
-                           r"sha256"),
-    "checksum names a path outside": (lambda p: edit_manifest(p, lambda m: m["files"].update(
-        {"../x": {"sha256": "0" * 64, "bytes": 1}})), r"'\.\./x'"),
+    "checksum malformed": (lambda p: edit_manifest(p, lambda m: m["files"][TENSORS].update(sha256="abc")), r"sha256"),
+    "checksum names a path outside": (
+        lambda p: edit_manifest(p, lambda m: m["files"].update({"../x": {"sha256": "0" * 64, "bytes": 1}})),
+        r"'\.\./x'",
+    ),
     "not a checkpoint": (not_a_checkpoint, r"not a relayrl checkpoint"),
     "missing path": (shutil.rmtree, r"does not exist"),
-    "iteration not a number": (lambda p: edit_manifest(p, lambda m: m["counters"].update(iteration="abc")),
-                               r"counter 'iteration' must be a non-negative integer, found 'abc'"),
-    "iteration a float": (lambda p: edit_manifest(p, lambda m: m["counters"].update(iteration=1.5)),
-                          r"counter 'iteration'"),
-    "negative timesteps": (lambda p: edit_manifest(p, lambda m: m["counters"].update(timesteps_total=-3)),
-                           r"counter 'timesteps_total'"),
-    "time not a number": (lambda p: edit_manifest(p, lambda m: m["counters"].update(time_total_s="x")),
-                          r"counter 'time_total_s' must be a non-negative number"),
-    "episodes missing": (lambda p: edit_manifest(p, lambda m: m["counters"].pop("episodes_total")),
-                         r"counter 'episodes_total' is missing"),
+    "iteration not a number": (
+        lambda p: edit_manifest(p, lambda m: m["counters"].update(iteration="abc")),
+        r"counter 'iteration' must be a non-negative integer, found 'abc'",
+    ),
+    "iteration a float": (
+        lambda p: edit_manifest(p, lambda m: m["counters"].update(iteration=1.5)),
+        r"counter 'iteration'",
+    ),
+    "negative timesteps": (
+        lambda p: edit_manifest(p, lambda m: m["counters"].update(timesteps_total=-3)),
+        r"counter 'timesteps_total'",
+    ),
+    "time not a number": (
+        lambda p: edit_manifest(p, lambda m: m["counters"].update(time_total_s="x")),
+        r"counter 'time_total_s' must be a non-negative number",
+    ),
+    "episodes missing": (
+        lambda p: edit_manifest(p, lambda m: m["counters"].pop("episodes_total")),
+        r"counter 'episodes_total' is missing",
+    ),
     "counters missing": (lambda p: edit_manifest(p, lambda m: m.pop("counters")), r"'counters'"),
-    "global_timestep not a number": (edit_state(lambda s: pol(s).update(global_timestep="x")),
-                                     r"'policies\.default_policy\.global_timestep' must be a non-negative integer"),
+    "global_timestep not a number": (
+        edit_state(lambda s: pol(s).update(global_timestep="x")),
+        r"'policies\.default_policy\.global_timestep' must be a non-negative integer",
+    ),
     "policy missing": (edit_state(lambda s: s["policies"].pop("default_policy")), r"'default_policy'"),
     "policy has an unknown field": (edit_state(lambda s: pol(s).update(surprise=1)), r"unexpected \['surprise'\]"),
-    "optimizer step not a number": (edit_state(lambda s: pol(s)["optimizers"][0].update(step="abc")),
-                                    r"'policies\.default_policy\.optimizers\.0\.step'"),
-    "optimizer list too long": (edit_state(lambda s: pol(s)["optimizers"].append(pol(s)["optimizers"][0])),
-                                r"'policies\.default_policy\.optimizers' has 2 entries"),
-    "optimizer counter not a number": (edit_state(lambda s: s["optimizer"].update(num_steps_sampled="x")),
-                                       r"'optimizer\.num_steps_sampled'"),
+    "optimizer step not a number": (
+        edit_state(lambda s: pol(s)["optimizers"][0].update(step="abc")),
+        r"'policies\.default_policy\.optimizers\.0\.step'",
+    ),
+    "optimizer list too long": (
+        edit_state(lambda s: pol(s)["optimizers"].append(pol(s)["optimizers"][0])),
+        r"'policies\.default_policy\.optimizers' has 2 entries",
+    ),
+    "optimizer counter not a number": (
+        edit_state(lambda s: s["optimizer"].update(num_steps_sampled="x")),
+        r"'optimizer\.num_steps_sampled'",
+    ),
     "extra state unknown": (edit_state(lambda s: s["trainer"].update(x=1)), r"'trainer'.*unexpected \['x'\]"),
-    "weight of the wrong shape": (edit_tensors(replace_tensor(WEIGHTS, lambda t: np.zeros((3, 3), t.dtype))),
-                                  r"'policies\.default_policy\.weights\..*' has shape \(3, 3\)"),
-    "weight of the wrong dtype": (edit_tensors(replace_tensor(WEIGHTS, lambda t: t.astype(np.float64))),
-                                  r"float64"),
-    "optimizer state of the wrong shape": (edit_tensors(replace_tensor(
-        "optimizers.0.exp_avg.", lambda t: np.zeros(7, t.dtype))), r"'policies\.default_policy\.optimizers\.0\."),
-    "tensor missing from the file": (edit_tensors(lambda ts: ts.pop(sorted(k for k in ts if WEIGHTS in k)[0])),
-                                     r"missing from tensors\.safetensors"),
-    "tensors file of another checkpoint": (lambda p: shutil.copy(
-        os.path.join(other_checkpoint(PGTrainer, "CartPole-v1", {"seed": 0})(p), TENSORS),
-        os.path.join(p, TENSORS)), r"tensors\.safetensors is corrupt"),
+    "weight of the wrong shape": (
+        edit_tensors(replace_tensor(WEIGHTS, lambda t: np.zeros((3, 3), t.dtype))),
+        r"'policies\.default_policy\.weights\..*' has shape \(3, 3\)",
+    ),
+    "weight of the wrong dtype": (edit_tensors(replace_tensor(WEIGHTS, lambda t: t.astype(np.float64))), r"float64"),
+    "optimizer state of the wrong shape": (
+        edit_tensors(replace_tensor("optimizers.0.exp_avg.", lambda t: np.zeros(7, t.dtype))),
+        r"'policies\.default_policy\.optimizers\.0\.",
+    ),
+    "tensor missing from the file": (
+        edit_tensors(lambda ts: ts.pop(sorted(k for k in ts if WEIGHTS in k)[0])),
+        r"missing from tensors\.safetensors",
+    ),
+    "tensors file of another checkpoint": (
+        lambda p: shutil.copy(
+            os.path.join(other_checkpoint(PGTrainer, "CartPole-v1", {"seed": 0})(p), TENSORS), os.path.join(p, TENSORS)
+        ),
+        r"tensors\.safetensors is corrupt",
+    ),
     "other trainer": (other_checkpoint(PGTrainer, "CartPole-v1", {"seed": 0}), r"written by trainer 'PG'"),
 }
 PPO_ONLY = {
-    "filter buffer missing": (edit_state(lambda s: s["filters"]["default_policy"].pop("buffer")),
-                              r"'filters\.default_policy' lacks 'buffer'"),
-    "filter mean of the wrong shape": (edit_tensors(replace_tensor("filters.default_policy.rs.mean",
-                                                                   lambda t: np.zeros(5, t.dtype))),
-                                       r"'filters\.default_policy\.rs\.mean' has shape \(5,\), the filter's is \(4,\)"),
-    "filter count negative": (edit_state(lambda s: s["filters"]["default_policy"]["rs"].update(n=-1)),
-                              r"'filters\.default_policy\.rs\.n' must be a non-negative integer"),
-    "filter m2 negative": (edit_tensors(replace_tensor("filters.default_policy.buffer.m2", lambda t: -np.ones_like(t))),
-                           r"'filters\.default_policy\.buffer\.m2'"),
-    "filter of another type": (edit_state(lambda s: s["filters"].update(default_policy={"type": "NoFilter"})),
-                               r"'filters\.default_policy' is a NoFilter, this trainer's observation_filter is"
-                               r" a MeanStdFilter"),
+    "filter buffer missing": (
+        edit_state(lambda s: s["filters"]["default_policy"].pop("buffer")),
+        r"'filters\.default_policy' lacks 'buffer'",
+    ),
+    "filter mean of the wrong shape": (
+        edit_tensors(replace_tensor("filters.default_policy.rs.mean", lambda t: np.zeros(5, t.dtype))),
+        r"'filters\.default_policy\.rs\.mean' has shape \(5,\), the filter's is \(4,\)",
+    ),
+    "filter count negative": (
+        edit_state(lambda s: s["filters"]["default_policy"]["rs"].update(n=-1)),
+        r"'filters\.default_policy\.rs\.n' must be a non-negative integer",
+    ),
+    "filter m2 negative": (
+        edit_tensors(replace_tensor("filters.default_policy.buffer.m2", lambda t: -np.ones_like(t))),
+        r"'filters\.default_policy\.buffer\.m2'",
+    ),
+    "filter of another type": (
+        edit_state(lambda s: s["filters"].update(default_policy={"type": "NoFilter"})),
+        r"'filters\.default_policy' is a NoFilter, this trainer's observation_filter is"
+        r" a MeanStdFilter",
+    ),
     "filter missing": (edit_state(lambda s: s["filters"].pop("default_policy")), r"'filters'.*'default_policy'"),
-    "kl_coeff not a number": (edit_state(lambda s: pol(s).update(kl_coeff="big")),
-                              r"'policies\.default_policy\.kl_coeff'"),
+    "kl_coeff not a number": (
+        edit_state(lambda s: pol(s).update(kl_coeff="big")),
+        r"'policies\.default_policy\.kl_coeff'",
+    ),
     "other spaces": (other_checkpoint(PPOTrainer, "Acrobot-v1", PPO_CONFIG), r"spaces"),
-    "other model": (other_checkpoint(PPOTrainer, "CartPole-v1", {**PPO_CONFIG, "model": {"fcnet_hiddens": [16]}}),
-                    r"do not match"),
-    "no observation filter in the checkpoint": (other_checkpoint(
-        PPOTrainer, "CartPole-v1", {**PPO_CONFIG, "observation_filter": "NoFilter"}), r"observation_filter"),
+    "other model": (
+        other_checkpoint(PPOTrainer, "CartPole-v1", {**PPO_CONFIG, "model": {"fcnet_hiddens": [16]}}),
+        r"do not match",
+    ),
+    "no observation filter in the checkpoint": (
+        other_checkpoint(PPOTrainer, "CartPole-v1", {**PPO_CONFIG, "observation_filter": "NoFilter"}),
+        r"observation_filter",
+    ),
 }
 DQN_ONLY = {
-    "target weights of the wrong shape": (edit_tensors(replace_tensor(
-        "target_weights.", lambda t: np.zeros((2, 2), t.dtype))), r"'policies\.default_policy\.target_weights\."),
-    "target weights missing": (edit_state(lambda s: pol(s).pop("target_weights")),
-                               r"'policies\.default_policy' lacks 'target_weights'"),
-    "replay optimizer counter not a number": (edit_state(lambda s: s["optimizer"].update(last_target_update_ts="x")),
-                                              r"'optimizer\.last_target_update_ts'"),
-    "target update count negative": (edit_state(lambda s: s["optimizer"].update(num_target_updates=-2)),
-                                     r"'optimizer\.num_target_updates'"),
+    "target weights of the wrong shape": (
+        edit_tensors(replace_tensor("target_weights.", lambda t: np.zeros((2, 2), t.dtype))),
+        r"'policies\.default_policy\.target_weights\.",
+    ),
+    "target weights missing": (
+        edit_state(lambda s: pol(s).pop("target_weights")),
+        r"'policies\.default_policy' lacks 'target_weights'",
+    ),
+    "replay optimizer counter not a number": (
+        edit_state(lambda s: s["optimizer"].update(last_target_update_ts="x")),
+        r"'optimizer\.last_target_update_ts'",
+    ),
+    "target update count negative": (
+        edit_state(lambda s: s["optimizer"].update(num_target_updates=-2)),
+        r"'optimizer\.num_target_updates'",
+    ),
 }
 CASES = [("PPO", c) for c in sorted({**COMMON, **PPO_ONLY})] + [("DQN", c) for c in sorted({**COMMON, **DQN_ONLY})]
 
@@ -460,8 +528,14 @@ ZYGOTE = textwrap.dedent("""
             save(int(arg))
             print("saved", flush=True)
 """)
-KILL_CONFIG = {"num_workers": 0, "model": {"fcnet_hiddens": [512, 512]}, "seed": 0,
-               "sample_batch_size": 16, "train_batch_size": 16, "sgd_minibatch_size": 16}
+KILL_CONFIG = {
+    "num_workers": 0,
+    "model": {"fcnet_hiddens": [512, 512]},
+    "seed": 0,
+    "sample_batch_size": 16,
+    "train_batch_size": 16,
+    "sgd_minibatch_size": 16,
+}
 
 
 def stale_entries(root: str) -> list[str]:
@@ -478,8 +552,9 @@ def test_sigkill_during_save_50_times(mode, tmp_path):
     root = str(tmp_path)
     path = os.path.join(root, "ckpt")
     rng = random.Random(mode)
-    zygote = subprocess.Popen([sys.executable, "-c", ZYGOTE, path, mode], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    zygote = subprocess.Popen(
+        [sys.executable, "-c", ZYGOTE, path, mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
 
     def ask(command: str) -> str:
         zygote.stdin.write(command + "\n")

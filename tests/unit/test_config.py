@@ -10,8 +10,11 @@ from relayrl.config import COMMON_CONFIG, with_common_config
     [
         ({"lrr": 0.1}, r"unknown key 'lrr' \(did you mean 'lr'\?\)"),
         ({"num_sgd_itr": 3}, r"did you mean 'num_sgd_iter'"),
-        ({"model": {"fcnet_hidden": [8]}}, r"unknown key 'model.fcnet_hidden' \(did you mean 'model.fcnet_hiddens'|"
-                                           r"did you mean 'fcnet_hiddens'"),
+        (
+            {"model": {"fcnet_hidden": [8]}},
+            r"unknown key 'model.fcnet_hidden' \(did you mean 'model.fcnet_hiddens'|"
+            r"did you mean 'fcnet_hiddens'",
+        ),
         ({"lr": "fast"}, r"'lr' must be int or float, got 'fast'"),
         ({"num_workers": 1.5}, r"'num_workers' must be int"),
         ({"num_workers": True}, r"'num_workers' must be int"),
@@ -62,8 +65,10 @@ def test_defaults_are_the_seeds():
 
 
 def test_valid_config_accepted():
-    trainer = PGTrainer(env="CartPole-v1", config={"lr": 1, "model": {"fcnet_hiddens": [16]}, "horizon": 50,
-                                                   "clip_rewards": 1.0, "seed": 3})
+    trainer = PGTrainer(
+        env="CartPole-v1",
+        config={"lr": 1, "model": {"fcnet_hiddens": [16]}, "horizon": 50, "clip_rewards": 1.0, "seed": 3},
+    )
     assert trainer.config["lr"] == 1 and trainer.config["model"]["fcnet_activation"] == "tanh"
 
 
@@ -96,16 +101,30 @@ def test_rollout_worker_rejects_unknown_keywords():
     def cartpole(ctx):
         return gym.make("CartPole-v1")
 
-    with pytest.raises(TypeError, match=r"unexpected keyword argument 'sample_batch_sise' \(did you mean"
-                                        r" 'sample_batch_size'\?\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"unexpected keyword argument 'sample_batch_sise' \(did you mean"
+        r" 'sample_batch_size'\?\)",
+    ):
         RolloutWorker(cartpole, PGTorchPolicy, sample_batch_sise=10)
     with pytest.raises(TypeError, match=r"'lambda'.*through policy_config"):
         RolloutWorker(cartpole, PGTorchPolicy, **{"lambda": 0.9})
     # Seed-era names still map, the TensorFlow-only ones are dropped, an algorithm's keys come with its config.
-    worker = RolloutWorker(cartpole, PGTorchPolicy, batch_steps=10, episode_horizon=5, num_envs=2,
-                           model_config={"fcnet_hiddens": [8]}, tf_session_creator=None, preprocessor_pref="deepmind")
-    assert (worker.config["sample_batch_size"], worker.config["horizon"], worker.config["num_envs_per_worker"]) == \
-        (10, 5, 2)
+    worker = RolloutWorker(
+        cartpole,
+        PGTorchPolicy,
+        batch_steps=10,
+        episode_horizon=5,
+        num_envs=2,
+        model_config={"fcnet_hiddens": [8]},
+        tf_session_creator=None,
+        preprocessor_pref="deepmind",
+    )
+    assert (worker.config["sample_batch_size"], worker.config["horizon"], worker.config["num_envs_per_worker"]) == (
+        10,
+        5,
+        2,
+    )
     assert worker.config["model"]["fcnet_hiddens"] == [8]
     worker = RolloutWorker(cartpole, PPOTorchPolicy, policy_config=dict(DEFAULT_CONFIG), **{"lambda": 0.5})
     assert worker.config["lambda"] == 0.5
@@ -123,15 +142,28 @@ def test_every_key_a_result_reports_is_a_valid_stop_criterion():
 
     from relayrl.experiments import validate_stop
 
-    config = {"train_batch_size": 64, "sample_batch_size": 32, "evaluation_interval": 1,
-              "evaluation_num_episodes": 1, "model": {"fcnet_hiddens": [8]}}
+    config = {
+        "train_batch_size": 64,
+        "sample_batch_size": 32,
+        "evaluation_interval": 1,
+        "evaluation_num_episodes": 1,
+        "model": {"fcnet_hiddens": [8]},
+    }
     keys = _flat_result_keys(PGTrainer(env="CartPole-v1", config=config))
     keys |= set(AUTO_RESULT_KEYS) - {"config", "checkpoint_dir_name", "node_ip", "hostname", "pid", "date"}
     keys -= {"hostname", "pid", "date"}  # strings and a pid: reported, but nothing to stop on
     assert "evaluation/episode_reward_mean" in keys and "info/num_steps_sampled" in keys
     validate_stop("x", {k: 1 for k in keys}, PGTrainer._default_config, config)
-    validate_stop("x", {"custom_metrics/pole_angle_mean": 1, "policy_reward_mean/default_policy": 1,
-                        "info/learner/default_policy/policy_loss": 0}, PGTrainer._default_config, {})
+    validate_stop(
+        "x",
+        {
+            "custom_metrics/pole_angle_mean": 1,
+            "policy_reward_mean/default_policy": 1,
+            "info/learner/default_policy/policy_loss": 0,
+        },
+        PGTrainer._default_config,
+        {},
+    )
 
 
 def test_unknown_stop_criteria_are_rejected_before_ray_starts():
@@ -141,8 +173,11 @@ def test_unknown_stop_criteria_are_rejected_before_ray_starts():
 
     ray_was_up = ray.is_initialized()  # an earlier test's session may have started it; this one must not
     defaults = PGTrainer._default_config
-    with pytest.raises(UserError, match=r"unknown stop criterion 'episode_reward_meen' \(did you mean"
-                                        r" 'episode_reward_mean'\?\)"):
+    with pytest.raises(
+        UserError,
+        match=r"unknown stop criterion 'episode_reward_meen' \(did you mean"
+        r" 'episode_reward_mean'\?\)",
+    ):
         validate_stop("x", {"episode_reward_meen": 100}, defaults, {})
     with pytest.raises(UserError, match=r"did you mean 'evaluation/episode_reward_mean'"):
         validate_stop("x", {"evaluation/episode_reward_meen": 100}, defaults, {"evaluation_interval": 1})

@@ -114,10 +114,16 @@ def test_accepted_optimizer_options_reach_the_optimizer():
 
 
 # --- legacy names ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("legacy, num_gpus", [
-    ({"gpu_fraction": 0.2}, 0.2), ({"gpu": True}, 1), ({"gpu": False}, 0),
-    ({"gpu": True, "gpu_fraction": 0.5}, 0.5), ({"gpu": False, "gpu_fraction": 0.5}, 0),
-])
+@pytest.mark.parametrize(
+    "legacy, num_gpus",
+    [
+        ({"gpu_fraction": 0.2}, 0.2),
+        ({"gpu": True}, 1),
+        ({"gpu": False}, 0),
+        ({"gpu": True, "gpu_fraction": 0.5}, 0.5),
+        ({"gpu": False, "gpu_fraction": 0.5}, 0),
+    ],
+)
 def test_gpu_and_gpu_fraction_map_to_num_gpus(legacy, num_gpus):
     config = _prepare("DQN", legacy)
     assert config["num_gpus"] == num_gpus and "gpu" not in config and "gpu_fraction" not in config
@@ -169,8 +175,9 @@ def test_the_trainer_translates_validates_and_merges_once(monkeypatch):
     translate = config_module.translate_legacy_keys
     monkeypatch.setattr(config_module, "translate_legacy_keys", lambda *a: calls.append(1) or translate(*a))
     seen = []
-    trainer_cls = build_trainer(name="Probe", default_policy=PGTorchPolicy, default_config=DEFAULT_CONFIG,
-                                validate_config=seen.append)
+    trainer_cls = build_trainer(
+        name="Probe", default_policy=PGTorchPolicy, default_config=DEFAULT_CONFIG, validate_config=seen.append
+    )
     trainer = trainer_cls(env="CartPole-v1", config={**TINY_PG, "sgd_stepsize": 0.01})
     try:
         assert len(calls) == 1 and len(seen) == 1
@@ -195,14 +202,17 @@ def test_declared_atari_defaults_describe_the_default_pipeline():
     assert (MODEL_DEFAULTS["dim"], MODEL_DEFAULTS["framestack"]) == (84, True)
 
 
-@pytest.mark.parametrize("model, shape, dtype", [
-    ({}, (84, 84, 4), np.uint8),
-    ({"dim": 42}, (42, 42, 4), np.uint8),
-    ({"dim": 42, "framestack": False}, (42, 42, 1), np.uint8),
-    ({"grayscale": False, "framestack": False}, (84, 84, 3), np.uint8),
-    ({"grayscale": False, "framestack": 2}, (84, 84, 6), np.uint8),
-    ({"zero_mean": True}, (84, 84, 4), np.float32),
-])
+@pytest.mark.parametrize(
+    "model, shape, dtype",
+    [
+        ({}, (84, 84, 4), np.uint8),
+        ({"dim": 42}, (42, 42, 4), np.uint8),
+        ({"dim": 42, "framestack": False}, (42, 42, 1), np.uint8),
+        ({"grayscale": False, "framestack": False}, (84, 84, 3), np.uint8),
+        ({"grayscale": False, "framestack": 2}, (84, 84, 6), np.uint8),
+        ({"zero_mean": True}, (84, 84, 4), np.float32),
+    ],
+)
 def test_atari_model_keys_shape_the_observations(model, shape, dtype):
     pytest.importorskip("ale_py")
     pytest.importorskip("cv2")
@@ -268,9 +278,17 @@ def test_monitor_records_sub_env_0_into_the_logdir_and_evaluation_under_evaluati
     pytest.importorskip("moviepy")
     from relayrl.agents.pg import PGTrainer
 
-    trainer = PGTrainer(env="relayrl_test_renderable_cartpole", logger_creator=str(tmp_path), config={
-        **TINY_PG, "monitor": True, "num_envs_per_worker": 2, "evaluation_interval": 1,
-        "evaluation_num_episodes": 1})
+    trainer = PGTrainer(
+        env="relayrl_test_renderable_cartpole",
+        logger_creator=str(tmp_path),
+        config={
+            **TINY_PG,
+            "monitor": True,
+            "num_envs_per_worker": 2,
+            "evaluation_interval": 1,
+            "evaluation_num_episodes": 1,
+        },
+    )
     try:
         trainer.train()
         subs = trainer.workers.local_worker().async_env.get_sub_environments()
@@ -290,17 +308,26 @@ def test_monitor_with_an_env_that_cannot_render_names_render_mode(tmp_path):
     from relayrl.agents.pg import PGTrainer
 
     with pytest.raises(ValueError, match=r"render_mode=None.*ctx\.render_mode"):
-        PGTrainer(env="relayrl_test_blind_cartpole", logger_creator=str(tmp_path),
-                  config={**TINY_PG, "monitor": True})
+        PGTrainer(env="relayrl_test_blind_cartpole", logger_creator=str(tmp_path), config={**TINY_PG, "monitor": True})
 
 
 def test_monitor_records_es_rollouts(tmp_path):
     pytest.importorskip("moviepy")
     from relayrl.agents.es import ESTrainer
 
-    trainer = ESTrainer(env="CartPole-v1", logger_creator=str(tmp_path), config={
-        "num_workers": 0, "noise_size": 100_000, "episodes_per_batch": 2, "train_batch_size": 10, "monitor": True,
-        "model": {"fcnet_hiddens": [8]}, "seed": 0})
+    trainer = ESTrainer(
+        env="CartPole-v1",
+        logger_creator=str(tmp_path),
+        config={
+            "num_workers": 0,
+            "noise_size": 100_000,
+            "episodes_per_batch": 2,
+            "train_batch_size": 10,
+            "monitor": True,
+            "model": {"fcnet_hiddens": [8]},
+            "seed": 0,
+        },
+    )
     try:
         trainer.train()
     finally:
@@ -310,17 +337,30 @@ def test_monitor_records_es_rollouts(tmp_path):
 
 def _relayrl(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_DEDUP_LOGS": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    return subprocess.run([sys.executable, "-m", "relayrl", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "relayrl", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.mark.slow
 def test_cli_monitor_writes_playable_videos_of_remote_workers_in_the_trial_dir(tmp_path):
     pytest.importorskip("moviepy")
     config = {**TINY_PG, "monitor": True, "num_workers": 1}
-    proc = _relayrl("train", "--run", "PG", "--env", "CartPole-v1", "--config", json.dumps(config),
-                    "--stop", '{"training_iteration": 2}', "--local-dir", str(tmp_path),
-                    "--experiment-name", "monitor")
+    proc = _relayrl(
+        "train",
+        "--run",
+        "PG",
+        "--env",
+        "CartPole-v1",
+        "--config",
+        json.dumps(config),
+        "--stop",
+        '{"training_iteration": 2}',
+        "--local-dir",
+        str(tmp_path),
+        "--experiment-name",
+        "monitor",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (trial_dir,) = [p for p in (tmp_path / "monitor").iterdir() if p.name.startswith("PG")]
     assert (trial_dir / "params.json").exists()
@@ -337,8 +377,19 @@ def test_rollout_video_records_every_episode(tmp_path):
     checkpoint = trainer.save(str(tmp_path / "ckpt"))
     trainer.stop()
     out = tmp_path / "videos"
-    proc = _relayrl("rollout", checkpoint, "--run", "PG", "--env", "CartPole-v1", "--episodes", "2",
-                    "--video", str(out), timeout=120)
+    proc = _relayrl(
+        "rollout",
+        checkpoint,
+        "--run",
+        "PG",
+        "--env",
+        "CartPole-v1",
+        "--episodes",
+        "2",
+        "--video",
+        str(out),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     videos = sorted(out.glob("*.mp4"))
     assert [p.name for p in videos] == ["rollout-episode-0.mp4", "rollout-episode-1.mp4"]

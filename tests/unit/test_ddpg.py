@@ -165,22 +165,50 @@ def test_ou_noise_is_mean_reverting_and_resets():
 
 def test_configs_and_registry():
     seed_ddpg = {
-        "actor_hiddens": [64, 64], "actor_hidden_activation": "relu", "critic_hiddens": [64, 64],
-        "critic_hidden_activation": "relu", "n_step": 1, "schedule_max_timesteps": 100000,
-        "timesteps_per_iteration": 1000, "exploration_fraction": 0.1, "exploration_final_eps": 0.02,
-        "noise_scale": 0.1, "exploration_theta": 0.15, "exploration_sigma": 0.2, "target_network_update_freq": 0,
-        "tau": 0.002, "buffer_size": 50000, "prioritized_replay": True, "prioritized_replay_alpha": 0.6,
-        "prioritized_replay_beta": 0.4, "prioritized_replay_eps": 1e-6, "compress_observations": False,
-        "actor_lr": 1e-4, "critic_lr": 1e-3, "use_huber": False, "huber_threshold": 1.0, "l2_reg": 1e-6,
-        "grad_norm_clipping": None, "learning_starts": 1500, "sample_batch_size": 1, "train_batch_size": 256,
-        "num_workers": 0, "optimizer_class": "SyncReplayOptimizer", "per_worker_exploration": False,
-        "worker_side_prioritization": False, "min_iter_time_s": 1,
+        "actor_hiddens": [64, 64],
+        "actor_hidden_activation": "relu",
+        "critic_hiddens": [64, 64],
+        "critic_hidden_activation": "relu",
+        "n_step": 1,
+        "schedule_max_timesteps": 100000,
+        "timesteps_per_iteration": 1000,
+        "exploration_fraction": 0.1,
+        "exploration_final_eps": 0.02,
+        "noise_scale": 0.1,
+        "exploration_theta": 0.15,
+        "exploration_sigma": 0.2,
+        "target_network_update_freq": 0,
+        "tau": 0.002,
+        "buffer_size": 50000,
+        "prioritized_replay": True,
+        "prioritized_replay_alpha": 0.6,
+        "prioritized_replay_beta": 0.4,
+        "prioritized_replay_eps": 1e-6,
+        "compress_observations": False,
+        "actor_lr": 1e-4,
+        "critic_lr": 1e-3,
+        "use_huber": False,
+        "huber_threshold": 1.0,
+        "l2_reg": 1e-6,
+        "grad_norm_clipping": None,
+        "learning_starts": 1500,
+        "sample_batch_size": 1,
+        "train_batch_size": 256,
+        "num_workers": 0,
+        "optimizer_class": "SyncReplayOptimizer",
+        "per_worker_exploration": False,
+        "worker_side_prioritization": False,
+        "min_iter_time_s": 1,
     }
     for key, value in seed_ddpg.items():
         assert DEFAULT_CONFIG[key] == value, key
     td3 = TD3_DEFAULT_CONFIG
     assert (td3["twin_q"], td3["policy_delay"], td3["smooth_target_policy"], td3["exploration_noise_type"]) == (
-        True, 2, True, "gaussian")
+        True,
+        2,
+        True,
+        "gaussian",
+    )
     assert APEX_DDPG_DEFAULT_CONFIG["optimizer_class"] == "AsyncReplayOptimizer"
     assert APEX_DDPG_DEFAULT_CONFIG["num_workers"] == 32 and APEX_DDPG_DEFAULT_CONFIG["n_step"] == 3
     assert get_trainer_class("TD3")._default_config is TD3_DEFAULT_CONFIG

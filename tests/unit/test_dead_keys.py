@@ -127,7 +127,7 @@ def test_every_algorithm_default_config_passes_its_own_validation(name):
 
 
 def test_the_scan_reports_keys_that_are_only_declared_or_validated():
-    source = '''
+    source = """
 DEFAULTS = {"declared_only": 1, "validated_only": 2, "read": 3, "read_by_get": 4, "listed": 5, "assigned_only": 6}
 
 def validate_config(config):
@@ -138,7 +138,7 @@ def run(config):
     config["assigned_only"] = 7
     kwargs = {k: config[k] for k in ("listed",)}
     return config["read"], config.get("read_by_get"), kwargs
-'''
+"""
     reads = {PACKAGE / "fake.py": string_reads(source)}
     keys = ["declared_only", "validated_only", "read", "read_by_get", "listed", "assigned_only"]
     assert unread_keys(keys, reads=reads) == ["assigned_only", "declared_only", "validated_only"]

@@ -20,8 +20,13 @@ OBS_SPACE = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
 
 
 def make_policy(**overrides) -> DQNTorchPolicy:
-    config = {**DEFAULT_CONFIG, "model": {**DEFAULT_CONFIG["model"], "fcnet_hiddens": [16], "fcnet_activation": "relu"},
-              "hiddens": [16], "seed": 0, **overrides}
+    config = {
+        **DEFAULT_CONFIG,
+        "model": {**DEFAULT_CONFIG["model"], "fcnet_hiddens": [16], "fcnet_activation": "relu"},
+        "hiddens": [16],
+        "seed": 0,
+        **overrides,
+    }
     torch.manual_seed(0)
     return DQNTorchPolicy(OBS_SPACE, gym.spaces.Discrete(3), config)
 
@@ -70,8 +75,14 @@ def test_c51_projection_matches_numpy_reference(atoms, v_min, v_max):
     r[:4] = [0.0, 100.0, -100.0, 0.5 * (v_max - v_min) / (atoms - 1)]  # on-atom, clipped high/low, half-way
     disc = rng.choice([0.0, 0.9, 0.99, 0.99**3], size=64)
     expected = numpy_projection(p, r, disc, v_min, v_max)
-    got = project_distribution(torch.tensor(p), torch.tensor(r), torch.tensor(disc),
-                               torch.linspace(v_min, v_max, atoms, dtype=torch.float64), v_min, v_max)
+    got = project_distribution(
+        torch.tensor(p),
+        torch.tensor(r),
+        torch.tensor(disc),
+        torch.linspace(v_min, v_max, atoms, dtype=torch.float64),
+        v_min,
+        v_max,
+    )
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-10)
     np.testing.assert_allclose(got.sum(1).numpy(), 1.0, atol=1e-10)  # no mass is lost
 
@@ -88,8 +99,13 @@ def test_distributional_loss_is_cross_entropy_to_projected_target():
         rows = torch.arange(8)
         a_tp1 = q_tp1.argmax(1)
         live = tensors["n_step_discount"] * (1 - tensors[SB.TERMINATEDS])
-        m = numpy_projection(logits_tp1[rows, a_tp1].softmax(-1).numpy().astype(np.float64),
-                             tensors[SB.REWARDS].numpy(), live.numpy(), -5.0, 5.0)
+        m = numpy_projection(
+            logits_tp1[rows, a_tp1].softmax(-1).numpy().astype(np.float64),
+            tensors[SB.REWARDS].numpy(),
+            live.numpy(),
+            -5.0,
+            5.0,
+        )
         logp = logits[rows, tensors[SB.ACTIONS]].log_softmax(-1).numpy()
     expected = -(m * logp).sum(1)
     np.testing.assert_allclose(fetches["td_error"].numpy(), expected, rtol=1e-4, atol=1e-5)
@@ -157,11 +173,13 @@ def test_prioritized_replay_weights_scale_the_loss():
     loss, _, fetches = dqn_loss(policy, policy.model, policy.dist_class, tensors)
     per_row = huber(fetches["td_error"])
     assert loss.item() == pytest.approx((torch.tensor(weights, dtype=torch.float32) * per_row).mean().item(), rel=1e-5)
+
     # Rows of weight 0 contribute no gradient: changing their targets leaves the gradient unchanged.
     def grads(batch):
         policy.model.zero_grad()
         dqn_loss(policy, policy.model, policy.dist_class, policy.load_batch(batch))[0].backward()
         return [p.grad.clone() for p in policy.model.parameters() if p.grad is not None]
+
     a = random_batch(weights=weights)
     b = random_batch(weights=weights)
     b[SB.REWARDS][weights == 0] += 100.0
@@ -182,10 +200,16 @@ def test_learn_on_batch_returns_td_errors_and_changes_weights():
 def test_nstep_truncation_bootstraps_and_termination_does_not():
     def traj(terminated_last: bool) -> SampleBatch:
         n = 4
-        return SampleBatch({SB.OBS: np.arange(n, dtype=np.float32)[:, None], SB.NEXT_OBS: np.arange(1, n + 1,
-                            dtype=np.float32)[:, None], SB.REWARDS: np.ones(n, np.float32),
-                            SB.TERMINATEDS: np.array([0, 0, 0, terminated_last], bool),
-                            SB.TRUNCATEDS: np.array([0, 0, 0, not terminated_last], bool)})
+        return SampleBatch(
+            {
+                SB.OBS: np.arange(n, dtype=np.float32)[:, None],
+                SB.NEXT_OBS: np.arange(1, n + 1, dtype=np.float32)[:, None],
+                SB.REWARDS: np.ones(n, np.float32),
+                SB.TERMINATEDS: np.array([0, 0, 0, terminated_last], bool),
+                SB.TRUNCATEDS: np.array([0, 0, 0, not terminated_last], bool),
+            }
+        )
+
     for terminated in (True, False):
         b = traj(terminated)
         add_nstep_columns(b, 3, 0.9)
@@ -198,8 +222,12 @@ def test_nstep_truncation_bootstraps_and_termination_does_not():
 
 # --- exploration --------------------------------------------------------------------------------------------
 def test_epsilon_schedules():
-    config = {**DEFAULT_CONFIG, "schedule_max_timesteps": 1000, "exploration_fraction": 0.5,
-              "exploration_final_eps": 0.1}
+    config = {
+        **DEFAULT_CONFIG,
+        "schedule_max_timesteps": 1000,
+        "exploration_fraction": 0.5,
+        "exploration_final_eps": 0.1,
+    }
     sched = epsilon_schedule(config, 0)
     assert sched.value(0) == 1.0 and sched.value(250) == pytest.approx(0.55)
     assert sched.value(10**6) == pytest.approx(0.1)
@@ -229,10 +257,12 @@ class MaskedEnv(gym.Env):
     with reward -10 (so a policy that ever picks one is caught)."""
 
     def __init__(self, config=None):
-        self.observation_space = gym.spaces.Dict({
-            "obs": gym.spaces.Box(-1.0, 1.0, (3,), np.float32),
-            "action_mask": gym.spaces.Box(0.0, 1.0, (5,), np.float32),
-        })
+        self.observation_space = gym.spaces.Dict(
+            {
+                "obs": gym.spaces.Box(-1.0, 1.0, (3,), np.float32),
+                "action_mask": gym.spaces.Box(0.0, 1.0, (5,), np.float32),
+            }
+        )
         self.action_space = gym.spaces.Discrete(5)
         self.rng = np.random.default_rng(0)
         self.violations = 0
@@ -260,17 +290,28 @@ class MaskedEnv(gym.Env):
 def test_action_mask_slice_of_sorted_dict_keys():
     space = MaskedEnv().observation_space
     assert action_mask_slice(space) == (0, 5)  # "action_mask" sorts before "obs"
-    space2 = gym.spaces.Dict({"a": gym.spaces.Discrete(3), "action_mask": gym.spaces.Box(0, 1, (2,)),
-                              "z": gym.spaces.Box(0, 1, (4,))})
+    space2 = gym.spaces.Dict(
+        {"a": gym.spaces.Discrete(3), "action_mask": gym.spaces.Box(0, 1, (2,)), "z": gym.spaces.Box(0, 1, (4,))}
+    )
     assert action_mask_slice(space2) == (3, 5)
     assert action_mask_slice(OBS_SPACE) is None
 
 
 def test_masked_actions_are_never_chosen_nor_bootstrapped_from():
     register_env("masked_test_env", lambda ctx: MaskedEnv(ctx))
-    trainer = DQNTrainer(env="masked_test_env", config={
-        "seed": 0, "compress_observations": False, "learning_starts": 50, "timesteps_per_iteration": 300,
-        "min_iter_time_s": 0, "hiddens": [16], "model": {"fcnet_hiddens": [16]}, "n_step": 2})
+    trainer = DQNTrainer(
+        env="masked_test_env",
+        config={
+            "seed": 0,
+            "compress_observations": False,
+            "learning_starts": 50,
+            "timesteps_per_iteration": 300,
+            "min_iter_time_s": 0,
+            "hiddens": [16],
+            "model": {"fcnet_hiddens": [16]},
+            "n_step": 2,
+        },
+    )
     policy = trainer.get_policy()
     assert policy.model.mask_slice == (0, 5)
     assert policy.model.torso[0].in_features == 3  # the network never sees the mask columns
@@ -290,16 +331,30 @@ def test_masked_actions_are_never_chosen_nor_bootstrapped_from():
 
 @pytest.mark.parametrize("double_q", [True, False])
 def test_target_argmax_ignores_masked_actions(double_q):
-    config = {**DEFAULT_CONFIG, "model": {**DEFAULT_CONFIG["model"], "fcnet_hiddens": [8]}, "hiddens": [8],
-              "dueling": False, "double_q": double_q, "_action_mask_slice": (0, 5), "seed": 0}
+    config = {
+        **DEFAULT_CONFIG,
+        "model": {**DEFAULT_CONFIG["model"], "fcnet_hiddens": [8]},
+        "hiddens": [8],
+        "dueling": False,
+        "double_q": double_q,
+        "_action_mask_slice": (0, 5),
+        "seed": 0,
+    }
     policy = DQNTorchPolicy(gym.spaces.Box(-1, 1, (8,), np.float32), gym.spaces.Discrete(5), config)
     rng = np.random.default_rng(0)
     obs = rng.uniform(-1, 1, (16, 8)).astype(np.float32)
     obs[:, :5] = 1.0
     new_obs = obs.copy()
     new_obs[:, 4] = 0.0  # action 4 is masked in every next state
-    batch = SampleBatch({SB.OBS: obs, SB.NEXT_OBS: new_obs, SB.ACTIONS: rng.integers(0, 4, 16),
-                         SB.REWARDS: np.zeros(16, np.float32), SB.TERMINATEDS: np.zeros(16, np.float32)})
+    batch = SampleBatch(
+        {
+            SB.OBS: obs,
+            SB.NEXT_OBS: new_obs,
+            SB.ACTIONS: rng.integers(0, 4, 16),
+            SB.REWARDS: np.zeros(16, np.float32),
+            SB.TERMINATEDS: np.zeros(16, np.float32),
+        }
+    )
     with torch.no_grad():
         for model in (policy.model, policy.target_model):
             model.advantage[-1].bias[:] = torch.tensor([0.0, 0.0, 0.0, 0.0, 1e3])
@@ -312,11 +367,24 @@ def test_target_argmax_ignores_masked_actions(double_q):
 
 # --- optimizer ---------------------------------------------------------------------------------------------
 def test_sync_replay_optimizer_priorities_beta_and_target_updates():
-    trainer = DQNTrainer(env="CartPole-v1", config={
-        "seed": 0, "compress_observations": True, "learning_starts": 200, "timesteps_per_iteration": 600,
-        "min_iter_time_s": 0, "hiddens": [16], "model": {"fcnet_hiddens": [16]}, "target_network_update_freq": 100,
-        "prioritized_replay_beta": 0.4, "final_prioritized_replay_beta": 1.0, "beta_annealing_fraction": 0.01,
-        "schedule_max_timesteps": 100000, "buffer_size": 1000})
+    trainer = DQNTrainer(
+        env="CartPole-v1",
+        config={
+            "seed": 0,
+            "compress_observations": True,
+            "learning_starts": 200,
+            "timesteps_per_iteration": 600,
+            "min_iter_time_s": 0,
+            "hiddens": [16],
+            "model": {"fcnet_hiddens": [16]},
+            "target_network_update_freq": 100,
+            "prioritized_replay_beta": 0.4,
+            "final_prioritized_replay_beta": 1.0,
+            "beta_annealing_fraction": 0.01,
+            "schedule_max_timesteps": 100000,
+            "buffer_size": 1000,
+        },
+    )
     opt = trainer.optimizer
     policy = trainer.get_policy()
     calls = []
@@ -339,23 +407,56 @@ def test_sync_replay_optimizer_priorities_beta_and_target_updates():
 
 def test_config_reproduces_seed_004():
     seed_dqn = {
-        "num_atoms": 1, "v_min": -10.0, "v_max": 10.0, "noisy": False, "sigma0": 0.5, "dueling": True,
-        "double_q": True, "hiddens": [256], "n_step": 1, "schedule_max_timesteps": 100000,
-        "timesteps_per_iteration": 1000, "exploration_fraction": 0.1, "exploration_final_eps": 0.02,
-        "target_network_update_freq": 500, "buffer_size": 50000, "prioritized_replay": True,
-        "prioritized_replay_alpha": 0.6, "prioritized_replay_beta": 0.4, "beta_annealing_fraction": 0.2,
-        "final_prioritized_replay_beta": 0.4, "prioritized_replay_eps": 1e-6, "compress_observations": True,
-        "lr": 5e-4, "adam_epsilon": 1e-8, "grad_norm_clipping": 40, "learning_starts": 1000,
-        "sample_batch_size": 4, "train_batch_size": 32, "num_workers": 0, "optimizer_class": "SyncReplayOptimizer",
-        "per_worker_exploration": False, "worker_side_prioritization": False, "min_iter_time_s": 1,
+        "num_atoms": 1,
+        "v_min": -10.0,
+        "v_max": 10.0,
+        "noisy": False,
+        "sigma0": 0.5,
+        "dueling": True,
+        "double_q": True,
+        "hiddens": [256],
+        "n_step": 1,
+        "schedule_max_timesteps": 100000,
+        "timesteps_per_iteration": 1000,
+        "exploration_fraction": 0.1,
+        "exploration_final_eps": 0.02,
+        "target_network_update_freq": 500,
+        "buffer_size": 50000,
+        "prioritized_replay": True,
+        "prioritized_replay_alpha": 0.6,
+        "prioritized_replay_beta": 0.4,
+        "beta_annealing_fraction": 0.2,
+        "final_prioritized_replay_beta": 0.4,
+        "prioritized_replay_eps": 1e-6,
+        "compress_observations": True,
+        "lr": 5e-4,
+        "adam_epsilon": 1e-8,
+        "grad_norm_clipping": 40,
+        "learning_starts": 1000,
+        "sample_batch_size": 4,
+        "train_batch_size": 32,
+        "num_workers": 0,
+        "optimizer_class": "SyncReplayOptimizer",
+        "per_worker_exploration": False,
+        "worker_side_prioritization": False,
+        "min_iter_time_s": 1,
     }
     for key, value in seed_dqn.items():
         assert DEFAULT_CONFIG[key] == value, key
     seed_apex = {
-        "optimizer_class": "AsyncReplayOptimizer", "n_step": 3, "num_gpus": 1, "num_workers": 32,
-        "buffer_size": 2000000, "learning_starts": 50000, "train_batch_size": 512, "sample_batch_size": 50,
-        "target_network_update_freq": 500000, "timesteps_per_iteration": 25000, "per_worker_exploration": True,
-        "worker_side_prioritization": True, "min_iter_time_s": 30,
+        "optimizer_class": "AsyncReplayOptimizer",
+        "n_step": 3,
+        "num_gpus": 1,
+        "num_workers": 32,
+        "buffer_size": 2000000,
+        "learning_starts": 50000,
+        "train_batch_size": 512,
+        "sample_batch_size": 50,
+        "target_network_update_freq": 500000,
+        "timesteps_per_iteration": 25000,
+        "per_worker_exploration": True,
+        "worker_side_prioritization": True,
+        "min_iter_time_s": 30,
         "optimizer": {"max_weight_sync_delay": 400, "num_replay_buffer_shards": 4, "debug": False},
     }
     for key, value in seed_apex.items():
@@ -368,14 +469,18 @@ def test_config_reproduces_seed_004():
 
 def test_dqn_model_dueling_and_distributional_shapes():
     for atoms in (1, 7):
-        model = DQNModel(OBS_SPACE, gym.spaces.Discrete(3), 3, {"fcnet_hiddens": [8]}, q_hiddens=[8], num_atoms=atoms,
-                         dueling=True)
+        model = DQNModel(
+            OBS_SPACE, gym.spaces.Discrete(3), 3, {"fcnet_hiddens": [8]}, q_hiddens=[8], num_atoms=atoms, dueling=True
+        )
         q, logits, mask = model.q_values(torch.zeros(5, 4))
         assert q.shape == (5, 3) and mask is None
         assert (logits is None) == (atoms == 1)
-        np.testing.assert_allclose(model.numpy_q(np.ones((5, 4), np.float32))[0],
-                                   model.q_values(torch.ones(5, 4))[0].detach().numpy(), rtol=1e-5, atol=1e-6)
-
+        np.testing.assert_allclose(
+            model.numpy_q(np.ones((5, 4), np.float32))[0],
+            model.q_values(torch.ones(5, 4))[0].detach().numpy(),
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 # --- Ape-X parts (without Ray) ------------------------------------------------------------------------------
@@ -385,14 +490,29 @@ def test_worker_side_priorities_replay_shard_and_learner_thread():
     policy = make_policy(worker_side_prioritization=True, n_step=3, worker_index=1)
     n = 40
     rng = np.random.default_rng(0)
-    traj = SampleBatch({SB.OBS: rng.normal(size=(n, 4)).astype(np.float32),
-                        SB.NEXT_OBS: rng.normal(size=(n, 4)).astype(np.float32),
-                        SB.ACTIONS: rng.integers(0, 3, n), SB.REWARDS: np.ones(n, np.float32),
-                        SB.TERMINATEDS: np.eye(1, n, n - 1, dtype=bool)[0], SB.TRUNCATEDS: np.zeros(n, bool)})
+    traj = SampleBatch(
+        {
+            SB.OBS: rng.normal(size=(n, 4)).astype(np.float32),
+            SB.NEXT_OBS: rng.normal(size=(n, 4)).astype(np.float32),
+            SB.ACTIONS: rng.integers(0, 3, n),
+            SB.REWARDS: np.ones(n, np.float32),
+            SB.TERMINATEDS: np.eye(1, n, n - 1, dtype=bool)[0],
+            SB.TRUNCATEDS: np.zeros(n, bool),
+        }
+    )
     batch = policy.postprocess_trajectory(traj)
     np.testing.assert_allclose(batch["priorities"], np.abs(policy.compute_td_error(batch)), rtol=1e-5)
-    shard = ReplayActor(num_shards=2, learning_starts=100, buffer_size=1000, train_batch_size=16,
-                        prioritized_replay=True, alpha=0.6, eps=1e-6, compress=True, seed=0)
+    shard = ReplayActor(
+        num_shards=2,
+        learning_starts=100,
+        buffer_size=1000,
+        train_batch_size=16,
+        prioritized_replay=True,
+        alpha=0.6,
+        eps=1e-6,
+        compress=True,
+        seed=0,
+    )
     assert shard.add_batch(batch.copy()) == n
     assert shard.replay(0.4) is None  # 40 rows < learning_starts / num_shards = 50
     shard.add_batch(batch.copy())
@@ -423,14 +543,28 @@ def test_vision_q_network_on_atari_shaped_observations():
     obs = rng.integers(0, 255, (8, 84, 84, 4), dtype=np.uint8)
     actions, _, _ = policy.compute_actions(obs, explore=False)
     assert actions.shape == (8,)
-    batch = SampleBatch({SB.OBS: obs, SB.NEXT_OBS: obs[::-1].copy(), SB.ACTIONS: actions,
-                         SB.REWARDS: np.ones(8, np.float32), SB.TERMINATEDS: np.zeros(8, np.float32)})
+    batch = SampleBatch(
+        {
+            SB.OBS: obs,
+            SB.NEXT_OBS: obs[::-1].copy(),
+            SB.ACTIONS: actions,
+            SB.REWARDS: np.ones(8, np.float32),
+            SB.TERMINATEDS: np.zeros(8, np.float32),
+        }
+    )
     assert policy.learn_on_batch(batch)["td_error"].shape == (8,)
 
 
 def test_checkpoint_restores_target_network_and_greedy_actions(tmp_path):
-    config = {"seed": 0, "compress_observations": False, "learning_starts": 100, "timesteps_per_iteration": 300,
-              "min_iter_time_s": 0, "hiddens": [16], "model": {"fcnet_hiddens": [16]}}
+    config = {
+        "seed": 0,
+        "compress_observations": False,
+        "learning_starts": 100,
+        "timesteps_per_iteration": 300,
+        "min_iter_time_s": 0,
+        "hiddens": [16],
+        "model": {"fcnet_hiddens": [16]},
+    }
     trainer = DQNTrainer(env="CartPole-v1", config=config)
     trainer.train()
     trainer.get_policy().update_target()
@@ -450,11 +584,24 @@ def test_checkpoint_restores_target_network_and_greedy_actions(tmp_path):
 def test_apex_trainer_per_worker_epsilons_and_throughput_stats():
     from relayrl.agents.dqn import ApexTrainer
 
-    trainer = ApexTrainer(env="CartPole-v1", config={
-        "seed": 0, "num_workers": 2, "num_gpus": 0, "compress_observations": False, "hiddens": [16],
-        "model": {"fcnet_hiddens": [16]}, "buffer_size": 10000, "learning_starts": 200, "train_batch_size": 32,
-        "sample_batch_size": 20, "timesteps_per_iteration": 600, "min_iter_time_s": 0,
-        "optimizer": {"num_replay_buffer_shards": 2, "max_weight_sync_delay": 100}})
+    trainer = ApexTrainer(
+        env="CartPole-v1",
+        config={
+            "seed": 0,
+            "num_workers": 2,
+            "num_gpus": 0,
+            "compress_observations": False,
+            "hiddens": [16],
+            "model": {"fcnet_hiddens": [16]},
+            "buffer_size": 10000,
+            "learning_starts": 200,
+            "train_batch_size": 32,
+            "sample_batch_size": 20,
+            "timesteps_per_iteration": 600,
+            "min_iter_time_s": 0,
+            "optimizer": {"num_replay_buffer_shards": 2, "max_weight_sync_delay": 100},
+        },
+    )
     try:
         eps = trainer.workers.foreach_worker(lambda w: w.get_policy().cur_epsilon())
         np.testing.assert_allclose(eps, [0.0, 0.4, 0.4**8])  # learner's worker, then actors i = 0, 1 of N = 2

@@ -74,11 +74,16 @@ CASES = {
     "nan_reward": ["the reward is nan; rewards must be finite"],
     "wrong_shape": ["step() returned an observation that has shape (3,), not the space's (4,)"],
     "string_obs": ["step() returned an observation that is a str 'hello', not numbers"],
-    "old_4_tuple": ["step() returned 4 values (the old gym API's (obs, reward, done, info))",
-                    "Gymnasium's API returns 5: (obs, reward, terminated, truncated, info)",
-                    "https://gymnasium.farama.org/api/env/#gymnasium.Env.step"],
-    "reset_only_obs": ["reset() returned only an ndarray of shape (4,)", "Gymnasium's API returns (obs, info)",
-                       "https://gymnasium.farama.org/api/env/#gymnasium.Env.reset"],
+    "old_4_tuple": [
+        "step() returned 4 values (the old gym API's (obs, reward, done, info))",
+        "Gymnasium's API returns 5: (obs, reward, terminated, truncated, info)",
+        "https://gymnasium.farama.org/api/env/#gymnasium.Env.step",
+    ],
+    "reset_only_obs": [
+        "reset() returned only an ndarray of shape (4,)",
+        "Gymnasium's API returns (obs, info)",
+        "https://gymnasium.farama.org/api/env/#gymnasium.Env.reset",
+    ],
 }
 for _mode in list(CASES) + ["info_none"]:
     register_env(f"BadEnv-{_mode}", BadEnv)
@@ -114,10 +119,13 @@ def test_bad_env_raises_env_check_error_naming_env_sub_env_step_and_problem(mode
         assert part in message, message
 
 
-@pytest.mark.parametrize("mode, expected", [
-    ("nan_obs", "step() returned an observation that contains nan (as the policy sees it"),
-    ("nan_reward", "the reward is nan"),
-])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("nan_obs", "step() returned an observation that contains nan (as the policy sees it"),
+        ("nan_reward", "the reward is nan"),
+    ],
+)
 def test_nan_after_the_check_window_is_found_in_the_fragment(mode, expected):
     """check_env 2: the per-step checks are over by step 5; the fragment scan (check_nan) still names the step."""
     t = trainer(mode, check_env=2)
@@ -131,16 +139,18 @@ def test_nan_after_the_check_window_is_found_in_the_fragment(mode, expected):
 
 
 def test_check_window_hands_the_hot_loop_the_plain_step():
-    worker = RolloutWorker(BadEnv, PGTorchPolicy, policy_config={**SMALL, "env_config": {"mode": "none"},
-                                                                 "check_env": 15})
+    worker = RolloutWorker(
+        BadEnv, PGTorchPolicy, policy_config={**SMALL, "env_config": {"mode": "none"}, "check_env": 15}
+    )
     env = worker.sampler.env
     assert isinstance(env, CheckedVectorEnv) and "vector_step" not in vars(env)
     worker.sample()  # 10 steps per sub-env: still checking
     assert "vector_step" not in vars(env)
     worker.sample()  # 20: the window (15) has passed
     assert env.vector_step == env.env.vector_step  # the wrapped env's bound method, no checking frame
-    always = RolloutWorker(BadEnv, PGTorchPolicy, policy_config={**SMALL, "env_config": {"mode": "none"},
-                                                                 "check_env": True})
+    always = RolloutWorker(
+        BadEnv, PGTorchPolicy, policy_config={**SMALL, "env_config": {"mode": "none"}, "check_env": True}
+    )
     for _ in range(3):
         always.sample()
     assert "vector_step" not in vars(always.sampler.env)
@@ -174,8 +184,10 @@ def test_sample_async_hands_on_the_env_check_error():
     """A3C samples in a background thread; its error reaches train() as the same EnvCheckError."""
     from relayrl.agents.a3c import A3CTrainer
 
-    t = A3CTrainer(env="BadEnv-old_4_tuple", config={**SMALL, "env_config": {"mode": "old_4_tuple"},
-                                                     "sample_async": True, "num_workers": 0})
+    t = A3CTrainer(
+        env="BadEnv-old_4_tuple",
+        config={**SMALL, "env_config": {"mode": "old_4_tuple"}, "sample_async": True, "num_workers": 0},
+    )
     try:
         with pytest.raises(EnvCheckError, match=where("old_4_tuple")):
             t.train()
@@ -191,9 +203,14 @@ def test_check_nan_false_skips_the_fragment_scan():
         t.stop()
 
 
-@pytest.mark.parametrize("config, key", [
-    ({"check_env": -1}, "check_env"), ({"check_env": "yes"}, "check_env"), ({"check_nan": 1}, "check_nan"),
-])
+@pytest.mark.parametrize(
+    "config, key",
+    [
+        ({"check_env": -1}, "check_env"),
+        ({"check_env": "yes"}, "check_env"),
+        ({"check_nan": 1}, "check_nan"),
+    ],
+)
 def test_bad_check_keys_are_rejected(config, key):
     with pytest.raises(ValueError, match=f"'{key}'"):
         PGTrainer(env="CartPole-v1", config=config)
@@ -204,15 +221,25 @@ def test_check_keys_accept_their_values():
         PGTrainer(env="CartPole-v1", config={"check_env": value, "check_nan": False}).stop()
 
 
-@pytest.mark.parametrize("space, result, expected", [
-    (gym.spaces.Box(0, 255, (2, 2), np.uint8), (np.zeros((2, 2)), 0.0, False, False, {}),
-     "has dtype float64, which does not cast to the space's uint8"),
-    (gym.spaces.Discrete(3), (7, 0.0, False, False, {}), "is 7, outside Discrete(3, start=0)"),
-    (gym.spaces.Dict({"a": gym.spaces.Discrete(2)}), ({"b": 0}, 0.0, False, False, {}), "lacks the key(s) ['a']"),
-    (gym.spaces.Discrete(2), (0, None, False, False, {}), "step() returned a NoneType as the reward, not a number"),
-    (gym.spaces.Discrete(2), (0, 0.0, None, False, {}), "step() returned a NoneType as terminated, not a bool"),
-    (gym.spaces.Discrete(2), np.zeros(2), "step() returned an ndarray of shape (2,) and dtype float64, not a tuple"),
-])
+@pytest.mark.parametrize(
+    "space, result, expected",
+    [
+        (
+            gym.spaces.Box(0, 255, (2, 2), np.uint8),
+            (np.zeros((2, 2)), 0.0, False, False, {}),
+            "has dtype float64, which does not cast to the space's uint8",
+        ),
+        (gym.spaces.Discrete(3), (7, 0.0, False, False, {}), "is 7, outside Discrete(3, start=0)"),
+        (gym.spaces.Dict({"a": gym.spaces.Discrete(2)}), ({"b": 0}, 0.0, False, False, {}), "lacks the key(s) ['a']"),
+        (gym.spaces.Discrete(2), (0, None, False, False, {}), "step() returned a NoneType as the reward, not a number"),
+        (gym.spaces.Discrete(2), (0, 0.0, None, False, {}), "step() returned a NoneType as terminated, not a bool"),
+        (
+            gym.spaces.Discrete(2),
+            np.zeros(2),
+            "step() returned an ndarray of shape (2,) and dtype float64, not a tuple",
+        ),
+    ],
+)
 def test_checker_messages(space, result, expected):
     from relayrl.env.env_checks import EnvChecker
 
@@ -240,12 +267,14 @@ def pg_policy(**config):
 
 def pg_batch(n: int = 32) -> SampleBatch:
     rng = np.random.default_rng(0)
-    return SampleBatch({
-        SampleBatch.OBS: rng.normal(size=(n, 4)).astype(np.float32),
-        SampleBatch.ACTIONS: rng.integers(0, 2, n),
-        SampleBatch.REWARDS: np.ones(n),
-        Postprocessing.ADVANTAGES: rng.normal(size=n).astype(np.float32),
-    })
+    return SampleBatch(
+        {
+            SampleBatch.OBS: rng.normal(size=(n, 4)).astype(np.float32),
+            SampleBatch.ACTIONS: rng.integers(0, 2, n),
+            SampleBatch.REWARDS: np.ones(n),
+            Postprocessing.ADVANTAGES: rng.normal(size=n).astype(np.float32),
+        }
+    )
 
 
 @pytest.mark.parametrize("column, count", [(Postprocessing.ADVANTAGES, "3 NaN"), (SampleBatch.OBS, "12 inf")])
@@ -285,14 +314,38 @@ def test_cli_train_with_a_bad_env_prints_the_message_on_its_error_line(tmp_path)
     """`relayrl train --env NAME` finds names given to register_env in the same process (the CLI cannot import a
     user's module itself), so the subprocess registers BadEnv by importing this module, then runs the CLI."""
     here = os.path.dirname(os.path.abspath(__file__))
-    code = ("import sys, test_env_checks; from relayrl.cli import main; sys.exit(main(sys.argv[1:]))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]),
-           "RAY_DEDUP_LOGS": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    code = "import sys, test_env_checks; from relayrl.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]),
+        "RAY_DEDUP_LOGS": "0",
+        "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    }
     config = {**SMALL, "num_workers": 2, "env_config": {"mode": "old_4_tuple"}}
-    proc = subprocess.run([sys.executable, "-c", code, "train", "--run", "PG", "--env", "BadEnv-old_4_tuple",
-                           "--config", json.dumps(config), "--stop", '{"training_iteration": 2}',
-                           "--local-dir", str(tmp_path), "--ray-num-cpus", "3"],
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "train",
+            "--run",
+            "PG",
+            "--env",
+            "BadEnv-old_4_tuple",
+            "--config",
+            json.dumps(config),
+            "--stop",
+            '{"training_iteration": 2}',
+            "--local-dir",
+            str(tmp_path),
+            "--ray-num-cpus",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("relayrl: error: ")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr

@@ -23,25 +23,47 @@ def _cartpole(ctx):
 
 
 def test_es_config_reproduces_seed():
-    seed = {"l2_coeff": 0.005, "noise_stdev": 0.02, "episodes_per_batch": 1000, "train_batch_size": 10000,
-            "eval_prob": 0.003, "return_proc_mode": "centered_rank", "num_workers": 10, "stepsize": 0.01,
-            "observation_filter": "MeanStdFilter", "noise_size": 250000000, "report_length": 10}
+    seed = {
+        "l2_coeff": 0.005,
+        "noise_stdev": 0.02,
+        "episodes_per_batch": 1000,
+        "train_batch_size": 10000,
+        "eval_prob": 0.003,
+        "return_proc_mode": "centered_rank",
+        "num_workers": 10,
+        "stepsize": 0.01,
+        "observation_filter": "MeanStdFilter",
+        "noise_size": 250000000,
+        "report_length": 10,
+    }
     assert {k: ES_CONFIG[k] for k in seed} == seed
 
 
 def test_ars_config_reproduces_seed():
-    seed = {"noise_stdev": 0.02, "num_rollouts": 32, "rollouts_used": 32, "num_workers": 2, "sgd_stepsize": 0.01,
-            "observation_filter": "MeanStdFilter", "noise_size": 250000000, "eval_prob": 0.03, "report_length": 10,
-            "offset": 0}
+    seed = {
+        "noise_stdev": 0.02,
+        "num_rollouts": 32,
+        "rollouts_used": 32,
+        "num_workers": 2,
+        "sgd_stepsize": 0.01,
+        "observation_filter": "MeanStdFilter",
+        "noise_size": 250000000,
+        "eval_prob": 0.03,
+        "report_length": 10,
+        "offset": 0,
+    }
     assert {k: ARS_CONFIG[k] for k in seed} == seed
 
 
-@pytest.mark.parametrize("cls,bad,key", [
-    (ARSTrainer, {"rollouts_used": 8, "num_rollouts": 4}, "rollouts_used"),
-    (ESTrainer, {"return_proc_mode": "raw"}, "return_proc_mode"),
-    (ESTrainer, {"policy_type": "CNN"}, "policy_type"),
-    (ESTrainer, {"noise_stdevv": 0.1}, "noise_stdev"),
-])
+@pytest.mark.parametrize(
+    "cls,bad,key",
+    [
+        (ARSTrainer, {"rollouts_used": 8, "num_rollouts": 4}, "rollouts_used"),
+        (ESTrainer, {"return_proc_mode": "raw"}, "return_proc_mode"),
+        (ESTrainer, {"policy_type": "CNN"}, "policy_type"),
+        (ESTrainer, {"noise_stdevv": 0.1}, "noise_stdev"),
+    ],
+)
 def test_bad_configs_are_rejected(cls, bad, key):
     with pytest.raises(ValueError, match=key):
         cls(env="CartPole-v1", config={"num_workers": 0, "noise_size": NOISE, **bad})
@@ -63,8 +85,15 @@ def test_policies_shapes_and_flat_weights():
 
 
 def _worker(seed: int, **overrides) -> PerturbationWorker:
-    config = {**ES_CONFIG, "num_workers": 0, "noise_size": NOISE, "seed": seed, "eval_prob": 0.2,
-              "model": {"fcnet_hiddens": [8]}, **overrides}
+    config = {
+        **ES_CONFIG,
+        "num_workers": 0,
+        "noise_size": NOISE,
+        "seed": seed,
+        "eval_prob": 0.2,
+        "model": {"fcnet_hiddens": [8]},
+        **overrides,
+    }
     return PerturbationWorker(_cartpole, config, create_noise(NOISE, 0), worker_index=1)
 
 
@@ -88,8 +117,16 @@ def test_worker_offset_is_subtracted_per_step_of_training_rollouts():
 
 
 def _es(**overrides) -> ESTrainer:
-    config = {"num_workers": 0, "noise_size": NOISE, "seed": 0, "episodes_per_batch": 10, "train_batch_size": 200,
-              "eval_prob": 0.1, "model": {"fcnet_hiddens": [8]}, **overrides}
+    config = {
+        "num_workers": 0,
+        "noise_size": NOISE,
+        "seed": 0,
+        "episodes_per_batch": 10,
+        "train_batch_size": 200,
+        "eval_prob": 0.1,
+        "model": {"fcnet_hiddens": [8]},
+        **overrides,
+    }
     return ESTrainer(env="CartPole-v1", config=config)
 
 
@@ -110,9 +147,18 @@ def test_es_update_is_the_centered_rank_weighted_sum_of_the_noise():
 
 
 def test_ars_keeps_the_best_directions_and_scales_by_their_std():
-    trainer = ARSTrainer(env="CartPole-v1", config={"num_workers": 0, "noise_size": NOISE, "seed": 0,
-                                                     "num_rollouts": 3, "rollouts_used": 2, "sgd_momentum": 0.0,
-                                                     "sgd_stepsize": 0.5})
+    trainer = ARSTrainer(
+        env="CartPole-v1",
+        config={
+            "num_workers": 0,
+            "noise_size": NOISE,
+            "seed": 0,
+            "num_rollouts": 3,
+            "rollouts_used": 2,
+            "sgd_momentum": 0.0,
+            "sgd_stepsize": 0.5,
+        },
+    )
     theta = trainer.policy.get_flat_weights()
     n = trainer.policy.num_params
     indices = np.array([10, 20, 30])
@@ -134,8 +180,14 @@ def test_train_result_checkpoint_and_compute_action(cls, tmp_path):
         config.update(num_rollouts=4, rollouts_used=2)
     trainer = cls(env="CartPole-v1", config=config)
     result = trainer.train()
-    for key in ("episode_reward_mean", "episode_len_mean", "timesteps_this_iter", "timesteps_total",
-                "training_iteration", "info"):
+    for key in (
+        "episode_reward_mean",
+        "episode_len_mean",
+        "timesteps_this_iter",
+        "timesteps_total",
+        "training_iteration",
+        "info",
+    ):
         assert key in result
     assert result["timesteps_this_iter"] > 0 and result["info"]["episodes_this_iter"] >= 2
     path = trainer.save(str(tmp_path))
@@ -148,8 +200,9 @@ def test_train_result_checkpoint_and_compute_action(cls, tmp_path):
         action = trainer.compute_action(obs, explore=False)
         assert action in (0, 1) and restored.compute_action(obs, explore=False) == action
     # A checkpoint of another trainer is refused.
-    other = (ARSTrainer if cls is ESTrainer else ESTrainer)(env="CartPole-v1", config={
-        "num_workers": 0, "noise_size": NOISE, "model": {"fcnet_hiddens": [8]}})
+    other = (ARSTrainer if cls is ESTrainer else ESTrainer)(
+        env="CartPole-v1", config={"num_workers": 0, "noise_size": NOISE, "model": {"fcnet_hiddens": [8]}}
+    )
     with pytest.raises(ValueError, match="written by trainer"):
         other.restore(path)
     for t in (trainer, restored, other):
@@ -168,19 +221,29 @@ def test_es_with_two_ray_workers_shares_one_noise_table_and_syncs_filters():
         trainer.stop()
 
 
-@pytest.mark.parametrize("corrupt, message", [
-    (lambda m, s: m["counters"].update(iteration="abc"), "counter 'iteration' must be a non-negative integer"),
-    (lambda m, s: s["optimizer"].update(m=np.zeros(3, np.float32)), "field 'optimizer.m' has shape"),
-    (lambda m, s: s["filters"]["default_policy"]["rs"].update(mean=np.zeros(7)), "filters.default_policy"),
-    (lambda m, s: s["trainer"].update(reward_list=["x"]), "trainer.reward_list"),
-])
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda m, s: m["counters"].update(iteration="abc"), "counter 'iteration' must be a non-negative integer"),
+        (lambda m, s: s["optimizer"].update(m=np.zeros(3, np.float32)), "field 'optimizer.m' has shape"),
+        (lambda m, s: s["filters"]["default_policy"]["rs"].update(mean=np.zeros(7)), "filters.default_policy"),
+        (lambda m, s: s["trainer"].update(reward_list=["x"]), "trainer.reward_list"),
+    ],
+)
 def test_es_restore_is_all_or_nothing(tmp_path, corrupt, message):
     """A checkpoint that fails any check leaves the ES trainer exactly as it was (weights, moments, filter,
     counters), whichever part is bad: nothing is applied before everything is checked."""
     from relayrl.agents import checkpoint as ckpt
 
-    config = {"num_workers": 0, "noise_size": NOISE, "seed": 0, "episodes_per_batch": 10, "train_batch_size": 200,
-              "model": {"fcnet_hiddens": [8]}, "observation_filter": "MeanStdFilter"}
+    config = {
+        "num_workers": 0,
+        "noise_size": NOISE,
+        "seed": 0,
+        "episodes_per_batch": 10,
+        "train_batch_size": 200,
+        "model": {"fcnet_hiddens": [8]},
+        "observation_filter": "MeanStdFilter",
+    }
     source = ESTrainer(env="CartPole-v1", config=config)
     source.train()
     source.train()
@@ -188,11 +251,18 @@ def test_es_restore_is_all_or_nothing(tmp_path, corrupt, message):
     manifest, state = ckpt.read_checkpoint(path)
     target = ESTrainer(env="CartPole-v1", config=config)
     target.train()
-    before = (target.policy.get_flat_weights().copy(), target._flat_optimizer.m.copy(),
-              target.workers.local_worker().filter.to_state(), target.iteration)
+    before = (
+        target.policy.get_flat_weights().copy(),
+        target._flat_optimizer.m.copy(),
+        target.workers.local_worker().filter.to_state(),
+        target.iteration,
+    )
     corrupt(manifest, state)
-    bad = ckpt.write_checkpoint(str(tmp_path / "bad"), {k: v for k, v in manifest.items() if k not in (
-        "format_version", "files", "state")}, state)
+    bad = ckpt.write_checkpoint(
+        str(tmp_path / "bad"),
+        {k: v for k, v in manifest.items() if k not in ("format_version", "files", "state")},
+        state,
+    )
     with pytest.raises(ckpt.CheckpointError, match=message):
         target.restore(bad)
     np.testing.assert_array_equal(target.policy.get_flat_weights(), before[0])

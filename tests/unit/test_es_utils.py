@@ -18,19 +18,13 @@ from relayrl.utils.es_utils import (
 
 # --------------------------------------------------------------------------- ranks
 def test_compute_ranks_hand_example_and_ties_by_position() -> None:
-    np.testing.assert_array_equal(
-        compute_ranks(np.array([3.0, -1.0, 10.0, 2.0])), [2, 0, 3, 1]
-    )
-    np.testing.assert_array_equal(
-        compute_ranks(np.array([1.0, 0.0, 1.0, 0.0])), [2, 0, 3, 1]
-    )
+    np.testing.assert_array_equal(compute_ranks(np.array([3.0, -1.0, 10.0, 2.0])), [2, 0, 3, 1])
+    np.testing.assert_array_equal(compute_ranks(np.array([1.0, 0.0, 1.0, 0.0])), [2, 0, 3, 1])
     # Long enough that an unstable sort would scramble equal values.
     x = np.tile([2.0, 0.0, 1.0], 100)
     ranks = compute_ranks(x)
     for value, offset in ((0.0, 0), (1.0, 100), (2.0, 200)):
-        np.testing.assert_array_equal(
-            ranks[x == value], np.arange(offset, offset + 100)
-        )
+        np.testing.assert_array_equal(ranks[x == value], np.arange(offset, offset + 100))
 
 
 def test_compute_ranks_rejects_2d() -> None:
@@ -62,9 +56,7 @@ def test_batched_weighted_sum_hand_example_across_batches() -> None:
     vecs = (np.array([1.0, 0.0]), np.array([0.5, 1.0]), np.array([1.0, -1.0]))
     total, n = batched_weighted_sum(weights, iter(vecs), batch_size=2)
     assert n == 3
-    np.testing.assert_allclose(
-        total, [1.0 + 1.0 - 3.0, 0.0 + 2.0 + 3.0], rtol=0, atol=1e-6
-    )
+    np.testing.assert_allclose(total, [1.0 + 1.0 - 3.0, 0.0 + 2.0 + 3.0], rtol=0, atol=1e-6)
 
 
 def test_batched_weighted_sum_errors() -> None:

@@ -14,8 +14,14 @@ from relayrl.policy.export import ONNX_FILE, SIDECAR_FILE, TORCHSCRIPT_FILE
 ort = pytest.importorskip("onnxruntime")
 
 SMALL = {
-    "num_workers": 0, "sample_batch_size": 128, "train_batch_size": 256, "sgd_minibatch_size": 64,
-    "num_sgd_iter": 2, "observation_filter": "MeanStdFilter", "model": {"fcnet_hiddens": [32, 32]}, "seed": 0,
+    "num_workers": 0,
+    "sample_batch_size": 128,
+    "train_batch_size": 256,
+    "sgd_minibatch_size": 64,
+    "num_sgd_iter": 2,
+    "observation_filter": "MeanStdFilter",
+    "model": {"fcnet_hiddens": [32, 32]},
+    "seed": 0,
 }
 
 
@@ -68,7 +74,10 @@ def test_onnx_and_torchscript_match_deterministic_actions_with_filter(cartpole_t
         on_disk = json.load(f)
     assert on_disk == json.loads(json.dumps(sidecar))
     assert on_disk["observation_space"]["shape"] == [4] and on_disk["action_space"] == {
-        "type": "Discrete", "n": 2, "start": 0}
+        "type": "Discrete",
+        "n": 2,
+        "start": 0,
+    }
     assert on_disk["observation_filter"]["type"] == "MeanStdFilter"
     assert on_disk["observation_filter"]["rs"]["n"] == filt.rs.n
     assert on_disk["action"]["deterministic"] == "argmax"

@@ -7,7 +7,7 @@ def test_mean_std_against_numpy():
     rng = np.random.default_rng(0)
     data = rng.normal([5.0, -3.0, 100.0], [2.0, 0.5, 30.0], size=(994, 3))
     f = MeanStdFilter((3,))
-    out = [f(data[i:i + 7]) for i in range(0, len(data), 7)]
+    out = [f(data[i : i + 7]) for i in range(0, len(data), 7)]
     assert f.rs.n == len(data)
     np.testing.assert_allclose(f.rs.mean, data.mean(axis=0), rtol=1e-10)
     np.testing.assert_allclose(f.rs.std, data.std(axis=0, ddof=1), rtol=1e-10)

@@ -18,19 +18,23 @@ DEFERRED = (SB.ACTION_LOGP, SB.VF_PREDS, Postprocessing.ADVANTAGES, Postprocessi
 
 
 def ppo_worker(env: str, **config) -> RolloutWorker:
-    return RolloutWorker(lambda ctx: gym.make(env), PPOTorchPolicy,
-                         policy_config={**PPO_CONFIG, "seed": 1, "num_envs_per_worker": 4,
-                                        "sample_batch_size": 50, **config})
+    return RolloutWorker(
+        lambda ctx: gym.make(env),
+        PPOTorchPolicy,
+        policy_config={**PPO_CONFIG, "seed": 1, "num_envs_per_worker": 4, "sample_batch_size": 50, **config},
+    )
 
 
 def three_trajectories() -> SampleBatch:
     rng = np.random.default_rng(0)
     lengths = [5, 1, 7]
-    return SampleBatch({
-        SB.REWARDS: rng.normal(size=sum(lengths)),
-        SB.VF_PREDS: rng.normal(size=sum(lengths)).astype(np.float32),
-        SB.UNROLL_ID: np.repeat([10, 11, 12], lengths),
-    })
+    return SampleBatch(
+        {
+            SB.REWARDS: rng.normal(size=sum(lengths)),
+            SB.VF_PREDS: rng.normal(size=sum(lengths)).astype(np.float32),
+            SB.UNROLL_ID: np.repeat([10, 11, 12], lengths),
+        }
+    )
 
 
 @pytest.mark.parametrize("use_gae", [True, False])
@@ -91,10 +95,13 @@ def test_direct_compute_actions_returns_every_column():
     assert set(deferred) == {SB.ACTION_DIST_INPUTS}
 
 
-@pytest.mark.parametrize("dist_class,inputs,actions", [
-    (Categorical, np.random.default_rng(0).normal(size=(6, 3)) * 5, np.array([0, 1, 2, 2, 1, 0])),
-    (DiagGaussian, np.random.default_rng(1).normal(size=(6, 4)), np.random.default_rng(2).normal(size=(6, 2))),
-])
+@pytest.mark.parametrize(
+    "dist_class,inputs,actions",
+    [
+        (Categorical, np.random.default_rng(0).normal(size=(6, 3)) * 5, np.array([0, 1, 2, 2, 1, 0])),
+        (DiagGaussian, np.random.default_rng(1).normal(size=(6, 4)), np.random.default_rng(2).normal(size=(6, 2))),
+    ],
+)
 def test_numpy_logp_matches_torch(dist_class, inputs, actions):
     inputs = inputs.astype(np.float32)
     expected = dist_class(torch.as_tensor(inputs)).logp(torch.as_tensor(actions)).numpy()
@@ -104,8 +111,15 @@ def test_numpy_logp_matches_torch(dist_class, inputs, actions):
 class StrictSignaturePolicy(Policy):
     """A user's policy whose compute_actions takes no extra keywords: the sampler must not pass any."""
 
-    def compute_actions(self, obs_batch, state_batches=None, prev_action_batch=None, prev_reward_batch=None,
-                        info_batch=None, episodes=None):
+    def compute_actions(
+        self,
+        obs_batch,
+        state_batches=None,
+        prev_action_batch=None,
+        prev_reward_batch=None,
+        info_batch=None,
+        episodes=None,
+    ):
         return np.ones(len(obs_batch), dtype=np.int64), [], {}
 
     def get_weights(self):
@@ -116,16 +130,21 @@ class StrictSignaturePolicy(Policy):
 
 
 def test_policy_without_extra_keywords_is_sampled():
-    worker = RolloutWorker(lambda ctx: gym.make("CartPole-v1"), StrictSignaturePolicy,
-                           policy_config={"num_envs_per_worker": 2, "sample_batch_size": 30})
+    worker = RolloutWorker(
+        lambda ctx: gym.make("CartPole-v1"),
+        StrictSignaturePolicy,
+        policy_config={"num_envs_per_worker": 2, "sample_batch_size": 30},
+    )
     batch = worker.sample()
     assert batch.count == 60 and set(batch[SB.ACTIONS].tolist()) == {1}
 
 
 def test_complete_episodes_longer_than_a_fragment():
-    worker = RolloutWorker(lambda ctx: gym.make("CartPole-v1"), StrictSignaturePolicy,
-                           policy_config={"num_envs_per_worker": 2, "sample_batch_size": 3,
-                                          "batch_mode": "complete_episodes", "seed": 0})
+    worker = RolloutWorker(
+        lambda ctx: gym.make("CartPole-v1"),
+        StrictSignaturePolicy,
+        policy_config={"num_envs_per_worker": 2, "sample_batch_size": 3, "batch_mode": "complete_episodes", "seed": 0},
+    )
     batch = worker.sample()
     episodes = batch.split_by_episode()
     assert episodes and all(ep[SB.DONES][-1] and not ep[SB.DONES][:-1].any() for ep in episodes)

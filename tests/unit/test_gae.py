@@ -67,8 +67,9 @@ def gae_by_definition(rewards, values, last_value):
 
 def sample(batch_mode, fragment):
     config = {"gamma": GAMMA, "lambda": LAMBDA, "use_gae": True}
-    worker = RolloutWorker(make_env, HalfObsValuePolicy, policy_config=config, sample_batch_size=fragment,
-                           batch_mode=batch_mode)
+    worker = RolloutWorker(
+        make_env, HalfObsValuePolicy, policy_config=config, sample_batch_size=fragment, batch_mode=batch_mode
+    )
     return worker.sample()
 
 

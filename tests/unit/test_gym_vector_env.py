@@ -23,8 +23,11 @@ from relayrl.env.vector_env import CheckedVectorEnv, VectorEnv
 from relayrl.evaluation import RolloutWorker
 from relayrl.policy import SampleBatch
 
-SAME, NEXT, DISABLED = (gym.vector.AutoresetMode.SAME_STEP, gym.vector.AutoresetMode.NEXT_STEP,
-                        gym.vector.AutoresetMode.DISABLED)
+SAME, NEXT, DISABLED = (
+    gym.vector.AutoresetMode.SAME_STEP,
+    gym.vector.AutoresetMode.NEXT_STEP,
+    gym.vector.AutoresetMode.DISABLED,
+)
 N = 3  # sub-envs
 
 
@@ -36,8 +39,9 @@ def cartpole(ctx=None):
 class InfoEnv(gym.Env):
     """Dict observations; infos with the episode step (and "end" when terminated) and the stepping process."""
 
-    observation_space = gym.spaces.Dict({"pos": gym.spaces.Box(-10.0, 10.0, (2,), np.float32),
-                                         "parity": gym.spaces.Discrete(2)})
+    observation_space = gym.spaces.Dict(
+        {"pos": gym.spaces.Box(-10.0, 10.0, (2,), np.float32), "parity": gym.spaces.Discrete(2)}
+    )
     action_space = gym.spaces.Discrete(2)
 
     def __init__(self, ctx=None):
@@ -79,8 +83,13 @@ VECTOR_ENVS = {
     "sync-disabled": sync_vec(mode=DISABLED),
     "async-same-step": async_vec(mode=SAME),
     "async-next-step": async_vec(mode=NEXT),
-    "make_vec-async": lambda ctx: gym.make_vec("CartPole-v1", num_envs=N, vectorization_mode="async",
-                                               max_episode_steps=20, vector_kwargs={"autoreset_mode": SAME}),
+    "make_vec-async": lambda ctx: gym.make_vec(
+        "CartPole-v1",
+        num_envs=N,
+        vectorization_mode="async",
+        max_episode_steps=20,
+        vector_kwargs={"autoreset_mode": SAME},
+    ),
 }
 BASE = {"seed": 7, "sample_batch_size": 25, "model": {"fcnet_hiddens": [16]}}
 
@@ -133,8 +142,11 @@ def test_vector_env_path_gives_the_plain_paths_batches_and_episodes(name):
     assert len(vm) == int((terminated | truncated).sum())
 
 
-@pytest.mark.parametrize("make", [sync_vec(mode=SAME), sync_vec(mode=NEXT), async_vec(mode=SAME)],
-                         ids=["sync-same-step", "sync-next-step", "async-same-step"])
+@pytest.mark.parametrize(
+    "make",
+    [sync_vec(mode=SAME), sync_vec(mode=NEXT), async_vec(mode=SAME)],
+    ids=["sync-same-step", "sync-next-step", "async-same-step"],
+)
 def test_horizon_cuts_episodes_alike(make):
     """horizon (the sampler's truncation) resets a sub-env the vector env did not end: a masked reset."""
     (vb, vm, _), (pb, pm, _) = sample_both(make, cartpole, horizon=7)
@@ -201,8 +213,11 @@ def test_async_vector_env_steps_in_subprocesses():
 def test_a_late_resetting_vector_env_without_spec_or_reset_mask_is_a_clear_error():
     from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 
-    with pytest.raises(ValueError, match=r"CartPoleVectorEnv resets a finished sub-env one step late .*"
-                                         r"vectorization_mode='async'"):
+    with pytest.raises(
+        ValueError,
+        match=r"CartPoleVectorEnv resets a finished sub-env one step late .*"
+        r"vectorization_mode='async'",
+    ):
         RolloutWorker(lambda ctx: CartPoleVectorEnv(num_envs=2), PGTorchPolicy)
 
 
@@ -211,7 +226,8 @@ def test_plain_make_vec_of_cartpole_is_stepped_as_a_sync_vector_env(caplog):
     spec as a SyncVectorEnv, with a warning; the batches equal the plain path's."""
     with caplog.at_level("WARNING"):
         (vec, _, vec_worker), (plain, _, _) = sample_both(
-            lambda ctx: gym.make_vec("CartPole-v1", num_envs=N, max_episode_steps=20), cartpole)
+            lambda ctx: gym.make_vec("CartPole-v1", num_envs=N, max_episode_steps=20), cartpole
+        )
     assert "stepping its 3 sub-envs as a SyncVectorEnv of CartPole-v1" in caplog.text
     assert type(vec_worker.sampler.env.env.vector_env.unwrapped).__name__ == "SyncVectorEnv"
     for a, b in zip(vec, plain):
@@ -231,15 +247,25 @@ def test_num_envs_per_worker_stays_one_with_a_vector_env():
 register_env("test-sync-vec-cartpole", sync_vec(n=2))
 register_env("test-async-vec-cartpole", async_vec(n=4))
 register_env("test-make-vec-pendulum", lambda ctx: gym.make_vec("Pendulum-v1", num_envs=2))  # SyncVectorEnv
-PPO_SMALL = {"sample_batch_size": 50, "train_batch_size": 200, "sgd_minibatch_size": 50, "num_sgd_iter": 2,
-             "model": {"fcnet_hiddens": [16]}, "seed": 0}
+PPO_SMALL = {
+    "sample_batch_size": 50,
+    "train_batch_size": 200,
+    "sgd_minibatch_size": 50,
+    "num_sgd_iter": 2,
+    "model": {"fcnet_hiddens": [16]},
+    "seed": 0,
+}
 
 
 @pytest.mark.parametrize("trainer_cls", [PPOTrainer, PGTrainer])
 @pytest.mark.parametrize("env", ["test-sync-vec-cartpole", "test-async-vec-cartpole", "test-make-vec-pendulum"])
 def test_trainers_train_on_vector_envs(trainer_cls, env):
-    trainer = trainer_cls(env=env, config=PPO_SMALL if trainer_cls is PPOTrainer else
-                          {k: PPO_SMALL[k] for k in ("sample_batch_size", "train_batch_size", "model", "seed")})
+    trainer = trainer_cls(
+        env=env,
+        config=PPO_SMALL
+        if trainer_cls is PPOTrainer
+        else {k: PPO_SMALL[k] for k in ("sample_batch_size", "train_batch_size", "model", "seed")},
+    )
     try:
         result = trainer.train()
     finally:

@@ -26,8 +26,12 @@ def _train(model: torch.nn.Module, opt, steps: int, seed: int) -> None:
 def test_adam_matches_torch_adam_over_100_steps():
     ours, reference = _model(0), _model(0)
     _train(ours, Adam(ours.parameters(), lr=3e-3, betas=(0.85, 0.995), eps=1e-7), 100, seed=1)
-    _train(reference, torch.optim.Adam(reference.parameters(), lr=3e-3, betas=(0.85, 0.995), eps=1e-7,
-                                       foreach=False), 100, seed=1)
+    _train(
+        reference,
+        torch.optim.Adam(reference.parameters(), lr=3e-3, betas=(0.85, 0.995), eps=1e-7, foreach=False),
+        100,
+        seed=1,
+    )
     for (name, a), b in zip(ours.named_parameters(), reference.parameters()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (name, (a - b).abs().max().item())
     # and they moved: the comparison is not between two untouched models

@@ -145,12 +145,14 @@ def test_spaces_and_agent_ids():
 def _replace(i, result):
     def edit(reset, steps):
         steps[i] = result
+
     return edit
 
 
 def _edit(i, fn):
     def edit(reset, steps):
         fn(steps[i])
+
     return edit
 
 
@@ -160,29 +162,75 @@ BAD = [
     ("action for a left agent", None, {5: lambda a: {**a, "a": 0}}, "step 5 ", "a", "left at step 4"),
     ("missing action", None, {1: lambda a: {}}, "step 1 ", "a", "no action given"),
     ("masked action", None, {3: lambda a: {"c": 0}}, "step 3 ", "c", r"action 0 is illegal.*\[0, 1, 0\]"),
-    ("obs outside its space", _edit(1, lambda r: r[0].update(c=m(v=3.0) | {"observation": o(3)})), None,
-     "step 2 ", "c", r"has shape \(3,\).*its observation space is Dict"),
-    ("missing __all__ in terminateds", _edit(2, lambda r: r[2].pop("__all__")), None, "step 3 ", None,
-     "terminateds without '__all__'"),
-    ("missing __all__ in truncateds", _edit(0, lambda r: r[3].pop("__all__")), None, "step 1 ", None,
-     "truncateds without '__all__'"),
-    ("observation after leaving", _edit(4, lambda r: r[0].update(a=o(2))), None, "step 5 ", "a",
-     "in step\\(\\)'s obs after it left at step 4"),
-    ("reward after leaving", _edit(5, lambda r: r[1].update(a=1.0)), None, "step 6 ", "a",
-     "rewards after it left at step 4"),
+    (
+        "obs outside its space",
+        _edit(1, lambda r: r[0].update(c=m(v=3.0) | {"observation": o(3)})),
+        None,
+        "step 2 ",
+        "c",
+        r"has shape \(3,\).*its observation space is Dict",
+    ),
+    (
+        "missing __all__ in terminateds",
+        _edit(2, lambda r: r[2].pop("__all__")),
+        None,
+        "step 3 ",
+        None,
+        "terminateds without '__all__'",
+    ),
+    (
+        "missing __all__ in truncateds",
+        _edit(0, lambda r: r[3].pop("__all__")),
+        None,
+        "step 1 ",
+        None,
+        "truncateds without '__all__'",
+    ),
+    (
+        "observation after leaving",
+        _edit(4, lambda r: r[0].update(a=o(2))),
+        None,
+        "step 5 ",
+        "a",
+        "in step\\(\\)'s obs after it left at step 4",
+    ),
+    (
+        "reward after leaving",
+        _edit(5, lambda r: r[1].update(a=1.0)),
+        None,
+        "step 6 ",
+        "a",
+        "rewards after it left at step 4",
+    ),
     ("done flag after leaving", _edit(4, lambda r: r[2].update(a=True)), None, "step 5 ", "a", "terminateds after"),
-    ("non-dict obs", _replace(0, step([o(3)], {})), None, "step 1 ", None,
-     "returned a list as obs, not a dict"),
-    ("non-dict rewards", _replace(0, ({"b": o(3)}, 1.0, {"__all__": False}, {"__all__": False}, {})), None,
-     "step 1 ", None, "a float as rewards"),
-    ("old 4-tuple step", _replace(0, ({"b": o(3)}, {}, {"__all__": False}, {})), None, "step 1 ", None,
-     "returned 4 values"),
-    ("all-zero mask", _edit(1, lambda r: r[0].update(c=m((0, 0, 0)))), None, "step 2 ", "c",
-     "'action_mask' is all zeros"),
+    ("non-dict obs", _replace(0, step([o(3)], {})), None, "step 1 ", None, "returned a list as obs, not a dict"),
+    (
+        "non-dict rewards",
+        _replace(0, ({"b": o(3)}, 1.0, {"__all__": False}, {"__all__": False}, {})),
+        None,
+        "step 1 ",
+        None,
+        "a float as rewards",
+    ),
+    (
+        "old 4-tuple step",
+        _replace(0, ({"b": o(3)}, {}, {"__all__": False}, {})),
+        None,
+        "step 1 ",
+        None,
+        "returned 4 values",
+    ),
+    (
+        "all-zero mask",
+        _edit(1, lambda r: r[0].update(c=m((0, 0, 0)))),
+        None,
+        "step 2 ",
+        "c",
+        "'action_mask' is all zeros",
+    ),
     ("unknown agent", _edit(0, lambda r: r[0].update(z=o(2))), None, "step 1 ", "z", "not one of the env's"),
     ("nobody acts", _replace(2, step({}, {"c": 1.0})), None, "step 3 ", None, "asked no agent to act"),
-    ("reward before the first obs", _edit(0, lambda r: r[1].update(c=2.0)), None, "step 1 ", "c",
-     "no observation"),
+    ("reward before the first obs", _edit(0, lambda r: r[1].update(c=2.0)), None, "step 1 ", "c", "no observation"),
     ("reward with the first obs", _edit(1, lambda r: r[1].update(c=1.0)), None, "step 2 ", "c", "before this one"),
     ("NaN reward", _edit(0, lambda r: r[1].update(a=float("nan"))), None, "step 1 ", "a", "reward is nan"),
     ("flag not a bool", _edit(0, lambda r: r[2].update(b="no")), None, "step 1 ", None, "not a bool"),
@@ -258,8 +306,14 @@ def test_split_action_mask_spaces():
 def test_split_mask_batch_all_forms_agree():
     space = gym.spaces.Dict({"a": Box(-5, 5, (2,)), "action_mask": Box(0, 1, (4,)), "z": Box(-5, 5, (3,))})
     rng = np.random.default_rng(0)
-    raw = [{"a": rng.normal(size=2).astype(np.float32), "action_mask": rng.integers(0, 2, 4).astype(np.float32),
-            "z": rng.normal(size=3).astype(np.float32)} for _ in range(5)]
+    raw = [
+        {
+            "a": rng.normal(size=2).astype(np.float32),
+            "action_mask": rng.integers(0, 2, 4).astype(np.float32),
+            "z": rng.normal(size=3).astype(np.float32),
+        }
+        for _ in range(5)
+    ]
     want_mask = np.stack([r["action_mask"] > 0 for r in raw])
     inner, mask = split_mask_batch(raw)
     assert sorted(inner) == ["a", "z"] and inner["z"].shape == (5, 3) and mask.dtype == bool
@@ -274,7 +328,8 @@ def test_split_mask_batch_all_forms_agree():
     np.testing.assert_array_equal(flat_mask, want_mask)
     inner_space = split_action_mask(space)[0]
     want_inner = get_preprocessor(inner_space)(inner_space).transform_batch(
-        [{k: r[k] for k in ("a", "z")} for r in raw])
+        [{k: r[k] for k in ("a", "z")} for r in raw]
+    )
     np.testing.assert_array_equal(flat_inner, want_inner)  # the flat form of the inner space
     t_inner, t_mask = split_mask_batch(torch.as_tensor(flat), obs_space=prep.observation_space)
     assert torch.equal(t_mask, torch.as_tensor(want_mask)) and torch.equal(t_inner, torch.as_tensor(want_inner))
@@ -317,8 +372,11 @@ def tictactoe():
 
 def test_tictactoe_100_games_legal_moves_and_pettingzoo_reward_sums():
     env = PettingZooEnv(tictactoe())
-    assert env.possible_agents == ["player_1", "player_2"] and env.observation_spaces["player_1"] == \
-        env.observation_space and isinstance(env.observation_space, gym.spaces.Dict)
+    assert (
+        env.possible_agents == ["player_1", "player_2"]
+        and env.observation_spaces["player_1"] == env.observation_space
+        and isinstance(env.observation_space, gym.spaces.Dict)
+    )
     assert split_action_mask(env.observation_space) == (env.observation_space["observation"], 9)
     checker = MultiAgentEpisodeChecker(env, "tictactoe")  # rejects a masked (illegal) action
     raw = tictactoe()

@@ -21,11 +21,13 @@ from relayrl.models.action_dist import Categorical, DiagGaussian
 from relayrl.models.preprocessors import get_preprocessor
 
 # --- environments -----------------------------------------------------------------------------------------------
-DICT_OBS_SPACE = gym.spaces.Dict({
-    "sensors": gym.spaces.Box(-1.0, 1.0, (3,), np.float32),
-    "mode": gym.spaces.Discrete(2),
-    "inner": gym.spaces.Tuple((gym.spaces.Box(0.0, 1.0, (2, 2), np.float32), gym.spaces.MultiDiscrete([2, 3]))),
-})
+DICT_OBS_SPACE = gym.spaces.Dict(
+    {
+        "sensors": gym.spaces.Box(-1.0, 1.0, (3,), np.float32),
+        "mode": gym.spaces.Discrete(2),
+        "inner": gym.spaces.Tuple((gym.spaces.Box(0.0, 1.0, (2, 2), np.float32), gym.spaces.MultiDiscrete([2, 3]))),
+    }
+)
 
 
 class DictObsEnv(gym.Env):
@@ -85,11 +87,13 @@ class BitAndTargetEnv(gym.Env):
         return self._obs(), reward, self.t >= 10, False, {}
 
 
-DICT_ACTION_SPACE = gym.spaces.Dict({
-    "move": gym.spaces.Discrete(3),
-    "force": gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
-    "grid": gym.spaces.MultiDiscrete([2, 3]),
-})
+DICT_ACTION_SPACE = gym.spaces.Dict(
+    {
+        "move": gym.spaces.Discrete(3),
+        "force": gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
+        "grid": gym.spaces.MultiDiscrete([2, 3]),
+    }
+)
 
 
 class DictActionEnv(gym.Env):
@@ -207,10 +211,12 @@ def test_flat_obs_and_structure_round_trip_by_hand():
 
 
 def test_flat_action_round_trip_by_hand():
-    space = gym.spaces.Dict({
-        "b": gym.spaces.Tuple((gym.spaces.Discrete(3, start=1), gym.spaces.Box(-1, 1, (2,), np.float32))),
-        "a": gym.spaces.MultiDiscrete([2, 4]),
-    })
+    space = gym.spaces.Dict(
+        {
+            "b": gym.spaces.Tuple((gym.spaces.Discrete(3, start=1), gym.spaces.Box(-1, 1, (2,), np.float32))),
+            "a": gym.spaces.MultiDiscrete([2, 4]),
+        }
+    )
     action = {"b": (np.int64(3), np.array([0.5, -2.0], np.float32)), "a": np.array([1, 3])}
     row = flatten_action(action, space)
     np.testing.assert_array_equal(row, [1, 3, 2, 0.5, -2.0])  # a, then b: Discrete index (start 1), Box
@@ -242,8 +248,12 @@ def test_multi_action_distribution_sums_its_leaves():
     rng = np.random.default_rng(0)
     np_actions = dist_class.numpy_sample(inputs.numpy(), rng, True)
     assert np_actions.shape == (6, 3) and set(np.unique(np_actions[:, 0])) <= {0.0, 1.0, 2.0}
-    np.testing.assert_allclose(dist_class.numpy_logp(inputs.numpy(), np_actions),
-                               dist.logp(torch.from_numpy(np_actions)).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        dist_class.numpy_logp(inputs.numpy(), np_actions),
+        dist.logp(torch.from_numpy(np_actions)).numpy(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     mode = dist_class.numpy_sample(inputs.numpy(), rng, False)
     np.testing.assert_array_equal(mode, dist.deterministic_sample().numpy())
 
@@ -253,11 +263,19 @@ def test_dict_obs_custom_model_vectorised_ppo():
     from relayrl.agents.ppo import PPOTrainer
 
     SensorModel.seen = []
-    trainer = PPOTrainer(env=DictObsEnv, config={
-        "num_workers": 0, "num_envs_per_worker": 4, "sample_batch_size": 16, "train_batch_size": 64,
-        "sgd_minibatch_size": 32, "num_sgd_iter": 1, "seed": 0,
-        "model": {"custom_model": SensorModel},
-    })
+    trainer = PPOTrainer(
+        env=DictObsEnv,
+        config={
+            "num_workers": 0,
+            "num_envs_per_worker": 4,
+            "sample_batch_size": 16,
+            "train_batch_size": 64,
+            "sgd_minibatch_size": 32,
+            "num_sgd_iter": 1,
+            "seed": 0,
+            "model": {"custom_model": SensorModel},
+        },
+    )
     try:
         result = trainer.train()
         assert result["timesteps_total"] >= 64
@@ -274,10 +292,17 @@ def test_dict_obs_custom_model_vectorised_ppo():
 def test_dict_actions_one_iteration(run):
     from relayrl import get_trainer_class
 
-    trainer = get_trainer_class(run)(env=DictActionEnv, config={
-        "num_workers": 0, "sample_batch_size": 16, "train_batch_size": 32, "seed": 0, "min_iter_time_s": 0,
-        "model": {"fcnet_hiddens": [16]},
-    })
+    trainer = get_trainer_class(run)(
+        env=DictActionEnv,
+        config={
+            "num_workers": 0,
+            "sample_batch_size": 16,
+            "train_batch_size": 32,
+            "seed": 0,
+            "min_iter_time_s": 0,
+            "model": {"fcnet_hiddens": [16]},
+        },
+    )
     try:
         for _ in range(10):  # IMPALA's iteration may end before its learner took the first train batch
             result = trainer.train()
@@ -299,11 +324,22 @@ def test_tuple_actions_ppo_learns():
     (5 + 10). Seed 1 passes 16 after about 10k steps (seeds 2 and 3 after about 11k)."""
     from relayrl.agents.ppo import PPOTrainer
 
-    trainer = PPOTrainer(env=BitAndTargetEnv, config={
-        "num_workers": 0, "num_envs_per_worker": 4, "sample_batch_size": 50, "train_batch_size": 800,
-        "sgd_minibatch_size": 100, "num_sgd_iter": 8, "lr": 3e-3, "gamma": 0.5, "seed": 1,
-        "observation_filter": "NoFilter", "model": {"fcnet_hiddens": [32, 32]},
-    })
+    trainer = PPOTrainer(
+        env=BitAndTargetEnv,
+        config={
+            "num_workers": 0,
+            "num_envs_per_worker": 4,
+            "sample_batch_size": 50,
+            "train_batch_size": 800,
+            "sgd_minibatch_size": 100,
+            "num_sgd_iter": 8,
+            "lr": 3e-3,
+            "gamma": 0.5,
+            "seed": 1,
+            "observation_filter": "NoFilter",
+            "model": {"fcnet_hiddens": [32, 32]},
+        },
+    )
     try:
         assert trainer.get_policy()._fast_path  # the numpy sampling path covers the multi-action distribution
         first = trainer.train()["episode_reward_mean"]
@@ -324,10 +360,18 @@ def test_raw_image_observations_ppo_default_model():
     from relayrl.agents.ppo import PPOTrainer
     from relayrl.models.visionnet import VisionNetwork
 
-    trainer = PPOTrainer(env=ImageEnv, config={
-        "num_workers": 0, "sample_batch_size": 32, "train_batch_size": 32, "sgd_minibatch_size": 16,
-        "num_sgd_iter": 1, "seed": 0, "observation_filter": "NoFilter",
-    })
+    trainer = PPOTrainer(
+        env=ImageEnv,
+        config={
+            "num_workers": 0,
+            "sample_batch_size": 32,
+            "train_batch_size": 32,
+            "sgd_minibatch_size": 16,
+            "num_sgd_iter": 1,
+            "seed": 0,
+            "observation_filter": "NoFilter",
+        },
+    )
     try:
         model = trainer.get_policy().model
         assert isinstance(model, VisionNetwork) and model.num_features == 256
@@ -366,9 +410,18 @@ def test_cli_rollout_of_tuple_actions(tmp_path):
     from relayrl.cli import main
 
     register_env("nested_bit_and_target", lambda config: BitAndTargetEnv(config))
-    trainer = PPOTrainer(env="nested_bit_and_target", config={
-        "num_workers": 0, "sample_batch_size": 20, "train_batch_size": 20, "sgd_minibatch_size": 20,
-        "num_sgd_iter": 1, "seed": 0, "model": {"fcnet_hiddens": [8]}})
+    trainer = PPOTrainer(
+        env="nested_bit_and_target",
+        config={
+            "num_workers": 0,
+            "sample_batch_size": 20,
+            "train_batch_size": 20,
+            "sgd_minibatch_size": 20,
+            "num_sgd_iter": 1,
+            "seed": 0,
+            "model": {"fcnet_hiddens": [8]},
+        },
+    )
     try:
         trainer.train()
         checkpoint = trainer.save(str(tmp_path / "ckpt"))
@@ -387,22 +440,38 @@ BOX_OBS = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
 TUPLE_ACT = gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Box(-1, 1, (2,), np.float32)))
 
 
-@pytest.mark.parametrize("run, act, message", [
-    ("DQN", gym.spaces.Box(-1, 1, (2,), np.float32),
-     "DQN does not support the action space Box(-1.0, 1.0, (2,), float32); DQN supports Discrete action spaces"),
-    ("DQN", TUPLE_ACT, "DQN does not support the action space Tuple(Discrete(2), Box(-1.0, 1.0, (2,), float32))"),
-    ("DDPG", gym.spaces.Discrete(3), "DDPG does not support the action space Discrete(3); DDPG supports Box action"),
-    ("TD3", gym.spaces.Discrete(3), "TD3 does not support the action space Discrete(3)"),
-    ("APEX", gym.spaces.Box(-1, 1, (2,), np.float32), "APEX does not support the action space Box("),
-    ("APEX_DDPG", gym.spaces.Discrete(3), "APEX_DDPG does not support the action space Discrete(3)"),
-    ("ES", TUPLE_ACT, "ES does not support the action space Tuple("),
-    ("ARS", gym.spaces.MultiDiscrete([2, 2]), "ARS does not support the action space MultiDiscrete([2 2]); ARS"
-                                             " supports Discrete, Box action spaces"),
-    ("PPO", gym.spaces.MultiBinary(3), "PPO does not support the action space MultiBinary(3)"),
-    ("PG", gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.MultiBinary(2))),
-     "PG does not support the action space Tuple(Discrete(2), MultiBinary(2)) (its leaf MultiBinary(2) is not"
-     " Discrete, MultiDiscrete or Box)"),
-])
+@pytest.mark.parametrize(
+    "run, act, message",
+    [
+        (
+            "DQN",
+            gym.spaces.Box(-1, 1, (2,), np.float32),
+            "DQN does not support the action space Box(-1.0, 1.0, (2,), float32); DQN supports Discrete action spaces",
+        ),
+        ("DQN", TUPLE_ACT, "DQN does not support the action space Tuple(Discrete(2), Box(-1.0, 1.0, (2,), float32))"),
+        (
+            "DDPG",
+            gym.spaces.Discrete(3),
+            "DDPG does not support the action space Discrete(3); DDPG supports Box action",
+        ),
+        ("TD3", gym.spaces.Discrete(3), "TD3 does not support the action space Discrete(3)"),
+        ("APEX", gym.spaces.Box(-1, 1, (2,), np.float32), "APEX does not support the action space Box("),
+        ("APEX_DDPG", gym.spaces.Discrete(3), "APEX_DDPG does not support the action space Discrete(3)"),
+        ("ES", TUPLE_ACT, "ES does not support the action space Tuple("),
+        (
+            "ARS",
+            gym.spaces.MultiDiscrete([2, 2]),
+            "ARS does not support the action space MultiDiscrete([2 2]); ARS supports Discrete, Box action spaces",
+        ),
+        ("PPO", gym.spaces.MultiBinary(3), "PPO does not support the action space MultiBinary(3)"),
+        (
+            "PG",
+            gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.MultiBinary(2))),
+            "PG does not support the action space Tuple(Discrete(2), MultiBinary(2)) (its leaf MultiBinary(2) is not"
+            " Discrete, MultiDiscrete or Box)",
+        ),
+    ],
+)
 def test_unsupported_space_exception_names_algorithm_and_space(run, act, message):
     from relayrl import get_trainer_class
 
@@ -420,18 +489,29 @@ def test_unsupported_space_exception_names_algorithm_and_space(run, act, message
 # --- remote workers ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("run, env, model", [
-    ("A3C", DictActionEnv, {"fcnet_hiddens": [8]}),  # Dict actions, gradients computed on the remote worker
-    ("PPO", DictObsEnv, {"custom_model": SensorModel}),  # the structured obs in a remote worker's sub-envs
-])
+@pytest.mark.parametrize(
+    "run, env, model",
+    [
+        ("A3C", DictActionEnv, {"fcnet_hiddens": [8]}),  # Dict actions, gradients computed on the remote worker
+        ("PPO", DictObsEnv, {"custom_model": SensorModel}),  # the structured obs in a remote worker's sub-envs
+    ],
+)
 def test_nested_spaces_with_a_remote_worker(ray_session, run, env, model):
     from relayrl import get_trainer_class
 
-    trainer = get_trainer_class(run)(env=env, config={
-        "num_workers": 1, "num_envs_per_worker": 4, "sample_batch_size": 8, "train_batch_size": 32,
-        "min_iter_time_s": 0, "seed": 0, "model": model,
-        **({"sgd_minibatch_size": 32, "num_sgd_iter": 1} if run == "PPO" else {}),
-    })
+    trainer = get_trainer_class(run)(
+        env=env,
+        config={
+            "num_workers": 1,
+            "num_envs_per_worker": 4,
+            "sample_batch_size": 8,
+            "train_batch_size": 32,
+            "min_iter_time_s": 0,
+            "seed": 0,
+            "model": model,
+            **({"sgd_minibatch_size": 32, "num_sgd_iter": 1} if run == "PPO" else {}),
+        },
+    )
     try:
         for _ in range(10):
             result = trainer.train()

@@ -78,8 +78,9 @@ def test_a_model_moved_to_another_dtype_leaves_the_numpy_path():
 
 def test_gaussian_free_log_std_in_numpy():
     torch.manual_seed(0)
-    model = FullyConnectedNetwork(OBS, gym.spaces.Box(-1, 1, (2,)), 4, {"fcnet_hiddens": [8], "free_log_std": True},
-                                  "m")
+    model = FullyConnectedNetwork(
+        OBS, gym.spaces.Box(-1, 1, (2,)), 4, {"fcnet_hiddens": [8], "free_log_std": True}, "m"
+    )
     with torch.no_grad():
         model.log_std.fill_(-0.7)
     obs = np.ones((3, 5), np.float32)

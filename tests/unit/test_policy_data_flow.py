@@ -25,8 +25,13 @@ CONFIG = {"model": {"fcnet_hiddens": [8]}, "lr": 1e-2, "seed": 0, "gamma": 0.9}
 
 def _batch(n: int = 12, seed: int = 0) -> SampleBatch:
     rng = np.random.default_rng(seed)
-    return SampleBatch({SB.OBS: rng.uniform(-1, 1, (n, 4)).astype(np.float32), SB.ACTIONS: rng.integers(0, 2, n),
-                        Postprocessing.ADVANTAGES: rng.normal(size=n).astype(np.float32)})
+    return SampleBatch(
+        {
+            SB.OBS: rng.uniform(-1, 1, (n, 4)).astype(np.float32),
+            SB.ACTIONS: rng.integers(0, 2, n),
+            Postprocessing.ADVANTAGES: rng.normal(size=n).astype(np.float32),
+        }
+    )
 
 
 def _logp(model, dist_class, batch):
@@ -118,8 +123,11 @@ def test_bootstrap_values_reach_postprocessing_as_an_argument(multi):
 
     fn = multi_trajectory(postprocess) if multi else postprocess
     Policy = build_torch_policy("Boot", _pg_loss, postprocess_fn=fn, needs_value=True)
-    worker = RolloutWorker(lambda ctx: gym.make("CartPole-v1"), Policy,
-                           policy_config={**CONFIG, "num_envs_per_worker": 2, "sample_batch_size": 40})
+    worker = RolloutWorker(
+        lambda ctx: gym.make("CartPole-v1"),
+        Policy,
+        policy_config={**CONFIG, "num_envs_per_worker": 2, "sample_batch_size": 40},
+    )
     batch = worker.sample()
     assert Postprocessing.ADVANTAGES in batch and received
     trajectories = int(batch.trajectory_ends().sum())
@@ -132,14 +140,22 @@ def test_a_postprocess_fn_without_last_r_computes_the_same_advantages():
     def legacy(policy, batch, other_agent_batches=None, episode=None):
         return postprocess_ppo_gae(policy, batch)
 
-    worker = RolloutWorker(lambda ctx: gym.make("CartPole-v1"),
-                           build_torch_policy("Legacy", _pg_loss, postprocess_fn=multi_trajectory(legacy),
-                                              get_default_config=lambda: PPO_CONFIG, needs_value=True),
-                           policy_config={**CONFIG, "num_envs_per_worker": 2, "sample_batch_size": 40})
+    worker = RolloutWorker(
+        lambda ctx: gym.make("CartPole-v1"),
+        build_torch_policy(
+            "Legacy",
+            _pg_loss,
+            postprocess_fn=multi_trajectory(legacy),
+            get_default_config=lambda: PPO_CONFIG,
+            needs_value=True,
+        ),
+        policy_config={**CONFIG, "num_envs_per_worker": 2, "sample_batch_size": 40},
+    )
     policy = worker.policy_map["default_policy"]
     batch = worker.sample()
-    raw = SampleBatch({k: v for k, v in batch.items() if k not in (Postprocessing.ADVANTAGES,
-                                                                   Postprocessing.VALUE_TARGETS)})
+    raw = SampleBatch(
+        {k: v for k, v in batch.items() if k not in (Postprocessing.ADVANTAGES, Postprocessing.VALUE_TARGETS)}
+    )
     explicit = postprocess_ppo_gae(policy, raw.copy(), last_r=bootstrap_values(policy, raw))
     np.testing.assert_allclose(batch[Postprocessing.ADVANTAGES], explicit[Postprocessing.ADVANTAGES], rtol=1e-5)
 
@@ -189,9 +205,18 @@ def test_sync_samples_and_multi_gpu_learn_the_same_numbers(simple):
     from relayrl.agents.ppo import PPOTrainer
 
     def weights(simple_optimizer: bool) -> dict:
-        trainer = PPOTrainer(env="CartPole-v1", config={
-            "train_batch_size": 200, "sample_batch_size": 100, "sgd_minibatch_size": 64, "num_sgd_iter": 2,
-            "model": {"fcnet_hiddens": [8]}, "seed": 3, "simple_optimizer": simple_optimizer})
+        trainer = PPOTrainer(
+            env="CartPole-v1",
+            config={
+                "train_batch_size": 200,
+                "sample_batch_size": 100,
+                "sgd_minibatch_size": 64,
+                "num_sgd_iter": 2,
+                "model": {"fcnet_hiddens": [8]},
+                "seed": 3,
+                "simple_optimizer": simple_optimizer,
+            },
+        )
         try:
             trainer.train()
             return trainer.get_policy().get_weights()
@@ -227,12 +252,12 @@ def test_replay_options_from_a_config_and_as_keywords():
 def test_replay_optimizer_keeps_its_keyword_constructor():
     from relayrl.optimizers import SyncReplayOptimizer
 
-    worker = RolloutWorker(lambda ctx: gym.make("CartPole-v1"),
-                           build_torch_policy("P", _pg_loss), policy_config=dict(CONFIG))
+    worker = RolloutWorker(
+        lambda ctx: gym.make("CartPole-v1"), build_torch_policy("P", _pg_loss), policy_config=dict(CONFIG)
+    )
     from relayrl.evaluation.worker_set import WorkerSet
 
-    opt = SyncReplayOptimizer(WorkerSet.from_workers(worker, []), learning_starts=7, buffer_size=50,
-                              train_batch_size=8)
+    opt = SyncReplayOptimizer(WorkerSet.from_workers(worker, []), learning_starts=7, buffer_size=50, train_batch_size=8)
     assert (opt.learning_starts, opt.train_batch_size, opt.options.buffer_size) == (7, 8, 50)
     assert opt.options.prioritized_replay  # the ReplayOptions default
 
@@ -249,7 +274,9 @@ def test_apex_configs_share_one_helper():
         for key, value in APEX_SETTINGS.items():
             assert apex[key] == ({**base[key], **value} if isinstance(value, dict) else value), key
     assert apex_config(DQN_CONFIG, {"num_workers": 2, "optimizer": {"debug": True}})["optimizer"] == {
-        **APEX_DEFAULT_CONFIG["optimizer"], "debug": True}
+        **APEX_DEFAULT_CONFIG["optimizer"],
+        "debug": True,
+    }
 
 
 def test_the_async_trainers_run_build_trainers_iteration():

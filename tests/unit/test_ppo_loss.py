@@ -19,8 +19,17 @@ def log_softmax(x):
 def test_ppo_loss_matches_numpy():
     torch.manual_seed(0)
     obs_space, act_space = gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Discrete(3)
-    config = merge_dicts(DEFAULT_CONFIG, {"model": {"fcnet_hiddens": [8]}, "kl_coeff": 0.3, "entropy_coeff": 0.01,
-                                          "clip_param": 0.2, "vf_clip_param": 0.5, "vf_loss_coeff": 0.7})
+    config = merge_dicts(
+        DEFAULT_CONFIG,
+        {
+            "model": {"fcnet_hiddens": [8]},
+            "kl_coeff": 0.3,
+            "entropy_coeff": 0.01,
+            "clip_param": 0.2,
+            "vf_clip_param": 0.5,
+            "vf_loss_coeff": 0.7,
+        },
+    )
     policy = PPOTorchPolicy(obs_space, act_space, config)
     rng = np.random.default_rng(0)
     n = 6
@@ -31,11 +40,17 @@ def test_ppo_loss_matches_numpy():
     adv = rng.normal(size=n).astype(np.float32)
     targets = rng.normal(size=n).astype(np.float32)
     vf_preds = rng.normal(size=n).astype(np.float32)
-    batch = SampleBatch({
-        SampleBatch.OBS: obs, SampleBatch.ACTIONS: actions, SampleBatch.ACTION_DIST_INPUTS: old_logits,
-        SampleBatch.ACTION_LOGP: old_logp.astype(np.float32), Postprocessing.ADVANTAGES: adv,
-        Postprocessing.VALUE_TARGETS: targets, SampleBatch.VF_PREDS: vf_preds,
-    })
+    batch = SampleBatch(
+        {
+            SampleBatch.OBS: obs,
+            SampleBatch.ACTIONS: actions,
+            SampleBatch.ACTION_DIST_INPUTS: old_logits,
+            SampleBatch.ACTION_LOGP: old_logp.astype(np.float32),
+            Postprocessing.ADVANTAGES: adv,
+            Postprocessing.VALUE_TARGETS: targets,
+            SampleBatch.VF_PREDS: vf_preds,
+        }
+    )
     tensors = policy.load_batch(batch)
     loss, loss_stats, _ = policy.compute_loss(policy.model, tensors)
     loss = loss.item()
@@ -72,8 +87,9 @@ def test_kl_coefficient_adapts():
 
 def test_continuous_actions_logp_against_numpy():
     torch.manual_seed(1)
-    policy = PPOTorchPolicy(gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Box(-2, 2, (2,), np.float32),
-                            dict(DEFAULT_CONFIG))
+    policy = PPOTorchPolicy(
+        gym.spaces.Box(-1, 1, (2,), np.float32), gym.spaces.Box(-2, 2, (2,), np.float32), dict(DEFAULT_CONFIG)
+    )
     obs = np.random.default_rng(2).uniform(-1, 1, (5, 2)).astype(np.float32)
     actions, _, extra = policy.compute_actions(obs)
     mean, log_std = np.split(extra[SampleBatch.ACTION_DIST_INPUTS], 2, axis=-1)
@@ -90,9 +106,17 @@ def test_continuous_actions_logp_against_numpy():
 def test_lr_schedule_follows_timesteps():
     from relayrl.agents.ppo import PPOTrainer
 
-    trainer = PPOTrainer(env="CartPole-v1", config={
-        "lr_schedule": [[0, 1e-3], [800, 1e-4]], "train_batch_size": 400, "sample_batch_size": 100,
-        "sgd_minibatch_size": 100, "num_sgd_iter": 1, "model": {"fcnet_hiddens": [8]}})
+    trainer = PPOTrainer(
+        env="CartPole-v1",
+        config={
+            "lr_schedule": [[0, 1e-3], [800, 1e-4]],
+            "train_batch_size": 400,
+            "sample_batch_size": 100,
+            "sgd_minibatch_size": 100,
+            "num_sgd_iter": 1,
+            "model": {"fcnet_hiddens": [8]},
+        },
+    )
     policy = trainer.get_policy()
     trainer.train()
     assert policy.cur_lr == pytest.approx(1e-3 + (1e-4 - 1e-3) * 400 / 800)

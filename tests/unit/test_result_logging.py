@@ -11,8 +11,9 @@ from relayrl.agents.pg import PGTrainer
 
 def test_python_api_logdir_writes_result_files_and_tensorboard(tmp_path):
     logdir = str(tmp_path / "run")
-    trainer = PGTrainer(env="CartPole-v1", config={"train_batch_size": 100, "model": {"fcnet_hiddens": [8]},
-                                                    "seed": 0}, logdir=logdir)
+    trainer = PGTrainer(
+        env="CartPole-v1", config={"train_batch_size": 100, "model": {"fcnet_hiddens": [8]}, "seed": 0}, logdir=logdir
+    )
     try:
         results = [trainer.train() for _ in range(3)]
         checkpoint = trainer.save()

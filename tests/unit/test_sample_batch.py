@@ -5,12 +5,14 @@ from relayrl.policy.sample_batch import MultiAgentBatch, SampleBatch
 
 
 def make(n, start=0, eps=None):
-    return SampleBatch({
-        SampleBatch.OBS: np.arange(start, start + n, dtype=np.float32)[:, None].repeat(2, 1),
-        SampleBatch.ACTIONS: np.arange(start, start + n),
-        SampleBatch.REWARDS: np.ones(n),
-        SampleBatch.EPS_ID: np.array(eps if eps is not None else [0] * n),
-    })
+    return SampleBatch(
+        {
+            SampleBatch.OBS: np.arange(start, start + n, dtype=np.float32)[:, None].repeat(2, 1),
+            SampleBatch.ACTIONS: np.arange(start, start + n),
+            SampleBatch.REWARDS: np.ones(n),
+            SampleBatch.EPS_ID: np.array(eps if eps is not None else [0] * n),
+        }
+    )
 
 
 def test_count_and_columns():

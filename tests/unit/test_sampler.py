@@ -51,8 +51,7 @@ def test_complete_episodes_mode_returns_whole_episodes():
 
 
 def test_horizon_truncates_episodes():
-    worker = RolloutWorker(cartpole, RecordingPolicy, horizon=3, sample_batch_size=30,
-                           batch_mode="complete_episodes")
+    worker = RolloutWorker(cartpole, RecordingPolicy, horizon=3, sample_batch_size=30, batch_mode="complete_episodes")
     batch = worker.sample()
     lengths = [e.count for e in batch.split_by_episode()]
     assert max(lengths) <= 3
@@ -76,8 +75,9 @@ class ActionRecordingPendulum(gym.Wrapper):
 
 def test_clip_actions_for_the_env_only():
     ActionRecordingPendulum.seen = []
-    worker = RolloutWorker(lambda ctx: ActionRecordingPendulum(gym.make("Pendulum-v1")), BigActionPolicy,
-                           sample_batch_size=5)
+    worker = RolloutWorker(
+        lambda ctx: ActionRecordingPendulum(gym.make("Pendulum-v1")), BigActionPolicy, sample_batch_size=5
+    )
     batch = worker.sample()
     assert np.all(batch[SampleBatch.ACTIONS] == 5.0)  # the batch keeps what the policy chose
     assert all(np.all(a == 2.0) for a in ActionRecordingPendulum.seen)  # the env got the clipped action
@@ -91,8 +91,7 @@ def test_discrete_observations_are_one_hot():
 
 
 def test_reward_clipping():
-    worker = RolloutWorker(lambda ctx: gym.make("Pendulum-v1"), BigActionPolicy, clip_rewards=True,
-                           sample_batch_size=5)
+    worker = RolloutWorker(lambda ctx: gym.make("Pendulum-v1"), BigActionPolicy, clip_rewards=True, sample_batch_size=5)
     assert set(np.unique(worker.sample()[SampleBatch.REWARDS])) <= {-1.0, 0.0, 1.0}
 
 

@@ -40,9 +40,7 @@ def reference_vtrace(inputs: dict[str, np.ndarray], rho_bar, pg_rho_bar):
                     c_i = min(1.0, np.exp(tlp[i, b] - blp[i, b]))
                     coef *= disc[i, b] * c_i
                 rho_t = _clip(np.exp(tlp[t, b] - blp[t, b]), rho_bar)
-                delta = rho_t * (
-                    rew[t, b] + disc[t, b] * value_at(t + 1, b) - val[t, b]
-                )
+                delta = rho_t * (rew[t, b] + disc[t, b] * value_at(t + 1, b) - val[t, b])
                 total += coef * delta
             vs[s, b] = total
         for s in range(n_t):
@@ -88,9 +86,7 @@ def test_inputs_cover_both_sides_of_clip_threshold() -> None:
 )
 def test_matches_sum_form_reference(seed: int, rho_bar, pg_rho_bar) -> None:
     inputs = make_inputs(seed)
-    out = run_torch(
-        inputs, clip_rho_threshold=rho_bar, clip_pg_rho_threshold=pg_rho_bar
-    )
+    out = run_torch(inputs, clip_rho_threshold=rho_bar, clip_pg_rho_threshold=pg_rho_bar)
     ref_vs, ref_pg = reference_vtrace(inputs, rho_bar, pg_rho_bar)
     assert out.vs.shape == (T, B) and out.pg_advantages.shape == (T, B)
     assert out.vs.dtype == torch.float64
@@ -134,20 +130,13 @@ def test_episode_end_stops_bootstrapping() -> None:
     changed["target_logp"][4:, 0] += 0.3
     changed["bootstrap_value"][0] += 10.0
     out = run_torch(changed)
-    np.testing.assert_allclose(
-        out.vs[:4, 0].numpy(), base.vs[:4, 0].numpy(), atol=1e-12
-    )
-    np.testing.assert_allclose(
-        out.pg_advantages[:4, 0].numpy(), base.pg_advantages[:4, 0].numpy(), atol=1e-12
-    )
+    np.testing.assert_allclose(out.vs[:4, 0].numpy(), base.vs[:4, 0].numpy(), atol=1e-12)
+    np.testing.assert_allclose(out.pg_advantages[:4, 0].numpy(), base.pg_advantages[:4, 0].numpy(), atol=1e-12)
     assert not np.allclose(out.vs[4:, 0].numpy(), base.vs[4:, 0].numpy())
 
 
 def test_outputs_are_detached() -> None:
-    tensors = {
-        k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
-        for k, v in make_inputs().items()
-    }
+    tensors = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in make_inputs().items()}
     out = vtrace_from_logits(**tensors)
     assert not out.vs.requires_grad and not out.pg_advantages.requires_grad
     assert out.vs.grad_fn is None and out.pg_advantages.grad_fn is None

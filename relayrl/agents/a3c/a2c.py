@@ -11,14 +11,17 @@ from relayrl.agents.trainer import merge_dicts
 from relayrl.agents.trainer_template import build_trainer
 from relayrl.optimizers.sync_samples import SyncSamplesOptimizer
 
-A2C_DEFAULT_CONFIG = merge_dicts(A3C_CONFIG, {
-    # Steps per sub-env in one sample() fragment.
-    "sample_batch_size": 20,
-    # Min time per iteration.
-    "min_iter_time_s": 10,
-    # Sample in the worker's own thread: all workers sample with the same weights.
-    "sample_async": False,
-})
+A2C_DEFAULT_CONFIG = merge_dicts(
+    A3C_CONFIG,
+    {
+        # Steps per sub-env in one sample() fragment.
+        "sample_batch_size": 20,
+        # Min time per iteration.
+        "min_iter_time_s": 10,
+        # Sample in the worker's own thread: all workers sample with the same weights.
+        "sample_async": False,
+    },
+)
 # Options of SyncSamplesOptimizer (none by default): A3C's grads_per_step does not apply (merge_dicts would keep
 # the nested key).
 A2C_DEFAULT_CONFIG["optimizer"] = {}

@@ -13,33 +13,35 @@ from relayrl.agents.trainer import with_common_config
 from relayrl.agents.trainer_template import build_trainer
 from relayrl.optimizers.async_gradients import AsyncGradientsOptimizer
 
-DEFAULT_CONFIG = with_common_config({
-    # Size of rollout batch (steps per sub-env in one sample() fragment).
-    "sample_batch_size": 10,
-    # Use PyTorch as backend - no LSTM support (legacy switch; relayrl always uses PyTorch).
-    "use_pytorch": False,
-    # GAE(gamma) parameter (the "lambda" of GAE(gamma, lambda)).
-    "lambda": 1.0,
-    # Max global norm for each gradient calculated by worker.
-    "grad_clip": 40.0,
-    # Learning rate.
-    "lr": 0.0001,
-    # Learning rate schedule: [[timestep, lr], ...], interpolated linearly; None keeps lr.
-    "lr_schedule": None,
-    # Value Function Loss coefficient.
-    "vf_loss_coeff": 0.5,
-    # Entropy coefficient. The loss ADDS entropy_coeff * entropy (RLlib 2019 convention): negative = bonus.
-    "entropy_coeff": -0.01,
-    # Min time per iteration.
-    "min_iter_time_s": 5,
-    # Workers sample async. Note that this increases the effective
-    # sample_batch_size by up to 5x due to async buffering of batches.
-    "sample_async": True,
-    # Remote workers computing gradients (the seed relied on RLlib's common default of 2; 0: one process).
-    "num_workers": 2,
-    # Options of AsyncGradientsOptimizer: gradients applied per optimizer step.
-    "optimizer": {"grads_per_step": 100},
-})
+DEFAULT_CONFIG = with_common_config(
+    {
+        # Size of rollout batch (steps per sub-env in one sample() fragment).
+        "sample_batch_size": 10,
+        # Use PyTorch as backend - no LSTM support (legacy switch; relayrl always uses PyTorch).
+        "use_pytorch": False,
+        # GAE(gamma) parameter (the "lambda" of GAE(gamma, lambda)).
+        "lambda": 1.0,
+        # Max global norm for each gradient calculated by worker.
+        "grad_clip": 40.0,
+        # Learning rate.
+        "lr": 0.0001,
+        # Learning rate schedule: [[timestep, lr], ...], interpolated linearly; None keeps lr.
+        "lr_schedule": None,
+        # Value Function Loss coefficient.
+        "vf_loss_coeff": 0.5,
+        # Entropy coefficient. The loss ADDS entropy_coeff * entropy (RLlib 2019 convention): negative = bonus.
+        "entropy_coeff": -0.01,
+        # Min time per iteration.
+        "min_iter_time_s": 5,
+        # Workers sample async. Note that this increases the effective
+        # sample_batch_size by up to 5x due to async buffering of batches.
+        "sample_async": True,
+        # Remote workers computing gradients (the seed relied on RLlib's common default of 2; 0: one process).
+        "num_workers": 2,
+        # Options of AsyncGradientsOptimizer: gradients applied per optimizer step.
+        "optimizer": {"grads_per_step": 100},
+    }
+)
 
 
 def validate_config(config: dict) -> None:

@@ -42,8 +42,9 @@ def actor_critic_loss(policy, model, dist_class, train_batch: dict) -> tuple[tor
 
 
 @multi_trajectory
-def postprocess_advantages(policy, batch: SampleBatch, other_agent_batches=None, episode=None,
-                           last_r=None) -> SampleBatch:
+def postprocess_advantages(
+    policy, batch: SampleBatch, other_agent_batches=None, episode=None, last_r=None
+) -> SampleBatch:
     """GAE(gamma, lambda); a cut trajectory is bootstrapped with V(next obs), a terminated one with 0 (``last_r``:
     those values when the caller computed them already, one per trajectory)."""
     if last_r is None:

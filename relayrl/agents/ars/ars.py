@@ -18,39 +18,42 @@ from relayrl.agents.es.perturbation_trainer import PerturbationTrainer, validate
 from relayrl.agents.trainer import with_common_config
 from relayrl.utils import es_utils
 
-DEFAULT_CONFIG = with_common_config({
-    # std deviation of parameter noise (nu).
-    "noise_stdev": 0.02,
-    # number of perturbs to try (directions N per iteration, each rolled out +/-).
-    "num_rollouts": 32,
-    # number of perturbs to keep in gradient estimate (the top b directions).
-    "rollouts_used": 32,
-    # Rollout workers (Ray actors); 0: rollouts run in this process.
-    "num_workers": 2,
-    # sgd step-size (alpha).
-    "sgd_stepsize": 0.01,
-    # Observation filter (ARS V2: states normalised by running mean and std).
-    "observation_filter": "MeanStdFilter",
-    # Floats in the shared noise table (250M float32 = 1 GB, put once in the Ray object store).
-    "noise_size": 250000000,
-    # probability of evaluating the parameter rewards (an unperturbed episode per direction tried).
-    "eval_prob": 0.03,
-    # how many of the last rewards we average over (iterations in episode_reward_mean).
-    "report_length": 10,
-    # Subtracted from every reward of perturbed rollouts (e.g. a survival bonus); not from evaluations.
-    "offset": 0,
-    # Policy: "LinearPolicy" (a = M x, M_0 = 0) or "MLPPolicy" (model.fcnet_hiddens, model.fcnet_activation).
-    "policy_type": "LinearPolicy",
-    # Momentum of the SGD step (an EMA of the gradient, as the reference RLlib ARS; 0 is the paper's update).
-    "sgd_momentum": 0.9,
-})
+DEFAULT_CONFIG = with_common_config(
+    {
+        # std deviation of parameter noise (nu).
+        "noise_stdev": 0.02,
+        # number of perturbs to try (directions N per iteration, each rolled out +/-).
+        "num_rollouts": 32,
+        # number of perturbs to keep in gradient estimate (the top b directions).
+        "rollouts_used": 32,
+        # Rollout workers (Ray actors); 0: rollouts run in this process.
+        "num_workers": 2,
+        # sgd step-size (alpha).
+        "sgd_stepsize": 0.01,
+        # Observation filter (ARS V2: states normalised by running mean and std).
+        "observation_filter": "MeanStdFilter",
+        # Floats in the shared noise table (250M float32 = 1 GB, put once in the Ray object store).
+        "noise_size": 250000000,
+        # probability of evaluating the parameter rewards (an unperturbed episode per direction tried).
+        "eval_prob": 0.03,
+        # how many of the last rewards we average over (iterations in episode_reward_mean).
+        "report_length": 10,
+        # Subtracted from every reward of perturbed rollouts (e.g. a survival bonus); not from evaluations.
+        "offset": 0,
+        # Policy: "LinearPolicy" (a = M x, M_0 = 0) or "MLPPolicy" (model.fcnet_hiddens, model.fcnet_activation).
+        "policy_type": "LinearPolicy",
+        # Momentum of the SGD step (an EMA of the gradient, as the reference RLlib ARS; 0 is the paper's update).
+        "sgd_momentum": 0.9,
+    }
+)
 
 
 def validate_config(config: dict) -> None:
     get = config.__getitem__
     if get("rollouts_used") > get("num_rollouts"):
         raise ValueError(
-            f"ARS config: 'rollouts_used' ({get('rollouts_used')}) must be <= 'num_rollouts' ({get('num_rollouts')})")
+            f"ARS config: 'rollouts_used' ({get('rollouts_used')}) must be <= 'num_rollouts' ({get('num_rollouts')})"
+        )
     validate_perturbation_config("ARS", config)
     for key in ("num_rollouts", "rollouts_used"):
         if get(key) < 1:
@@ -87,11 +90,16 @@ class ARSTrainer(PerturbationTrainer):
         returns, indices = noisy_returns[order], noise_indices[order]
         n = self.policy.num_params
         g, _ = es_utils.batched_weighted_sum(
-            returns[:, 0] - returns[:, 1], (self.noise.get(int(i), n) for i in indices), batch_size=500)
+            returns[:, 0] - returns[:, 1], (self.noise.get(int(i), n) for i in indices), batch_size=500
+        )
         g /= used
         std = float(np.std(returns))
         if not math.isclose(std, 0.0):
             g /= std
         new_theta, update_ratio = self._flat_optimizer.update(theta, -g)
-        return new_theta, {"grad_norm": float(np.square(g).sum()), "update_ratio": float(update_ratio),
-                           "directions_used": used, "returns_std": std}
+        return new_theta, {
+            "grad_norm": float(np.square(g).sum()),
+            "update_ratio": float(update_ratio),
+            "directions_used": used,
+            "returns_std": std,
+        }

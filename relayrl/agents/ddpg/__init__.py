@@ -5,5 +5,13 @@ from relayrl.agents.ddpg.td3 import TD3_DEFAULT_CONFIG, TD3Trainer
 
 DDPGAgent = DDPGTrainer  # RLlib 0.7 (2019) name
 
-__all__ = ["DDPGTrainer", "DDPGAgent", "TD3Trainer", "ApexDDPGTrainer", "DDPGTorchPolicy", "DEFAULT_CONFIG",
-           "TD3_DEFAULT_CONFIG", "APEX_DDPG_DEFAULT_CONFIG"]
+__all__ = [
+    "DDPGTrainer",
+    "DDPGAgent",
+    "TD3Trainer",
+    "ApexDDPGTrainer",
+    "DDPGTorchPolicy",
+    "DEFAULT_CONFIG",
+    "TD3_DEFAULT_CONFIG",
+    "APEX_DDPG_DEFAULT_CONFIG",
+]

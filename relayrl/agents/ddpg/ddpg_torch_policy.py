@@ -66,8 +66,11 @@ class DDPGModel(TorchModel):
         self.actor_activation = config["actor_hidden_activation"]
         self.actor = _mlp(obs_dim, config["actor_hiddens"], self.actor_activation, act_dim)
         self.q1 = _mlp(obs_dim + act_dim, config["critic_hiddens"], config["critic_hidden_activation"], 1)
-        self.q2 = (_mlp(obs_dim + act_dim, config["critic_hiddens"], config["critic_hidden_activation"], 1)
-                   if config["twin_q"] else None)
+        self.q2 = (
+            _mlp(obs_dim + act_dim, config["critic_hiddens"], config["critic_hidden_activation"], 1)
+            if config["twin_q"]
+            else None
+        )
         low, high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
         self.register_buffer("action_low", torch.from_numpy(low), persistent=False)
         self.register_buffer("action_range", torch.from_numpy(high - low), persistent=False)
@@ -107,7 +110,7 @@ class DDPGModel(TorchModel):
 
 def _l2(module: nn.Module) -> torch.Tensor:
     """0.5 * sum of squared weight matrices (biases excluded), as RLlib's l2_reg."""
-    return 0.5 * sum((m.weight ** 2).sum() for m in module.modules() if isinstance(m, nn.Linear))
+    return 0.5 * sum((m.weight**2).sum() for m in module.modules() if isinstance(m, nn.Linear))
 
 
 def target_policy_actions(target: DDPGModel, new_obs: torch.Tensor, config: dict) -> torch.Tensor:
@@ -116,8 +119,9 @@ def target_policy_actions(target: DDPGModel, new_obs: torch.Tensor, config: dict
     a_tp1 = target.policy(new_obs)
     if not config["smooth_target_policy"]:
         return a_tp1
-    noise = (torch.randn_like(a_tp1) * config["target_noise"]).clamp(-config["target_noise_clip"],
-                                                                      config["target_noise_clip"])
+    noise = (torch.randn_like(a_tp1) * config["target_noise"]).clamp(
+        -config["target_noise_clip"], config["target_noise_clip"]
+    )
     high = target.action_low + target.action_range
     return torch.max(torch.min(a_tp1 + noise * 0.5 * target.action_range, high), target.action_low)
 
@@ -232,14 +236,19 @@ class DDPGLearningMixin:
     def set_state(self, state: dict) -> None:
         super().set_state(state)
         if "target_weights" in state:
-            self.target_model.load_state_dict({k: torch.as_tensor(np.asarray(v))
-                                               for k, v in state["target_weights"].items()})
+            self.target_model.load_state_dict(
+                {k: torch.as_tensor(np.asarray(v)) for k, v in state["target_weights"].items()}
+            )
         self.num_updates = int(state.get("num_updates", 0))
 
     def set_weights(self, weights: dict) -> None:
         # Weights that came through Ray's object store are read-only arrays: copy before torch wraps them.
-        super().set_weights({k: v if getattr(v, "flags", None) is None or v.flags.writeable else np.array(v)
-                             for k, v in weights.items()})
+        super().set_weights(
+            {
+                k: v if getattr(v, "flags", None) is None or v.flags.writeable else np.array(v)
+                for k, v in weights.items()
+            }
+        )
         if self.config.get("worker_index", 0) > 0:
             self.target_model.load_state_dict(self.model.state_dict())
 
@@ -253,8 +262,17 @@ class DDPGActionMixin:
             return float(self.exploration.value(self.global_timestep))
         return 1.0
 
-    def compute_actions(self, obs_batch, state_batches=None, prev_action_batch=None, prev_reward_batch=None,
-                        info_batch=None, episodes=None, explore=None, **kwargs):
+    def compute_actions(
+        self,
+        obs_batch,
+        state_batches=None,
+        prev_action_batch=None,
+        prev_reward_batch=None,
+        info_batch=None,
+        episodes=None,
+        explore=None,
+        **kwargs,
+    ):
         explore = self.config.get("explore", True) if explore is None else explore
         obs = np.asarray(obs_batch, dtype=np.float32)
         actions = self.model.numpy_policy(obs)
@@ -297,8 +315,10 @@ def make_ddpg_model(policy, obs_space, action_space, config: dict):
 
 
 def make_optimizers(policy, config: dict) -> list:
-    return [Adam(policy.model.actor.parameters(), lr=config["actor_lr"]),
-            Adam(policy.model.critic_parameters(), lr=config["critic_lr"])]
+    return [
+        Adam(policy.model.actor.parameters(), lr=config["actor_lr"]),
+        Adam(policy.model.critic_parameters(), lr=config["critic_lr"]),
+    ]
 
 
 def _after_init(policy, obs_space, action_space, config: dict) -> None:

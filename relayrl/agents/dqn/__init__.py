@@ -5,5 +5,12 @@ from relayrl.agents.dqn.dqn_torch_policy import DQNTorchPolicy
 DQNAgent = DQNTrainer  # RLlib 0.7 (2019) name
 ApexAgent = ApexTrainer  # RLlib 0.7 (2019) name
 
-__all__ = ["DQNTrainer", "DQNAgent", "ApexTrainer", "ApexAgent", "DQNTorchPolicy", "DEFAULT_CONFIG",
-           "APEX_DEFAULT_CONFIG"]
+__all__ = [
+    "DQNTrainer",
+    "DQNAgent",
+    "ApexTrainer",
+    "ApexAgent",
+    "DQNTorchPolicy",
+    "DEFAULT_CONFIG",
+    "APEX_DEFAULT_CONFIG",
+]

@@ -15,91 +15,89 @@ from relayrl.agents.trainer_template import build_trainer
 from relayrl.env.registry import EnvContext
 from relayrl.optimizers.replay_options import replay_optimizer_spec
 
-DEFAULT_CONFIG = with_common_config({
-    # === Model ===
-    # Number of atoms for representing the distribution of return. When
-    # this is greater than 1, distributional Q-learning is used.
-    "num_atoms": 1,
-    # Lower bound of the discrete support of the return distribution.
-    "v_min": -10.0,
-    # Upper bound of the discrete support of the return distribution.
-    "v_max": 10.0,
-    # Whether to use noisy network (factorised Gaussian NoisyLinear head layers).
-    "noisy": False,
-    # Control the initial value of noisy nets (sigma = sigma0 / sqrt(fan_in)).
-    "sigma0": 0.5,
-    # Whether to use dueling dqn.
-    "dueling": True,
-    # Whether to use double dqn.
-    "double_q": True,
-    # Hidden layer sizes of the state and action value networks (the heads; the torso is model.fcnet_hiddens).
-    "hiddens": [256],
-    # N-step Q learning.
-    "n_step": 1,
-
-    # === Exploration ===
-    # Max num timesteps for annealing schedules. Exploration is annealed from
-    # 1.0 to exploration_final_eps over exploration_fraction * schedule_max_timesteps.
-    "schedule_max_timesteps": 100000,
-    # Number of env steps to optimize for before returning.
-    "timesteps_per_iteration": 1000,
-    # Fraction of entire training period over which the exploration rate is annealed.
-    "exploration_fraction": 0.1,
-    # Final value of random action probability.
-    "exploration_final_eps": 0.02,
-    # Update the target network every `target_network_update_freq` sampled steps.
-    "target_network_update_freq": 500,
-
-    # === Replay buffer ===
-    # Size of the replay buffer. Note that if async_updates is set, then
-    # each worker will have a replay buffer of this size.
-    "buffer_size": 50000,
-    # If True prioritized replay buffer will be used.
-    "prioritized_replay": True,
-    # Alpha parameter for prioritized replay buffer.
-    "prioritized_replay_alpha": 0.6,
-    # Beta parameter for sampling from prioritized replay buffer.
-    "prioritized_replay_beta": 0.4,
-    # Fraction of entire training period over which the beta parameter is annealed.
-    "beta_annealing_fraction": 0.2,
-    # Final value of beta.
-    "final_prioritized_replay_beta": 0.4,
-    # Epsilon to add to the TD errors when updating priorities.
-    "prioritized_replay_eps": 1e-6,
-    # Whether to LZ4 compress observations (in sample batches and in the replay buffer).
-    "compress_observations": True,
-
-    # === Optimization ===
-    # Learning rate for adam optimizer.
-    "lr": 5e-4,
-    # Adam epsilon hyper parameter.
-    "adam_epsilon": 1e-8,
-    # If not None, clip gradients during optimization at this value.
-    "grad_norm_clipping": 40,
-    # How many steps of the model to sample before learning starts.
-    "learning_starts": 1000,
-    # Update the replay buffer with this many samples at once. Note that
-    # this setting applies per-worker if num_workers > 1.
-    "sample_batch_size": 4,
-    # Size of a batched sampled from replay buffer for training. Note that
-    # if async_updates is set, then each worker returns gradients for a
-    # batch of this size.
-    "train_batch_size": 32,
-
-    # === Parallelism ===
-    # Number of workers for collecting samples with. This only makes sense
-    # to increase if your environment is particularly slow to sample, or if
-    # you're using the Async or Ape-X optimizers.
-    "num_workers": 0,
-    # Optimizer class to use.
-    "optimizer_class": "SyncReplayOptimizer",
-    # Whether to use a distribution of epsilons across workers for exploration.
-    "per_worker_exploration": False,
-    # Whether to compute priorities on workers.
-    "worker_side_prioritization": False,
-    # Prevent iterations from going lower than this time span.
-    "min_iter_time_s": 1,
-})
+DEFAULT_CONFIG = with_common_config(
+    {
+        # === Model ===
+        # Number of atoms for representing the distribution of return. When
+        # this is greater than 1, distributional Q-learning is used.
+        "num_atoms": 1,
+        # Lower bound of the discrete support of the return distribution.
+        "v_min": -10.0,
+        # Upper bound of the discrete support of the return distribution.
+        "v_max": 10.0,
+        # Whether to use noisy network (factorised Gaussian NoisyLinear head layers).
+        "noisy": False,
+        # Control the initial value of noisy nets (sigma = sigma0 / sqrt(fan_in)).
+        "sigma0": 0.5,
+        # Whether to use dueling dqn.
+        "dueling": True,
+        # Whether to use double dqn.
+        "double_q": True,
+        # Hidden layer sizes of the state and action value networks (the heads; the torso is model.fcnet_hiddens).
+        "hiddens": [256],
+        # N-step Q learning.
+        "n_step": 1,
+        # === Exploration ===
+        # Max num timesteps for annealing schedules. Exploration is annealed from
+        # 1.0 to exploration_final_eps over exploration_fraction * schedule_max_timesteps.
+        "schedule_max_timesteps": 100000,
+        # Number of env steps to optimize for before returning.
+        "timesteps_per_iteration": 1000,
+        # Fraction of entire training period over which the exploration rate is annealed.
+        "exploration_fraction": 0.1,
+        # Final value of random action probability.
+        "exploration_final_eps": 0.02,
+        # Update the target network every `target_network_update_freq` sampled steps.
+        "target_network_update_freq": 500,
+        # === Replay buffer ===
+        # Size of the replay buffer. Note that if async_updates is set, then
+        # each worker will have a replay buffer of this size.
+        "buffer_size": 50000,
+        # If True prioritized replay buffer will be used.
+        "prioritized_replay": True,
+        # Alpha parameter for prioritized replay buffer.
+        "prioritized_replay_alpha": 0.6,
+        # Beta parameter for sampling from prioritized replay buffer.
+        "prioritized_replay_beta": 0.4,
+        # Fraction of entire training period over which the beta parameter is annealed.
+        "beta_annealing_fraction": 0.2,
+        # Final value of beta.
+        "final_prioritized_replay_beta": 0.4,
+        # Epsilon to add to the TD errors when updating priorities.
+        "prioritized_replay_eps": 1e-6,
+        # Whether to LZ4 compress observations (in sample batches and in the replay buffer).
+        "compress_observations": True,
+        # === Optimization ===
+        # Learning rate for adam optimizer.
+        "lr": 5e-4,
+        # Adam epsilon hyper parameter.
+        "adam_epsilon": 1e-8,
+        # If not None, clip gradients during optimization at this value.
+        "grad_norm_clipping": 40,
+        # How many steps of the model to sample before learning starts.
+        "learning_starts": 1000,
+        # Update the replay buffer with this many samples at once. Note that
+        # this setting applies per-worker if num_workers > 1.
+        "sample_batch_size": 4,
+        # Size of a batched sampled from replay buffer for training. Note that
+        # if async_updates is set, then each worker returns gradients for a
+        # batch of this size.
+        "train_batch_size": 32,
+        # === Parallelism ===
+        # Number of workers for collecting samples with. This only makes sense
+        # to increase if your environment is particularly slow to sample, or if
+        # you're using the Async or Ape-X optimizers.
+        "num_workers": 0,
+        # Optimizer class to use.
+        "optimizer_class": "SyncReplayOptimizer",
+        # Whether to use a distribution of epsilons across workers for exploration.
+        "per_worker_exploration": False,
+        # Whether to compute priorities on workers.
+        "worker_side_prioritization": False,
+        # Prevent iterations from going lower than this time span.
+        "min_iter_time_s": 1,
+    }
+)
 
 
 def validate_config(config: dict, name: str = "DQN") -> None:

@@ -38,8 +38,14 @@ PRIORITIES = "priorities"  # worker-side |TD| priorities, consumed by the replay
 PRIO_WEIGHTS = "weights"  # importance-sampling weights of prioritized replay
 
 
-def project_distribution(next_probs: torch.Tensor, rewards: torch.Tensor, discounts: torch.Tensor,
-                         support: torch.Tensor, v_min: float, v_max: float) -> torch.Tensor:
+def project_distribution(
+    next_probs: torch.Tensor,
+    rewards: torch.Tensor,
+    discounts: torch.Tensor,
+    support: torch.Tensor,
+    v_min: float,
+    v_max: float,
+) -> torch.Tensor:
     """C51's projection of r + discount * Z(s') onto the fixed support (Bellemare et al. 2017, Algorithm 1).
 
     ``next_probs`` [B, atoms] are the probabilities of Z(s', a*); ``discounts`` [B] is gamma^m (1 - terminated).
@@ -148,8 +154,11 @@ def postprocess_nstep(policy, batch: SampleBatch, other_agent_batches=None, epis
 
 def add_nstep_columns(batch: SampleBatch, n_step: int, gamma: float) -> None:
     if n_step > 1:
-        cols = {"rewards": batch[SB.REWARDS].astype(np.float32), "new_obs": batch[SB.NEXT_OBS],
-                "dones": batch[SB.TERMINATEDS].copy()}
+        cols = {
+            "rewards": batch[SB.REWARDS].astype(np.float32),
+            "new_obs": batch[SB.NEXT_OBS],
+            "dones": batch[SB.TERMINATEDS].copy(),
+        }
         adjust_nstep(n_step, gamma, cols)
         batch[SB.REWARDS], batch[SB.NEXT_OBS], batch[SB.TERMINATEDS] = cols["rewards"], cols["new_obs"], cols["dones"]
         batch[N_STEP_DISCOUNT] = cols[N_STEP_DISCOUNT].astype(np.float32)
@@ -170,8 +179,12 @@ class TargetNetworkMixin:
 
     def set_weights(self, weights: dict) -> None:
         # Weights that came through Ray's object store are read-only arrays: copy before torch wraps them.
-        super().set_weights({k: v if getattr(v, "flags", None) is None or v.flags.writeable else np.array(v)
-                             for k, v in weights.items()})
+        super().set_weights(
+            {
+                k: v if getattr(v, "flags", None) is None or v.flags.writeable else np.array(v)
+                for k, v in weights.items()
+            }
+        )
         if self.config.get("worker_index", 0) > 0:
             # An actor's target is its latest copy of the learner's net (used for worker-side priorities).
             self.update_target()
@@ -183,8 +196,9 @@ class TargetNetworkMixin:
     def set_state(self, state: dict) -> None:
         super().set_state(state)
         if "target_weights" in state:
-            self.target_model.load_state_dict({k: torch.as_tensor(np.asarray(v))
-                                               for k, v in state["target_weights"].items()})
+            self.target_model.load_state_dict(
+                {k: torch.as_tensor(np.asarray(v)) for k, v in state["target_weights"].items()}
+            )
         else:
             self.update_target()
 
@@ -195,8 +209,17 @@ class QLearningMixin:
     def cur_epsilon(self) -> float:
         return float(self.exploration.value(self.global_timestep))
 
-    def compute_actions(self, obs_batch, state_batches=None, prev_action_batch=None, prev_reward_batch=None,
-                        info_batch=None, episodes=None, explore=None, **kwargs):
+    def compute_actions(
+        self,
+        obs_batch,
+        state_batches=None,
+        prev_action_batch=None,
+        prev_reward_batch=None,
+        info_batch=None,
+        episodes=None,
+        explore=None,
+        **kwargs,
+    ):
         explore = self.config.get("explore", True) if explore is None else explore
         obs = np.asarray(obs_batch)
         if obs.dtype != np.uint8:
@@ -244,9 +267,17 @@ class QLearningMixin:
 
 def make_q_model(policy, obs_space, action_space, config: dict):
     model = DQNModel(
-        obs_space, action_space, int(action_space.n), {**MODEL_DEFAULTS, **config.get("model", {})},
-        q_hiddens=config["hiddens"], dueling=config["dueling"], num_atoms=config["num_atoms"],
-        v_min=config["v_min"], v_max=config["v_max"], noisy=config["noisy"], sigma0=config["sigma0"],
+        obs_space,
+        action_space,
+        int(action_space.n),
+        {**MODEL_DEFAULTS, **config.get("model", {})},
+        q_hiddens=config["hiddens"],
+        dueling=config["dueling"],
+        num_atoms=config["num_atoms"],
+        v_min=config["v_min"],
+        v_max=config["v_max"],
+        noisy=config["noisy"],
+        sigma0=config["sigma0"],
         mask_slice=config.get("_action_mask_slice"),
     )
     return model, Categorical

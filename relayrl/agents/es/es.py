@@ -16,32 +16,34 @@ from relayrl.agents.es.perturbation_trainer import PerturbationTrainer, validate
 from relayrl.agents.trainer import with_common_config
 from relayrl.utils import es_utils
 
-DEFAULT_CONFIG = with_common_config({
-    # Coefficient of the L2 weight decay added to the ES gradient.
-    "l2_coeff": 0.005,
-    # Standard deviation sigma of the parameter perturbations.
-    "noise_stdev": 0.02,
-    # Minimum number of perturbed episodes per iteration (both halves of each antithetic pair count).
-    "episodes_per_batch": 1000,
-    # Minimum number of env steps of perturbed episodes per iteration.
-    "train_batch_size": 10000,
-    # Probability of running an unperturbed evaluation episode in place of a perturbed pair.
-    "eval_prob": 0.003,
-    # Fitness shaping of the returns: "centered_rank" (ranks mapped to [-0.5, 0.5]).
-    "return_proc_mode": "centered_rank",
-    # Rollout workers (Ray actors); 0: rollouts run in this process.
-    "num_workers": 10,
-    # Adam step size.
-    "stepsize": 0.01,
-    # Observation filter, synchronised across workers after each iteration.
-    "observation_filter": "MeanStdFilter",
-    # Floats in the shared noise table (250M float32 = 1 GB, put once in the Ray object store).
-    "noise_size": 250000000,
-    # Iterations averaged in episode_reward_mean (over those with evaluation episodes).
-    "report_length": 10,
-    # Policy: "MLPPolicy" (model.fcnet_hiddens, model.fcnet_activation) or "LinearPolicy".
-    "policy_type": "MLPPolicy",
-})
+DEFAULT_CONFIG = with_common_config(
+    {
+        # Coefficient of the L2 weight decay added to the ES gradient.
+        "l2_coeff": 0.005,
+        # Standard deviation sigma of the parameter perturbations.
+        "noise_stdev": 0.02,
+        # Minimum number of perturbed episodes per iteration (both halves of each antithetic pair count).
+        "episodes_per_batch": 1000,
+        # Minimum number of env steps of perturbed episodes per iteration.
+        "train_batch_size": 10000,
+        # Probability of running an unperturbed evaluation episode in place of a perturbed pair.
+        "eval_prob": 0.003,
+        # Fitness shaping of the returns: "centered_rank" (ranks mapped to [-0.5, 0.5]).
+        "return_proc_mode": "centered_rank",
+        # Rollout workers (Ray actors); 0: rollouts run in this process.
+        "num_workers": 10,
+        # Adam step size.
+        "stepsize": 0.01,
+        # Observation filter, synchronised across workers after each iteration.
+        "observation_filter": "MeanStdFilter",
+        # Floats in the shared noise table (250M float32 = 1 GB, put once in the Ray object store).
+        "noise_size": 250000000,
+        # Iterations averaged in episode_reward_mean (over those with evaluation episodes).
+        "report_length": 10,
+        # Policy: "MLPPolicy" (model.fcnet_hiddens, model.fcnet_activation) or "LinearPolicy".
+        "policy_type": "MLPPolicy",
+    }
+)
 
 
 # return_proc_mode -> fitness shaping of the [N, 2] returns of the antithetic pairs.
@@ -51,8 +53,9 @@ RETURN_PROCS = {"centered_rank": es_utils.compute_centered_ranks}
 def validate_config(config: dict) -> None:
     get = config.__getitem__
     if get("return_proc_mode") not in RETURN_PROCS:
-        raise ValueError(f"ES config: 'return_proc_mode' must be one of {sorted(RETURN_PROCS)}, got"
-                         f" {get('return_proc_mode')!r}")
+        raise ValueError(
+            f"ES config: 'return_proc_mode' must be one of {sorted(RETURN_PROCS)}, got {get('return_proc_mode')!r}"
+        )
     validate_perturbation_config("ES", config)
     if get("stepsize") <= 0:
         raise ValueError(f"ES config: 'stepsize' must be > 0, got {get('stepsize')!r}")
@@ -86,7 +89,8 @@ class ESTrainer(PerturbationTrainer):
         proc = RETURN_PROCS[self.config["return_proc_mode"]](noisy_returns)
         n = self.policy.num_params
         g, count = es_utils.batched_weighted_sum(
-            proc[:, 0] - proc[:, 1], (self.noise.get(int(i), n) for i in noise_indices), batch_size=500)
+            proc[:, 0] - proc[:, 1], (self.noise.get(int(i), n) for i in noise_indices), batch_size=500
+        )
         g /= noisy_returns.size
         new_theta, update_ratio = self._flat_optimizer.update(theta, -g + self.config["l2_coeff"] * theta)
         return new_theta, {"grad_norm": float(np.square(g).sum()), "update_ratio": float(update_ratio)}

@@ -34,8 +34,13 @@ class PerturbationWorker:
         self.filter = get_filter(config["observation_filter"], self.preprocessor.shape)
         seed = config.get("seed")
         self.seed = None if seed is None else seed + 1000 * worker_index
-        self.policy = make_policy(config["policy_type"], int(np.prod(self.preprocessor.shape)),
-                                  self.env.action_space, config.get("model", {}), seed=seed)
+        self.policy = make_policy(
+            config["policy_type"],
+            int(np.prod(self.preprocessor.shape)),
+            self.env.action_space,
+            config.get("model", {}),
+            seed=seed,
+        )
         self.noise = SharedNoiseTable(noise)
         self.rng = np.random.default_rng(self.seed)
         self._episodes = 0
@@ -127,8 +132,7 @@ class PerturbationWorkerSet(WorkerSet):
     never counted.
     """
 
-    def __init__(self, env_creator: Callable, config: dict, noise_ref: Any, local_noise: np.ndarray,
-                 num_workers: int):
+    def __init__(self, env_creator: Callable, config: dict, noise_ref: Any, local_noise: np.ndarray, num_workers: int):
         super().__init__(env_creator, None, config, _setup=False)
         self._noise_ref = noise_ref  # every actor maps this one copy of the noise table in the object store
         self._local_worker = PerturbationWorker(env_creator, config, local_noise, worker_index=0)
@@ -141,8 +145,12 @@ class PerturbationWorkerSet(WorkerSet):
         if not self._remote_workers:
             self.check_healthy_workers()
             return [getattr(self._local_worker, method)(*args) for args in args_per_worker]
-        return [r for _, r in self.gather(
-            lambda w, i: getattr(w, method).remote(*args_per_worker[i]) if i < len(args_per_worker) else None)]
+        return [
+            r
+            for _, r in self.gather(
+                lambda w, i: getattr(w, method).remote(*args_per_worker[i]) if i < len(args_per_worker) else None
+            )
+        ]
 
     def sync_weights(self, global_vars: dict | None = None) -> None:
         """Nothing to send: theta travels with every ``do_rollouts`` call."""
@@ -151,8 +159,10 @@ class PerturbationWorkerSet(WorkerSet):
     def _remote_class(self) -> Any:
         import ray
 
-        return ray.remote(num_cpus=self._config.get("num_cpus_per_worker", 1),
-                          resources=self._config.get("custom_resources_per_worker") or None)(PerturbationWorker)
+        return ray.remote(
+            num_cpus=self._config.get("num_cpus_per_worker", 1),
+            resources=self._config.get("custom_resources_per_worker") or None,
+        )(PerturbationWorker)
 
     def _make_remote(self, cls: Any, index: int) -> Any:
         worker = cls.remote(self._env_creator, self._config, self._noise_ref, index)
@@ -160,8 +170,10 @@ class PerturbationWorkerSet(WorkerSet):
         return worker
 
     def _resource_request(self) -> str:
-        parts = {"CPU": self._config.get("num_cpus_per_worker", 1),
-                 **(self._config.get("custom_resources_per_worker") or {})}
+        parts = {
+            "CPU": self._config.get("num_cpus_per_worker", 1),
+            **(self._config.get("custom_resources_per_worker") or {}),
+        }
         return ", ".join(f"{v:g} {k}" for k, v in parts.items() if v)
 
     def _load_current_state(self, worker: Any) -> None:

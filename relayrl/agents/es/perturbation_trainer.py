@@ -34,8 +34,10 @@ def validate_perturbation_config(name: str, config: dict) -> None:
     """The checks ES and ARS share (on the merged config)."""
     get = config.__getitem__
     if config["optimizer"]:
-        raise ValueError(f"{name} config: unknown key 'optimizer.{next(iter(config['optimizer']))}': {name} has no"
-                         " policy optimizer, so 'optimizer' takes no options")
+        raise ValueError(
+            f"{name} config: unknown key 'optimizer.{next(iter(config['optimizer']))}': {name} has no"
+            " policy optimizer, so 'optimizer' takes no options"
+        )
     for key in ("noise_size", "report_length"):
         if get(key) < 1:
             raise ValueError(f"{name} config: {key!r} must be >= 1, got {get(key)!r}")
@@ -113,7 +115,7 @@ class PerturbationTrainer(Trainer):
         if eval_returns.size:
             self._reward_list.append(float(eval_returns.mean()))
         self._episodes_total += noisy_lengths.size
-        recent = self._reward_list[-self.config["report_length"]:]
+        recent = self._reward_list[-self.config["report_length"] :]
         nan = float("nan")
         info.update(
             weights_norm=float(np.square(new_theta).sum()),
@@ -160,14 +162,26 @@ class PerturbationTrainer(Trainer):
             ret, length = local.rollout(update_filter=False)
             returns.append(ret)
             lengths.append(length)
-        return {"episode_reward_mean": float(np.mean(returns)), "episode_reward_max": float(np.max(returns)),
-                "episode_reward_min": float(np.min(returns)), "episode_len_mean": float(np.mean(lengths)),
-                "episodes_this_iter": len(returns)}
+        return {
+            "episode_reward_mean": float(np.mean(returns)),
+            "episode_reward_max": float(np.max(returns)),
+            "episode_reward_min": float(np.min(returns)),
+            "episode_len_mean": float(np.mean(lengths)),
+            "episodes_this_iter": len(returns),
+        }
 
     # --- acting ---------------------------------------------------------------------------------------------
-    def compute_action(self, observation: Any, state: list | None = None, prev_action: Any = None,
-                       prev_reward: Any = None, info: Any = None, policy_id: str = DEFAULT_POLICY_ID,
-                       full_fetch: bool = False, explore: bool | None = None) -> Any:
+    def compute_action(
+        self,
+        observation: Any,
+        state: list | None = None,
+        prev_action: Any = None,
+        prev_reward: Any = None,
+        info: Any = None,
+        policy_id: str = DEFAULT_POLICY_ID,
+        full_fetch: bool = False,
+        explore: bool | None = None,
+    ) -> Any:
         """The (deterministic) action for one raw observation, filtered without updating the filter."""
         local = self.workers.local_worker()
         x = local.filter(local.preprocessor.transform(observation)[None], update=False)
@@ -205,8 +219,12 @@ class PerturbationTrainer(Trainer):
             "trainer": self._name,
             "env": self._env_id if isinstance(self._env_id, str) else None,
             "spaces": {DEFAULT_POLICY_ID: self._spaces()},
-            "counters": {"iteration": self.iteration, "timesteps_total": self._timesteps_total,
-                         "time_total_s": self._time_total, "episodes_total": self._episodes_total},
+            "counters": {
+                "iteration": self.iteration,
+                "timesteps_total": self._timesteps_total,
+                "time_total_s": self._time_total,
+                "episodes_total": self._episodes_total,
+            },
             "host": platform.node(),
         }
         return ckpt.write_checkpoint(path, manifest, {"config": _portable_config(self.config), **self._state()})
@@ -218,10 +236,12 @@ class PerturbationTrainer(Trainer):
         prefix = f"checkpoint {checkpoint_path}: "
         if manifest["trainer"] != self._name:
             raise ckpt.CheckpointError(
-                f"checkpoint {checkpoint_path} was written by trainer {manifest['trainer']!r}, not {self._name!r}")
+                f"checkpoint {checkpoint_path} was written by trainer {manifest['trainer']!r}, not {self._name!r}"
+            )
         if manifest.get("spaces", {}).get(DEFAULT_POLICY_ID) != self._spaces():
             raise ckpt.CheckpointError(
-                f"checkpoint {checkpoint_path} has spaces {manifest.get('spaces')}, this trainer {self._spaces()}")
+                f"checkpoint {checkpoint_path} has spaces {manifest.get('spaces')}, this trainer {self._spaces()}"
+            )
         counters = check_counters(prefix, manifest)
         live = self._state()
         allow_missing = manifest["format_version"] < 2
@@ -238,7 +258,9 @@ class PerturbationTrainer(Trainer):
             except ValueError as e:
                 raise ckpt.CheckpointError(f"{prefix}{e}") from e
         rewards = state["trainer"].get("reward_list", [])
-        if not isinstance(rewards, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in rewards):
+        if not isinstance(rewards, list) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in rewards
+        ):
             raise ckpt.CheckpointError(f"{prefix}field 'trainer.reward_list' must hold numbers")
         # Everything checked: apply.
         self.policy.set_flat_weights(np.asarray(state["policies"][DEFAULT_POLICY_ID]["weights"]["theta"], np.float32))
@@ -257,8 +279,10 @@ class PerturbationTrainer(Trainer):
 
     def _spaces(self) -> dict:
         local = self.workers.local_worker()
-        return {"observation_space": repr(local.preprocessor.observation_space),
-                "action_space": repr(local.env.action_space)}
+        return {
+            "observation_space": repr(local.preprocessor.observation_space),
+            "action_space": repr(local.env.action_space),
+        }
 
     def stop(self) -> None:
         self.workers.stop()
@@ -269,4 +293,3 @@ def _portable_config(config: dict) -> dict:
     if not isinstance(out.get("env"), str):
         out["env"] = None
     return out
-

@@ -23,8 +23,15 @@ _ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0), "linear":
 class FlatPolicy:
     """Layers ``(W, b)`` stored as views into one float32 vector, so get/set of the flat weights is one copy."""
 
-    def __init__(self, obs_size: int, action_space: gym.Space, hiddens: list[int], activation: str,
-                 use_bias: bool, seed: int | None = None):
+    def __init__(
+        self,
+        obs_size: int,
+        action_space: gym.Space,
+        hiddens: list[int],
+        activation: str,
+        use_bias: bool,
+        seed: int | None = None,
+    ):
         check_action_space("ES/ARS", action_space, [gym.spaces.Discrete, gym.spaces.Box])
         discrete = isinstance(action_space, gym.spaces.Discrete)
         out_size = int(action_space.n) if discrete else int(np.prod(action_space.shape))
@@ -45,7 +52,7 @@ class FlatPolicy:
         offset = 0
         for s in shapes:
             n = int(np.prod(s))
-            self._views.append(self.theta[offset:offset + n].reshape(s))
+            self._views.append(self.theta[offset : offset + n].reshape(s))
             offset += n
         self._use_bias = use_bias
         self._init_weights(np.random.default_rng(seed), hiddens)
@@ -89,13 +96,20 @@ class FlatPolicy:
         return np.clip(out.reshape(len(out), *space.shape), space.low, space.high).astype(space.dtype)
 
 
-def make_policy(policy_type: str, obs_size: int, action_space: gym.Space, model_config: dict,
-                seed: int | None = None) -> FlatPolicy:
+def make_policy(
+    policy_type: str, obs_size: int, action_space: gym.Space, model_config: dict, seed: int | None = None
+) -> FlatPolicy:
     """``"LinearPolicy"``: ``a = M x`` (ARS, no bias); ``"MLPPolicy"``: ``fcnet_hiddens`` layers of
     ``fcnet_activation`` with biases (the model config's MLP, as RLlib's ES used)."""
     if policy_type == "LinearPolicy":
         return FlatPolicy(obs_size, action_space, [], "linear", use_bias=False, seed=seed)
     if policy_type == "MLPPolicy":
-        return FlatPolicy(obs_size, action_space, list(model_config.get("fcnet_hiddens", [256, 256])),
-                          model_config.get("fcnet_activation", "tanh"), use_bias=True, seed=seed)
+        return FlatPolicy(
+            obs_size,
+            action_space,
+            list(model_config.get("fcnet_hiddens", [256, 256])),
+            model_config.get("fcnet_activation", "tanh"),
+            use_bias=True,
+            seed=seed,
+        )
     raise ValueError(f"unknown policy_type {policy_type!r}; choose 'LinearPolicy' or 'MLPPolicy'")

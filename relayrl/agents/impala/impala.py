@@ -12,62 +12,62 @@ from relayrl.agents.trainer import with_common_config
 from relayrl.agents.trainer_template import build_trainer
 from relayrl.optimizers.async_samples import AsyncSamplesOptimizer
 
-DEFAULT_CONFIG = with_common_config({
-    # V-trace params (see vtrace.py).
-    # Use V-trace targets and importance-weighted policy gradients; False: A3C loss on GAE advantages.
-    "vtrace": True,
-    # rho_bar: truncation of the importance weights in the value targets (IMPALA eq. 1); None: no truncation.
-    "vtrace_clip_rho_threshold": 1.0,
-    # Truncation of the importance weights in the policy gradient (IMPALA section 4.2); None: no truncation.
-    "vtrace_clip_pg_rho_threshold": 1.0,
-
-    # System params.
-    # Steps per sub-env in one worker sample() (the unroll length T of V-trace).
-    "sample_batch_size": 50,
-    # Steps in one learner batch (a concatenation of worker batches).
-    "train_batch_size": 500,
-    # An iteration lasts at least this many seconds.
-    "min_iter_time_s": 10,
-    # Remote sampling workers (0: sample in the driver thread, learn in the learner thread).
-    "num_workers": 2,
-    # number of GPUs the learner should use (CPU when CUDA is not available).
-    "num_gpus": 1,
-    # set >1 to load data into GPUs in parallel. Increases GPU memory usage
-    # proportionally with the number of loaders.
-    "num_parallel_data_loaders": 1,
-    # level of queuing for sampling.
-    "max_sample_requests_in_flight_per_worker": 2,
-    # max number of workers to broadcast one set of weights to
-    "broadcast_interval": 1,
-    # set >0 to enable experience replay. Saved samples will be replayed with
-    # a p:1 proportion to new data samples.
-    "replay_proportion": 0.0,
-    # number of sample batches to store for replay. The number of transitions
-    # saved total will be (replay_buffer_num_slots * sample_batch_size).
-    "replay_buffer_num_slots": 100,
-
-    # Learning params.
-    # Max global norm of the gradient of each learner step.
-    "grad_clip": 40.0,
-    # either "adam" or "rmsprop"
-    "opt_type": "adam",
-    # Learning rate.
-    "lr": 0.0005,
-    # Learning rate schedule: [[timestep, lr], ...], interpolated linearly; None keeps lr.
-    "lr_schedule": None,
-    # rmsprop considered
-    # RMSProp decay of the mean square (opt_type "rmsprop").
-    "decay": 0.99,
-    # RMSProp momentum (opt_type "rmsprop").
-    "momentum": 0.0,
-    # RMSProp epsilon, inside the square root as in TF (opt_type "rmsprop").
-    "epsilon": 0.1,
-    # balancing the three losses
-    # Coefficient of the value loss.
-    "vf_loss_coeff": 0.5,
-    # Coefficient of the entropy; the loss ADDS entropy_coeff * entropy (negative = entropy bonus).
-    "entropy_coeff": -0.01,
-})
+DEFAULT_CONFIG = with_common_config(
+    {
+        # V-trace params (see vtrace.py).
+        # Use V-trace targets and importance-weighted policy gradients; False: A3C loss on GAE advantages.
+        "vtrace": True,
+        # rho_bar: truncation of the importance weights in the value targets (IMPALA eq. 1); None: no truncation.
+        "vtrace_clip_rho_threshold": 1.0,
+        # Truncation of the importance weights in the policy gradient (IMPALA section 4.2); None: no truncation.
+        "vtrace_clip_pg_rho_threshold": 1.0,
+        # System params.
+        # Steps per sub-env in one worker sample() (the unroll length T of V-trace).
+        "sample_batch_size": 50,
+        # Steps in one learner batch (a concatenation of worker batches).
+        "train_batch_size": 500,
+        # An iteration lasts at least this many seconds.
+        "min_iter_time_s": 10,
+        # Remote sampling workers (0: sample in the driver thread, learn in the learner thread).
+        "num_workers": 2,
+        # number of GPUs the learner should use (CPU when CUDA is not available).
+        "num_gpus": 1,
+        # set >1 to load data into GPUs in parallel. Increases GPU memory usage
+        # proportionally with the number of loaders.
+        "num_parallel_data_loaders": 1,
+        # level of queuing for sampling.
+        "max_sample_requests_in_flight_per_worker": 2,
+        # max number of workers to broadcast one set of weights to
+        "broadcast_interval": 1,
+        # set >0 to enable experience replay. Saved samples will be replayed with
+        # a p:1 proportion to new data samples.
+        "replay_proportion": 0.0,
+        # number of sample batches to store for replay. The number of transitions
+        # saved total will be (replay_buffer_num_slots * sample_batch_size).
+        "replay_buffer_num_slots": 100,
+        # Learning params.
+        # Max global norm of the gradient of each learner step.
+        "grad_clip": 40.0,
+        # either "adam" or "rmsprop"
+        "opt_type": "adam",
+        # Learning rate.
+        "lr": 0.0005,
+        # Learning rate schedule: [[timestep, lr], ...], interpolated linearly; None keeps lr.
+        "lr_schedule": None,
+        # rmsprop considered
+        # RMSProp decay of the mean square (opt_type "rmsprop").
+        "decay": 0.99,
+        # RMSProp momentum (opt_type "rmsprop").
+        "momentum": 0.0,
+        # RMSProp epsilon, inside the square root as in TF (opt_type "rmsprop").
+        "epsilon": 0.1,
+        # balancing the three losses
+        # Coefficient of the value loss.
+        "vf_loss_coeff": 0.5,
+        # Coefficient of the entropy; the loss ADDS entropy_coeff * entropy (negative = entropy bonus).
+        "entropy_coeff": -0.01,
+    }
+)
 
 
 def validate_config(config: dict) -> None:

@@ -63,9 +63,7 @@ def _check_shapes(
     bootstrap_value: Tensor,
 ) -> None:
     if values.dim() != 2:
-        raise ValueError(
-            f"values must be time-major [T, B], got shape {tuple(values.shape)}"
-        )
+        raise ValueError(f"values must be time-major [T, B], got shape {tuple(values.shape)}")
     named = {
         "behaviour_logp": behaviour_logp,
         "target_logp": target_logp,
@@ -74,13 +72,10 @@ def _check_shapes(
     }
     for name, tensor in named.items():
         if tensor.shape != values.shape:
-            raise ValueError(
-                f"{name} has shape {tuple(tensor.shape)}, expected {tuple(values.shape)}"
-            )
+            raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {tuple(values.shape)}")
     if bootstrap_value.shape != values.shape[1:]:
         raise ValueError(
-            f"bootstrap_value has shape {tuple(bootstrap_value.shape)}, "
-            f"expected {tuple(values.shape[1:])}"
+            f"bootstrap_value has shape {tuple(bootstrap_value.shape)}, expected {tuple(values.shape[1:])}"
         )
 
 
@@ -111,9 +106,7 @@ def vtrace_from_logits(
     Returns:
         :class:`VTraceReturns` with ``vs`` and ``pg_advantages``, both ``[T, B]`` and detached.
     """
-    _check_shapes(
-        behaviour_logp, target_logp, discounts, rewards, values, bootstrap_value
-    )
+    _check_shapes(behaviour_logp, target_logp, discounts, rewards, values, bootstrap_value)
 
     # Importance ratios pi/mu from log-probabilities (section 4.1).
     rhos = torch.exp(target_logp - behaviour_logp)

@@ -56,7 +56,7 @@ def vtrace_loss(policy, model, dist_class, train_batch: dict) -> tuple[torch.Ten
     logits_all, _ = model({"obs": all_obs, "is_training": True}, [], None)
     values_all = model.value_function()
     logits, values = logits_all[:n], values_all[:n]
-    bootstrap, inner_values = values_all[n:n + B].detach(), values_all[n + B:].detach()
+    bootstrap, inner_values = values_all[n : n + B].detach(), values_all[n + B :].detach()
 
     gamma = config["gamma"]
     rewards = train_batch[SampleBatch.REWARDS].float().clone()
@@ -101,8 +101,13 @@ def make_optimizer(policy, config: dict):
     if config["opt_type"] == "adam":
         return Adam(policy.model.parameters(), lr=policy.cur_lr)
     if config["opt_type"] == "rmsprop":
-        return RMSprop(policy.model.parameters(), lr=policy.cur_lr, decay=config["decay"],
-                       momentum=config["momentum"], epsilon=config["epsilon"])
+        return RMSprop(
+            policy.model.parameters(),
+            lr=policy.cur_lr,
+            decay=config["decay"],
+            momentum=config["momentum"],
+            epsilon=config["epsilon"],
+        )
     raise ValueError(f"IMPALA config: 'opt_type' must be 'adam' or 'rmsprop', got {config['opt_type']!r}")
 
 

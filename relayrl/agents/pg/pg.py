@@ -11,12 +11,14 @@ from relayrl.evaluation.postprocessing import Postprocessing, compute_advantages
 from relayrl.policy.sample_batch import SampleBatch
 from relayrl.policy.torch_policy_template import build_torch_policy
 
-DEFAULT_CONFIG = with_common_config({
-    # No remote workers by default.
-    "num_workers": 0,
-    # Learning rate.
-    "lr": 0.0004,
-})
+DEFAULT_CONFIG = with_common_config(
+    {
+        # No remote workers by default.
+        "num_workers": 0,
+        # Learning rate.
+        "lr": 0.0004,
+    }
+)
 
 
 @multi_trajectory

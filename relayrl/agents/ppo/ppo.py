@@ -12,48 +12,50 @@ from relayrl.agents.trainer_template import build_trainer
 from relayrl.evaluation.postprocessing import Postprocessing
 from relayrl.optimizers import LocalMultiGPUOptimizer, SyncSamplesOptimizer
 
-DEFAULT_CONFIG = with_common_config({
-    # If true, use the Generalized Advantage Estimator (GAE) with a value function,
-    # see https://arxiv.org/pdf/1506.02438.pdf.
-    "use_gae": True,
-    # GAE(lambda) parameter.
-    "lambda": 1.0,
-    # Initial coefficient for KL divergence.
-    "kl_coeff": 0.2,
-    # Size of batches collected from each worker (per sub-env).
-    "sample_batch_size": 200,
-    # Number of timesteps collected for each SGD round.
-    "train_batch_size": 4000,
-    # Total SGD batch size across all devices for SGD.
-    "sgd_minibatch_size": 128,
-    # Number of SGD iterations in each outer loop.
-    "num_sgd_iter": 30,
-    # Stepsize of SGD.
-    "lr": 5e-5,
-    # Learning rate schedule: [[timestep, lr], ...], interpolated linearly.
-    "lr_schedule": None,
-    # Share layers for value function.
-    "vf_share_layers": False,
-    # Coefficient of the value function loss.
-    "vf_loss_coeff": 1.0,
-    # Coefficient of the entropy regularizer.
-    "entropy_coeff": 0.0,
-    # PPO clip parameter.
-    "clip_param": 0.3,
-    # Clip param for the value function. Note that this is sensitive to the
-    # scale of the rewards. If your expected V is large, increase this.
-    "vf_clip_param": 10.0,
-    # If set, clip the global norm of gradients by this amount.
-    "grad_clip": None,
-    # Target value for KL divergence.
-    "kl_target": 0.01,
-    # Whether to rollout "complete_episodes" or "truncate_episodes".
-    "batch_mode": "truncate_episodes",
-    # Which observation filter to apply to the observation.
-    "observation_filter": "MeanStdFilter",
-    # Use the sync samples optimizer instead of the multi-gpu one.
-    "simple_optimizer": False,
-})
+DEFAULT_CONFIG = with_common_config(
+    {
+        # If true, use the Generalized Advantage Estimator (GAE) with a value function,
+        # see https://arxiv.org/pdf/1506.02438.pdf.
+        "use_gae": True,
+        # GAE(lambda) parameter.
+        "lambda": 1.0,
+        # Initial coefficient for KL divergence.
+        "kl_coeff": 0.2,
+        # Size of batches collected from each worker (per sub-env).
+        "sample_batch_size": 200,
+        # Number of timesteps collected for each SGD round.
+        "train_batch_size": 4000,
+        # Total SGD batch size across all devices for SGD.
+        "sgd_minibatch_size": 128,
+        # Number of SGD iterations in each outer loop.
+        "num_sgd_iter": 30,
+        # Stepsize of SGD.
+        "lr": 5e-5,
+        # Learning rate schedule: [[timestep, lr], ...], interpolated linearly.
+        "lr_schedule": None,
+        # Share layers for value function.
+        "vf_share_layers": False,
+        # Coefficient of the value function loss.
+        "vf_loss_coeff": 1.0,
+        # Coefficient of the entropy regularizer.
+        "entropy_coeff": 0.0,
+        # PPO clip parameter.
+        "clip_param": 0.3,
+        # Clip param for the value function. Note that this is sensitive to the
+        # scale of the rewards. If your expected V is large, increase this.
+        "vf_clip_param": 10.0,
+        # If set, clip the global norm of gradients by this amount.
+        "grad_clip": None,
+        # Target value for KL divergence.
+        "kl_target": 0.01,
+        # Whether to rollout "complete_episodes" or "truncate_episodes".
+        "batch_mode": "truncate_episodes",
+        # Which observation filter to apply to the observation.
+        "observation_filter": "MeanStdFilter",
+        # Use the sync samples optimizer instead of the multi-gpu one.
+        "simple_optimizer": False,
+    }
+)
 
 
 def validate_config(config: dict) -> None:
@@ -84,13 +86,19 @@ def policy_optimizer(config: dict) -> tuple[type, dict]:
     standardize = (Postprocessing.ADVANTAGES,)
     if config["simple_optimizer"]:
         return SyncSamplesOptimizer, dict(
-            num_sgd_iter=config["num_sgd_iter"], train_batch_size=config["train_batch_size"],
-            sgd_minibatch_size=config["sgd_minibatch_size"], standardize_fields=standardize, seed=config["seed"],
+            num_sgd_iter=config["num_sgd_iter"],
+            train_batch_size=config["train_batch_size"],
+            sgd_minibatch_size=config["sgd_minibatch_size"],
+            standardize_fields=standardize,
+            seed=config["seed"],
         )
     return LocalMultiGPUOptimizer, dict(
-        sgd_batch_size=config["sgd_minibatch_size"], num_sgd_iter=config["num_sgd_iter"],
-        num_gpus=config["num_gpus"], train_batch_size=config["train_batch_size"],
-        standardize_fields=standardize, seed=config["seed"],
+        sgd_batch_size=config["sgd_minibatch_size"],
+        num_sgd_iter=config["num_sgd_iter"],
+        num_gpus=config["num_gpus"],
+        train_batch_size=config["train_batch_size"],
+        standardize_fields=standardize,
+        seed=config["seed"],
     )
 
 
@@ -112,7 +120,9 @@ def warn_about_bad_reward_scales(trainer, result: dict) -> None:
         trainer._warned_reward_scale = True
         logging.getLogger(__name__).warning(
             "episode rewards (mean %.1f) are large next to vf_clip_param=%s: the value function may learn"
-            " slowly; consider raising vf_clip_param", mean, trainer.config["vf_clip_param"],
+            " slowly; consider raising vf_clip_param",
+            mean,
+            trainer.config["vf_clip_param"],
         )
 
 

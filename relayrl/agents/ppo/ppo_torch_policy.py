@@ -43,12 +43,17 @@ def ppo_surrogate_loss(policy, model, dist_class, train_batch: dict) -> tuple[to
         total = total + config["vf_loss_coeff"] * vf_loss
     loss = total.mean()
     with torch.no_grad():  # statistics only: no autograd graph for them
-        stats = {"total_loss": loss.detach(), "policy_loss": -surrogate.mean(), "kl": action_kl.mean(),
-                 "entropy": entropy.mean(), "cur_kl_coeff": policy.kl_coeff,
-                 # share of samples whose ratio left the clip range, and the sampled KL(old || new)
-                 # estimate E[(r - 1) - log r] (unbiased, always >= 0; Schulman's "k3" estimator)
-                 "clip_fraction": ((logp_ratio - 1).abs() > config["clip_param"]).float().mean(),
-                 "approx_kl": ((logp_ratio - 1) - log_ratio).mean()}
+        stats = {
+            "total_loss": loss.detach(),
+            "policy_loss": -surrogate.mean(),
+            "kl": action_kl.mean(),
+            "entropy": entropy.mean(),
+            "cur_kl_coeff": policy.kl_coeff,
+            # share of samples whose ratio left the clip range, and the sampled KL(old || new)
+            # estimate E[(r - 1) - log r] (unbiased, always >= 0; Schulman's "k3" estimator)
+            "clip_fraction": ((logp_ratio - 1).abs() > config["clip_param"]).float().mean(),
+            "approx_kl": ((logp_ratio - 1) - log_ratio).mean(),
+        }
         if config["use_gae"]:
             stats.update(vf_loss=vf_loss.mean(), vf_explained_var=explained_variance(targets, value_fn))
     return loss, stats
@@ -61,8 +66,7 @@ def explained_variance(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
 
 
 @multi_trajectory
-def postprocess_ppo_gae(policy, batch: SampleBatch, other_agent_batches=None, episode=None,
-                        last_r=None) -> SampleBatch:
+def postprocess_ppo_gae(policy, batch: SampleBatch, other_agent_batches=None, episode=None, last_r=None) -> SampleBatch:
     """GAE with bootstrapping: V(next obs) unless the trajectory ends in a termination (``last_r``: those values
     when the caller computed them already, one per trajectory)."""
     if not policy.config["use_gae"]:
