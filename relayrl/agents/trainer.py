@@ -44,6 +44,19 @@ logger = logging.getLogger(__name__)
 
 
 class Trainer:
+    """An algorithm: its config, a WorkerSet and (for those built with ``build_trainer``, the way to write one) a
+    PolicyOptimizer; ``train()`` runs one iteration and returns its result dict.
+
+    Args:
+        config: overrides of the algorithm's DEFAULT_CONFIG (validated: an unknown key or a bad value is a
+            ValueError naming it).
+        env: a Gymnasium id, a name given to ``register_env``, an env class or a creator; else ``config["env"]``.
+        logger_creator: under Tune, the trial directory (checkpoints go there; Tune writes the result files); a
+            value that is not a string is ignored.
+        logdir: a directory for ``params.json``, ``result.json``, ``progress.csv`` and TensorBoard events of
+            every ``train()`` (the files a Tune trial has); ``save()`` puts checkpoints there too.
+    """
+
     _name = "Trainer"
     _default_config: dict = COMMON_CONFIG
     _policy: Any = None
@@ -51,14 +64,6 @@ class Trainer:
     def __init__(
         self, config: dict | None = None, env: Any = None, logger_creator: Any = None, logdir: str | None = None
     ):
-        """Args:
-        config: overrides of the algorithm's DEFAULT_CONFIG (validated: an unknown key or a bad value is a
-            ValueError naming it).
-        env: a Gymnasium id, a name given to ``register_env``, an env class or a creator; else ``config["env"]``.
-        logger_creator: under Tune, the trial directory (checkpoints go there; Tune writes the result files).
-        logdir: a directory for ``params.json``, ``result.json``, ``progress.csv`` and TensorBoard events of
-            every ``train()`` (the files a Tune trial has); ``save()`` puts checkpoints there too.
-        """
         self.raw_user_config = dict(config or {})
         env = env if env is not None else self.raw_user_config.get("env")
         # Translated, validated and merged once: everything downstream reads self.config[key].

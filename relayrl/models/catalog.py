@@ -112,7 +112,11 @@ def validate_model_config(model_config: dict | None, where: str = "model config"
 class ModelCatalog:
     """Picks the action distribution, preprocessor and torch model for a pair of spaces, and holds the names of
     users' own ones (``register_custom_model`` / ``_preprocessor`` / ``_action_dist``; a config may also name the
-    class itself). Registered names reach remote workers and Tune trials (see ``relayrl.models.registry``)."""
+    class itself). Registered names reach remote workers and Tune trials (see ``relayrl.models.registry``).
+
+    A class of static methods, used as ``ModelCatalog.get_model(...)``: it has no constructor arguments and is not
+    instantiated.
+    """
 
     @staticmethod
     def get_action_dist(action_space: gym.Space, config: dict | None = None, dist_type: str | None = None):

@@ -10,7 +10,7 @@ fresh weights together with its next task. The weights a gradient was computed w
 learner by up to ``num_workers - 1`` updates: the asynchrony of A3C.
 
 With no remote workers (``num_workers: 0``) the local worker samples, computes and applies each gradient in
-turn: the same loop in one process, without the asynchrony (the seed raised an error instead).
+turn: the same loop in one process, without the asynchrony (RLlib 0.7's raised an error instead).
 
 Worker failures: the gradient task of a remote worker that dies is dropped (not applied, not counted) and the
 worker goes to ``WorkerSet.handle_worker_failure``. With ``recreate_failed_workers: True`` the replacement
@@ -42,9 +42,17 @@ def _stats_and_count(info: dict) -> tuple[dict, int]:
 
 
 class AsyncGradientsOptimizer(PolicyOptimizer):
+    """Each ``step()`` applies ``grads_per_step`` gradients to the local policy, each as soon as a remote worker
+    has computed it on its own sample; that worker then gets the fresh weights with its next task.
+
+    Args:
+        workers: a WorkerSet, or the local worker (see PolicyOptimizer).
+        remote_workers: the remote workers when ``workers`` is a local worker.
+        grads_per_step: gradients to collect and apply per ``step()`` (at least 1, else ValueError); high enough
+            to amortise the overhead of calling ``step()`` (filter sync and metrics happen between steps).
+    """
+
     def __init__(self, workers: Any, remote_workers: list | None = None, *, grads_per_step: int = 100):
-        """``grads_per_step``: gradients to collect and apply per ``step()``; high enough to amortise the
-        overhead of calling ``step()`` (filter sync and metrics happen between steps)."""
         super().__init__(workers, remote_workers)
         if grads_per_step < 1:
             raise ValueError(f"grads_per_step must be >= 1, got {grads_per_step}")

@@ -159,6 +159,25 @@ class LearnerThread(threading.Thread):
 
 
 class AsyncReplayOptimizer(PolicyOptimizer):
+    """Ape-X's driver: remote workers sample into sharded replay actors, a LearnerThread learns on their replayed
+    batches and sends back new priorities (see the module docstring). Needs remote workers (else ValueError).
+
+    Args:
+        workers: a WorkerSet, or the local worker (see PolicyOptimizer).
+        remote_workers: the remote workers when ``workers`` is a local worker.
+        num_replay_buffer_shards: ReplayActors; each holds ``buffer_size / num_replay_buffer_shards`` rows and
+            replays once it holds ``learning_starts / num_replay_buffer_shards``.
+        max_weight_sync_delay: env steps a worker samples between two sends of the newest weights to it.
+        num_sample_requests_in_flight_per_worker: ``sample()`` calls kept in flight on every worker.
+        num_replay_requests_in_flight_per_shard: ``replay()`` calls kept in flight on every shard.
+        max_sample_train_ratio: None: workers sample freely (Ape-X); a ratio r: a worker's next ``sample()`` is
+            only launched while ``num_steps_sampled <= learning_starts + r * num_steps_trained``.
+        debug: ``stats()`` adds shard 0's buffer statistics (``replay_shard_0``; one ``ray.get`` per call).
+        **options: the replay options, the fields of ``ReplayOptions`` (``relayrl/optimizers/replay_options.py``,
+            where each is documented), with Ape-X's defaults ``option_defaults`` (``train_batch_size`` 512,
+            ``sample_batch_size`` 50); kept as ``self.options``. An unknown keyword is a TypeError naming it.
+    """
+
     # The replay keyword options: the fields of ReplayOptions, with these defaults of Ape-X's own.
     options_type = ReplayOptions
     option_defaults = {"train_batch_size": 512, "sample_batch_size": 50}

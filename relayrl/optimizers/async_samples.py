@@ -140,6 +140,31 @@ class LearnerThread(threading.Thread):
 
 
 class AsyncSamplesOptimizer(PolicyOptimizer):
+    """IMPALA's driver: keeps the remote workers sampling, batches their samples for a LearnerThread that learns in
+    the background, and sends each worker the newest weights before its next request (see the module docstring).
+
+    Args:
+        workers: a WorkerSet, or the local worker (see PolicyOptimizer).
+        remote_workers: the remote workers when ``workers`` is a local worker.
+        train_batch_size: env steps of one train batch, one learner step each (at least 1, else ValueError).
+        sample_batch_size: steps per sub-env of a worker's sample batch; times ``num_envs_per_worker``, the size of
+            one worker batch, which only decides when replay starts (see ``replay_proportion``).
+        num_envs_per_worker: sub-envs per worker (see ``sample_batch_size``).
+        num_gpus: kept as ``self.num_gpus`` only: the learner's device follows the policy config's ``num_gpus``.
+        num_parallel_data_loaders: threads that load train batches onto the learner's device ahead of it (at
+            least 1).
+        max_sample_requests_in_flight_per_worker: ``sample()`` calls kept queued on every remote worker (at
+            least 1).
+        broadcast_interval: workers that share one ``ray.put`` of the weights before a new one is made (at least
+            1).
+        replay_proportion: old batches replayed per new one, on average, into the train batches (0: no replay;
+            replay starts once the slots hold more than a train batch's worth of worker batches).
+        replay_buffer_num_slots: worker batches kept for replay, the oldest evicted first.
+        learner_queue_size: train batches that may wait for the learner; when it is full, the driver blocks
+            (back-pressure on sampling).
+        seed: seed of the replay choices (None: not seeded).
+    """
+
     def __init__(
         self,
         workers: Any,

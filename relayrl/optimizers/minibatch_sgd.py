@@ -29,6 +29,17 @@ logger = logging.getLogger(__name__)
 
 
 class MinibatchSGD:
+    """``num_sgd_iter`` epochs of shuffled minibatches over a train batch (see the module docstring).
+
+    Args:
+        minibatch_size: rows of one minibatch; 0 (or None), or at least the batch's size: one update per epoch on
+            the whole batch in its order.
+        num_sgd_iter: epochs per ``run()``.
+        seed: seed of the torch generator of the shuffles, seeded once (None: 0).
+        train_batch_size: the expected batch size, only to warn (once) when it is not a multiple of
+            ``minibatch_size``; None: no check.
+    """
+
     def __init__(
         self, minibatch_size: int, num_sgd_iter: int, seed: int | None = None, train_batch_size: int | None = None
     ):

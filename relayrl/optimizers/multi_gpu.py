@@ -35,6 +35,26 @@ logger = logging.getLogger(__name__)
 
 
 class LocalMultiGPUOptimizer(PolicyOptimizer):
+    """Each ``step()``: the local weights to every worker, at least ``train_batch_size`` steps sampled, each trained
+    policy's batch loaded onto its device once, then ``num_sgd_iter`` epochs of minibatch SGD on those tensors.
+    Every trained policy must be a TorchPolicy (else ValueError).
+
+    Args:
+        workers: a WorkerSet, or the local worker (see PolicyOptimizer).
+        remote_workers: the remote workers when ``workers`` is a local worker.
+        sgd_batch_size: rows of one minibatch (``MinibatchSGD``); 0, or at least the batch's size: one update per
+            epoch on the whole batch.
+        num_sgd_iter: epochs of learning over each train batch.
+        train_batch_size: the env steps to sample per ``step()`` (at least; the workers' whole batches are kept).
+        num_gpus: above 1 (rounded up, at most the CUDA devices present), each minibatch is split across that many
+            towers (model replicas); else the policy learns alone on its own device (from its config's
+            ``num_gpus``). Non-zero without CUDA: a warning, and the CPU.
+        standardize_fields: columns brought to zero mean and unit variance before learning (PPO: advantages).
+        seed: seed of the minibatch shuffles (None: seeded with 0).
+
+    Any other keyword argument is accepted and ignored.
+    """
+
     def __init__(
         self,
         workers: Any,

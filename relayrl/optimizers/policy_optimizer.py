@@ -18,6 +18,15 @@ from relayrl.evaluation.worker_set import WorkerSet
 
 
 class PolicyOptimizer:
+    """Base of every policy optimizer: holds the workers and the step counters; a subclass implements ``step()``.
+
+    Args:
+        workers: a WorkerSet; or, RLlib 0.7-style, the local worker (evaluator), with ``remote_workers`` the remote
+            ones (both are wrapped with ``WorkerSet.from_workers``).
+        remote_workers: the remote workers (Ray actor handles) when ``workers`` is a local worker; ignored when it is
+            a WorkerSet.
+    """
+
     def __init__(self, workers: Any, remote_workers: list | None = None):
         if not isinstance(workers, WorkerSet):
             workers = WorkerSet.from_workers(workers, remote_workers)

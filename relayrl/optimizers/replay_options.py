@@ -20,6 +20,26 @@ from relayrl.utils.schedules import LinearSchedule
 
 @dataclass(frozen=True)
 class ReplayOptions:
+    """The keyword options of SyncReplayOptimizer and AsyncReplayOptimizer (frozen; defaults as declared below).
+
+    Args:
+        learning_starts: env steps sampled before the first replayed update (Ape-X: over all shards).
+        buffer_size: transitions the replay memory holds (Ape-X: over all shards), the oldest evicted first.
+        prioritized_replay: prioritized replay (Schaul et al. 2016) instead of uniform sampling.
+        prioritized_replay_alpha: priority exponent alpha, P(i) ~ p_i^alpha.
+        prioritized_replay_beta: initial importance-sampling exponent beta.
+        final_prioritized_replay_beta: beta after its linear annealing (see ``beta_schedule``).
+        beta_annealing_fraction: fraction of ``schedule_max_timesteps`` over which beta is annealed.
+        schedule_max_timesteps: length of the annealing schedules, in sampled env steps.
+        prioritized_replay_eps: added to |TD error| to make a priority.
+        train_batch_size: rows of one replayed training batch.
+        sample_batch_size: steps per sub-env of a worker's sample batch.
+        target_network_update_freq: target network update period: sampled steps (SyncReplay) or trained steps
+            (AsyncReplay); 0: never updated by the optimizer.
+        compress_observations: LZ4-compress the observations stored in the replay memory.
+        seed: seed of the replay sampling (None: not seeded).
+    """
+
     # Steps sampled before the first replayed update (Ape-X: over all shards).
     learning_starts: int = 1000
     # Transitions the replay memory holds (Ape-X: over all shards), the oldest evicted first.

@@ -1,4 +1,5 @@
-"""SyncReplayOptimizer (seed alias LocalSyncReplayOptimizer): sample, store in a replay buffer, learn on replay.
+"""SyncReplayOptimizer (alias LocalSyncReplayOptimizer, its RLlib name until ray-project/ray#2303, 2018): sample,
+store in a replay buffer, learn on replay.
 
 The loop behind DQN and DDPG (Mnih et al. 2015; Schaul et al. 2016 for prioritized replay)::
 
@@ -70,6 +71,18 @@ def add_to_buffer(buffer: ReplayBuffer, batch: SampleBatch) -> None:
 
 
 class SyncReplayOptimizer(PolicyOptimizer):
+    """Each ``step()``: weights to the remote workers, one batch from each into a replay buffer per policy, then
+    (after ``learning_starts`` sampled steps) one replayed batch learned on per trained policy; target networks
+    updated every ``target_network_update_freq`` sampled steps.
+
+    Args:
+        workers: a WorkerSet, or the local worker (see PolicyOptimizer).
+        remote_workers: the remote workers when ``workers`` is a local worker.
+        **options: the replay options, the fields of ``ReplayOptions`` (``relayrl/optimizers/replay_options.py``,
+            where each is documented with its default); kept as ``self.options``. An unknown keyword is a
+            TypeError naming it.
+    """
+
     # The keyword options: the fields of ReplayOptions (their defaults and docs are there).
     options_type = ReplayOptions
 

@@ -1,5 +1,5 @@
-"""SyncSamplesOptimizer (seed alias LocalSyncOptimizer): sample on all workers, learn on the local policy,
-broadcast the new weights. The loop behind PG and A2C.
+"""SyncSamplesOptimizer (alias LocalSyncOptimizer, its RLlib name until ray-project/ray#2303, 2018): sample on
+all workers, learn on the local policy, broadcast the new weights. The loop behind PG and A2C.
 
 With ``sgd_minibatch_size`` the learning is ``num_sgd_iter`` epochs of shuffled minibatches, the routine that
 LocalMultiGPUOptimizer also runs (``minibatch_sgd.py``: seeded from ``seed``, a last partial minibatch dropped).
@@ -27,6 +27,20 @@ __all__ = ["SyncSamplesOptimizer", "LocalSyncOptimizer", "learn_in_minibatches",
 
 
 class SyncSamplesOptimizer(PolicyOptimizer):
+    """Each ``step()``: the local weights to every worker, at least ``train_batch_size`` steps sampled, then
+    ``num_sgd_iter`` epochs of (minibatch) learning on the local worker's trained policies.
+
+    Args:
+        workers: a WorkerSet, or the local worker (see PolicyOptimizer).
+        remote_workers: the remote workers when ``workers`` is a local worker.
+        num_sgd_iter: epochs of learning over each train batch.
+        train_batch_size: the env steps to sample per ``step()`` (at least; the workers' whole batches are kept).
+        sgd_minibatch_size: rows of one minibatch (``MinibatchSGD``); 0, or at least the batch's size: one update
+            per epoch on the whole batch.
+        standardize_fields: columns brought to zero mean and unit variance before learning (PPO: advantages).
+        seed: seed of the minibatch shuffles (None: seeded with 0).
+    """
+
     def __init__(
         self,
         workers: Any,

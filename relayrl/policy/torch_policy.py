@@ -43,6 +43,25 @@ def vf_preds_fetches(policy: "TorchPolicy", input_dict, state_batches, model: To
 
 
 class TorchPolicy(Policy):
+    """A Policy whose model is a torch module and whose learning is a loss function. Built with
+    ``build_torch_policy`` (which fills in the hooks below), not subclassed; a RolloutWorker constructs it.
+
+    Args:
+        observation_space: the (preprocessed) observation space the model takes.
+        action_space: the env's action space; it picks the action distribution when ``dist_class`` is None.
+        config: the trainer config. The keys read here: ``model`` (the model config for ``ModelCatalog``),
+            ``num_gpus`` (> 0 and CUDA available: the model lives on ``cuda``, else on the CPU), ``lr`` (the
+            learning rate, 1e-4 when absent), ``lr_schedule`` (``[[timestep, lr], ...]``, a PiecewiseSchedule of
+            the global timestep; None: a constant ``lr``), ``seed`` (the numpy generator of the CPU fast path's
+            action sampling), ``explore`` (sample, or the deterministic action; True when absent), ``grad_clip``
+            (the gradient norm is clipped to it; None or 0: no clipping) and ``check_nan`` (refuse a non-finite
+            loss or gradient; True when absent).
+        model: the TorchModel to use (moved to the policy's device); None: ``ModelCatalog.get_model`` builds one
+            from ``config["model"]`` with the action distribution's number of outputs.
+        dist_class: the ActionDistribution class; None: ``ModelCatalog.get_action_dist(action_space,
+            config["model"])`` picks it.
+    """
+
     # Hooks, filled in by build_torch_policy (see its docstring for their signatures).
     _loss_fn: Callable | None = None
     _stats_fn: Callable | None = None

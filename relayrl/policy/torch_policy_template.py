@@ -54,7 +54,7 @@ def build_torch_policy(
     - ``extra_action_out_fn(policy, input_dict, state, model, dist) -> dict`` extra columns per step (a policy with
       one cannot use the numpy acting path);
     - ``needs_value``: the policy records the value estimate of every observation while acting (the ``vf_preds``
-      column, for GAE and bootstrapping). ``extra_action_out_fn=vf_preds_fetches`` is the seed-era way to say so
+      column, for GAE and bootstrapping). ``extra_action_out_fn=vf_preds_fetches`` is the RLlib 0.7 (2019) way to say so
       and means ``needs_value=True``;
     - ``extra_grad_process_fn(policy) -> dict`` after backward, before the step (default: ``grad_clip``);
     - ``optimizer_fn(policy, config) -> optimizer or list`` (default: Adam at ``lr``);

@@ -5,7 +5,8 @@ section 4: eq. 1 for the value targets v_s, section 4.2 for the policy gradient 
     loss = -sum_s log pi(a_s|x_s) rho_s (r_s + gamma v_{s+1} - V(x_s))  +  vf_loss_coeff * 0.5 * sum_s (V(x_s) - v_s)^2
            + entropy_coeff * sum_s H(pi(.|x_s))
 
-Terms are sums, and ``entropy_coeff`` is ADDED as in RLlib 2019's ``VTraceLoss`` (the seed's -0.01 is a bonus).
+Terms are sums, and ``entropy_coeff`` is ADDED as in RLlib 0.7's (2019) ``VTraceLoss`` (IMPALA's default -0.01 is a
+bonus).
 
 Batch layout: the sampler's truncate_episodes batches are ordered sub-env by sub-env, each with
 ``sample_batch_size`` consecutive steps, and a train batch concatenates such batches, so it reshapes to

@@ -95,7 +95,7 @@ class KLCoeffMixin:
 
 
 def _before_init(policy, obs_space, action_space, config: dict) -> None:
-    # PPO's top-level vf_share_layers (seed 004) decides the model's layout.
+    # PPO's top-level vf_share_layers (as in RLlib 0.7's PPO config, 2019) decides the model's layout.
     config["model"] = {**config.get("model", {}), "vf_share_layers": config["vf_share_layers"]}
     policy.kl_coeff = float(config["kl_coeff"])
 
