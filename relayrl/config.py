@@ -67,8 +67,9 @@ COMMON_CONFIG: dict[str, Any] = {
     "clip_rewards": None,
     # Clip Box actions to the action space's bounds before stepping the env.
     "clip_actions": True,
-    # Check each sub-env's step()/reset() results and observations (against the space) on its first N steps and at
-    # every reset, then step at full speed (True: every step; False/0: never); raises relayrl.env.EnvCheckError.
+    # Check each sub-env's step()/reset() results and observations (against the space) on its first N steps (and
+    # every reset then; one in 100 after), then step at full speed (True: every step; False/0: never); raises
+    # relayrl.env.EnvCheckError.
     "check_env": 1000,
     # Raise instead of learning from NaN/inf: rewards and observations (each fragment, in numpy), and each
     # policy update's losses and gradients (before the optimizer step, so the weights stay as they were).
