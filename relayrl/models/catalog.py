@@ -33,13 +33,14 @@ MODEL_DEFAULTS: dict = {
     "conv_filters": None,
     # Activation of the convolutional layers.
     "conv_activation": "relu",
-    # Wrap the model in an LSTM.
+    # Wrap the model in an LSTM. Not built yet (issue 13): True is rejected unless a custom_model reads it, and the
+    # three keys below are passed to custom models only, which may use them.
     "use_lstm": False,
-    # Longest sequence an RNN is trained on.
+    # Longest sequence an RNN is trained on (for custom recurrent models until the LSTM wrapper exists).
     "max_seq_len": 20,
-    # Size of the LSTM cell.
+    # Size of the LSTM cell (for custom recurrent models until the LSTM wrapper exists).
     "lstm_cell_size": 256,
-    # Feed the previous action and reward to the LSTM.
+    # Feed the previous action and reward to the LSTM (for custom recurrent models until the wrapper exists).
     "lstm_use_prev_action_reward": False,
     # Atari preprocessing of ALE ids (relayrl.env.atari_wrappers.wrap_deepmind), applied when the env is made:
     # stack this many frames along the channels (True: 4; False / 0: one frame, no stacking).
