@@ -10,7 +10,7 @@ a second node that dies).
 
 Each node runs in its own ``--temp-dir`` (so that a plain ``ray.init()`` elsewhere on this shared machine never
 finds and joins it) and on ports of its own. ``stop()`` ends exactly the processes these nodes started, by PID
-(never ``ray stop``, which would end other people's Ray too).
+(never the CLI's global stop command, which would end other people's Ray too).
 """
 
 from __future__ import annotations
