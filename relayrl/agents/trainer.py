@@ -149,10 +149,13 @@ class Trainer:
         episodes: list[RolloutMetrics] = self.workers.local_worker().get_metrics()
         perf = [self.workers.local_worker().sampler_perf()]
         if self.workers.remote_workers():
+            # One round trip (and one collect_metrics_timeout) for both, as before the failure handling.
             timeout = self.config["collect_metrics_timeout"]
-            for _, metrics in self.workers.gather(lambda w, i: w.get_metrics.remote(), timeout):
+            for _, (metrics, worker_perf) in self.workers.gather(
+                lambda w, i: w.apply.remote(_metrics_and_perf), timeout
+            ):
                 episodes.extend(metrics)
-            perf.extend(p for _, p in self.workers.gather(lambda w, i: w.sampler_perf.remote(), timeout))
+                perf.append(worker_perf)
         result = self._metrics.add(episodes)
         perf = [p for p in perf if p]
         result["sampler_perf"] = {k: float(np.mean([p[k] for p in perf])) for k in perf[0]} if perf else {}
@@ -360,6 +363,10 @@ def _space_signature(policy: Any) -> dict:
 
 
 _COUNTERS = {"iteration": int, "timesteps_total": int, "episodes_total": int, "time_total_s": float}
+
+
+def _metrics_and_perf(worker: RolloutWorker) -> tuple[list, dict]:
+    return worker.get_metrics(), worker.sampler_perf()
 
 
 def check_counters(prefix: str, manifest: dict) -> dict:
