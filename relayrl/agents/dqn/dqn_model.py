@@ -74,18 +74,11 @@ class NoisyLinear(nn.Module):
 def action_mask_slice(original_space: gym.Space | None) -> tuple[int, int] | None:
     """Columns of the ``action_mask`` entry in the flat observation of a Dict space (keys flattened in sorted
     order, as FlattenPreprocessor does), or None if the space has no such entry."""
-    if not isinstance(original_space, gym.spaces.Dict) or "action_mask" not in original_space.spaces:
+    if not isinstance(original_space, gym.spaces.Dict):
         return None
-    from relayrl.models.preprocessors import get_preprocessor
+    from relayrl.models.action_mask import action_mask_columns
 
-    start = 0
-    for key in sorted(original_space.spaces):
-        space = original_space.spaces[key]
-        size = get_preprocessor(space)(space).size
-        if key == "action_mask":
-            return start, start + size
-        start += size
-    return None
+    return action_mask_columns(original_space)
 
 
 class DQNModel(TorchModel):
