@@ -107,6 +107,9 @@ COMMON_CONFIG: dict[str, Any] = {
     "train_batch_size": 200,
     # "truncate_episodes": fixed-size fragments (values bootstrapped at cuts); "complete_episodes": whole episodes.
     "batch_mode": "truncate_episodes",
+    # Multi-agent envs: what sample_batch_size and train_batch_size count: "env_steps" (one per step of an env)
+    # or "agent_steps" (one per action of an agent).
+    "count_steps_by": "env_steps",
     # Sample in a background thread of the worker (A3C).
     "sample_async": False,
     # Observation filter: "NoFilter" or "MeanStdFilter" (running mean and std; "ConcurrentMeanStdFilter", a seed
@@ -316,6 +319,8 @@ def _check_common_values(config: dict, name: str) -> None:
         get("batch_mode") in ("truncate_episodes", "complete_episodes"),
         "'truncate_episodes' or 'complete_episodes'",
     )
+    steps_by = get("count_steps_by", "env_steps")
+    need("count_steps_by", steps_by in ("env_steps", "agent_steps"), "'env_steps' or 'agent_steps'")
     need("observation_filter", get("observation_filter") in FILTERS, " or ".join(repr(f) for f in FILTERS))
     need(
         "log_level",

@@ -23,10 +23,14 @@ import gymnasium as gym
 import numpy as np
 
 from relayrl.config import COMMON_CONFIG, merge_dicts
+from relayrl.env.base_env import PollingEnv
 from relayrl.env.multi_agent_env import MultiAgentEnv
+from relayrl.env.multi_agent_vector_env import MultiAgentVectorEnv
 from relayrl.env.registry import EnvContext, make_env
 from relayrl.env.vector_env import VectorEnv
 from relayrl.evaluation.metrics import RolloutMetrics
+from relayrl.evaluation.multi_agent_sampler import MultiAgentSampler, mapping_caller
+from relayrl.evaluation.policy_specs import default_mapping_fn, resolve_policy_specs
 from relayrl.evaluation.sampler import SyncSampler
 from relayrl.models.catalog import ModelCatalog
 from relayrl.policy.policy import Policy
@@ -159,14 +163,23 @@ class RolloutWorker:
             from relayrl.env.gym_vector_env import GymVectorEnvAdapter
 
             self.env = GymVectorEnvAdapter(self.env, config["num_envs_per_worker"])
-        if isinstance(self.env, MultiAgentEnv):
-            raise NotImplementedError("multi-agent environments are not supported by the sampler yet")
-
+        self.multi_agent = isinstance(self.env, (MultiAgentEnv, PollingEnv))
+        mapping_fn = policy_mapping_fn or config["multiagent"].get("policy_mapping_fn")
+        if self.multi_agent:
+            specs = policy if isinstance(policy, dict) else None
+            mapping_fn = mapping_fn or default_mapping_fn(list(specs or [DEFAULT_POLICY_ID]))
+            policy = resolve_policy_specs(specs, self.env, mapping_caller(mapping_fn, self), policy)
+        self.policy_mapping_fn = mapping_fn
         self.policy_map: dict[str, Policy] = self._build_policies(policy, config, worker_index)
-        self.policy_mapping_fn = policy_mapping_fn or config["multiagent"].get("policy_mapping_fn")
-        self.policies_to_train = (
+        self.policies_to_train = list(
             policies_to_train or config["multiagent"].get("policies_to_train") or list(self.policy_map)
         )
+        unknown = [pid for pid in self.policies_to_train if pid not in self.policy_map]
+        if unknown:
+            raise ValueError(
+                f"multiagent.policies_to_train names {unknown}, which are not among the policies "
+                f"{sorted(self.policy_map)}"
+            )
         self.filters: dict[str, Filter] = {
             pid: get_filter(config["observation_filter"], self.preprocessors[pid].shape) for pid in self.policy_map
         }
@@ -182,8 +195,9 @@ class RolloutWorker:
             specs = {DEFAULT_POLICY_ID: (policy, self.env.observation_space, self.env.action_space, {})}
         policy_map, self.preprocessors = PolicyMap(), {}
         for pid, (cls, obs_space, act_space, overrides) in specs.items():
-            obs_space = obs_space or self.env.observation_space
-            act_space = act_space or self.env.action_space
+            if obs_space is None or act_space is None:  # a single-agent env: its spaces
+                obs_space = obs_space or self.env.observation_space
+                act_space = act_space or self.env.action_space
             prep = ModelCatalog.get_preprocessor_for_space(obs_space, config.get("model"))
             self.preprocessors[pid] = prep
             pconf = merge_dicts(config, overrides or {})
@@ -213,11 +227,14 @@ class RolloutWorker:
 
     @property
     def sampler(self) -> SyncSampler:
+        if self._sampler is None and self.multi_agent:
+            self._sampler = self._multi_agent_sampler()
         if self._sampler is None:
             if DEFAULT_POLICY_ID not in self.policy_map:
                 raise NotImplementedError(
-                    f"sampling with the multi-agent policies {sorted(self.policy_map)} needs a MultiAgentEnv,"
-                    " which the sampler does not support yet; use a single 'default_policy'"
+                    f"sampling with the multi-agent policies {sorted(self.policy_map)} needs a MultiAgentEnv;"
+                    f" the env is {type(self.env).__name__}, a single-agent env (use one 'default_policy', or"
+                    " relayrl.env.make_multi_agent to make N copies of it)"
                 )
             config = self.config
             if config["sample_async"] and self._model_lock is None:
@@ -245,6 +262,51 @@ class RolloutWorker:
 
                 self._sampler = AsyncSampler(self._sampler)
         return self._sampler
+
+    def _multi_agent_sampler(self) -> MultiAgentSampler:
+        config = self.config
+        if config["sample_async"] and self._model_lock is None:
+            self._model_lock = threading.RLock()
+        env = self.env
+        if not isinstance(env, PollingEnv):
+            n = config["num_envs_per_worker"]
+            base = self.seed if self.seed is not None else None
+            check = config.get("check_env", False)
+            env = MultiAgentVectorEnv.from_creator(
+                lambda i: self.env_creator(self.env_context.copy_with_overrides(vector_index=i)),
+                n,
+                existing=[env],
+                env_name=config.get("env"),
+                worker_index=self.worker_index,
+                seeds=[None if base is None else base + i for i in range(n)],
+                check_steps=None if check is True else int(check or 0),
+                check_nan=config.get("check_nan", False),
+                action_mask_key=(config.get("model") or {}).get("action_mask_key", "action_mask"),
+            )
+        sampler = MultiAgentSampler(
+            env,
+            self.policy_map,
+            self.preprocessors,
+            self.filters,
+            self.policy_mapping_fn,
+            fragment_length=config["sample_batch_size"],
+            batch_mode=config["batch_mode"],
+            count_steps_by=config.get("count_steps_by", "env_steps"),
+            horizon=config["horizon"],
+            clip_rewards=config["clip_rewards"],
+            clip_actions=config["clip_actions"],
+            callbacks=config.get("callbacks"),
+            worker=self,
+            seed=self.seed,
+            lock=self._model_lock,
+            check_nan=config.get("check_nan", False),
+            env_name=config.get("env"),
+        )
+        if config["sample_async"]:
+            from relayrl.evaluation.async_sampler import AsyncSampler
+
+            return AsyncSampler(sampler)
+        return sampler
 
     @property
     def async_env(self) -> VectorEnv:
