@@ -21,6 +21,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from multi_agent import multi_agent_sampling  # noqa: E402
+
 TUNED_PPO_CARTPOLE = "ppo/cartpole-ppo.yaml"  # time-to-solve runs the tuned example's settings
 
 
@@ -287,6 +289,7 @@ def core_rows(quick: bool = False) -> list[tuple[str, str, str]]:
     st = startup(1 if quick else 3)
     lr = learner_rate()
     av = async_vector_sampling(rounds=3 if quick else 7)
+    ma = multi_agent_sampling(rounds=5 if quick else 9)
     readme = [readme_command() for _ in range(1 if quick else 3)]
     readme_tune = readme_command(tune=True)
     readme_s = statistics.median(r["seconds"] for r in readme)
@@ -324,6 +327,17 @@ def core_rows(quick: bool = False) -> list[tuple[str, str, str]]:
             f"{av['async_steps_per_s']:,.0f} vs {av['local_steps_per_s']:,.0f} steps/s, small PPO policy, CartPole"
             f" step() busy-loops 1 ms of CPU (not sleep), {av['cpus']} CPUs (target >= 1.6x on 2); Gymnasium's"
             f" AsyncVectorEnv alone gains {av['gym_ratio']:.2f}x here",
+        ),
+        (
+            "multi-agent: 2-agent CartPole, 1 shared PPO policy",
+            f"{ma['shared_agent_steps_per_s']:,.0f} agent-steps/s",
+            f"{ma['ratio']:.2f}x the single-agent sampler on 2 sub-envs ({ma['single_env_steps_per_s']:,.0f} steps/s;"
+            f" target >= 0.8x); {ma['agents_per_env_step']:.2f} agents act per env step (a copy that ends waits)",
+        ),
+        (
+            "  same, 2 policies (one per agent)",
+            f"{ma['two_policies_agent_steps_per_s']:,.0f} agent-steps/s",
+            f"{ma['ratio_two_policies']:.2f}x; two policy calls of one row per step instead of one of two",
         ),
         ("PPO learner (default config: 4000 x 30 epochs)", f"{lr['ppo_learner_samples_per_s']:,.0f} samples/s", ""),
         ("PG learner (train_batch_size 4000)", f"{lr['pg_learner_samples_per_s']:,.0f} samples/s", ""),

@@ -16,6 +16,7 @@ agent; the sampler runs it. ``make_multi_agent`` turns a single-agent env into N
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Hashable, Mapping
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ import numpy as np
 from relayrl.env.env_checks import EnvChecker, EnvCheckError, _kind, describe_env
 from relayrl.models.action_mask import ACTION_MASK, split_action_mask
 
+_BOOL_TYPES = frozenset({bool, np.bool_})
 ALL = "__all__"  # the key of terminateds / truncateds that ends the whole episode
 MA_API = "MultiAgentEnv.step returns 5 dicts keyed by agent id: (obs, rewards, terminateds, truncateds, infos)"
 
@@ -171,6 +173,10 @@ class MultiAgentEpisodeChecker:
     def actions(self, action_dict: Any) -> None:
         """Checks the actions about to go to ``step()``: a dict with one action for each agent asked to act (and
         none masked out by its observation's action mask). Messages name the step the actions are for."""
+        acting = self.acting
+        if type(action_dict) is dict and not self._masks and len(action_dict) == len(acting):
+            if all(a in action_dict for a in acting) and not self.episode_over:
+                return  # one action for each agent asked, none masked to check
         if self.episode_over:
             raise self.error("actions given after the episode ended (or before the first reset); call reset()")
         if not isinstance(action_dict, Mapping):
@@ -204,6 +210,8 @@ class MultiAgentEpisodeChecker:
 
     def step(self, result: Any) -> tuple[dict, dict, dict, dict, dict]:
         """Checks a ``step()`` result, updates who acts next (``acting``), who left, ``episode_over``; returns it."""
+        if not self.check_spaces and self._plain_step(result):
+            return result
         self.steps += 1
         self.episode_step = (self.episode_step or 0) + 1
         if not isinstance(result, (tuple, list)) or len(result) != 5:
@@ -255,6 +263,39 @@ class MultiAgentEpisodeChecker:
             )
         self.episode_over = over
         return obs, rewards, terminateds, truncateds, infos
+
+    def _plain_step(self, result: Any) -> bool:
+        """The common step, checked in a few set operations: plain dicts, no agent ends, no agent new to the
+        episode gets a reward, finite rewards, bool flags. Anything else returns False before changing any state, and
+        ``step`` checks it rule by rule (with the error messages)."""
+        if type(result) is not tuple or len(result) != 5:
+            return False
+        obs, rewards, terms, truncs, infos = result
+        if not (type(obs) is dict and type(rewards) is dict and type(terms) is dict and type(truncs) is dict):
+            return False
+        if not isinstance(infos, Mapping) or ALL in obs or ALL in rewards or not obs:
+            return False
+        if terms.get(ALL, True) is not False or truncs.get(ALL, True) is not False:
+            return False  # a missing "__all__" or the episode's end: the full check
+        if True in terms.values() or True in truncs.values() or self.left:
+            return False
+        if not _BOOL_TYPES.issuperset(map(type, terms.values())) or not _BOOL_TYPES.issuperset(
+            map(type, truncs.values())
+        ):
+            return False
+        if (self._known and not self._known.issuperset(obs)) or not self.seen.issuperset(rewards):
+            return False
+        try:  # numbers (a str or None raises), finite (when not, the full check decides with check_nan)
+            if not all(map(math.isfinite, rewards.values())):
+                return False
+        except TypeError:
+            return False
+        self.steps += 1
+        self.episode_step += 1
+        self.seen.update(obs)
+        self.acting = list(obs)
+        self._masks = {}
+        return True
 
     # --- parts -----------------------------------------------------------------------------------------------------
     def _dicts(self, *named: tuple[str, Any], source: str) -> None:

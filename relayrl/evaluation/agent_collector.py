@@ -1,10 +1,11 @@
 """AgentTrajectory: the rows of one (episode, agent) pair, built step by step by the multi-agent sampler.
 
-A step opens when the agent acts (``open_step``: its observation, ``t``, its RNN state in, previous action and
-reward when asked; then ``set_action``: the action and the policy's per-step outputs). Rewards arrive until the
-agent's next observation, its own end, or the episode's end closes the step (``close_step``: the next observation
-and the terminated / truncated flags). ``cut()`` hands out the closed rows as a SampleBatch and keeps an open step
-for the next fragment; the RNN state in ``state`` is the one the agent's next action starts from.
+A step opens when the agent gets an observation it must act on (``step``: the observation, ``t``, its RNN state
+in, the previous action and reward when asked; then ``set_action``: the action and the policy's per-step outputs).
+Rewards arrive until the agent's next observation closes the step (the next ``step`` call) or its end does
+(``end``: its own terminated / truncated flag, or the episode's). A step's next observation is the next step's
+observation, so only the final one is stored. ``cut()`` hands out the closed rows as a SampleBatch and keeps an open
+step for the next fragment; ``state`` is the RNN state the agent's next action starts from.
 """
 
 from __future__ import annotations
@@ -28,19 +29,18 @@ class AgentTrajectory:
         "prev_action",
         "prev_reward",
         "last_obs",
+        "reward_total",
+        "closed",
+        "final",
         "obs",
         "actions",
         "rewards",
         "t",
+        "infos",
         "extras",
         "states",
         "prev_actions",
         "prev_rewards",
-        "new_obs",
-        "terminateds",
-        "truncateds",
-        "infos",
-        "left",
     )
 
     def __init__(self, agent_id: Any, policy_id: str, agent_index: int, episode: Any, initial_state: list):
@@ -51,27 +51,29 @@ class AgentTrajectory:
         self.state = initial_state  # the RNN state the agent's next action starts from
         self.prev_action: Any = None
         self.prev_reward = 0.0
-        self.last_obs: Any = None  # the latest processed observation (final observation of a leaving agent)
-        self.left = False
-        self._clear()
-
-    def _clear(self) -> None:
-        self.obs, self.actions, self.rewards, self.t = [], [], [], []
+        self.last_obs: Any = None  # the latest processed observation
+        self.reward_total = 0.0
+        self.closed = 0  # rows whose result (next observation or end) is known
+        self.final: tuple | None = None  # (final observation, terminated, truncated) once the agent has ended
+        self.obs, self.actions, self.rewards, self.t, self.infos = [], [], [], [], []
         self.extras: dict[str, list] = {}
-        self.states: list[list] = [[] for _ in self.state]
+        self.states: list[list] = [[] for _ in initial_state]
         self.prev_actions, self.prev_rewards = [], []
-        self.new_obs, self.terminateds, self.truncateds, self.infos = [], [], [], []
 
     @property
     def pending(self) -> bool:
-        """An action was taken whose result (next observation or end) has not come yet."""
-        return len(self.actions) > len(self.new_obs)
+        """An action was taken whose result has not come yet."""
+        return len(self.actions) > self.closed
 
     @property
-    def num_closed(self) -> int:
-        return len(self.new_obs)
+    def ended(self) -> bool:
+        return self.final is not None
 
-    def open_step(self, obs: Any, t: int, record_prev: bool) -> None:
+    def step(self, obs: Any, info: Any, t: int, record_prev: bool) -> None:
+        """A new observation to act on: closes the open step (not done) and opens the next."""
+        if len(self.actions) > self.closed:
+            self.closed += 1
+            self.infos.append(info)
         self.obs.append(obs)
         self.last_obs = obs
         self.t.append(t)
@@ -82,51 +84,61 @@ class AgentTrajectory:
             self.prev_actions.append(self.prev_action)
             self.prev_rewards.append(self.prev_reward)
 
-    def set_action(self, action: Any, extra: dict, state_out: list | None) -> None:
+    def set_action(self, action: Any, extra: dict, i: int, state_out: list | None) -> None:
+        """The action of the open step and row ``i`` of the policy's per-step outputs (and RNN state out)."""
         self.actions.append(action)
         for k, v in extra.items():
-            self.extras.setdefault(k, []).append(v)
+            rows = self.extras.get(k)
+            if rows is None:
+                rows = self.extras[k] = []
+            rows.append(v[i])
         if state_out:
-            self.state = state_out
+            self.state = [s[i] for s in state_out]
         self.prev_action, self.prev_reward = action, 0.0
 
-    def add_reward(self, reward: float) -> bool:
-        """Adds ``reward`` to the open step; False when there is none (the agent has not acted yet)."""
-        if not self.pending:
-            return False
-        self.rewards[-1] += reward
-        self.prev_reward += reward
-        return True
+    def add_reward(self, reward: float) -> None:
+        """Adds ``reward`` to the open step (none before the agent's first action: it only counts in the total)."""
+        self.reward_total += reward
+        if len(self.actions) > self.closed:
+            self.rewards[-1] += reward
+            self.prev_reward += reward
 
-    def close_step(self, new_obs: Any, info: Any, terminated: bool, truncated: bool) -> None:
-        if new_obs is None:  # ended without a final observation: bootstrap (if truncated) from the last one
-            new_obs = self.last_obs
+    def end(self, obs: Any, info: Any, terminated: bool, truncated: bool) -> None:
+        """The agent's end (``obs`` None: no final observation; a truncated step bootstraps from the last one)."""
+        if obs is None:
+            obs = self.last_obs
         else:
-            self.last_obs = new_obs
-        self.new_obs.append(new_obs)
-        self.infos.append(info if info is not None else {})
-        self.terminateds.append(terminated)
-        self.truncateds.append(truncated)
+            self.last_obs = obs
+        if len(self.actions) > self.closed:
+            self.closed += 1
+            self.infos.append(info)
+        self.final = (obs, terminated, truncated)
 
     def cut(self, eps_id: int) -> SampleBatch | None:
         """The closed rows as a batch (None when there are none); an open step stays for the next fragment."""
-        n = len(self.new_obs)
+        n = self.closed
         if n == 0:
             return None
+        ended_here = self.final is not None and n == len(self.actions)
+        next_obs = self.obs[1 : n + 1] if not ended_here else [*self.obs[1:n], self.final[0]]
+        terminateds, truncateds = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        if ended_here:
+            terminateds[-1], truncateds[-1] = self.final[1], self.final[2]
+        infos = np.empty(n, dtype=object)
+        infos[:] = [{} if i is None else i for i in self.infos]
         cols = {
-            SB.OBS: np.stack(self.obs[:n]),
+            SB.OBS: np.array(self.obs[:n]),
             SB.ACTIONS: np.asarray(self.actions[:n]),
             SB.REWARDS: np.asarray(self.rewards[:n], dtype=np.float64),
-            SB.TERMINATEDS: np.asarray(self.terminateds, dtype=bool),
-            SB.TRUNCATEDS: np.asarray(self.truncateds, dtype=bool),
-            SB.NEXT_OBS: np.stack(self.new_obs),
+            SB.TERMINATEDS: terminateds,
+            SB.TRUNCATEDS: truncateds,
+            SB.DONES: terminateds | truncateds,
+            SB.NEXT_OBS: np.array(next_obs),
+            SB.INFOS: infos,
             SB.EPS_ID: np.full(n, eps_id, dtype=np.int64),
             SB.T: np.asarray(self.t[:n], dtype=np.int64),
             SB.AGENT_INDEX: np.full(n, self.agent_index, dtype=np.int64),
         }
-        infos = np.empty(n, dtype=object)
-        infos[:] = self.infos
-        cols[SB.INFOS] = infos
         for k, rows in self.extras.items():
             cols[k] = np.stack(rows[:n])
         for j, rows in enumerate(self.states):
@@ -134,17 +146,9 @@ class AgentTrajectory:
         if self.prev_actions:
             cols[SB.PREV_ACTIONS] = np.stack(self.prev_actions[:n])
             cols[SB.PREV_REWARDS] = np.asarray(self.prev_rewards[:n], dtype=np.float32)
-        dones = cols[SB.TERMINATEDS] | cols[SB.TRUNCATEDS]
-        cols[SB.DONES] = dones
-        keep = self.pending
-        if keep:
-            rest = (self.obs[n:], self.actions[n:], self.rewards[n:], self.t[n:])
-            rest_extras = {k: v[n:] for k, v in self.extras.items()}
-            rest_states = [rows[n:] for rows in self.states]
-            rest_prev = (self.prev_actions[n:], self.prev_rewards[n:])
-        self._clear()
-        if keep:
-            self.obs, self.actions, self.rewards, self.t = (list(r) for r in rest)
-            self.extras, self.states = rest_extras, rest_states
-            self.prev_actions, self.prev_rewards = (list(r) for r in rest_prev)
+        self.obs, self.actions, self.rewards, self.t = self.obs[n:], self.actions[n:], self.rewards[n:], self.t[n:]
+        self.infos, self.closed = [], 0
+        self.extras = {k: v[n:] for k, v in self.extras.items()}
+        self.states = [rows[n:] for rows in self.states]
+        self.prev_actions, self.prev_rewards = self.prev_actions[n:], self.prev_rewards[n:]
         return SampleBatch(cols)

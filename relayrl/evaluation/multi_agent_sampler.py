@@ -179,6 +179,7 @@ class MultiAgentSampler:
         seen: dict[str, list] = {}  # policy id -> [(slot, agent, trajectory, raw obs, info, end flags or None)]
         ending: list[tuple] = []
         env_steps = 0
+        exact = bool(self.callbacks)
         for slot, agent_obs in obs.items():
             episode = self._episodes.get(slot)
             if episode is None:
@@ -187,34 +188,37 @@ class MultiAgentSampler:
                 env_steps += 1
                 episode.length += 1
             trajs = self._trajs[slot]
-            slot_terms, slot_truncs, slot_infos = terms[slot], truncs[slot], infos.get(slot) or {}
-            for agent, r in rewards.get(slot, {}).items():
-                traj = trajs.get(agent)
-                pid = traj.policy_id if traj is not None else episode.policy_for(agent)
-                if traj is not None:
+            slot_terms, slot_truncs, slot_infos = terms[slot], truncs[slot], infos.get(slot) or _EMPTY
+            slot_rewards = rewards.get(slot)
+            if slot_rewards:
+                for agent, r in slot_rewards.items():
+                    traj = trajs.get(agent)
+                    if traj is None:  # a reward before the agent's first observation (an external env)
+                        traj = trajs[agent] = self._new_trajectory(agent, episode)
                     traj.add_reward(r)
-                episode._slot(agent)[3] = r
-                episode.agent_rewards[(agent, pid)] += r
-                episode.total_reward += r
+                    episode.total_reward += r
             over = bool(slot_terms.get(ALL) or slot_truncs.get(ALL))
             if not over and self.horizon is not None and episode.length >= self.horizon:
                 over, slot_truncs = True, {**slot_truncs, ALL: True}
+            someone_ends = over or True in slot_terms.values() or True in slot_truncs.values()
             for agent, raw in agent_obs.items():
                 traj = trajs.get(agent)
                 if traj is None:
                     traj = trajs[agent] = self._new_trajectory(agent, episode)
-                flags = _end_flags(agent, slot_terms, slot_truncs, over)
-                seen.setdefault(traj.policy_id, []).append((slot, agent, traj, raw, slot_infos.get(agent), flags))
-                last = episode._slot(agent)
-                last[0], last[2] = raw, slot_infos.get(agent)
-            for agent in (*slot_terms, *slot_truncs):  # agents that left without a final observation
-                traj = trajs.get(agent)
-                if agent != ALL and traj is not None and agent not in agent_obs and not traj.left:
-                    flags = _end_flags(agent, slot_terms, slot_truncs, over)
-                    if flags is not None:
-                        if traj.pending:
-                            traj.close_step(None, slot_infos.get(agent), *flags)
-                        traj.left = True
+                flags = _end_flags(agent, slot_terms, slot_truncs, over) if someone_ends else None
+                rows = seen.get(traj.policy_id)
+                if rows is None:
+                    rows = seen[traj.policy_id] = []
+                rows.append((slot, agent, traj, raw, slot_infos.get(agent), flags))
+            if someone_ends:
+                for agent in (*slot_terms, *slot_truncs):  # agents that left without a final observation
+                    traj = trajs.get(agent)
+                    if agent != ALL and traj is not None and agent not in agent_obs and not traj.ended:
+                        flags = _end_flags(agent, slot_terms, slot_truncs, over)
+                        if flags is not None:
+                            traj.end(None, slot_infos.get(agent), *flags)
+            if exact:
+                self._update_episode(episode, agent_obs, slot_rewards, slot_infos)
             if over:
                 ending.append((slot, *_end_flags(ALL, slot_terms, slot_truncs, True)))
             elif "on_episode_step" in self.callbacks:
@@ -238,16 +242,13 @@ class MultiAgentSampler:
             if not f.is_identity:
                 processed = f(processed)
             keep = []
+            record_prev = self._prev[pid]
             for (slot, agent, traj, _, info, flags), o in zip(rows, processed):
-                if traj.pending:
-                    traj.close_step(o, info, *(flags or (False, False)))
-                else:
-                    traj.last_obs = o
-                if flags is not None:
-                    traj.left = True
-                else:
-                    traj.open_step(o, traj.episode.length, self._prev[pid])
+                if flags is None:
+                    traj.step(o, info, traj.episode.length, record_prev)
                     keep.append((slot, agent, traj))
+                else:
+                    traj.end(o, info, *flags)
             if keep:
                 acting[pid] = keep
         return acting
@@ -260,27 +261,48 @@ class MultiAgentSampler:
         for pid, rows in acting.items():
             policy = self.policies[pid]
             trajs = [r[2] for r in rows]
-            obs = np.stack([traj.obs[-1] for traj in trajs])
+            obs = np.array([traj.last_obs for traj in trajs])
             state = [np.stack(s) for s in zip(*(traj.state for traj in trajs))] if self._initial[pid] else None
-            kwargs = dict(self._act_kwargs[pid])
+            kwargs = self._act_kwargs[pid]
             if self._prev[pid]:
+                kwargs = dict(kwargs)
                 kwargs["prev_action_batch"] = np.stack([traj.prev_actions[-1] for traj in trajs])
                 kwargs["prev_reward_batch"] = np.asarray([traj.prev_rewards[-1] for traj in trajs], dtype=np.float32)
             compute = policy.compute_actions if self._lock is None else _holding(self._lock, policy.compute_actions)
             actions, state_out, extra = compute(obs, state, episodes=[traj.episode for traj in trajs], **kwargs)
             actions = np.asarray(actions)
             env_actions = self._action_fns[pid](actions)
+            if off_policy:
+                actions, env_actions = self._logged_actions(rows, actions, env_actions, off_policy)
             for i, (slot, agent, traj) in enumerate(rows):
-                logged = off_policy.get(slot, {}).get(agent) if off_policy else None
-                action = actions[i] if logged is None else np.asarray(logged, dtype=actions.dtype)
-                traj.set_action(
-                    action, {k: v[i] for k, v in extra.items()}, [s[i] for s in state_out] if state_out else None
-                )
-                traj.episode._slot(agent)[1] = action
-                if logged is None:
-                    to_send.setdefault(slot, {})[agent] = env_actions[i]
+                traj.set_action(actions[i], extra, i, state_out)
+                if env_actions[i] is not None:
+                    sent = to_send.get(slot)
+                    if sent is None:
+                        sent = to_send[slot] = {}
+                    sent[agent] = env_actions[i]
             n += len(rows)
         return to_send, n
+
+    def _logged_actions(self, rows: list, actions: np.ndarray, env_actions: list, off_policy: dict) -> tuple:
+        """The env's own actions (``ExternalEnv.log_action``) replace the policy's in the trajectory; nothing is
+        sent for them."""
+        actions, env_actions = actions.copy(), list(env_actions)
+        for i, (slot, agent, _) in enumerate(rows):
+            logged = off_policy.get(slot, _EMPTY).get(agent)
+            if logged is not None:
+                actions[i] = np.asarray(logged, dtype=actions.dtype)
+                env_actions[i] = None
+        return actions, env_actions
+
+    def _update_episode(self, episode: MultiAgentEpisode, agent_obs: dict, rewards: dict | None, infos: dict) -> None:
+        """With callbacks: the episode's per-agent last observation, info, reward and returns, every step."""
+        for agent, raw in agent_obs.items():
+            last = episode._slot(agent)
+            last[0], last[2] = raw, infos.get(agent)
+        for agent, r in (rewards or _EMPTY).items():
+            episode._slot(agent)[3] = r
+            episode.agent_rewards[(agent, episode.policy_for(agent))] += r
 
     # --- episodes -------------------------------------------------------------------------------------------------
     def _start_episode(self, slot: Any) -> MultiAgentEpisode:
@@ -308,9 +330,11 @@ class MultiAgentSampler:
         when the env resets it (its first observations go into ``restarted``, per policy)."""
         episode, trajs = self._episodes.pop(slot), self._trajs.pop(slot)
         for traj in trajs.values():
-            if traj.pending:
-                traj.close_step(None, None, terminated, truncated)
-            traj.left = True
+            if not traj.ended:
+                traj.end(None, None, terminated, truncated)
+        episode.agent_rewards.clear()
+        for agent, traj in trajs.items():
+            episode.agent_rewards[(agent, traj.policy_id)] = traj.reward_total
         if "on_episode_end" in self.callbacks:
             self.callbacks["on_episode_end"]({"env": self.env, "episode": episode, "worker": self.worker})
         self._metrics.append(
@@ -325,7 +349,7 @@ class MultiAgentSampler:
         self._finished.append((episode, trajs))
         if self.complete_episodes and self.env.training_enabled(slot):
             self._finished_count += (
-                sum(t.num_closed for t in trajs.values()) if self.count_agent_steps else episode.length
+                sum(len(t.actions) for t in trajs.values()) if self.count_agent_steps else episode.length
             )
         reset = self.env.try_reset(slot)
         if reset is None:
@@ -335,9 +359,11 @@ class MultiAgentSampler:
         new = self._trajs[slot]
         for agent, raw in obs.items():
             traj = new[agent] = self._new_trajectory(agent, episode)
-            restarted.setdefault(traj.policy_id, []).append((slot, agent, traj, raw, (infos or {}).get(agent), None))
-            last = episode._slot(agent)
-            last[0], last[2] = raw, (infos or {}).get(agent)
+            restarted.setdefault(traj.policy_id, []).append(
+                (slot, agent, traj, raw, (infos or _EMPTY).get(agent), None)
+            )
+        if self.callbacks:
+            self._update_episode(episode, obs, None, infos or _EMPTY)
 
     # --- from trajectories to a batch ----------------------------------------------------------------------------
     def _hand_out(self, count: int) -> MultiAgentBatch | None:
@@ -409,6 +435,9 @@ class MultiAgentSampler:
         if self.clip_rewards:
             return np.clip(rewards, -self.clip_rewards, self.clip_rewards)
         return rewards
+
+
+_EMPTY: dict = {}
 
 
 def _none(*args: Any, **kwargs: Any) -> None:

@@ -78,14 +78,20 @@ class Policy:
         """Called on each trajectory (one episode or the piece of one in a fragment); e.g. computes GAE."""
         return sample_batch
 
-    def postprocess_fragment(self, batch: SampleBatch, episodes: list | None = None) -> SampleBatch:
+    def postprocess_fragment(
+        self, batch: SampleBatch, episodes: list | None = None, other_agent_batches: list | None = None
+    ) -> SampleBatch:
         """What the sampler calls once per fragment: ``batch`` holds consecutive trajectories (a new
-        ``unroll_id`` starts each; ``episodes`` has one entry per trajectory). Returns them postprocessed and
-        joined in the same order. The default calls ``postprocess_trajectory`` on each; a policy may override
-        it to batch work across trajectories."""
+        ``unroll_id`` starts each; ``episodes`` has one entry per trajectory; in a multi-agent env
+        ``other_agent_batches`` too: per trajectory, ``{agent_id: (policy, batch)}`` of the same episode's other
+        agents in this fragment). Returns them postprocessed and joined in the same order. The default calls
+        ``postprocess_trajectory`` on each; a policy may override it to batch work across trajectories."""
         pieces = batch.split_trajectories()
         episodes = episodes or [None] * len(pieces)
-        return SampleBatch.concat_samples([self.postprocess_trajectory(b, None, ep) for b, ep in zip(pieces, episodes)])
+        others = other_agent_batches or [None] * len(pieces)
+        return SampleBatch.concat_samples(
+            [self.postprocess_trajectory(b, o, ep) for b, ep, o in zip(pieces, episodes, others)]
+        )
 
     def learn_on_batch(self, samples: SampleBatch) -> dict:
         """Improves the policy on a batch; returns learner stats."""
@@ -111,6 +117,10 @@ class Policy:
 
     def num_state_tensors(self) -> int:
         return len(self.get_initial_state())
+
+    def is_recurrent(self) -> bool:
+        """Whether the policy carries a state from step to step (then it learns on sequences)."""
+        return bool(self.get_initial_state())
 
     def on_global_var_update(self, global_vars: dict) -> None:
         """Receives counters such as ``timestep`` from the trainer (drives schedules)."""
