@@ -1,4 +1,4 @@
-"""The ``relayrl`` command (also ``python -m relayrl``): train through Ray Tune, roll out a checkpoint, plot.
+"""The ``relayrl`` command (also ``python -m relayrl``): train through Ray Tune, roll out or serve a checkpoint, plot.
 
     relayrl train --run PPO --env CartPole-v1 --stop '{"episode_reward_mean": 475}' --checkpoint-at-end
     relayrl train -f relayrl/tuned_examples/ppo/cartpole-ppo.yaml
@@ -26,6 +26,7 @@ import traceback
 from typing import Any, Iterator
 
 from relayrl.experiments import UserError
+from relayrl.serving.serve_cli import add_serve_parser
 
 EXIT_USER_ERROR = 2
 EXIT_FAILED = 1
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="more output: Tune's reports and full tracebacks (-vv: Ray's logs too)",
     )
-    parser = _Parser(prog="relayrl", description="Train, roll out and plot relayrl agents.", parents=[common])
+    parser = _Parser(prog="relayrl", description="Train, roll out, serve and plot relayrl agents.", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser(
@@ -187,7 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("checkpoint", help="checkpoint directory (as printed by `relayrl train`)")
     export.add_argument("export_dir", help="directory to write model.onnx, model.pt and export.json into")
-    export.add_argument("--policy-id", default="default_policy", help="policy to export (multi-agent)")
+    export.add_argument(
+        "--policy-id",
+        default=None,
+        help="policy to export (multi-agent; default: the only policy, or every policy into EXPORT_DIR/<id>/)",
+    )
+    export.add_argument("--config", default="{}", help="config overrides as a JSON object")
 
     config = sub.add_parser(
         "config",
@@ -205,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plot.add_argument("result_dir", help="a trial directory or an experiment directory of trials")
     plot.add_argument("--out", default=None, help="PNG path (default RESULT_DIR/learning_curve.png)")
+    add_serve_parser(sub, common)  # relayrl serve CHECKPOINT: relayrl/serving/serve_cli.py
     return parser
 
 
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 args = build_parser().parse_args(argv)
                 verbose = max(verbose, args.verbose)
                 commands = {"train": train, "rollout": rollout, "plot": plot, "export": export, "config": config}
-                return commands[args.command](args)
+                return (commands.get(args.command) or args.handler)(args)  # serve: its handler
             except Stopped:
                 _shutdown_ray()  # still under the handlers: a second signal exits at once
                 raise
@@ -374,9 +381,11 @@ def _report(trials: list, args: argparse.Namespace) -> int:
     failed = [t for t in trials if t.status != "TERMINATED"]
     for t in trials:
         result = t.last_result or {}
+        per_policy = result.get("policy_reward_mean") or {}  # multi-agent: each policy's too
         print(
             f"{t}: {t.status}, {result.get('training_iteration', 0)} iterations, "
             f"{result.get('timesteps_total', 0)} timesteps, episode_reward_mean {result.get('episode_reward_mean')}"
+            + (f", policy_reward_mean {per_policy}" if len(per_policy) > 1 else "")
         )
         print(f"  results: {t.path}")
         if t.checkpoint is not None:
@@ -439,24 +448,33 @@ def export(args: argparse.Namespace) -> int:
     from relayrl.agents.trainer import Trainer
 
     try:
-        trainer = Trainer.from_checkpoint(
-            args.checkpoint, {"num_workers": 0, "evaluation_interval": None, "monitor": False}
-        )
+        overrides = {**parse_json(args.config, "--config"), "num_workers": 0, "evaluation_interval": None}
+        trainer = Trainer.from_checkpoint(args.checkpoint, {**overrides, "monitor": False})
     except CheckpointError as e:
         raise UserError(str(e), "pass a checkpoint directory printed by `relayrl train` (checkpoint_...)") from e
+    policy_ids = sorted(trainer.workers.local_worker().policy_map)
     try:
-        if args.policy_id not in trainer.workers.local_worker().policy_map:
-            raise UserError(
-                f"no policy {args.policy_id!r} in this checkpoint",
-                f"choose one of {sorted(trainer.workers.local_worker().policy_map)}",
-            )
-        sidecar = trainer.export_policy_model(args.export_dir, args.policy_id)
+        if args.policy_id is not None and args.policy_id not in policy_ids:
+            raise UserError(f"no policy {args.policy_id!r} in this checkpoint", f"choose one of {policy_ids}")
+        if args.policy_id is None and len(policy_ids) > 1:  # multi-agent: every policy into its own directory
+            from relayrl.policy.export import policy_dir_name
+
+            exports = {
+                os.path.join(args.export_dir, policy_dir_name(pid)): (pid, s)
+                for pid, s in trainer.export_policy_models(args.export_dir).items()
+            }
+        else:
+            pid = args.policy_id or policy_ids[0]
+            exports = {args.export_dir: (pid, trainer.export_policy_model(args.export_dir, pid))}
     finally:
         trainer.stop()
-    for kind, name in sidecar["files"].items():
-        if name:
-            print(f"{kind}: {os.path.join(args.export_dir, name)}")
-    print(f"sidecar: {os.path.join(args.export_dir, 'export.json')}")
+    for where, (pid, sidecar) in exports.items():
+        for kind, name in sidecar["files"].items():
+            if name:
+                print(f"{kind}: {os.path.join(where, name)}")
+        print(f"sidecar: {os.path.join(where, 'export.json')}" + (f"  (policy {pid!r})" if len(exports) > 1 else ""))
+    if len(exports) > 1:
+        print(f"index: {os.path.join(args.export_dir, 'policies.json')}")
     return 0
 
 

@@ -14,6 +14,7 @@ import logging
 from typing import Any, Callable
 
 from relayrl.models.catalog import MODEL_DEFAULTS, validate_model_config
+from relayrl.multiagent_config import normalize_multiagent
 from relayrl.utils.filters import FILTERS
 
 logger = logging.getLogger(__name__)
@@ -131,9 +132,11 @@ COMMON_CONFIG: dict[str, Any] = {
     "seed": None,
     # === Multi-agent ===
     "multiagent": {
-        # policy id -> (policy class or None for the trainer's default, obs_space, act_space, config overrides).
+        # policy id -> (policy class or None for the trainer's default, obs_space, act_space, config overrides); in
+        # YAML null or [null, null, null, {lr: 0.001}] (relayrl/multiagent_config.py).
         "policies": {},
-        # agent id -> policy id.
+        # agent id -> policy id: a function, "package.module:function", a template such as "p{agent_id}", or a
+        # mapping {agent id: policy id} (relayrl/multiagent_config.py).
         "policy_mapping_fn": None,
         # Policy ids to train (None: all).
         "policies_to_train": None,
@@ -150,7 +153,7 @@ _NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
     "grad_clip": (int, float),
     "grad_norm_clipping": (int, float),
     "env": (str, type, Callable),
-    "policy_mapping_fn": (Callable,),
+    "policy_mapping_fn": (str, dict, Callable),
     "policies_to_train": (list, tuple),
     "custom_model": (str, type),
     "custom_preprocessor": (str, type),
@@ -205,6 +208,9 @@ def prepare_config(
     _check_keys_and_types(user, defaults, name, prefix="")
     merged = merge_dicts(defaults, user)
     _check_common_values(merged, name)
+    normalize_multiagent(
+        merged, name, lambda overrides, prefix: _check_keys_and_types(overrides, defaults, name, prefix)
+    )
     if check_values is not None:
         check_values(merged)
     if user.get("use_pytorch") is False:

@@ -52,6 +52,8 @@ RESULT_KEYS = (
     "episodes_total",
     "timesteps_total",
     "timesteps_this_iter",
+    "agent_steps_total",
+    "agent_steps_this_iter",
     "time_this_iter_s",
     "time_total_s",
     "training_iteration",
@@ -67,7 +69,16 @@ RESULT_KEYS = (
 )
 # Result entries that are dicts, which Tune flattens to "group/key" (e.g. "info/num_steps_sampled"): what they
 # hold depends on the algorithm, its policies and the user's callbacks, so any key below them is accepted.
-RESULT_GROUPS = ("info", "custom_metrics", "policy_reward_mean", "sampler_perf", "perf", "config")
+RESULT_GROUPS = (
+    "info",
+    "custom_metrics",
+    "policy_reward_mean",
+    "policy_reward_min",
+    "policy_reward_max",
+    "sampler_perf",
+    "perf",
+    "config",
+)
 # "evaluation/<key>": the episode summary of the evaluation episodes (only with evaluation_interval set).
 EVALUATION_KEYS = (
     "episode_reward_mean",

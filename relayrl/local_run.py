@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import time
 import uuid
@@ -70,6 +71,7 @@ class LocalTrial:
         self.config = {**(spec.get("config") or {}), "env": spec["env"]}
         self.trial_id = uuid.uuid4().hex[:5]
         env_name = spec["env"] if isinstance(spec["env"], str) else getattr(spec["env"], "__name__", "env")
+        env_name = re.sub(r"[^\w.-]+", "_", env_name)  # no "/" or ":" of "pettingzoo:classic/tictactoe-v3" in paths
         self.name = f"{self.trainable_name}_{env_name}_{self.trial_id}_00000"
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         self.path = os.path.join(spec["storage_path"], experiment, f"{self.name}_0_{stamp}")

@@ -73,8 +73,9 @@ def split_state(tree: Any) -> tuple[Any, dict[str, np.ndarray]]:
         if _is_tensor(node):
             arr = node.detach().cpu().numpy() if not isinstance(node, np.ndarray) else node
             key = path.lstrip(".") or "root"
-            if key in tensors:  # e.g. {"a.b": x} and {"a": {"b": y}}: both would be "a.b"
-                key = f"{key}#{len(tensors)}"
+            base, n = key, len(tensors)
+            while key in tensors:  # e.g. {"a.b": x} and {"a": {"b": y}}, or ids such as "p.0": both "a.b"
+                key, n = f"{base}#{n}", n + 1
             tensors[key] = np.ascontiguousarray(arr)
             return {"__tensor__": key, "__torch__": not isinstance(node, np.ndarray)}
         if isinstance(node, np.generic):
@@ -90,7 +91,10 @@ def split_state(tree: Any) -> tuple[Any, dict[str, np.ndarray]]:
     return walk(tree, ""), tensors
 
 
-def join_state(tree: Any, tensors: dict[str, np.ndarray], as_torch: bool = True) -> Any:
+def join_state(tree: Any, tensors: dict[str, np.ndarray], as_torch: bool = True, resolve_callables: bool = True) -> Any:
+    """The tree ``split_state`` split; ``resolve_callables=False`` leaves each ``{"__callable__": name}`` as it is
+    (nothing imported)."""
+
     def walk(node: Any) -> Any:
         if isinstance(node, dict):
             if "__tensor__" in node:
@@ -106,7 +110,7 @@ def join_state(tree: Any, tensors: dict[str, np.ndarray], as_torch: bool = True)
             if "__dict__" in node and len(node) == 1:
                 return {walk(k): walk(v) for k, v in node["__dict__"]}
             if "__callable__" in node and len(node) == 1:
-                return resolve_callable(node["__callable__"])
+                return resolve_callable(node["__callable__"]) if resolve_callables else dict(node)
             if "__float__" in node and len(node) == 1:
                 return float(node["__float__"])
             return {k: walk(v) for k, v in node.items()}
@@ -251,9 +255,9 @@ def write_checkpoint(path: str, manifest: dict, state: Any) -> str:
     return path
 
 
-def read_checkpoint(path: str) -> tuple[dict, Any]:
+def read_checkpoint(path: str, resolve_callables: bool = True) -> tuple[dict, Any]:
     """Returns ``(manifest, state)`` after checking every file against its checksum; raises CheckpointError
-    naming what is wrong."""
+    naming what is wrong. ``resolve_callables=False``: the config's functions stay ``{"__callable__": name}``."""
     from safetensors.numpy import load
 
     path = checkpoint_dir(path)
@@ -264,7 +268,7 @@ def read_checkpoint(path: str) -> tuple[dict, Any]:
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for corrupt files
         raise CheckpointError(f"checkpoint {path}: {TENSORS} is corrupt ({e})") from e
     try:
-        state = join_state(manifest["state"], tensors)
+        state = join_state(manifest["state"], tensors, resolve_callables=resolve_callables)
     except CheckpointError as e:
         raise CheckpointError(f"checkpoint {path}: {e}") from None
     except (TypeError, ValueError, AttributeError) as e:

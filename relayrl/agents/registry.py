@@ -57,3 +57,15 @@ def get_trainer_class(name: str) -> Any:
     except AttributeError:
         pass
     raise ValueError(f"algorithm {name!r} is not implemented in this version of relayrl")
+
+
+def algorithm_of_policy(policy_cls: type) -> str | None:
+    """The registry name of the first algorithm whose default policy class is ``policy_cls`` (None: none is)."""
+    for name in ALGORITHMS:
+        try:
+            trainer = get_trainer_class(name)
+        except ImportError:
+            continue
+        if getattr(trainer, "_policy", None) is policy_cls:
+            return name
+    return None

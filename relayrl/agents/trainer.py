@@ -13,11 +13,10 @@ written with ``build_trainer`` (trainer_template.py), not by subclassing this di
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 import os
 import platform
+import re
 import tempfile
 import time
 from datetime import datetime
@@ -27,6 +26,15 @@ import numpy as np
 
 import relayrl
 from relayrl.agents import checkpoint as ckpt
+from relayrl.agents.trainer_state import (  # noqa: F401 - check_counters is public here (ES / ARS restore)
+    apply_state,
+    check_counters,
+    checked_state,
+    current_state,
+    portable_config,
+    rebuild_config,
+    space_signature,
+)
 from relayrl.config import (  # noqa: F401 - with_common_config is re-exported for the algorithms
     COMMON_CONFIG,
     merge_dicts,
@@ -118,10 +126,15 @@ class Trainer:
         self._time_total += elapsed
         steps_this_iter = result.pop("timesteps_this_iter", 0)
         self._timesteps_total += steps_this_iter
+        # Agent steps come from the policy optimizer (build_trainer); a trainer without one (ES, ARS) is
+        # single-agent: one agent step per env step.
+        agent_steps_total = result.pop("agent_steps_total", self._timesteps_total)
         result.update(
             training_iteration=self.iteration,
             timesteps_this_iter=steps_this_iter,
             timesteps_total=self._timesteps_total,
+            agent_steps_this_iter=result.pop("agent_steps_this_iter", steps_this_iter),
+            agent_steps_total=agent_steps_total,
             time_this_iter_s=elapsed,
             time_total_s=self._time_total,
             num_steps_per_s=steps_this_iter / elapsed if elapsed > 0 else 0.0,
@@ -175,7 +188,8 @@ class Trainer:
             )
             if eval_config["monitor"]:
                 eval_config["_video_dir"] = os.path.join(self.logdir, "evaluation")
-            self._evaluation_workers = WorkerSet(self.env_creator, self._policy, eval_config, num_workers=0)
+            policies = worker_policies(eval_config, self._policy)
+            self._evaluation_workers = WorkerSet(self.env_creator, policies, eval_config, num_workers=0)
         worker = self._evaluation_workers.local_worker()
         local = self.workers.local_worker()
         worker.set_weights(local.get_weights())
@@ -201,11 +215,27 @@ class Trainer:
         explore: bool | None = None,
     ) -> Any:
         """The policy's action for one raw observation (preprocessed and filtered like in training, without
-        updating the filter). Returns ``(action, state_out, extra)`` when ``state`` is given or ``full_fetch``."""
+        updating the filter). Returns ``(action, state_out, extra)`` when ``state`` is given or ``full_fetch``,
+        else the action alone. Multi-agent: ``policy_id`` is the policy of the agent (``policy_mapping_fn``); it
+        may be left out when the trainer has one policy.
+
+        A recurrent policy (``model.use_lstm``) is driven one episode at a time, like the sampler does::
+
+            state, prev_action, prev_reward = trainer.get_policy().get_initial_state(), 0, 0.0  # episode start
+            action, state, _ = trainer.compute_action(obs, state, prev_action, prev_reward)
+            obs, reward, ... = env.step(action); prev_action, prev_reward = action, reward
+
+        Without ``state`` it is a ValueError (never a silent start from the initial state at every step, which
+        would act as a policy without memory); ``prev_action`` / ``prev_reward`` (zeros at an episode's start, of
+        the action's shape for a Box; the reward clipped as in training) are required when the model reads them
+        (``model.lstm_use_prev_action_reward``) and ignored otherwise."""
         worker = self.workers.local_worker()
+        policy_id = self._known_policy_id(policy_id)
         obs = worker.preprocessors[policy_id].transform(observation)
         obs = worker.filters[policy_id](np.asarray(obs)[None], update=False)[0]
         policy = worker.policy_map[policy_id]
+        if policy.is_recurrent():
+            _check_recurrent_inputs(policy, policy_id, state, prev_action, prev_reward)
         kwargs = {} if explore is None else {"explore": explore}
         action, state_out, extra = policy.compute_single_action(
             obs, state or None, prev_action=prev_action, prev_reward=prev_reward, info=info, **kwargs
@@ -219,9 +249,28 @@ class Trainer:
     def export_policy_model(self, export_dir: str, policy_id: str = DEFAULT_POLICY_ID) -> dict:
         """Exports a policy (ONNX, TorchScript, JSON sidecar) with this trainer's observation filter baked in."""
         worker = self.workers.local_worker()
+        policy_id = self._known_policy_id(policy_id)
         return worker.policy_map[policy_id].export_model(
             export_dir, obs_filter=worker.filters[policy_id], raw_obs_space=worker.preprocessors[policy_id].obs_space
         )
+
+    def export_policy_models(self, export_dir: str) -> dict[str, dict]:
+        """Exports every policy, each into ``export_dir/<policy_dir_name(id)>`` (the id, percent-encoded where it is
+        no safe file name: "player/1" -> player%2F1), and writes ``export_dir/policies.json`` ({id: directory})."""
+        from relayrl.policy.export import write_policy_index
+
+        dirs = write_policy_index(export_dir, list(self.workers.local_worker().policy_map))
+        return {pid: self.export_policy_model(os.path.join(export_dir, d), pid) for pid, d in dirs.items()}
+
+    def _known_policy_id(self, policy_id: str) -> str:
+        """``policy_id`` if this trainer has it; the only policy for the default id; else a ValueError naming them."""
+        policy_map = self.workers.local_worker().policy_map
+        if policy_id in policy_map:
+            return policy_id
+        if policy_id in (DEFAULT_POLICY_ID, "default"):  # "default": the RLlib 0.7-era id
+            if DEFAULT_POLICY_ID in policy_map or len(policy_map) == 1:
+                return DEFAULT_POLICY_ID if DEFAULT_POLICY_ID in policy_map else next(iter(policy_map))
+        raise ValueError(f"no policy {policy_id!r} in this trainer; its policies are {sorted(policy_map)}")
 
     def get_policy(self, policy_id: str = DEFAULT_POLICY_ID):
         return self.workers.local_worker().get_policy(policy_id)
@@ -255,7 +304,7 @@ class Trainer:
             "library_version": relayrl.__version__,
             "trainer": self._name,
             "env": self._env_id if isinstance(self._env_id, str) else None,
-            "spaces": {pid: _space_signature(p) for pid, p in local.policy_map.items()},
+            "spaces": {pid: space_signature(p) for pid, p in local.policy_map.items()},
             "counters": {
                 "iteration": self.iteration,
                 "timesteps_total": self._timesteps_total,
@@ -264,7 +313,7 @@ class Trainer:
             },
         }
         state = {
-            "config": _portable_config(self.config),
+            "config": portable_config(self.config),
             "policies": {pid: p.get_state() for pid, p in local.policy_map.items()},
             "filters": local.get_filter_states(),
             "optimizer": self.optimizer.save(),
@@ -276,13 +325,14 @@ class Trainer:
         """Loads a checkpoint, all or nothing. Everything in it is read and checked against this trainer first
         (file checksums, manifest, counters, weights, optimizer and filter state, algorithm state), then
         applied; on any problem a CheckpointError names the file or field and this trainer is left as it was."""
-        manifest, state = ckpt.read_checkpoint(checkpoint_path)
-        loaded = _checked_state(self, checkpoint_path, manifest, state)
-        backup = _current_state(self)
+        # The stored config is not applied: its functions need not be importable here (e.g. a script's __main__).
+        manifest, state = ckpt.read_checkpoint(checkpoint_path, resolve_callables=False)
+        loaded = checked_state(self, checkpoint_path, manifest, state)
+        backup = current_state(self)
         try:
-            _apply_state(self, loaded)
+            apply_state(self, loaded)
         except Exception as e:
-            _apply_state(self, backup)  # whatever was applied before the failure is undone
+            apply_state(self, backup)  # whatever was applied before the failure is undone
             raise ckpt.CheckpointError(
                 f"checkpoint {checkpoint_path} could not be loaded ({type(e).__name__}: {e}); this trainer is unchanged"
             ) from e
@@ -298,7 +348,7 @@ class Trainer:
         """Rebuilds the trainer named in a checkpoint's manifest with the stored config, then restores it."""
         from relayrl.agents.registry import get_trainer_class
 
-        manifest, state = ckpt.read_checkpoint(path)
+        manifest, state = ckpt.read_checkpoint(path, resolve_callables=False)
         name = manifest["trainer"]
         try:
             trainer_cls = get_trainer_class(name)
@@ -309,8 +359,7 @@ class Trainer:
         stored = state.get("config")
         if not isinstance(stored, dict):
             raise ckpt.CheckpointError(f"checkpoint {path}: its state has no 'config' object")
-        config = {k: v for k, v in stored.items() if k in trainer_cls._default_config and k != "env"}
-        config = merge_dicts(config, config_overrides or {})
+        config = rebuild_config(path, stored, trainer_cls._default_config, config_overrides or {})
         env = stored.get("env") or manifest.get("env")
         try:
             trainer = trainer_cls(config=config, env=env)
@@ -350,7 +399,8 @@ class Trainer:
             base = os.path.expanduser("~/ray_results")
             os.makedirs(base, exist_ok=True)
             stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-            self._logdir = tempfile.mkdtemp(prefix=f"{self._name}_{self._env_id}_{stamp}_", dir=base)
+            env = re.sub(r"[^\w.-]+", "_", str(self._env_id))  # "ALE/Pong-v5", "pettingzoo:classic/tictactoe-v3"
+            self._logdir = tempfile.mkdtemp(prefix=f"{self._name}_{env}_{stamp}_", dir=base)
         os.makedirs(self._logdir, exist_ok=True)
         return self._logdir
 
@@ -358,125 +408,32 @@ class Trainer:
         return f"{self._name}Trainer(env={self._env_id!r}, iteration={self.iteration})"
 
 
-def _space_signature(policy: Any) -> dict:
-    return {"observation_space": repr(policy.observation_space), "action_space": repr(policy.action_space)}
+def _check_recurrent_inputs(policy: Any, policy_id: str, state: Any, prev_action: Any, prev_reward: Any) -> None:
+    """A ValueError naming what ``compute_action`` of a recurrent policy lacks: its state, or the previous action
+    and reward that its model reads."""
+    from relayrl.evaluation.sampler import wants_prev_action_reward
+
+    if not state:
+        raise ValueError(
+            f"policy {policy_id!r} is recurrent: pass its state, trainer.get_policy({policy_id!r}).get_initial_state()"
+            " at an episode's start, then the state_out of the previous call (action, state_out, extra ="
+            " trainer.compute_action(obs, state, ...))"
+        )
+    if wants_prev_action_reward(policy) and (prev_action is None or prev_reward is None):
+        raise ValueError(
+            f"the model of policy {policy_id!r} reads the previous action and reward"
+            " (model.lstm_use_prev_action_reward): pass prev_action and prev_reward (zeros at an episode's start)"
+        )
 
 
-_COUNTERS = {"iteration": int, "timesteps_total": int, "episodes_total": int, "time_total_s": float}
+def worker_policies(config: dict, default_policy: Any) -> Any:
+    """What a trainer's WorkerSets are built with: ``multiagent.policies`` with a None class replaced by the
+    trainer's policy class; without multi-agent policies, that class."""
+    specs = (config.get("multiagent") or {}).get("policies") or {}
+    if not specs:
+        return default_policy
+    return {pid: (cls or default_policy, obs, act, conf) for pid, (cls, obs, act, conf) in specs.items()}
 
 
 def _metrics_and_perf(worker: RolloutWorker) -> tuple[list, dict]:
     return worker.get_metrics(), worker.sampler_perf()
-
-
-def check_counters(prefix: str, manifest: dict) -> dict:
-    """The manifest's counters (iteration, timesteps_total, time_total_s, episodes_total), each present and a
-    non-negative integer (a number for time_total_s); else CheckpointError naming it."""
-    counters = manifest.get("counters")
-    if not isinstance(counters, dict):
-        raise ckpt.CheckpointError(f"{prefix}{ckpt.MANIFEST} has no 'counters' object")
-    for key, kind in _COUNTERS.items():
-        if key not in counters:
-            raise ckpt.CheckpointError(f"{prefix}counter {key!r} is missing from {ckpt.MANIFEST}")
-        value = counters[key]
-        number = isinstance(value, (int, float)) if kind is float else isinstance(value, int)
-        if isinstance(value, bool) or not number or not (value >= 0 and math.isfinite(value)):
-            what = "number" if kind is float else "integer"
-            raise ckpt.CheckpointError(f"{prefix}counter {key!r} must be a non-negative {what}, found {value!r}")
-    return counters
-
-
-def _checked_state(trainer: Trainer, path: str, manifest: dict, state: dict) -> dict:
-    """Everything ``restore`` applies, taken from a checkpoint and checked against the live trainer: its name
-    and spaces, the counters, each policy's state (weights, optimizer state, global_timestep, ...) against the
-    policy's own ``get_state()``, each filter's statistics against the filter, the policy optimizer's and the
-    algorithm's extra state. Raises CheckpointError naming the field; changes nothing."""
-    prefix = f"checkpoint {path}: "
-    if manifest["trainer"] != trainer._name:
-        raise ckpt.CheckpointError(
-            f"checkpoint {path} was written by trainer {manifest['trainer']!r}, not {trainer._name!r}"
-        )
-    local = trainer.workers.local_worker()
-    expected = {pid: _space_signature(p) for pid, p in local.policy_map.items()}
-    if manifest.get("spaces") != expected:
-        raise ckpt.CheckpointError(
-            f"checkpoint {path} has spaces {manifest.get('spaces')}, this trainer has {expected}"
-        )
-    counters = check_counters(prefix, manifest)
-    # Format 1 checkpoints may lack fields added since; the policies' set_state defaults fill those in.
-    allow_missing = manifest["format_version"] < 2
-    sections = {}
-    for section in ("policies", "filters", "optimizer", "trainer"):
-        sections[section] = state.get(section)
-        if not isinstance(sections[section], dict):
-            raise ckpt.CheckpointError(f"{prefix}its state has no {section!r} object")
-    policies, filters = sections["policies"], sections["filters"]
-    for pid, policy in local.policy_map.items():
-        if pid not in policies:
-            raise ckpt.CheckpointError(f"{prefix}field 'policies' has no state for policy {pid!r}")
-        ckpt.check_structure(policies[pid], policy.get_state(), f"policies.{pid}", prefix, allow_missing)
-    for pid, live in local.filters.items():
-        if pid not in filters:
-            raise ckpt.CheckpointError(f"{prefix}field 'filters' has no state for policy {pid!r}")
-        kind = filters[pid].get("type") if isinstance(filters[pid], dict) else None
-        if kind != type(live).__name__:
-            raise ckpt.CheckpointError(
-                f"{prefix}field 'filters.{pid}' is a {kind}, this trainer's observation_filter"
-                f" is a {type(live).__name__}"
-            )
-        try:
-            live.check_state(filters[pid], f"filters.{pid}")
-        except ValueError as e:
-            raise ckpt.CheckpointError(prefix + str(e)) from None
-    ckpt.check_structure(sections["optimizer"], trainer.optimizer.save(), "optimizer", prefix, allow_missing)
-    ckpt.check_structure(sections["trainer"], trainer._extra_state(), "trainer", prefix, allow_missing)
-    return {
-        "policies": {pid: policies[pid] for pid in local.policy_map},
-        "filters": {pid: filters[pid] for pid in local.filters},
-        "counters": {key: counters[key] for key in _COUNTERS},
-        "optimizer": sections["optimizer"],
-        "extra": sections["trainer"],
-    }
-
-
-def _current_state(trainer: Trainer) -> dict:
-    """What ``_apply_state`` needs to put the trainer back as it is now (copies, not views)."""
-    local = trainer.workers.local_worker()
-    return {
-        "policies": {pid: copy.deepcopy(p.get_state()) for pid, p in local.policy_map.items()},
-        "filters": {pid: f.to_state() for pid, f in local.filters.items()},
-        "counters": {
-            "iteration": trainer.iteration,
-            "timesteps_total": trainer._timesteps_total,
-            "time_total_s": trainer._time_total,
-            "episodes_total": trainer._metrics.episodes_total,
-        },
-        "optimizer": copy.deepcopy(trainer.optimizer.save()),
-        "extra": copy.deepcopy(trainer._extra_state()),
-        "global_vars": copy.deepcopy(local.global_vars),
-    }
-
-
-def _apply_state(trainer: Trainer, state: dict) -> None:
-    local = trainer.workers.local_worker()
-    for pid, policy in local.policy_map.items():
-        policy.set_state(state["policies"][pid])
-    for pid, f in local.filters.items():
-        f.set_state(state["filters"][pid])
-    counters = state["counters"]
-    trainer.iteration = int(counters["iteration"])
-    trainer._timesteps_total = int(counters["timesteps_total"])
-    trainer._time_total = float(counters["time_total_s"])
-    trainer._metrics.episodes_total = int(counters["episodes_total"])
-    trainer.optimizer.restore(state["optimizer"])
-    trainer._restore_extra_state(state["extra"])
-    if "global_vars" in state:
-        local.global_vars.clear()
-        local.global_vars.update(state["global_vars"])
-
-
-def _portable_config(config: dict) -> dict:
-    out = copy.copy(config)
-    if not isinstance(out.get("env"), str):
-        out["env"] = None
-    return out

@@ -13,6 +13,11 @@ optimizers that sample and learn in the background) two things differ:
 - ``timesteps_this_iter`` is the optimizer's ``num_steps_sampled`` minus the trainer's ``timesteps_total``, not
   the growth since the iteration began, so that ``timesteps_total`` stays equal to ``num_steps_sampled`` even
   after an iteration that raised (e.g. a WorkerFailureError) while batches had already arrived.
+
+Agent steps (every policy's rows: a multi-agent env step of N acting agents is N of them; single-agent, the env
+steps): ``agent_steps_total`` is the optimizer's ``num_agent_steps_sampled`` (0 for an optimizer without it) and
+``agent_steps_this_iter`` its growth during the iteration. Learner stats are per policy id:
+``result["info"]["learner"][policy_id]`` (single-agent: ``"default_policy"``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from relayrl.agents.trainer import Trainer
+from relayrl.agents.trainer import Trainer, worker_policies
 from relayrl.evaluation.worker_set import WorkerSet
 from relayrl.optimizers.rollout import synchronize_filters
 from relayrl.optimizers.sync_samples import SyncSamplesOptimizer
@@ -116,8 +121,8 @@ def build_trainer(
         if before_init is not None:
             before_init(self)
         self._policy = get_policy_class(config) if get_policy_class is not None else default_policy
-        policies = _multiagent_policies(config, self._policy)
-        self.workers = WorkerSet(env_creator, policies or self._policy, config, num_workers=config["num_workers"])
+        policies = worker_policies(config, self._policy)  # multiagent.policies, or the one policy class
+        self.workers = WorkerSet(env_creator, policies, config, num_workers=config["num_workers"])
         if make_policy_optimizer is not None:
             self.optimizer = make_policy_optimizer(self.workers, config)
         else:
@@ -131,6 +136,7 @@ def build_trainer(
         start = time.time()
         config, optimizer = self.config, self.optimizer
         prev_steps = optimizer.num_steps_sampled
+        prev_agent_steps = _agent_steps(optimizer)
         # An asynchronous step may return before anything arrived: the iteration needs at least one step sampled.
         min_steps = max(1, config["timesteps_per_iteration"]) if asynchronous else config["timesteps_per_iteration"]
         while True:
@@ -151,6 +157,8 @@ def build_trainer(
         result["timesteps_this_iter"] = optimizer.num_steps_sampled - (
             self._timesteps_total if asynchronous else prev_steps
         )
+        result["agent_steps_total"] = _agent_steps(optimizer)
+        result["agent_steps_this_iter"] = result["agent_steps_total"] - prev_agent_steps
         stats = optimizer.stats()
         result["info"] = {
             "learner": stats.pop("learner", fetches),
@@ -183,8 +191,5 @@ def build_trainer(
     return type(name + "Trainer", (*(mixins or []), Trainer), attrs)
 
 
-def _multiagent_policies(config: dict, default_policy: Any) -> dict | None:
-    specs = (config.get("multiagent") or {}).get("policies") or {}
-    if not specs:
-        return None
-    return {pid: (cls or default_policy, obs, act, conf) for pid, (cls, obs, act, conf) in specs.items()}
+def _agent_steps(optimizer: Any) -> int:
+    return int(getattr(optimizer, "num_agent_steps_sampled", 0) or 0)

@@ -13,6 +13,7 @@ never by ``import relayrl``. API: https://pettingzoo.farama.org/api/aec/ and htt
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Hashable
 from typing import Any
 
@@ -195,3 +196,56 @@ class ParallelPettingZooEnv(MultiAgentEnv):
 
     def close(self) -> None:
         self.env.close()
+
+
+class PettingZooCreator:
+    """The env creator behind the names ``"pettingzoo:NAME"`` (AEC, in a PettingZooEnv) and
+    ``"pettingzoo_parallel:NAME"`` (Parallel, in a ParallelPettingZooEnv), e.g.
+    ``env: "pettingzoo:classic/tictactoe-v3"`` in a YAML experiment; ``env_config`` holds the env's keyword
+    arguments. NAME is an id of PettingZoo's registry (``pettingzoo.make``, pettingzoo >= 1.27:
+    "classic/tictactoe-v3") or a module path whose ``env()`` / ``parallel_env()`` makes the env (older pettingzoo,
+    other packages: "pettingzoo.classic.tictactoe_v3"). The name is checked when the creator is made: an unknown
+    one is a ValueError at build time."""
+
+    def __init__(self, name: str, parallel: bool = False):
+        import importlib
+
+        self.name, self.parallel = name, parallel
+        kind, factory = ("parallel", "parallel_env") if parallel else ("aec", "env")
+        pz = _pettingzoo()
+        if "/" in name:
+            if not hasattr(pz, "make"):
+                raise ValueError(
+                    f"PettingZoo env id {name!r} needs pettingzoo's registry (pettingzoo >= 1.27); name the module"
+                    " instead, e.g. pettingzoo.classic.tictactoe_v3"
+                )
+            from pettingzoo.env_registry import registration
+
+            known = getattr(registration, f"{kind}_registry", {})
+            if name not in known:
+                close = difflib.get_close_matches(name, list(known), n=3)
+                hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+                raise ValueError(f"PettingZoo env id {name!r} is not in pettingzoo's {kind} registry{hint}")
+            return
+        try:
+            found = importlib.import_module(name)
+        except ImportError as e:
+            raise ValueError(f"PettingZoo env module {name!r} cannot be imported ({e})") from e
+        if not callable(getattr(found, factory, None)):
+            raise ValueError(f"PettingZoo env module {name!r} has no {factory}() (the {kind} API)")
+
+    def __call__(self, ctx: Any = None) -> MultiAgentEnv:
+        import importlib
+
+        kwargs = dict(ctx or {})
+        if getattr(ctx, "render_mode", None) is not None:
+            kwargs.setdefault("render_mode", ctx.render_mode)
+        if "/" in self.name:
+            env = _pettingzoo().make("parallel" if self.parallel else "aec", self.name, **kwargs)
+        else:
+            module = importlib.import_module(self.name)
+            env = module.parallel_env(**kwargs) if self.parallel else module.env(**kwargs)
+        return ParallelPettingZooEnv(env) if self.parallel else PettingZooEnv(env)
+
+    def __repr__(self) -> str:
+        return f"PettingZooCreator({self.name!r}, parallel={self.parallel})"

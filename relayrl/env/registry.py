@@ -1,4 +1,8 @@
-"""Environment names: ``register_env(name, creator)``, else any Gymnasium id.
+"""Environment names: ``register_env(name, creator)``, the multi-agent names below, else any Gymnasium id.
+
+Multi-agent envs a YAML experiment can name: ``"multi_agent:CartPole-v1"`` (N independent copies, N from
+``env_config: {num_agents: N}``, default 2), ``"pettingzoo:classic/tictactoe-v3"`` (a PettingZoo AEC env by its
+registry id or module path) and ``"pettingzoo_parallel:NAME"`` (a Parallel one); see PettingZooCreator.
 
 A creator takes an ``EnvContext`` (the ``env_config`` dict, plus ``worker_index`` and ``vector_index``)
 and returns an environment. Registered names are also pushed to Ray Tune's registry, so trials running
@@ -122,7 +126,7 @@ def get_env_creator(env: Any) -> Callable[[EnvContext], Any]:
     if isinstance(env, str):
         if env in _ENV_CREATORS:
             return _ENV_CREATORS[env]
-        creator = _tune_env_creator(env)
+        creator = _tune_env_creator(env) or _prefixed_creator(env)
         if creator is not None:
             return creator
         if env not in gym.registry:
@@ -140,6 +144,32 @@ def get_env_creator(env: Any) -> Callable[[EnvContext], Any]:
     if callable(env):
         return env
     raise ValueError(f"env must be a name or a creator, got {env!r}")
+
+
+def _prefixed_creator(env: str) -> Callable | None:
+    """The built-in multi-agent names: ``"multi_agent:ENV"`` (``env_config["num_agents"]`` independent copies of
+    ENV, a Gymnasium id or registered name, default 2; the rest of env_config goes to each copy),
+    ``"pettingzoo:MODULE"`` and ``"pettingzoo_parallel:MODULE"`` (relayrl.env.pettingzoo_env.PettingZooCreator).
+    None for any other name."""
+    prefix, sep, rest = env.partition(":")
+    if not sep or prefix not in ("multi_agent", "pettingzoo", "pettingzoo_parallel"):
+        return None
+    if not rest:
+        raise ValueError(f"environment {env!r} names nothing after {prefix + ':'!r}")
+    if prefix == "multi_agent":
+        from relayrl.env.multi_agent_env import make_multi_agent
+
+        try:
+            get_env_creator(rest)
+        except ValueError as e:
+            raise ValueError(f"environment {env!r}: {e}") from None
+        return make_multi_agent(rest, 2)
+    from relayrl.env.pettingzoo_env import PettingZooCreator
+
+    try:
+        return PettingZooCreator(rest, parallel=prefix == "pettingzoo_parallel")
+    except ImportError as e:
+        raise ValueError(f"environment {env!r}: {e}") from None
 
 
 class _GymMaker:

@@ -42,7 +42,10 @@ def summarize_episodes(episodes: list[RolloutMetrics], new_episodes: list[Rollou
         "episode_reward_mean": float(np.mean(rewards)) if rewards else float("nan"),
         "episode_len_mean": float(np.mean(lengths)) if lengths else float("nan"),
         "episodes_this_iter": len(new_episodes),
+        # Per policy, over the returns of every agent mapped to it (a shared policy: each of its agents' own).
         "policy_reward_mean": {pid: float(np.mean(r)) for pid, r in policy_rewards.items()},
+        "policy_reward_min": {pid: float(np.min(r)) for pid, r in policy_rewards.items()},
+        "policy_reward_max": {pid: float(np.max(r)) for pid, r in policy_rewards.items()},
         "custom_metrics": custom_metrics,
     }
 

@@ -17,7 +17,6 @@ each trajectory the same episode's other agents' rows), and ``sample()`` returns
 
 from __future__ import annotations
 
-import inspect
 import random
 import time
 from typing import Any, Callable
@@ -29,27 +28,17 @@ from relayrl.env.env_checks import EnvCheckError
 from relayrl.evaluation.agent_collector import AgentTrajectory
 from relayrl.evaluation.episode import MultiAgentEpisode
 from relayrl.evaluation.metrics import RolloutMetrics
-from relayrl.evaluation.sampler import _accepts_keyword, _env_action_fn, _holding, single_blas_thread
+from relayrl.evaluation.policy_specs import mapping_caller
+from relayrl.evaluation.sampler import (
+    _accepts_keyword,
+    _env_action_fn,
+    _holding,
+    single_blas_thread,
+    wants_prev_action_reward,
+)
 from relayrl.policy.sample_batch import MultiAgentBatch, SampleBatch
 
 SB = SampleBatch
-
-
-def mapping_caller(fn: Callable, worker: Any = None) -> Callable[[Any, Any], str]:
-    """``policy_mapping_fn`` as ``(agent_id, episode) -> policy id``: the RLlib 0.7 form ``fn(agent_id)`` and
-    today's ``fn(agent_id, episode, **kwargs)`` (given ``worker=``) are both accepted."""
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        params = []
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    var_pos = any(p.kind is p.VAR_POSITIONAL for p in params)
-    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
-    if len(positional) >= 2 or var_pos:
-        if var_kw or any(p.name == "worker" for p in params):
-            return lambda agent_id, episode: fn(agent_id, episode, worker=worker)
-        return lambda agent_id, episode: fn(agent_id, episode)
-    return lambda agent_id, episode: fn(agent_id)
 
 
 class MultiAgentSampler:
@@ -99,7 +88,7 @@ class MultiAgentSampler:
         self._lock = lock
         self._action_fns = {pid: _env_action_fn(p.action_space, clip_actions) for pid, p in policies.items()}
         self._initial = {pid: p.get_initial_state() for pid, p in policies.items()}
-        self._prev = {pid: _wants_prev_action_reward(p) for pid, p in policies.items()}
+        self._prev = {pid: wants_prev_action_reward(p) for pid, p in policies.items()}
         self._zero_action = {pid: _zero_action(p.action_space) for pid, p in policies.items()}
         self._act_kwargs = {
             pid: {"deferred": True} if _accepts_keyword(p.compute_actions, "deferred") else {}
@@ -267,13 +256,19 @@ class MultiAgentSampler:
             if self._prev[pid]:
                 kwargs = dict(kwargs)
                 kwargs["prev_action_batch"] = np.stack([traj.prev_actions[-1] for traj in trajs])
-                kwargs["prev_reward_batch"] = np.asarray([traj.prev_rewards[-1] for traj in trajs], dtype=np.float32)
+                prev_rewards = np.asarray([traj.prev_rewards[-1] for traj in trajs], dtype=np.float32)
+                kwargs["prev_reward_batch"] = self._clip(prev_rewards)  # as the batch's rewards column
             compute = policy.compute_actions if self._lock is None else _holding(self._lock, policy.compute_actions)
             actions, state_out, extra = compute(obs, state, episodes=[traj.episode for traj in trajs], **kwargs)
             actions = np.asarray(actions)
             env_actions = self._action_fns[pid](actions)
             if off_policy:
                 actions, env_actions = self._logged_actions(rows, actions, env_actions, off_policy)
+                if SB.ACTION_LOGP in extra and any(a is None for a in env_actions):
+                    extra = {**extra, SB.ACTION_LOGP: _logp(policy, extra, actions)}
+            if self.callbacks:
+                for (_, agent, traj), action in zip(rows, actions):
+                    traj.episode._slot(agent)[1] = action
             for i, (slot, agent, traj) in enumerate(rows):
                 traj.set_action(actions[i], extra, i, state_out)
                 if env_actions[i] is not None:
@@ -394,6 +389,8 @@ class MultiAgentSampler:
             self._unroll_id += 1
         batch = SampleBatch.concat_samples([b for _, b, _, _ in items])
         batch[SB.REWARDS] = self._clip(batch[SB.REWARDS])
+        if SB.PREV_REWARDS in batch:
+            batch[SB.PREV_REWARDS] = self._clip(batch[SB.PREV_REWARDS])
         if self._check_nan:
             self._scan(pid, batch)
         episodes = [ep for _, _, ep, _ in items]
@@ -471,9 +468,16 @@ def _end_flags(agent: Any, terms: dict, truncs: dict, over: bool) -> tuple[bool,
     return (True, False) if terms.get(ALL) else (False, True)
 
 
-def _wants_prev_action_reward(policy: Any) -> bool:
-    model = (getattr(policy, "config", None) or {}).get("model") or {}
-    return bool(model.get("lstm_use_prev_action_reward"))
+def _logp(policy: Any, extra: dict, actions: np.ndarray) -> np.ndarray:
+    """The log-probabilities of ``actions`` (some logged by the env) under the policy's action distribution."""
+    dist_class, inputs = getattr(policy, "dist_class", None), extra.get(SB.ACTION_DIST_INPUTS)
+    if dist_class is None or inputs is None:
+        return extra[SB.ACTION_LOGP]
+    import torch
+
+    with torch.no_grad():
+        dist = dist_class(torch.as_tensor(inputs), getattr(policy, "model", None))
+        return dist.logp(torch.as_tensor(actions)).cpu().numpy()
 
 
 def _zero_action(space: Any) -> np.ndarray:

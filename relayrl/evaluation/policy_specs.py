@@ -11,6 +11,7 @@ same; without declared agents, the env's shared ``observation_space`` / ``action
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Hashable
 from typing import Any, Callable
 
@@ -93,3 +94,20 @@ def _agent_space(env: Any, agent: Hashable, kind: str) -> Any:
     if getter is not None:
         return getter(agent)
     return getattr(env, f"{kind}_space")
+
+
+def mapping_caller(fn: Callable, worker: Any = None) -> Callable[[Any, Any], str]:
+    """``policy_mapping_fn`` as ``(agent_id, episode) -> policy id``: the RLlib 0.7 form ``fn(agent_id)`` and
+    today's ``fn(agent_id, episode, **kwargs)`` (given ``worker=``) are both accepted."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    var_pos = any(p.kind is p.VAR_POSITIONAL for p in params)
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    if len(positional) >= 2 or var_pos:
+        if var_kw or any(p.name == "worker" for p in params):
+            return lambda agent_id, episode: fn(agent_id, episode, worker=worker)
+        return lambda agent_id, episode: fn(agent_id, episode)
+    return lambda agent_id, episode: fn(agent_id)

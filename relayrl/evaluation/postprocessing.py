@@ -77,7 +77,12 @@ def compute_advantages(
 def bootstrap_values(policy, batch: SampleBatch) -> np.ndarray:
     """One value per trajectory of the batch: 0 where its last step terminated the episode, else the policy's
     value of the observation after that step. (TorchPolicy.postprocess_fragment computes these in its value pass
-    over the fragment and hands them to a postprocess function as ``last_r``; this is for the other callers.)"""
+    over the fragment and hands them to a postprocess function as ``last_r``; this is for the other callers.)
+    A policy with its own ``bootstrap_values(batch)`` (TorchPolicy: recurrent models value the next observation
+    with the state after the last step) computes them."""
+    own = getattr(policy, "bootstrap_values", None)
+    if own is not None:
+        return np.asarray(own(batch), dtype=np.float64)
     last = np.flatnonzero(batch.trajectory_ends())
     values = np.asarray(policy.value(batch[SampleBatch.NEXT_OBS][last]), dtype=np.float64)
     values[np.asarray(batch[SampleBatch.TERMINATEDS])[last]] = 0.0

@@ -29,10 +29,11 @@ from relayrl.env.multi_agent_vector_env import MultiAgentVectorEnv
 from relayrl.env.registry import EnvContext, make_env
 from relayrl.env.vector_env import VectorEnv
 from relayrl.evaluation.metrics import RolloutMetrics
-from relayrl.evaluation.multi_agent_sampler import MultiAgentSampler, mapping_caller
-from relayrl.evaluation.policy_specs import default_mapping_fn, resolve_policy_specs
+from relayrl.evaluation.multi_agent_sampler import MultiAgentSampler
+from relayrl.evaluation.policy_specs import default_mapping_fn, mapping_caller, resolve_policy_specs
 from relayrl.evaluation.sampler import SyncSampler
 from relayrl.models.catalog import ModelCatalog
+from relayrl.multiagent_config import resolve_mapping_fn
 from relayrl.policy.policy import Policy
 from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
 from relayrl.utils.filters import Filter, get_filter
@@ -164,7 +165,7 @@ class RolloutWorker:
 
             self.env = GymVectorEnvAdapter(self.env, config["num_envs_per_worker"])
         self.multi_agent = isinstance(self.env, (MultiAgentEnv, PollingEnv))
-        mapping_fn = policy_mapping_fn or config["multiagent"].get("policy_mapping_fn")
+        mapping_fn = resolve_mapping_fn(policy_mapping_fn or config["multiagent"].get("policy_mapping_fn"))
         if self.multi_agent:
             specs = policy if isinstance(policy, dict) else None
             mapping_fn = mapping_fn or default_mapping_fn(list(specs or [DEFAULT_POLICY_ID]))
@@ -181,8 +182,11 @@ class RolloutWorker:
                 f"{sorted(self.policy_map)}"
             )
         self.filters: dict[str, Filter] = {
-            pid: get_filter(config["observation_filter"], self.preprocessors[pid].shape) for pid in self.policy_map
+            pid: get_filter(config["observation_filter"], self.preprocessors[pid].shape, self._mask_columns(pid))
+            for pid in self.policy_map
         }
+        if getattr(self.env, "served_policy", False) is None:  # an ExternalEnv: what local-inference clients pull
+            self._serve_policy()
         self.global_vars: dict = {}  # the latest global vars (e.g. {"timestep": ...}) from the trainer
         self._sampler: SyncSampler | None = None  # built at the first sample(): a learner-only worker never steps
         self._compress = config["compress_observations"]
@@ -206,6 +210,28 @@ class RolloutWorker:
                 pconf["seed"] = self.seed
             policy_map[pid] = cls(prep.observation_space, act_space, pconf)
         return policy_map
+
+    def _serve_policy(self) -> None:
+        """Gives a single-policy ExternalEnv the policy its PolicyServer sends to local-inference clients (the
+        algorithm's name lets a client rebuild the same policy class)."""
+        if len(self.policy_map) != 1:
+            return
+        from relayrl.serving.local_policy import served_policy_for
+
+        pid, policy = next(iter(self.policy_map.items()))
+        self.env.served_policy = served_policy_for(policy, self.filters[pid], self._model_lock)
+
+    def _mask_columns(self, pid: str) -> tuple[int, int] | None:
+        """The action mask's columns in the policy's flat observations: the observation filter leaves them as
+        they are."""
+        from relayrl.models.action_mask import ACTION_MASK, mask_columns
+
+        policy = self.policy_map[pid]
+        key = (getattr(policy, "config", None) or self.config).get("model", {}).get("action_mask_key", ACTION_MASK)
+        try:
+            return mask_columns(policy.observation_space, policy.action_space, key)
+        except ValueError:
+            return None
 
     def _vectorize(self, env: Any, num_envs: int) -> VectorEnv:
         if isinstance(env, VectorEnv):

@@ -98,6 +98,9 @@ class SyncSampler:
         self._unroll_id = 0
         self._perf = {"env_wait": 0.0, "inference": 0.0, "processing": 0.0, "postprocessing": 0.0, "steps": 0}
         self._initial_state = policy.get_initial_state()
+        # A recurrent model that reads the previous action and reward (model.lstm_use_prev_action_reward) gets them
+        # per step, and the batch records them (prev_actions / prev_rewards); zeros at each episode's start.
+        self._want_prev = wants_prev_action_reward(policy)
         self._seed = seed
         self._lock = lock
         self._obs: np.ndarray | None = None
@@ -147,6 +150,10 @@ class SyncSampler:
         self._return_before = np.zeros(n)  # each episode's return before row _return_row of this fragment
         self._return_row = [0] * n
         self._state = [np.stack([s] * n) for s in self._initial_state]
+        if self._want_prev:
+            space = self.policy.action_space
+            shape, dtype = (() if isinstance(space, gym.spaces.Discrete) else space.shape), np.float32
+            self._prev = (np.zeros((n, *shape), np.int64 if not shape else dtype), np.zeros(n, np.float32))
         for i, ep in enumerate(self._episodes):
             ep._last_obs = raw[i]
             self._callback("on_episode_start", ep)
@@ -160,6 +167,8 @@ class SyncSampler:
         state_rows: list[list] = [[] for _ in self._state]
         policy, env, action_fn, horizon = self.policy, self.env, self._action_fn, self.horizon
         compute_actions = policy.compute_actions if self._lock is None else _holding(self._lock, policy.compute_actions)
+        if self._want_prev:
+            compute_actions = _with_prev(self, compute_actions)
         act_kwargs = self._act_kwargs
         exact_episodes = bool(self.callbacks)
         clock = time.perf_counter
@@ -192,6 +201,10 @@ class SyncSampler:
                     extra_rows.setdefault(k, []).append(v)
                 for rows, s in zip(state_rows, self._state):
                     rows.append(s)
+                if self._want_prev:
+                    extra_rows.setdefault(SB.PREV_ACTIONS, []).append(self._prev[0])
+                    extra_rows.setdefault(SB.PREV_REWARDS, []).append(self._prev[1])
+                    self._prev = (actions, self._clip(np.asarray(rewards, dtype=np.float32)))
                 if state_out:
                     self._state = [np.array(s) for s in state_out]
                 if exact_episodes:
@@ -253,6 +266,9 @@ class SyncSampler:
             self._return_before[i], self._return_row[i] = 0.0, step + 1
             for s, init in zip(self._state, self._initial_state):
                 s[i] = init
+            if self._want_prev:
+                self._prev = (self._prev[0].copy(), self._prev[1].copy())  # the stored rows keep theirs
+                self._prev[0][i], self._prev[1][i] = 0, 0.0
             self._callback("on_episode_start", ep)
             reset_obs.append(raw)
         processed = self._process_obs(list(raw_obs) + reset_obs)  # one filter call for both
@@ -398,6 +414,22 @@ class SyncSampler:
         cb = self.callbacks.get(name)
         if cb is not None:
             cb({"env": self.env, "episode": episode, "worker": self.worker, "policy": {self.policy_id: self.policy}})
+
+
+def wants_prev_action_reward(policy: Any) -> bool:
+    """Whether the policy's model reads the previous action and reward (``model.lstm_use_prev_action_reward``)."""
+    model = (getattr(policy, "config", None) or {}).get("model") or {}
+    return bool(model.get("lstm_use_prev_action_reward"))
+
+
+def _with_prev(sampler: "SyncSampler", compute_actions: Callable) -> Callable:
+    """``compute_actions`` given the sampler's current previous actions and rewards."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        prev_actions, prev_rewards = sampler._prev
+        return compute_actions(*args, prev_action_batch=prev_actions, prev_reward_batch=prev_rewards, **kwargs)
+
+    return call
 
 
 def _accepts_keyword(fn: Callable, name: str) -> bool:

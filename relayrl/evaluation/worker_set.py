@@ -183,8 +183,9 @@ class WorkerSet:
         return worker
 
     # --- broadcast -----------------------------------------------------------------------------------------
-    def sync_weights(self, global_vars: dict | None = None) -> None:
-        """Sends the local policies' weights to every remote worker through a single ``ray.put``.
+    def sync_weights(self, global_vars: dict | None = None, policies: list[str] | None = None) -> None:
+        """Sends the local policies' weights (only those of ``policies`` when given) to every remote worker
+        through a single ``ray.put``.
 
         Nothing is awaited (a worker runs its calls in order, so its next ``sample()`` uses these weights): a
         dead worker does not fail here but at the next call whose result is fetched, which handles it."""
@@ -192,7 +193,8 @@ class WorkerSet:
             return
         import ray
 
-        weights = ray.put(self._local_worker.get_weights())
+        local = self._local_worker
+        weights = ray.put(local.get_weights() if policies is None else local.get_weights(policies))
         args = (weights,) if global_vars is None else (weights, global_vars)
         for w in self._remote_workers:
             w.set_weights.remote(*args)

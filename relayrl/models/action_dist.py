@@ -66,12 +66,20 @@ class Categorical(ActionDistribution):
         return int(action_space.n)
 
     def sample(self) -> torch.Tensor:
+        self._check_some_legal()
         self.last_sample = torch.multinomial(self.log_probs.exp(), 1).squeeze(-1)
         return self.last_sample
 
     def deterministic_sample(self) -> torch.Tensor:
+        self._check_some_legal()
         self.last_sample = self.inputs.argmax(dim=-1)
         return self.last_sample
+
+    def _check_some_legal(self) -> None:
+        # mask_logits (relayrl.models.action_mask) gives illegal actions the lowest float: a row made only of those
+        # came from an all-zero mask, and softmax would make it a silent uniform draw among illegal actions.
+        if (self.inputs == torch.finfo(self.inputs.dtype).min).all(-1).any():
+            raise ValueError("the action mask is all zeros: no legal action in a row of the batch (every logit masked)")
 
     def logp(self, actions: torch.Tensor) -> torch.Tensor:
         return self.log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)

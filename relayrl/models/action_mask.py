@@ -11,8 +11,14 @@ entry itself when only one is left (PettingZoo's ``observation``), else a Dict o
     logits = mask_logits(logits, mask)                # illegal actions -> the lowest float: never sampled, never max
 
 Flat batches follow FlattenPreprocessor's layout (Dict keys in sorted order), so the inner columns of a flat
-batch are exactly the flat form of ``inner_space``. An all-zero mask row (no legal action) is an env bug: the
-multi-agent checker (``relayrl.env.MultiAgentEpisodeChecker``) reports it with the agent and the step.
+batch are exactly the flat form of ``inner_space``. An all-zero mask row (no legal action) is an env bug when an
+action is asked for: acting on one raises ValueError (``check_legal``; the multi-agent checker,
+``relayrl.env.MultiAgentEpisodeChecker``, reports it with the agent and the step). Values of such rows (a final
+observation) are computed as usual.
+
+Every policy masks by its own observation space, whatever the trainer (so each policy of a multi-agent setup
+detects its own mask): the catalog wraps the default models in ``ActionMaskModel``
+(``relayrl.models.masked_model``) and DQN's Q-network slices the same ``mask_columns`` out.
 """
 
 from __future__ import annotations
@@ -124,5 +130,38 @@ def mask_logits(logits: torch.Tensor, mask: Any) -> torch.Tensor:
     """``logits`` (or Q-values) ``[B, n]`` with the entries of illegal actions (``mask`` 0 / False) set to the
     lowest finite value of their dtype: a softmax gives them probability 0 and an argmax / max never picks them
     while a legal action exists. Finite rather than -inf so that ``0 * logit`` terms (entropy) stay NaN-free."""
-    mask = torch.as_tensor(mask, device=logits.device)
+    # .to rather than as_tensor for a tensor: a traced export must not record the mask as a constant.
+    mask = mask.to(logits.device) if isinstance(mask, torch.Tensor) else torch.as_tensor(mask, device=logits.device)
     return torch.where(mask > 0, logits, torch.finfo(logits.dtype).min)
+
+
+def mask_columns(
+    obs_space: gym.Space, action_space: gym.Space, key: str | None = ACTION_MASK
+) -> tuple[int, int] | None:
+    """``action_mask_columns`` of a policy's spaces, None when ``key`` is None / empty or the observation has no such
+    entry. A mask that does not fit the action space (not Discrete, or another number of actions) is a ValueError
+    naming the key and ``model.action_mask_key``."""
+    if not key:
+        return None
+    size = split_action_mask(obs_space, key)[1]
+    if not size:
+        return None
+    if not isinstance(action_space, gym.spaces.Discrete) or int(action_space.n) != size:
+        raise ValueError(
+            f"the observation's {key!r} entry masks {size} actions but the action space is {action_space}: an action"
+            f" mask needs a Discrete({size}) action space (set model.action_mask_key: None to treat the entry as an"
+            " ordinary observation)"
+        )
+    return action_mask_columns(obs_space, key)
+
+
+def check_legal(mask: Any) -> None:
+    """Raises ValueError when a row of ``mask`` (``[B, n]``, > 0 = legal) allows no action: sampling from it would
+    silently pick among illegal actions."""
+    legal = np.asarray(mask > 0).any(axis=-1)
+    if not legal.all():
+        row = int(np.flatnonzero(~legal)[0])
+        raise ValueError(
+            f"the action mask is all zeros: no legal action in observation {row} of the batch (an environment must"
+            " offer at least one legal action when it asks for one)"
+        )

@@ -15,6 +15,7 @@ import gymnasium as gym
 
 from relayrl.models import action_dist as dists
 from relayrl.models import registry
+from relayrl.models.action_mask import mask_columns
 from relayrl.models.preprocessors import Preprocessor, get_preprocessor
 from relayrl.models.spaces import NESTED_SPACES, UnsupportedSpaceException, check_action_space, is_nested
 from relayrl.models.torch_model import TorchModel
@@ -33,14 +34,17 @@ MODEL_DEFAULTS: dict = {
     "conv_filters": None,
     # Activation of the convolutional layers.
     "conv_activation": "relu",
-    # Wrap the model in an LSTM. Not built yet (issue 13): True is rejected unless a custom_model reads it, and the
-    # three keys below are passed to custom models only, which may use them.
+    # Wrap the default model (FC or conv) in an RNN (relayrl.models.recurrent); its value head reads the RNN output.
+    # PG, PPO, A2C, A3C and IMPALA train recurrent models; the other algorithms reject use_lstm (issue 13).
     "use_lstm": False,
-    # Longest sequence an RNN is trained on (for custom recurrent models until the LSTM wrapper exists).
+    # The RNN of use_lstm: "lstm" (state h and c) or "gru" (state h).
+    "rnn_type": "lstm",
+    # Longest sequence a recurrent model is trained on: trajectories are cut into pieces of at most this many
+    # steps (relayrl.policy.rnn_sequencing), each starting from the state acting had there.
     "max_seq_len": 20,
-    # Size of the LSTM cell (for custom recurrent models until the LSTM wrapper exists).
+    # Size of the RNN's state (hidden units of the LSTM or GRU).
     "lstm_cell_size": 256,
-    # Feed the previous action and reward to the LSTM (for custom recurrent models until the wrapper exists).
+    # Feed the previous action (one-hot for Discrete, raw for Box) and the previous reward to the RNN.
     "lstm_use_prev_action_reward": False,
     # Atari preprocessing of ALE ids (relayrl.env.atari_wrappers.wrap_deepmind), applied when the env is made:
     # stack this many frames along the channels (True: 4; False / 0: one frame, no stacking).
@@ -59,6 +63,12 @@ MODEL_DEFAULTS: dict = {
     "custom_action_dist": None,
     # Extra options passed to the custom model as model_config["custom_options"].
     "custom_options": {},
+    # The entry of a Dict observation that says which Discrete actions are legal (1-D, one per action, > 0 =
+    # legal; PettingZoo's "action_mask"). Every policy whose observation space has it masks illegal actions: the
+    # default models never see it and never pick an illegal action (relayrl.models.masked_model), DQN's neither
+    # (a custom model gets it in input_dict["obs"] and masks itself, e.g. with action_mask.mask_logits).
+    # None: no masking, the entry is an ordinary observation.
+    "action_mask_key": "action_mask",
 }
 
 
@@ -99,15 +109,14 @@ def validate_model_config(model_config: dict | None, where: str = "model config"
     for key in ("max_seq_len", "lstm_cell_size", "dim"):
         if key in config and not positive_int(config[key]):
             fail(key, "a positive int")
+    key = config.get("action_mask_key")
+    if key is not None and not (isinstance(key, str) and key):
+        fail("action_mask_key", "the name of the action mask entry of a Dict observation (a non-empty string) or None")
     framestack = config.get("framestack", True)
     if not isinstance(framestack, bool) and not (isinstance(framestack, int) and framestack >= 0):
         fail("framestack", "true, false or a number of frames >= 0")
-    if config.get("use_lstm") and not config.get("custom_model"):
-        fail(
-            "use_lstm",
-            "false: the LSTM wrapper is not implemented yet (a custom_model may read use_lstm and the"
-            " lstm_* keys itself)",
-        )
+    if "rnn_type" in config and config["rnn_type"] not in ("lstm", "gru"):
+        fail("rnn_type", '"lstm" or "gru"')
 
 
 class ModelCatalog:
@@ -157,14 +166,22 @@ class ModelCatalog:
     def get_model(
         obs_space: gym.Space, action_space: gym.Space, num_outputs: int, model_config: dict, name: str = "model"
     ) -> TorchModel:
-        """Builds the torch model named by ``custom_model``, else the default for the observation shape."""
+        """Builds the torch model named by ``custom_model``, else the default for the observation shape, wrapped in
+        an ActionMaskModel when the observation has a ``model.action_mask_key`` entry (illegal actions masked)."""
         validate_model_config(model_config)
         model_config = {**MODEL_DEFAULTS, **(model_config or {})}
         custom = registry.resolve("model", model_config.get("custom_model"))
         if custom:
             return custom(obs_space, action_space, num_outputs, model_config, name)
+        # The mask first: the inner model (below, with use_lstm the RNN) is built for the observation without it.
+        if mask_columns(obs_space, action_space, model_config.get("action_mask_key")) is not None:
+            from relayrl.models.masked_model import ActionMaskModel
+
+            return ActionMaskModel(obs_space, action_space, num_outputs, model_config, name)
         if model_config.get("use_lstm"):
-            raise NotImplementedError("use_lstm is not supported yet")
+            from relayrl.models.recurrent import RecurrentNetwork
+
+            return RecurrentNetwork(obs_space, action_space, num_outputs, model_config, name)
         if len(obs_space.shape) == 3:
             from relayrl.models.visionnet import VisionNetwork
 

@@ -14,6 +14,14 @@ Tuple, replaces ``input_dict["obs"]`` by that structure (``restore_original_dime
 leaves in their shape, Discrete leaves one-hot), so a custom model reads ``input_dict["obs"]["sensors"]``. Its
 ``obs_space`` is then the flat Box, with the Dict / Tuple space as ``obs_space.original_space``.
 Models that want the flat vector only (the built-in ones) set ``structured_obs = False``.
+
+A recurrent model returns its zero state from ``get_initial_state()`` (one unbatched array per state tensor; a
+non-empty list is what makes a policy recurrent: sequence learning, and acting in numpy only through
+``numpy_step``) and takes padded rows:
+``forward(input_dict, state, seq_lens)`` gets ``B * T`` rows, sequence ``b``'s real steps first in its ``T`` rows
+(``seq_lens[b]`` of them), ``state`` as ``[B, ...]`` tensors (the state before each sequence), and
+``input_dict["prev_actions"]`` / ``["prev_rewards"]`` when the batch has them; it returns ``state_out`` likewise
+batched. ``relayrl.models.recurrent.RecurrentNetwork`` (``use_lstm``) is the built-in one.
 """
 
 from __future__ import annotations
@@ -92,6 +100,13 @@ class TorchModel(nn.Module):
         (``values`` None unless ``value``).
 
         Returns None when the model has none; the policy then uses the torch forward."""
+        return None
+
+    def numpy_step(
+        self, obs: np.ndarray, state: list, prev_actions=None, prev_rewards=None, value: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray]] | None:
+        """A recurrent model's optional fast path for CPU inference: one step per row from ``state`` (``[B, ...]``
+        arrays), as ``(dist_inputs, values or None, state_out)`` in numpy. None when the model has none."""
         return None
 
     def numpy_value(self, obs: np.ndarray) -> np.ndarray | None:

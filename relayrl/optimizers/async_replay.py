@@ -29,6 +29,14 @@ contents: with either key it is replaced by a new, empty shard (same constructor
 in flight are dropped and the priority updates for batches it had replayed are skipped; the run goes on and
 ``num_replay_shards_recreated`` in ``stats()`` counts them. Without either key it is a WorkerFailureError naming
 the shard. ``num_steps_sampled`` counts only the batches whose count arrived.
+
+Multi-agent (workers that return MultiAgentBatches): each shard keeps a buffer per policy in ``policies_to_train``
+(a policy that is not trained stores nothing), a replay request returns one batch per policy whose buffer is
+ready, the learner updates each policy on its own batch (and its target network on its own clock) and the new
+priorities go back to that policy's buffer. A policy's config overrides of the replay options
+(``replay_options.POLICY_OPTIONS``) apply to its buffers, batches and target updates. Workers get every policy's
+weights when they start and, afterwards, the trained policies' weights only (the others never change).
+``num_agent_steps_sampled`` counts the rows over all policies of the batches that arrived.
 """
 
 from __future__ import annotations
@@ -36,126 +44,21 @@ from __future__ import annotations
 import logging
 import queue
 import random
-import threading
 import time
 from typing import Any
 
 import numpy as np
 
 from relayrl.evaluation.worker_set import WorkerFailureError, WorkerSet, _first_line
-from relayrl.optimizers.policy_optimizer import PolicyOptimizer
-from relayrl.optimizers.replay_buffer import PrioritizedReplayBuffer
-from relayrl.optimizers.replay_options import ReplayOptions, build_options
-from relayrl.optimizers.sync_replay import add_to_buffer, make_buffer
-from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, SampleBatch
-from relayrl.policy.torch_policy import LEARNER_STATS_KEY
+from relayrl.optimizers.apex_parts import LearnerThread, ReplayActor
+from relayrl.optimizers.policy_optimizer import PolicyOptimizer, agent_steps
+from relayrl.optimizers.replay_options import ReplayOptions, build_options, policy_options
+from relayrl.policy.sample_batch import MultiAgentBatch, SampleBatch
 from relayrl.utils.timers import TimerStat
 
+__all__ = ["AsyncReplayOptimizer", "ApexOptimizer", "LearnerThread", "ReplayActor"]
+
 logger = logging.getLogger(__name__)
-
-
-class ReplayActor:
-    """One shard of the replay memory: ``buffer_size / num_shards`` rows, replays once it holds
-    ``learning_starts / num_shards``. Runs as a Ray actor (``ray.remote(num_cpus=0)(ReplayActor)``)."""
-
-    def __init__(
-        self,
-        num_shards: int,
-        learning_starts: int,
-        buffer_size: int,
-        train_batch_size: int,
-        prioritized_replay: bool,
-        alpha: float,
-        eps: float,
-        compress: bool,
-        seed: int | None = None,
-    ):
-        self.buffer = make_buffer(max(1, buffer_size // num_shards), prioritized_replay, alpha, eps, compress, seed)
-        self.learning_starts = learning_starts // num_shards
-        self.train_batch_size = train_batch_size
-        self.add_timer, self.replay_timer, self.update_timer = TimerStat(), TimerStat(), TimerStat()
-
-    def add_batch(self, batch: SampleBatch) -> int:
-        with self.add_timer:
-            add_to_buffer(self.buffer, batch)
-        return batch.count
-
-    def replay(self, beta: float) -> SampleBatch | None:
-        if len(self.buffer) < max(1, self.learning_starts):
-            return None
-        with self.replay_timer:
-            if isinstance(self.buffer, PrioritizedReplayBuffer):
-                rows = self.buffer.sample(self.train_batch_size, beta=beta)
-            else:
-                rows = self.buffer.sample(self.train_batch_size)
-            return SampleBatch(rows)
-
-    def update_priorities(self, idxes: np.ndarray, td_errors: np.ndarray) -> None:
-        if isinstance(self.buffer, PrioritizedReplayBuffer):
-            with self.update_timer:
-                self.buffer.update_priorities(np.asarray(idxes), np.abs(np.asarray(td_errors, dtype=np.float64)))
-
-    def stats(self) -> dict:
-        out = {k: v for k, v in self.buffer.stats().items() if isinstance(v, (int, float))}
-        out.update(
-            add_time_ms=1000 * self.add_timer.mean,
-            replay_time_ms=1000 * self.replay_timer.mean,
-            update_priorities_time_ms=1000 * self.update_timer.mean,
-        )
-        return out
-
-
-class LearnerThread(threading.Thread):
-    """Learns on ``(shard, batch)`` items of ``inqueue``; puts ``(shard, indexes, td_errors, count)`` on
-    ``outqueue``. ``lock`` is held during each update so the driver can read consistent weights."""
-
-    def __init__(self, policy: Any, target_network_update_freq: int = 0):
-        super().__init__(name="relayrl-learner", daemon=True)
-        self.policy = policy
-        self.inqueue: queue.Queue = queue.Queue(maxsize=16)
-        self.outqueue: queue.Queue = queue.Queue()
-        self.lock = threading.Lock()
-        self.target_network_update_freq = target_network_update_freq
-        self.num_steps_trained = 0
-        self.last_target_update = 0
-        self.num_target_updates = 0
-        self.weights_version = 0
-        self.stats: dict = {}
-        self.error: BaseException | None = None
-        self.grad_timer, self.queue_timer = TimerStat(), TimerStat()
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self._stopped.is_set():
-                self.step()
-        except BaseException as e:  # noqa: BLE001 - surfaced by the driver's next step()
-            self.error = e
-
-    def step(self) -> None:
-        with self.queue_timer:
-            try:
-                shard, batch = self.inqueue.get(timeout=0.5)
-            except queue.Empty:
-                return
-        idx = batch.data.pop("batch_indexes")
-        with self.grad_timer, self.lock:
-            info = self.policy.learn_on_batch(batch)
-            self.num_steps_trained += batch.count
-            self.weights_version += 1
-            if (
-                self.target_network_update_freq
-                and self.num_steps_trained - self.last_target_update >= self.target_network_update_freq
-            ):
-                self.policy.update_target()
-                self.last_target_update = self.num_steps_trained
-                self.num_target_updates += 1
-        self.grad_timer.push_units_processed(batch.count)
-        self.stats = info.get(LEARNER_STATS_KEY, {})
-        self.outqueue.put((shard, idx, info.get("td_error"), batch.count))
-
-    def stop(self) -> None:
-        self._stopped.set()
 
 
 class AsyncReplayOptimizer(PolicyOptimizer):
@@ -171,7 +74,8 @@ class AsyncReplayOptimizer(PolicyOptimizer):
         num_sample_requests_in_flight_per_worker: ``sample()`` calls kept in flight on every worker.
         num_replay_requests_in_flight_per_shard: ``replay()`` calls kept in flight on every shard.
         max_sample_train_ratio: None: workers sample freely (Ape-X); a ratio r: a worker's next ``sample()`` is
-            only launched while ``num_steps_sampled <= learning_starts + r * num_steps_trained``.
+            only launched while ``num_steps_sampled <= learning_starts + r * num_steps_trained`` (trained rows over
+            all policies: with N trained policies, r / N gives each the replay per sampled step that r gives one).
         debug: ``stats()`` adds shard 0's buffer statistics (``replay_shard_0``; one ``ray.get`` per call).
         **options: the replay options, the fields of ``ReplayOptions`` (``relayrl/optimizers/replay_options.py``,
             where each is documented), with Ape-X's defaults ``option_defaults`` (``train_batch_size`` 512,
@@ -211,18 +115,23 @@ class AsyncReplayOptimizer(PolicyOptimizer):
         self._idle_workers: list = []
         self.debug = debug
         self.beta_schedule = opts.beta_schedule()
+        local = self.workers.local_worker()
+        options_by_policy = policy_options(opts, local)
+        trained = getattr(local, "policies_to_train", None) or list(options_by_policy)
+        # Each trained policy's options: these with its config's overrides (replay_options.POLICY_OPTIONS).
+        self.policy_options = {pid: o for pid, o in options_by_policy.items() if pid in trained}
+        self._beta_schedules = {pid: o.beta_schedule() for pid, o in self.policy_options.items()}
+        base = _shard_kwargs(opts)
+        overrides = {
+            pid: {k: v for k, v in _shard_kwargs(o).items() if v != base[k]} for pid, o in self.policy_options.items()
+        }
         self._replay_actor_cls = ray.remote(num_cpus=0)(ReplayActor)
         self._shard_args = [
             (
                 num_replay_buffer_shards,
-                learning_starts,
-                opts.buffer_size,
-                opts.train_batch_size,
-                opts.prioritized_replay,
-                opts.prioritized_replay_alpha,
-                opts.prioritized_replay_eps,
-                opts.compress_observations,
+                *base.values(),
                 None if seed is None else seed + i,
+                overrides,
             )
             for i in range(num_replay_buffer_shards)
         ]
@@ -230,7 +139,8 @@ class AsyncReplayOptimizer(PolicyOptimizer):
         self._dead_shards: set = set()  # shards replaced after they died (their priority updates are skipped)
         self.num_replay_shards_recreated = 0
         self.learner = LearnerThread(
-            self.workers.local_worker().get_policy(DEFAULT_POLICY_ID), opts.target_network_update_freq
+            {pid: local.get_policy(pid) for pid in self.policy_options},
+            {pid: o.target_network_update_freq for pid, o in self.policy_options.items()},
         )
         self._rng = random.Random(seed)
         self._num_samples_in_flight = num_sample_requests_in_flight_per_worker
@@ -270,11 +180,12 @@ class AsyncReplayOptimizer(PolicyOptimizer):
             self._launch_replay(shard)
 
     def _launch_sample(self, worker: Any) -> None:
-        batch_ref, count_ref = worker.sample_with_count.options(num_returns=2).remote()
+        batch_ref, count_ref = worker.apply.options(num_returns=2).remote(_sample_with_counts)
         self._sample_tasks[count_ref] = (worker, batch_ref)
 
     def _launch_replay(self, shard: Any) -> None:
-        self._replay_tasks[shard.replay.remote(self.beta_schedule.value(self.num_steps_sampled))] = shard
+        betas = {pid: b.value(self.num_steps_sampled) for pid, b in self._beta_schedules.items()}
+        self._replay_tasks[shard.replay.remote(betas)] = shard
 
     def _sampling_paused(self) -> bool:
         r = self.max_sample_train_ratio
@@ -286,7 +197,8 @@ class AsyncReplayOptimizer(PolicyOptimizer):
         if self._weights_version != self.learner.weights_version or self._weights_ref is None:
             with self.timers["put_weights"], self.learner.lock:
                 self._weights_version = self.learner.weights_version
-                self._weights_ref = ray.put(self.workers.local_worker().get_weights())
+                # Every policy's weights the first time, the trained policies' afterwards (policies_to_sync).
+                self._weights_ref = ray.put(self.learner_weights())
         return self._weights_ref
 
     def step(self) -> dict:
@@ -306,12 +218,13 @@ class AsyncReplayOptimizer(PolicyOptimizer):
             for count_ref in [r for r in ready if r in self._sample_tasks]:
                 worker, batch_ref = self._sample_tasks.pop(count_ref)
                 try:
-                    count = ray.get(count_ref)
+                    count, rows = ray.get(count_ref)
                 except WorkerSet.actor_errors() as e:  # an error in the worker's own code propagates
                     failed.append((worker, e))
                     continue
                 self._rng.choice(self.replay_actors).add_batch.remote(batch_ref)
                 self.num_steps_sampled += count
+                self.num_agent_steps_sampled += rows
                 self._steps_since_sync[worker] += count
                 if self._steps_since_sync[worker] >= self.max_weight_sync_delay:
                     worker.set_weights.remote(self._current_weights(), {"timestep": self.num_steps_sampled})
@@ -333,8 +246,7 @@ class AsyncReplayOptimizer(PolicyOptimizer):
                     self._on_shard_failure(shard, e)
                     continue
                 if batch is not None:
-                    batch = SampleBatch({k: np.array(v) for k, v in batch.items()})  # writable copies
-                    self.learner.inqueue.put((shard, batch))  # blocks while the learner is 16 batches behind
+                    self.learner.inqueue.put((shard, _writable(batch)))  # blocks while the learner is 16 batches behind
                 self._launch_replay(shard)
         with self.timers["update_priorities"]:
             while True:
@@ -397,7 +309,7 @@ class AsyncReplayOptimizer(PolicyOptimizer):
             "learner_dequeue_time_ms": round(1000 * self.learner.queue_timer.mean, 3),
             "learner_peak_throughput": round(self.learner.grad_timer.mean_throughput, 3),
             **{f"{k}_time_ms": round(1000 * t.mean, 3) for k, t in self.timers.items()},
-            "learner": {DEFAULT_POLICY_ID: self.learner.stats},
+            "learner": dict(self.learner.stats),
         }
         if self.debug:
             import ray
@@ -409,13 +321,15 @@ class AsyncReplayOptimizer(PolicyOptimizer):
         return {
             **super().save(),
             "num_target_updates": self.learner.num_target_updates,
-            "last_target_update": self.learner.last_target_update,
+            "rows_since_target_update": dict(self.learner.rows_since_target_update),
         }
 
     def restore(self, data: dict) -> None:
         super().restore(data)
         self.learner.num_steps_trained = self.num_steps_trained
-        self.learner.last_target_update = int(data.get("last_target_update", 0))
+        since = data.get("rows_since_target_update", {})
+        for pid in self.learner.rows_since_target_update:
+            self.learner.rows_since_target_update[pid] = int(since.get(pid, 0))
         self.learner.num_target_updates = int(data.get("num_target_updates", 0))
 
     def stop(self) -> None:
@@ -429,6 +343,32 @@ class AsyncReplayOptimizer(PolicyOptimizer):
                 ray.kill(shard)
             except Exception:  # noqa: BLE001 - the actor may already be gone
                 pass
+
+
+def _shard_kwargs(o: ReplayOptions) -> dict:
+    """ReplayActor's arguments after ``num_shards`` (in order, without ``seed``) from replay options."""
+    return {
+        "learning_starts": o.learning_starts,
+        "buffer_size": o.buffer_size,
+        "train_batch_size": o.train_batch_size,
+        "prioritized_replay": o.prioritized_replay,
+        "alpha": o.prioritized_replay_alpha,
+        "eps": o.prioritized_replay_eps,
+        "compress": o.compress_observations,
+    }
+
+
+def _sample_with_counts(worker: Any) -> tuple[Any, tuple[int, int]]:
+    """Runs on a worker: its batch, and (the batch's count, its rows over all policies) as a second return."""
+    batch = worker.sample()
+    return batch, (batch.count, agent_steps(batch))
+
+
+def _writable(batch: SampleBatch | MultiAgentBatch) -> SampleBatch | MultiAgentBatch:
+    """A replayed batch from Ray's object store (read-only arrays) as writable copies."""
+    if isinstance(batch, MultiAgentBatch):
+        return MultiAgentBatch({pid: _writable(b) for pid, b in batch.policy_batches.items()}, batch.count)
+    return SampleBatch({k: np.array(v) for k, v in batch.items()})
 
 
 ApexOptimizer = AsyncReplayOptimizer

@@ -13,6 +13,11 @@ takes one optimizer step per batch. A worker whose batch arrived gets the newest
 one ``ray.put`` of the weights is shared by up to ``broadcast_interval`` workers. The samples are therefore
 off-policy by a few learner steps: the "weight lag" reported in ``stats()``, which V-trace corrects for.
 
+Multi-agent: a train batch is a MultiAgentBatch of ``train_batch_size`` steps (env steps, or agent steps with
+``count_steps_by: "agent_steps"``); the data loaders load each trained policy's part onto its device and the
+learner takes one optimizer step per trained policy present in it. After the first broadcast, only the trained
+policies' weights travel (a policy that is not trained never changes).
+
 With no remote workers the local worker samples in the driver thread and the learner thread learns in the
 background: the same pipeline in one process.
 
@@ -30,14 +35,15 @@ import logging
 import math
 import queue
 import threading
+import time
 from typing import Any
 
 import numpy as np
 
 from relayrl.evaluation.worker_set import WorkerFailureError, WorkerSet
-from relayrl.optimizers.policy_optimizer import PolicyOptimizer
+from relayrl.optimizers.policy_optimizer import PolicyOptimizer, agent_steps
 from relayrl.optimizers.sync_samples import get_learner_stats
-from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, SampleBatch
+from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
 from relayrl.utils.timers import TimerStat
 
 logger = logging.getLogger(__name__)
@@ -46,7 +52,8 @@ _STOP = object()
 
 
 class LearnerThread(threading.Thread):
-    """Learns on every train batch of ``inqueue`` (``(batch, weight_versions)`` items), one optimizer step each.
+    """Learns on every train batch of ``inqueue`` (``(batch, weight_versions)`` items), one optimizer step per
+    trained policy each (a single-agent batch: the default policy's).
 
     ``num_data_loaders`` threads move batches to the policy's device (``policy.load_batch``) ahead of the
     learner, so that host-to-device copies overlap with learning. ``lock`` is held during each optimizer step;
@@ -88,11 +95,7 @@ class LearnerThread(threading.Thread):
                     return
                 batch, versions = item
                 with self.load_timer:
-                    if isinstance(batch, SampleBatch):
-                        policy = self.local_worker.policy_map[DEFAULT_POLICY_ID]
-                        data = policy.load_batch(batch)
-                    else:
-                        data = batch  # multi-agent: each policy loads its own part in learn_on_batch
+                    data = {pid: self.local_worker.policy_map[pid].load_batch(b) for pid, b in _trained(self, batch)}
                 self.loaded.put((data, batch.count, versions))
         except BaseException as e:  # noqa: BLE001 - reported to the driver by step()
             self.error = e
@@ -108,18 +111,14 @@ class LearnerThread(threading.Thread):
                 data, count, versions = item
                 with self.grad_timer:
                     with self.lock:
-                        if isinstance(data, dict):
-                            policy = self.local_worker.policy_map[DEFAULT_POLICY_ID]
-                            fetch = {DEFAULT_POLICY_ID: get_learner_stats(policy.learn_on_tensors(data))}
-                        else:
-                            fetch = {
-                                pid: get_learner_stats(f) for pid, f in self.local_worker.learn_on_batch(data).items()
-                            }
+                        policies = self.local_worker.policy_map
+                        fetch = {pid: get_learner_stats(policies[pid].learn_on_tensors(t)) for pid, t in data.items()}
                         lag = self.weights_version - float(np.mean(versions))
                         self.weights_version += 1
                 self.grad_timer.push_units_processed(count)
                 self.weight_lags.append(lag)
-                self.learner_stats = fetch
+                # Per policy, the latest stats: a multi-agent train batch may lack some policy's agents.
+                self.learner_stats = {**self.learner_stats, **fetch}
                 self.weights_updated = True
                 self.num_steps_trained += count
                 self.outqueue.put(count)
@@ -137,6 +136,14 @@ class LearnerThread(threading.Thread):
             self.loaded.put_nowait(_STOP)
         except queue.Full:
             pass
+
+
+def _trained(learner: LearnerThread, batch: SampleBatch | MultiAgentBatch) -> list[tuple[str, SampleBatch]]:
+    """The (policy id, rows) pairs of a train batch that the learner trains on."""
+    if isinstance(batch, SampleBatch):
+        return [(DEFAULT_POLICY_ID, batch)]
+    trained = learner.local_worker.policies_to_train
+    return [(pid, b) for pid, b in batch.policy_batches.items() if pid in trained and b.count > 0]
 
 
 class AsyncSamplesOptimizer(PolicyOptimizer):
@@ -226,7 +233,7 @@ class AsyncSamplesOptimizer(PolicyOptimizer):
         # With remote workers, losing every one of them is an error, not a silent switch to sampling in the driver.
         self._remote_mode = bool(self.workers.remote_workers())
         if self._remote_mode:
-            self._broadcast_weights()
+            self._broadcast_weights()  # the first one carries every policy (see PolicyOptimizer.policies_to_sync)
             for w in self.workers.remote_workers():
                 self._start_worker(w)
 
@@ -244,6 +251,7 @@ class AsyncSamplesOptimizer(PolicyOptimizer):
         for worker, batch, version in self._collect():
             batch.decompress_if_needed()
             sampled += batch.count
+            self.num_agent_steps_sampled += agent_steps(batch)
             for b, v in self._augment_with_replay(batch, version):
                 self._add_to_train_buffer(b, v)
             if worker is not None and worker in self._worker_versions:  # not if it died since
@@ -356,7 +364,7 @@ class AsyncSamplesOptimizer(PolicyOptimizer):
         import ray
 
         with self.lock:
-            weights = self.workers.local_worker().get_weights()
+            weights = self.learner_weights()
             self._weights_version = self.learner.weights_version
         self.learner.weights_updated = False
         self._weights_ref = ray.put(weights)
@@ -394,4 +402,17 @@ class AsyncSamplesOptimizer(PolicyOptimizer):
         }
 
     def stop(self) -> None:
-        self.learner.stop()
+        """Stops the learner and its data loaders and waits for them (briefly): a thread still inside torch when
+        the interpreter exits aborts it ("terminate called without an active exception")."""
+        learner = self.learner
+        learner.stop()
+        if learner.is_alive() and learner is not threading.current_thread():
+            learner.join(timeout=5)
+        deadline = time.monotonic() + 5
+        for loader in learner._loaders:
+            while loader.is_alive() and time.monotonic() < deadline:
+                try:  # a loader blocked on the full loaded queue gets its put through, then sees ``stopped``
+                    learner.loaded.get_nowait()
+                except queue.Empty:
+                    pass
+                loader.join(timeout=0.1)

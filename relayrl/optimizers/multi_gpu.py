@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from relayrl.optimizers.minibatch_sgd import MinibatchSGD
-from relayrl.optimizers.policy_optimizer import PolicyOptimizer
+from relayrl.optimizers.policy_optimizer import PolicyOptimizer, agent_steps
 from relayrl.optimizers.rollout import collect_samples
-from relayrl.optimizers.sync_samples import standardize
-from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch
+from relayrl.optimizers.sync_samples import policy_batch_label, standardize
+from relayrl.policy.rnn_sequencing import SEQ_MASK
+from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
 from relayrl.policy.torch_policy import TorchPolicy
 from relayrl.utils.timers import TimerStat
 
@@ -83,7 +84,9 @@ class LocalMultiGPUOptimizer(PolicyOptimizer):
         self.devices = _devices(num_gpus)
         multi = len(self.devices) > 1
         self._towers = {pid: _Towers(p, self.devices) for pid, p in self.policies.items()} if multi else {}
-        self.sgd = MinibatchSGD(sgd_batch_size, num_sgd_iter, seed, train_batch_size)
+        # A multi-agent batch's rows per policy are agent steps, not train_batch_size: checked per policy instead.
+        multi_agent = getattr(local, "multi_agent", False)
+        self.sgd = MinibatchSGD(sgd_batch_size, num_sgd_iter, seed, None if multi_agent else train_batch_size)
         self.sample_timer = TimerStat()
         self.load_timer = TimerStat()
         self.grad_timer = TimerStat()
@@ -92,7 +95,7 @@ class LocalMultiGPUOptimizer(PolicyOptimizer):
 
     def step(self) -> dict:
         with self.update_weights_timer:
-            self.workers.sync_weights()
+            self.workers.sync_weights(policies=self.policies_to_sync())
         with self.sample_timer:
             samples = collect_samples(self.workers, self.train_batch_size)
         self.sample_timer.push_units_processed(samples.count)
@@ -103,6 +106,8 @@ class LocalMultiGPUOptimizer(PolicyOptimizer):
                 continue
             standardize(batch, self.standardize_fields)
             policy = self.policies[pid]
+            if isinstance(samples, MultiAgentBatch):
+                self.sgd.warn_remainder(batch.count, policy_batch_label(pid))
             with self.load_timer:
                 tensors = policy.load_batch(batch)
             with self.grad_timer:
@@ -111,6 +116,7 @@ class LocalMultiGPUOptimizer(PolicyOptimizer):
         self.learner_stats = stats
         self.num_steps_sampled += samples.count
         self.num_steps_trained += samples.count
+        self.num_agent_steps_sampled += agent_steps(samples)
         return stats
 
     def _sgd(self, pid: str, policy: TorchPolicy, tensors: dict[str, torch.Tensor], n: int) -> dict:
@@ -119,7 +125,11 @@ class LocalMultiGPUOptimizer(PolicyOptimizer):
         def learn_rows(rows: torch.Tensor | None) -> dict:
             return learn(tensors if rows is None else {k: v[rows] for k, v in tensors.items()})
 
-        return self.sgd.run(n, learn_rows, device=next(iter(tensors.values())).device)
+        device = next(iter(tensors.values())).device
+        seq_lens = tensors.get(SampleBatch.SEQ_LENS)  # a recurrent policy's padded sequences: whole ones per minibatch
+        if seq_lens is not None:
+            return self.sgd.run(len(seq_lens), learn_rows, device=device, seq_lens=seq_lens.cpu().numpy())
+        return self.sgd.run(n, learn_rows, device=device)
 
     def stats(self) -> dict:
         return {
@@ -168,7 +178,9 @@ class _Towers:
             loss, tower_stats, _ = policy.compute_loss(model, shard)
             if isinstance(loss, (list, tuple)):
                 raise ValueError(f"{type(policy).__name__}: multi-GPU towers need a loss function with one loss")
-            loss = loss * (len(share) / n)
+            # The share of the minibatch's steps (a recurrent batch: real steps of its sequences, not padding).
+            mask = minibatch.get(SEQ_MASK)
+            loss = loss * (len(share) / n if mask is None else float(mask[idx].sum()) / float(mask.sum()))
             losses.append(loss.detach().to(self.devices[0]))
             grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
             for p, g in zip(params, grads):

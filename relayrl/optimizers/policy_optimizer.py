@@ -15,6 +15,12 @@ from typing import Any, Callable
 
 from relayrl.evaluation.metrics import RolloutMetrics
 from relayrl.evaluation.worker_set import WorkerSet
+from relayrl.policy.sample_batch import MultiAgentBatch
+
+
+def agent_steps(samples: Any) -> int:
+    """The agent steps in a batch: the rows of every policy of a MultiAgentBatch, a SampleBatch's count."""
+    return samples.total() if isinstance(samples, MultiAgentBatch) else samples.count
 
 
 class PolicyOptimizer:
@@ -33,6 +39,8 @@ class PolicyOptimizer:
         self.workers = workers
         self.num_steps_sampled = 0
         self.num_steps_trained = 0
+        self.num_agent_steps_sampled = 0  # rows over all policies (a SampleBatch's count, MultiAgentBatch.total())
+        self._synced_every_policy = False  # see policies_to_sync
         self.episode_history: list[RolloutMetrics] = []
 
     # --- RLlib 0.7-era accessors -----------------------------------------------------------------------------------
@@ -49,7 +57,29 @@ class PolicyOptimizer:
         raise NotImplementedError
 
     def stats(self) -> dict:
-        return {"num_steps_sampled": self.num_steps_sampled, "num_steps_trained": self.num_steps_trained}
+        return {
+            "num_steps_sampled": self.num_steps_sampled,
+            "num_steps_trained": self.num_steps_trained,
+            "num_agent_steps_sampled": self.num_agent_steps_sampled,
+        }
+
+    def policies_to_sync(self) -> list[str] | None:
+        """The policies whose weights the next broadcast to the workers carries: every policy (None) the first
+        time, then only the trained ones, the only weights that learning changes. A policy that is not trained
+        keeps the weights it was sent; ``Trainer.restore``, ``Trainer.set_weights`` and a recreated worker send
+        every policy themselves."""
+        local = self.workers.local_worker()
+        trained = getattr(local, "policies_to_train", None)
+        if not self._synced_every_policy or trained is None or set(trained) >= set(local.policy_map):
+            self._synced_every_policy = True
+            return None
+        return list(trained)
+
+    def learner_weights(self) -> dict:
+        """The local worker's weights of ``policies_to_sync()`` (what a broadcast sends)."""
+        policies = self.policies_to_sync()
+        local = self.workers.local_worker()
+        return local.get_weights() if policies is None else local.get_weights(policies)
 
     def save(self) -> dict:
         """Counters to store in a checkpoint."""

@@ -87,6 +87,43 @@ class ReplayOptions:
         )
 
 
+# The replay options that a policy's config overrides (``multiagent.policies[pid][3]``) set for that policy alone:
+# its buffer, its replayed batches, its target updates. The others are the optimizer's: a worker samples
+# (``sample_batch_size``) for all of its policies at once, and one seed drives the replay sampling.
+POLICY_OPTIONS = (
+    "learning_starts",
+    "buffer_size",
+    "prioritized_replay",
+    "prioritized_replay_alpha",
+    "prioritized_replay_beta",
+    "final_prioritized_replay_beta",
+    "beta_annealing_fraction",
+    "schedule_max_timesteps",
+    "prioritized_replay_eps",
+    "train_batch_size",
+    "target_network_update_freq",
+    "compress_observations",
+)
+
+
+def policy_options(options: ReplayOptions, worker: Any) -> dict[str, ReplayOptions]:
+    """Each policy's replay options: ``options`` with the POLICY_OPTIONS that the policy's config overrides, i.e.
+    those where the policy's config differs from its worker's (the worker merges each policy's overrides into its
+    own config). A worker without a policy map (a user's RLlib 0.7-era evaluator) has one default policy."""
+    policy_map = getattr(worker, "policy_map", None)
+    if not policy_map:
+        from relayrl.policy.sample_batch import DEFAULT_POLICY_ID
+
+        return {DEFAULT_POLICY_ID: options}
+    base = getattr(worker, "config", None) or {}
+    out = {}
+    for pid, policy in policy_map.items():
+        own = getattr(policy, "config", None) or {}
+        changed = {k: own[k] for k in POLICY_OPTIONS if k in base and k in own and own[k] != base[k]}
+        out[pid] = dataclasses.replace(options, **changed) if changed else options
+    return out
+
+
 def build_options(
     options: dict[str, Any], defaults: dict[str, Any] | None = None, owner: str = "replay optimizer"
 ) -> ReplayOptions:

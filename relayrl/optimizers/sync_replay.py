@@ -16,6 +16,13 @@ Every ``target_network_update_freq`` sampled steps ``policy.update_target()`` ru
 that has one. The keyword options are the fields of ``ReplayOptions`` (``replay_options.py``), which
 AsyncReplayOptimizer shares.
 
+Multi-agent (a MultiAgentBatch): each policy in ``policies_to_train`` has its own buffer, holding exactly that
+policy's rows (a policy that is not trained stores nothing), its own replayed batch per step, its own priorities
+(from its own ``td_error``) and its own target-update clock; a policy's config overrides of the replay options
+(``replay_options.POLICY_OPTIONS``: ``train_batch_size``, ``target_network_update_freq``, ``buffer_size``...)
+apply to it alone. ``num_steps_sampled`` counts the batches' ``count`` (env steps, or agent steps with
+``count_steps_by: agent_steps``), ``num_agent_steps_sampled`` their rows over all policies.
+
 Worker failures: a remote worker that dies while a step waits on its batch goes to
 ``WorkerSet.handle_worker_failure``. With ``recreate_failed_workers: True`` its replacement (current weights,
 filters and global vars) samples in its place in the same step; with ``ignore_worker_failures: True`` the step
@@ -29,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from relayrl.optimizers.policy_optimizer import PolicyOptimizer
+from relayrl.optimizers.policy_optimizer import PolicyOptimizer, agent_steps
 from relayrl.optimizers.replay_buffer import PrioritizedReplayBuffer, ReplayBuffer
-from relayrl.optimizers.replay_options import ReplayOptions, build_options
+from relayrl.optimizers.replay_options import ReplayOptions, build_options, policy_options
 from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
 from relayrl.policy.torch_policy import LEARNER_STATS_KEY
 from relayrl.utils.timers import TimerStat
@@ -49,6 +56,13 @@ def replay_columns(batch: SampleBatch) -> dict[str, np.ndarray]:
     cols.update({k: batch[k] for k in OPTIONAL_COLUMNS if k in batch})
     cols[SB.TERMINATEDS] = cols[SB.TERMINATEDS].astype(np.float32)
     return cols
+
+
+def by_policy(batch: SampleBatch | MultiAgentBatch) -> dict[str, SampleBatch]:
+    """``{policy_id: batch}``: a MultiAgentBatch's policy batches, a SampleBatch as the default policy's."""
+    if isinstance(batch, MultiAgentBatch):
+        return batch.policy_batches
+    return {DEFAULT_POLICY_ID: batch}
 
 
 def make_buffer(
@@ -95,44 +109,49 @@ class SyncReplayOptimizer(PolicyOptimizer):
         self.prioritized_replay = opts.prioritized_replay
         self.target_network_update_freq = opts.target_network_update_freq
         self.beta_schedule = opts.beta_schedule()
-        self._buffer_args = (
-            opts.buffer_size,
-            opts.prioritized_replay,
-            opts.prioritized_replay_alpha,
-            opts.prioritized_replay_eps,
-            opts.compress_observations,
-            opts.seed,
-        )
+        # Each policy's options: these with its config's overrides (replay_options.POLICY_OPTIONS).
+        self.policy_options = policy_options(opts, self.workers.local_worker())
+        self._beta_schedules = {pid: o.beta_schedule() for pid, o in self.policy_options.items()}
         self.replay_buffers: dict[str, ReplayBuffer] = {}
-        self._rng = np.random.default_rng(opts.seed)
-        self.last_target_update_ts = 0
+        # Sampled steps at each policy's last target update.
+        self.last_target_update_ts = {pid: 0 for pid in self.policy_options}
         self.num_target_updates = 0
         self.cur_beta = opts.prioritized_replay_beta
         self.sample_timer, self.replay_timer, self.grad_timer = TimerStat(), TimerStat(), TimerStat()
         self.update_weights_timer, self.update_priorities_timer = TimerStat(), TimerStat()
         self.learner_stats: dict = {}
 
+    def options_of(self, policy_id: str) -> ReplayOptions:
+        """The replay options of one policy (the optimizer's, with that policy's config overrides)."""
+        return self.policy_options.get(policy_id, self.options)
+
     def buffer(self, policy_id: str = DEFAULT_POLICY_ID) -> ReplayBuffer:
         if policy_id not in self.replay_buffers:
-            self.replay_buffers[policy_id] = make_buffer(*self._buffer_args)
+            o = self.options_of(policy_id)
+            self.replay_buffers[policy_id] = make_buffer(
+                o.buffer_size,
+                o.prioritized_replay,
+                o.prioritized_replay_alpha,
+                o.prioritized_replay_eps,
+                o.compress_observations,
+                o.seed,
+            )
         return self.replay_buffers[policy_id]
 
     def step(self) -> dict:
         with self.update_weights_timer:
             if self.workers.remote_workers():
-                self.workers.sync_weights(global_vars={"timestep": self.num_steps_sampled})
+                self.workers.sync_weights({"timestep": self.num_steps_sampled}, policies=self.policies_to_sync())
         with self.sample_timer:
             batch = self._sample()
-            for pid, b in _by_policy(batch).items():
-                add_to_buffer(self.buffer(pid), b)
+            trained = self.workers.local_worker().policies_to_train
+            for pid, b in by_policy(batch).items():
+                if pid in trained:  # a policy that does not learn needs no replay
+                    add_to_buffer(self.buffer(pid), b)
         self.num_steps_sampled += batch.count
-        if self.num_steps_sampled >= self.learning_starts:
-            self._optimize()
-        if (
-            self.target_network_update_freq
-            and self.num_steps_sampled - self.last_target_update_ts >= self.target_network_update_freq
-        ):
-            self.update_targets()
+        self.num_agent_steps_sampled += agent_steps(batch)
+        self._optimize()
+        self.update_targets()
         return self.learner_stats
 
     def _sample(self) -> SampleBatch | MultiAgentBatch:
@@ -146,36 +165,45 @@ class SyncReplayOptimizer(PolicyOptimizer):
         return SampleBatch.concat_samples(batches)
 
     def _optimize(self) -> None:
+        """One replayed batch per trained policy whose ``learning_starts`` has passed."""
         local = self.workers.local_worker()
-        beta = self.cur_beta = self.beta_schedule.value(self.num_steps_sampled)
+        self.cur_beta = self.beta_schedule.value(self.num_steps_sampled)
         stats = {}
         for pid, buffer in self.replay_buffers.items():
-            if pid not in local.policies_to_train:
+            o = self.options_of(pid)
+            if pid not in local.policies_to_train or self.num_steps_sampled < o.learning_starts or not len(buffer):
                 continue
             with self.replay_timer:
-                if self.prioritized_replay:
-                    rows = buffer.sample(self.train_batch_size, beta=beta)
+                if isinstance(buffer, PrioritizedReplayBuffer):
+                    beta = self._beta_schedules.get(pid, self.beta_schedule).value(self.num_steps_sampled)
+                    rows = buffer.sample(o.train_batch_size, beta=beta)
                 else:
-                    rows = buffer.sample(self.train_batch_size)
+                    rows = buffer.sample(o.train_batch_size)
                 idx = rows.pop("batch_indexes")
             with self.grad_timer:
                 info = local.policy_map[pid].learn_on_batch(SampleBatch(rows))
-            self.grad_timer.push_units_processed(self.train_batch_size)
-            if self.prioritized_replay:
+            self.grad_timer.push_units_processed(o.train_batch_size)
+            if isinstance(buffer, PrioritizedReplayBuffer):
                 with self.update_priorities_timer:
                     buffer.update_priorities(idx, np.abs(info["td_error"]))
             stats[pid] = info.get(LEARNER_STATS_KEY, {})
-        self.learner_stats = stats
-        self.num_steps_trained += self.train_batch_size * len(stats)
+            self.num_steps_trained += o.train_batch_size
+        if stats:
+            self.learner_stats = stats
 
     def update_targets(self) -> None:
+        """``update_target()`` on each trained policy whose ``target_network_update_freq`` (its own, when its config
+        overrides it) sampled steps have passed since its last update."""
         local = self.workers.local_worker()
         for pid in local.policies_to_train:
+            freq = self.options_of(pid).target_network_update_freq
+            if not freq or self.num_steps_sampled - self.last_target_update_ts.get(pid, 0) < freq:
+                continue
             policy = local.policy_map[pid]
             if hasattr(policy, "update_target"):
                 policy.update_target()
-        self.last_target_update_ts = self.num_steps_sampled
-        self.num_target_updates += 1
+                self.num_target_updates += 1
+            self.last_target_update_ts[pid] = self.num_steps_sampled
 
     def stats(self) -> dict:
         return {
@@ -188,30 +216,31 @@ class SyncReplayOptimizer(PolicyOptimizer):
             "opt_peak_throughput": round(self.grad_timer.mean_throughput, 3),
             "num_target_updates": self.num_target_updates,
             "prioritized_replay_beta": self.cur_beta,
-            "replay_shard_0": {pid: _buffer_stats(b) for pid, b in self.replay_buffers.items()},
+            "replay_shard_0": {pid: buffer_stats(b) for pid, b in self.replay_buffers.items()},
             "learner": self.learner_stats,
         }
 
     def save(self) -> dict:
         return {
             **super().save(),
-            "last_target_update_ts": self.last_target_update_ts,
+            "last_target_update_ts": dict(self.last_target_update_ts),
             "num_target_updates": self.num_target_updates,
         }
 
     def restore(self, data: dict) -> None:
         super().restore(data)
-        self.last_target_update_ts = int(data.get("last_target_update_ts", 0))
+        self.last_target_update_ts = restore_per_policy(data.get("last_target_update_ts", 0), self.policy_options)
         self.num_target_updates = int(data.get("num_target_updates", 0))
 
 
-def _by_policy(batch: SampleBatch | MultiAgentBatch) -> dict[str, SampleBatch]:
-    if isinstance(batch, MultiAgentBatch):
-        return batch.policy_batches
-    return {DEFAULT_POLICY_ID: batch}
+def restore_per_policy(value: int | dict, policy_ids: Any) -> dict[str, int]:
+    """A per-policy counter from a checkpoint: a dict by policy id, or (older checkpoints) one int for all."""
+    if isinstance(value, dict):
+        return {pid: int(value.get(pid, 0)) for pid in policy_ids}
+    return {pid: int(value) for pid in policy_ids}
 
 
-def _buffer_stats(buffer: ReplayBuffer) -> dict:
+def buffer_stats(buffer: ReplayBuffer) -> dict:
     stats = buffer.stats()
     return {k: v for k, v in stats.items() if isinstance(v, (int, float))}
 

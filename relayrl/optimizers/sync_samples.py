@@ -18,12 +18,20 @@ from typing import Any
 import numpy as np
 
 from relayrl.optimizers.minibatch_sgd import MinibatchSGD, get_learner_stats
-from relayrl.optimizers.policy_optimizer import PolicyOptimizer
+from relayrl.optimizers.policy_optimizer import PolicyOptimizer, agent_steps
 from relayrl.optimizers.rollout import collect_samples
+from relayrl.policy.rnn_sequencing import sequence_layout, sequence_rows
 from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
 from relayrl.utils.timers import TimerStat
 
-__all__ = ["SyncSamplesOptimizer", "LocalSyncOptimizer", "learn_in_minibatches", "standardize", "get_learner_stats"]
+__all__ = [
+    "SyncSamplesOptimizer",
+    "LocalSyncOptimizer",
+    "learn_in_minibatches",
+    "policy_batch_label",
+    "standardize",
+    "get_learner_stats",
+]
 
 
 class SyncSamplesOptimizer(PolicyOptimizer):
@@ -61,11 +69,13 @@ class SyncSamplesOptimizer(PolicyOptimizer):
         self.sample_timer = TimerStat()
         self.grad_timer = TimerStat()
         self.learner_stats: dict = {}
-        self.sgd = MinibatchSGD(sgd_minibatch_size, num_sgd_iter, seed, train_batch_size)
+        # A multi-agent batch's rows per policy are agent steps, not train_batch_size: checked per policy instead.
+        multi_agent = getattr(self.workers.local_worker(), "multi_agent", False)
+        self.sgd = MinibatchSGD(sgd_minibatch_size, num_sgd_iter, seed, None if multi_agent else train_batch_size)
 
     def step(self) -> dict:
         with self.update_weights_timer:
-            self.workers.sync_weights()
+            self.workers.sync_weights(policies=self.policies_to_sync())
         with self.sample_timer:
             samples = collect_samples(self.workers, self.train_batch_size)
         self.sample_timer.push_units_processed(samples.count)
@@ -76,6 +86,7 @@ class SyncSamplesOptimizer(PolicyOptimizer):
         self.grad_timer.push_units_processed(samples.count)
         self.num_steps_sampled += samples.count
         self.num_steps_trained += samples.count
+        self.num_agent_steps_sampled += agent_steps(samples)
         return self.learner_stats
 
     def stats(self) -> dict:
@@ -97,24 +108,47 @@ def learn_in_minibatches(
     sgd: MinibatchSGD,
     standardize_fields: tuple[str, ...],
 ) -> dict:
-    """``sgd``'s epochs of minibatch learning on the worker's trained policies; returns stats per policy id."""
+    """``sgd``'s epochs of minibatch learning on the worker's trained policies, each on its own batch (its own
+    minibatches, remainder and warning); returns stats per policy id. A policy not in ``policies_to_train`` is
+    not touched."""
     if isinstance(samples, SampleBatch):
         standardize(samples, standardize_fields)
-        return {DEFAULT_POLICY_ID: sgd.run(samples.count, lambda rows: worker.learn_on_batch(_rows(samples, rows)))}
+        policy = getattr(worker, "policy_map", {}).get(DEFAULT_POLICY_ID)
+        return {DEFAULT_POLICY_ID: _run(sgd, policy, samples, worker.learn_on_batch)}
     stats = {}
     for pid, batch in samples.policy_batches.items():
         if pid not in worker.policies_to_train:
             continue
         standardize(batch, standardize_fields)
         policy = worker.policy_map[pid]
-        stats[pid] = sgd.run(batch.count, lambda rows, b=batch, p=policy: p.learn_on_batch(_rows(b, rows)))
+        sgd.warn_remainder(batch.count, policy_batch_label(pid))
+        stats[pid] = _run(sgd, policy, batch, policy.learn_on_batch)
     return stats
+
+
+def policy_batch_label(pid: str) -> str:
+    """How the minibatch remainder warning names a policy's batch in a MultiAgentBatch."""
+    return f"policy {pid!r} train batch (agent steps, first batch)"
+
+
+def _run(sgd: MinibatchSGD, policy: Any, batch: SampleBatch, learn: Any) -> dict:
+    """``sgd``'s epochs of ``learn(minibatch)``; a recurrent policy's minibatches are whole sequences (the rows of
+    each in time order, so that the policy's ``load_batch`` cuts the same sequences again)."""
+    if not getattr(policy, "is_recurrent", lambda: False)():
+        return sgd.run(batch.count, lambda rows: learn(_rows(batch, rows)))
+    max_seq_len = getattr(policy, "max_seq_len", None) or policy.config.get("model", {}).get("max_seq_len", 20)
+    starts, lens = sequence_layout(batch, max_seq_len)
+    return sgd.run(
+        len(lens),
+        lambda seqs: learn(batch if seqs is None else _rows(batch, sequence_rows(starts, lens, seqs.numpy()))),
+        seq_lens=lens,
+    )
 
 
 def _rows(batch: SampleBatch, rows: Any) -> SampleBatch:
     if rows is None:
         return batch
-    idx = rows.numpy()
+    idx = rows.numpy() if hasattr(rows, "numpy") else rows
     return SampleBatch({k: v[idx] for k, v in batch.items() if k != SampleBatch.SEQ_LENS})
 
 

@@ -12,7 +12,9 @@ as int64 indices, one-hot encoded inside the graph), applies the MeanStdFilter w
 baked in as constants, runs the model and outputs the deterministic action (argmax for Categorical, the
 mean clipped to the Box bounds for DiagGaussian / Deterministic) and the action distribution's inputs.
 ``export.json`` describes the spaces, the filter state and the clipping, so a server needs nothing else.
-The TorchScript file is a ``torch.jit`` archive (load with ``torch.jit.load``, never with pickle).
+The TorchScript file is a ``torch.jit`` archive (load with ``torch.jit.load``, never with pickle). A recurrent
+policy's graph also takes and returns its RNN state (and the previous action and reward when its model reads them),
+described in the sidecar's "recurrent" section and checked against the policy when written: export_recurrent.py.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from relayrl.utils.filters import Filter, MeanStdFilter, RunningStat
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.pt"
 SIDECAR_FILE = "export.json"
-EXPORT_FORMAT_VERSION = 1
+# 1: feed-forward graphs. 2: a recurrent policy's sidecar has a "recurrent" section (its state inputs and outputs).
+EXPORT_FORMAT_VERSION = 2
 
 
 class ExportedPolicy(nn.Module):
@@ -62,20 +65,26 @@ class ExportedPolicy(nn.Module):
         self.register_buffer("act_high", torch.as_tensor(high if high is not None else 0.0, dtype=torch.float32))
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dist_inputs, _ = self.model({"obs": self.filtered(obs), "is_training": False}, [], None)
+        return self.deterministic_action(dist_inputs), dist_inputs
+
+    def filtered(self, obs: torch.Tensor) -> torch.Tensor:
+        """The raw observation batch as the model takes it: one-hot (Discrete), then the filter."""
         x = nn.functional.one_hot(obs.long(), self.one_hot).float() if self.one_hot else obs.float()
         if self.has_filter:
             # Same float32 arithmetic as MeanStdFilter.__call__: (x - mean) * (1 / (std + 1e-8)), then clip.
             x = (x - self.obs_mean) * self.obs_inv_std
             if self.clip:
                 x = torch.clamp(x, -self.clip, self.clip)
-        dist_inputs, _ = self.model({"obs": x, "is_training": False}, [], None)
+        return x
+
+    def deterministic_action(self, dist_inputs: torch.Tensor) -> torch.Tensor:
         if self.kind == "categorical":
-            action = torch.argmax(dist_inputs, dim=-1)
-        else:
-            action = torch.chunk(dist_inputs, 2, dim=-1)[0] if self.kind == "gaussian" else dist_inputs
-            if self.clip_actions:
-                action = torch.maximum(torch.minimum(action, self.act_high), self.act_low)
-        return action, dist_inputs
+            return torch.argmax(dist_inputs, dim=-1)
+        action = torch.chunk(dist_inputs, 2, dim=-1)[0] if self.kind == "gaussian" else dist_inputs
+        if self.clip_actions:
+            action = torch.maximum(torch.minimum(action, self.act_high), self.act_low)
+        return action
 
 
 def export_policy(
@@ -90,9 +99,12 @@ def export_policy(
     """Writes model.onnx, model.pt and export.json for ``policy`` into ``export_dir``; returns the sidecar.
 
     ``raw_obs_space``: the environment's observation space when it is Discrete (one-hot in the graph);
-    otherwise the graph takes the policy's observation space (the raw one for Box observations)."""
+    otherwise the graph takes the policy's observation space (the raw one for Box observations). A recurrent
+    policy's graph has state inputs and outputs too (relayrl/policy/export_recurrent.py)."""
     if policy.model.get_initial_state():
-        raise NotImplementedError("export_model supports feed-forward models only (this model is recurrent)")
+        from relayrl.policy.export_recurrent import export_recurrent_policy
+
+        return export_recurrent_policy(policy, export_dir, obs_filter, raw_obs_space, onnx, torchscript, opset)
     discrete = isinstance(raw_obs_space, gym.spaces.Discrete)
     obs_space = raw_obs_space if discrete else policy.observation_space
     filter_consts = filter_constants(obs_filter)
@@ -124,7 +136,17 @@ def export_policy(
     finally:
         policy.model.to(device)
         policy.model.train(was_training)
-    sidecar = {
+    sidecar = describe_export(policy, wrapper, obs_space, obs_filter, onnx, torchscript)
+    with open(os.path.join(export_dir, SIDECAR_FILE), "w") as f:
+        json.dump(sidecar, f, indent=1)
+    return sidecar
+
+
+def describe_export(
+    policy: Any, wrapper: ExportedPolicy, obs_space: gym.Space, obs_filter: Filter | None, onnx: bool, torchscript: bool
+) -> dict:
+    """The sidecar's description of a feed-forward graph (a recurrent one adds its "recurrent" section)."""
+    return {
         "format": "relayrl-policy-export",
         "format_version": EXPORT_FORMAT_VERSION,
         "policy_class": type(policy).__name__,
@@ -140,9 +162,6 @@ def export_policy(
             "clipped_to_bounds": bool(wrapper.clip_actions and wrapper.kind != "categorical"),
         },
     }
-    with open(os.path.join(export_dir, SIDECAR_FILE), "w") as f:
-        json.dump(sidecar, f, indent=1)
-    return sidecar
 
 
 def filter_constants(obs_filter: Filter | None) -> tuple[np.ndarray, np.ndarray, float] | None:
@@ -189,12 +208,12 @@ def _bounds(space: gym.Space) -> tuple[np.ndarray | None, np.ndarray | None]:
     return None, None
 
 
-def _example_obs(space: gym.Space) -> torch.Tensor:
+def _example_obs(space: gym.Space, batch: int = 2) -> torch.Tensor:
     if isinstance(space, gym.spaces.Discrete):
-        return torch.zeros((2,), dtype=torch.int64)
+        return torch.zeros((batch,), dtype=torch.int64)
     if not isinstance(space, gym.spaces.Box):
         raise NotImplementedError(f"export_model supports Box and Discrete observations, not {space}")
-    return torch.zeros((2, *space.shape), dtype=torch.float32)
+    return torch.zeros((batch, *space.shape), dtype=torch.float32)
 
 
 def _jsonable(x: Any) -> Any:
@@ -209,3 +228,28 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, np.integer):
         return int(x)
     return x
+
+
+# --- several policies (multi-agent) -------------------------------------------------------------------------
+POLICY_INDEX_FILE = "policies.json"
+
+
+def policy_dir_name(policy_id: str) -> str:
+    """A directory name for a policy id: the id itself where it is a safe file name, else percent-encoded (every
+    character but letters, digits, ``_``, ``-`` and ``.``: "player/1" -> "player%2F1", "p 0" -> "p%200"; a leading
+    "." too, so "." and ".." are no paths). Distinct ids give distinct names; ``urllib.parse.unquote`` reverses it."""
+    from urllib.parse import quote
+
+    if not isinstance(policy_id, str) or not policy_id:
+        raise ValueError(f"a policy id is a non-empty string, got {policy_id!r}")
+    name = quote(policy_id, safe="")
+    return "%2E" + name[1:] if name.startswith(".") else name
+
+
+def write_policy_index(export_dir: str, policy_ids: list[str]) -> dict[str, str]:
+    """Writes ``export_dir/policies.json`` ({"format_version", "policies": {id: directory}}) and returns the map."""
+    dirs = {pid: policy_dir_name(pid) for pid in policy_ids}
+    os.makedirs(export_dir, exist_ok=True)
+    with open(os.path.join(export_dir, POLICY_INDEX_FILE), "w") as f:
+        json.dump({"format_version": EXPORT_FORMAT_VERSION, "policies": dirs}, f, indent=1)
+    return dirs

@@ -28,6 +28,7 @@ from relayrl.models.catalog import ModelCatalog
 from relayrl.models.torch_model import TorchModel
 from relayrl.policy.finite_checks import check_update
 from relayrl.policy.policy import Policy
+from relayrl.policy.rnn_sequencing import chop_into_sequences, flatten_sequences
 from relayrl.policy.sample_batch import SampleBatch
 from relayrl.utils.schedules import PiecewiseSchedule
 from relayrl.utils.torch_optim import Adam
@@ -54,8 +55,9 @@ class TorchPolicy(Policy):
             learning rate, 1e-4 when absent), ``lr_schedule`` (``[[timestep, lr], ...]``, a PiecewiseSchedule of
             the global timestep; None: a constant ``lr``), ``seed`` (the numpy generator of the CPU fast path's
             action sampling), ``explore`` (sample, or the deterministic action; True when absent), ``grad_clip``
-            (the gradient norm is clipped to it; None or 0: no clipping) and ``check_nan`` (refuse a non-finite
-            loss or gradient; True when absent).
+            (the gradient norm is clipped to it; None or 0: no clipping), ``check_nan`` (refuse a non-finite
+            loss or gradient; True when absent) and ``observation_filter`` (refused unless "NoFilter" when the
+            observation has an action mask, which a filter would standardise).
         model: the TorchModel to use (moved to the policy's device); None: ``ModelCatalog.get_model`` builds one
             from ``config["model"]`` with the action distribution's number of outputs.
         dist_class: the ActionDistribution class; None: ``ModelCatalog.get_action_dist(action_space,
@@ -74,6 +76,9 @@ class TorchPolicy(Policy):
     # The policy records the value estimate of every observation while acting (``vf_preds``, for GAE and
     # bootstrapping); build_torch_policy's ``needs_value``.
     _needs_value: bool = False
+    # The loss reads sequences (seq_lens, state_in_*, seq_mask): the model may be recurrent; build_torch_policy's
+    # ``recurrent``.
+    _supports_recurrent: bool = False
 
     def __init__(
         self,
@@ -94,13 +99,25 @@ class TorchPolicy(Policy):
         if model is None:
             model = ModelCatalog.get_model(observation_space, action_space, num_outputs, config.get("model", {}))
         self.model = model.to(self.device)
+        self._recurrent = bool(model.get_initial_state())
+        model_config = config.get("model") or {}
+        if (self._recurrent or (model_config.get("use_lstm") and not model_config.get("custom_model"))) and not (
+            self._supports_recurrent
+        ):
+            raise ValueError(
+                f"model.use_lstm: {type(self).__name__} does not train recurrent models yet (issue 13); PG, PPO,"
+                " A2C, A3C and IMPALA do"
+            )
+        # Recurrent learning: trajectories cut into sequences of at most this many steps (rnn_sequencing).
+        self.max_seq_len = int(model_config.get("max_seq_len", 20))
         self._discrete = isinstance(action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete))
         self._rng = np.random.default_rng(config.get("seed"))
+        # Acting in numpy (the model's numpy_forward, or numpy_step for a recurrent one) when the model has it.
+        numpy_fn = "numpy_step" if self._recurrent else "numpy_forward"
         self._fast_path = (
             self.device.type == "cpu"
-            and not model.get_initial_state()
             and self._extra_action_out_fn is None
-            and type(model).numpy_forward is not TorchModel.numpy_forward
+            and getattr(type(model), numpy_fn) is not getattr(TorchModel, numpy_fn)
             and all(
                 getattr(dist_class, name, None) not in (None, getattr(ActionDistribution, name))
                 for name in ("numpy_sample", "numpy_logp")
@@ -127,19 +144,10 @@ class TorchPolicy(Policy):
     ) -> tuple[np.ndarray, list, dict]:
         explore = self.config.get("explore", True) if explore is None else explore
         obs = np.asarray(obs_batch, dtype=np.float32)
-        if self._fast_path and not state_batches:
-            # With ``deferred`` (the sampler) the log-probabilities and value estimates, which do not influence the
-            # action, are left to postprocess_fragment, which computes them for the whole fragment at once.
-            out = self.model.numpy_forward(obs, value=self._needs_value and not deferred)
+        if self._fast_path and bool(state_batches) == self._recurrent:
+            out = self._numpy_actions(obs, state_batches, prev_action_batch, prev_reward_batch, explore, deferred)
             if out is not None:
-                dist_inputs, values = out
-                actions = self.dist_class.numpy_sample(dist_inputs, self._rng, explore)
-                extra = {SampleBatch.ACTION_DIST_INPUTS: dist_inputs}
-                if not deferred:
-                    extra[SampleBatch.ACTION_LOGP] = self.dist_class.numpy_logp(dist_inputs, actions)
-                    if values is not None:
-                        extra[SampleBatch.VF_PREDS] = values
-                return actions, [], extra
+                return out
         with torch.no_grad():
             input_dict = {"obs": torch.from_numpy(obs).to(self.device), "is_training": False}
             if prev_action_batch is not None:
@@ -166,6 +174,29 @@ class TorchPolicy(Policy):
                 {k: v.cpu().numpy() for k, v in extra.items()},
             )
 
+    def _numpy_actions(self, obs, state, prev_actions, prev_rewards, explore: bool, deferred: bool) -> tuple | None:
+        """compute_actions in numpy (None when the model has no numpy path for this call). With ``deferred`` (the
+        sampler) the log-probabilities, which do not influence the action, are left to postprocess_fragment, and
+        so are a feed-forward model's value estimates (one pass over the fragment); a recurrent model's come
+        with each step (the value head is one more column of the policy head's product)."""
+        if self._recurrent:
+            out = self.model.numpy_step(obs, state, prev_actions, prev_rewards, value=self._needs_value)
+            if out is None:
+                return None
+            dist_inputs, values, state_out = out
+        else:
+            out = self.model.numpy_forward(obs, value=self._needs_value and not deferred)
+            if out is None:
+                return None
+            (dist_inputs, values), state_out = out, []
+        actions = self.dist_class.numpy_sample(dist_inputs, self._rng, explore)
+        extra = {SampleBatch.ACTION_DIST_INPUTS: dist_inputs}
+        if not deferred:
+            extra[SampleBatch.ACTION_LOGP] = self.dist_class.numpy_logp(dist_inputs, actions)
+        if values is not None:
+            extra[SampleBatch.VF_PREDS] = values
+        return actions, state_out, extra
+
     def value(self, obs: np.ndarray) -> np.ndarray:
         """The model's value estimates of a batch of observations (for bootstrapping)."""
         obs = np.asarray(obs, dtype=np.float32)
@@ -181,7 +212,54 @@ class TorchPolicy(Policy):
     def get_initial_state(self) -> list[np.ndarray]:
         return [np.asarray(s) for s in self.model.get_initial_state()]
 
-    def postprocess_fragment(self, batch: SampleBatch, episodes: list | None = None) -> SampleBatch:
+    def is_recurrent(self) -> bool:
+        return self._recurrent
+
+    def bootstrap_values(self, batch: SampleBatch) -> np.ndarray:
+        """One value per trajectory of ``batch``: 0 where its last step terminated the episode, else the value of
+        the observation after that step. A recurrent model values it with the state after the last step (the
+        batch's ``state_out_*`` when the sampler recorded them, else one step from that row's ``state_in_*``)."""
+        last = np.flatnonzero(batch.trajectory_ends())
+        if not self._recurrent:
+            values = np.asarray(self.value(batch[SampleBatch.NEXT_OBS][last]), dtype=np.float64)
+        else:
+            num_states = len(self.get_initial_state())
+            with torch.no_grad():
+                if all(f"state_out_{j}" in batch for j in range(num_states)):
+                    state = [batch[f"state_out_{j}"][last] for j in range(num_states)]
+                else:
+                    _, state = self._recurrent_step(
+                        batch, last, [batch[f"state_in_{j}"][last] for j in range(num_states)]
+                    )
+                after = {
+                    SampleBatch.OBS: batch[SampleBatch.NEXT_OBS],
+                    SampleBatch.PREV_ACTIONS: batch[SampleBatch.ACTIONS],
+                    SampleBatch.PREV_REWARDS: batch[SampleBatch.REWARDS],
+                }
+                values, _ = self._recurrent_step(after, last, state)
+            values = values.astype(np.float64)
+        values[np.asarray(batch[SampleBatch.TERMINATEDS])[last]] = 0.0
+        return values
+
+    def _recurrent_step(self, cols, rows: np.ndarray, state: list) -> tuple[np.ndarray, list]:
+        """One step of the model on ``cols``' given rows from ``state``: ``(values, state_out)`` in numpy."""
+        prev = [cols[k][rows] if k in cols else None for k in (SampleBatch.PREV_ACTIONS, SampleBatch.PREV_REWARDS)]
+        out = self.model.numpy_step(cols[SampleBatch.OBS][rows], state, *prev) if self._fast_path else None
+        if out is not None:
+            return out[1], out[2]
+        input_dict = {
+            "obs": torch.as_tensor(np.asarray(cols[SampleBatch.OBS][rows], dtype=np.float32), device=self.device)
+        }
+        for key in (SampleBatch.PREV_ACTIONS, SampleBatch.PREV_REWARDS):
+            if key in cols:
+                input_dict[key] = torch.as_tensor(np.asarray(cols[key][rows]), device=self.device)
+        state = [torch.as_tensor(np.asarray(s), device=self.device) for s in state]
+        _, state_out = self.model(input_dict, state, torch.ones(len(rows), dtype=torch.int32))
+        return self.model.value_function().cpu().numpy(), [s.cpu().numpy() for s in state_out]
+
+    def postprocess_fragment(
+        self, batch: SampleBatch, episodes: list | None = None, other_agent_batches: list | None = None
+    ) -> SampleBatch:
         """Computes the deferred value estimates of the whole fragment in one pass (its observations plus each
         trajectory's last next-observation, for bootstrapping), then postprocesses: in one call when the
         postprocess function handles several trajectories (``@multi_trajectory``), else trajectory by trajectory.
@@ -202,10 +280,11 @@ class TorchPolicy(Policy):
             return self._postprocess(batch, None, None, last_r)
         pieces = batch.split_trajectories()
         episodes = episodes or [None] * len(pieces)
+        others = other_agent_batches or [None] * len(pieces)
         return SampleBatch.concat_samples(
             [
-                self._postprocess(p, None, ep, None if last_r is None else last_r[i : i + 1])
-                for i, (p, ep) in enumerate(zip(pieces, episodes))
+                self._postprocess(p, o, ep, None if last_r is None else last_r[i : i + 1])
+                for i, (p, ep, o) in enumerate(zip(pieces, episodes, others))
             ]
         )
 
@@ -232,9 +311,14 @@ class TorchPolicy(Policy):
 
     # --- learning -----------------------------------------------------------------------------------------
     def load_batch(self, batch: SampleBatch) -> dict[str, torch.Tensor]:
-        """Moves the numeric columns of a batch to this policy's device, once."""
+        """Moves the numeric columns of a batch to this policy's device, once. A recurrent policy's batch is cut
+        into padded sequences first (``rnn_sequencing.chop_into_sequences``: ``[num_seq, max_seq_len, ...]`` step
+        columns, ``seq_lens``, ``state_in_*`` at each sequence's start, ``seq_mask``); index it by sequence."""
         tensors = {}
-        for key, col in batch.items():
+        columns = batch.items()
+        if self._recurrent:
+            columns = chop_into_sequences(batch, self.max_seq_len, len(self.get_initial_state())).items()
+        for key, col in columns:
             if col.dtype == object or key == SampleBatch.INFOS:
                 continue
             if key == SampleBatch.ACTIONS and self._discrete:
@@ -254,8 +338,10 @@ class TorchPolicy(Policy):
         """The loss function on ``model`` (this policy's, or a replica of it on another device) and a batch of
         tensors, as ``(loss, stats, fetches)``: the loss (or a list, one per optimizer), the loss's statistics
         (tensors or numbers, ``{}`` when it reports none) and its per-row outputs such as ``td_error``
-        (``{}`` when none). See build_torch_policy for what a loss function may return."""
-        return split_loss_output(self._loss_fn(self, model, self.dist_class, train_batch))
+        (``{}`` when none). See build_torch_policy for what a loss function may return. A batch of padded
+        sequences reaches the loss with its step columns flattened to ``[num_seq * max_seq_len, ...]``
+        (``rnn_sequencing.flatten_sequences``)."""
+        return split_loss_output(self._loss_fn(self, model, self.dist_class, flatten_sequences(train_batch)))
 
     def zero_grad(self) -> None:
         for opt in self._optimizers:

@@ -31,6 +31,7 @@ def build_torch_policy(
     make_model_and_action_dist: Callable | None = None,
     mixins: list[type] | None = None,
     needs_value: bool = False,
+    recurrent: bool = False,
 ) -> type[TorchPolicy]:
     """Returns a TorchPolicy subclass named ``name`` wired with the given hooks.
 
@@ -56,6 +57,12 @@ def build_torch_policy(
     - ``needs_value``: the policy records the value estimate of every observation while acting (the ``vf_preds``
       column, for GAE and bootstrapping). ``extra_action_out_fn=vf_preds_fetches`` is the RLlib 0.7 (2019) way to say so
       and means ``needs_value=True``;
+    - ``recurrent``: the loss is written for sequences, so the model may be recurrent (``model.use_lstm`` or a
+      custom model with a state; else such a model is rejected when the policy is built). For a recurrent model
+      ``train_batch`` is ``load_batch``'s padded batch flattened (``relayrl.policy.rnn_sequencing``): the loss
+      calls ``model(*model_inputs(train_batch))`` (observations, previous actions / rewards, ``state_in_*``,
+      ``seq_lens``) and reduces with ``masked_mean`` / ``masked_sum`` over ``train_batch.get(SEQ_MASK)`` (None for
+      a feed-forward model), so that padded steps change no loss, gradient or statistic;
     - ``extra_grad_process_fn(policy) -> dict`` after backward, before the step (default: ``grad_clip``);
     - ``optimizer_fn(policy, config) -> optimizer or list`` (default: Adam at ``lr``);
     - ``before_init`` / ``after_init(policy, obs_space, action_space, config)``;
@@ -89,6 +96,7 @@ def build_torch_policy(
         "_postprocess_fn": _static(postprocess_fn),
         "_postprocess_takes_last_r": postprocess_fn is not None and _takes_keyword(postprocess_fn, "last_r"),
         "_needs_value": bool(needs_value),
+        "_supports_recurrent": bool(recurrent),
         "_extra_action_out_fn": _static(extra_action_out_fn),
         "_extra_grad_process_fn": _static(extra_grad_process_fn),
         "_optimizer_fn": _static(optimizer_fn),

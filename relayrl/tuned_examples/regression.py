@@ -4,7 +4,8 @@
     python -m relayrl.tuned_examples.regression ppo/cartpole-ppo.yaml  # some of them
 
 Each experiment carries ``expected: {episode_reward_mean: R, timesteps_total: T}``: the run must reach a mean
-reward of at least R within T timesteps (the iteration that crosses T may finish). ``expected`` is stripped
+reward of at least R within T timesteps (the iteration that crosses T may finish); a multi-agent one may add
+``policy_reward_mean`` (each policy's mean, a number for all or one per policy id). ``expected`` is stripped
 before the spec goes to Tune. Also used by ``tests/learning/test_tuned_examples.py`` (``-m learning``).
 """
 
@@ -43,12 +44,21 @@ def tuned_config(relpath: str) -> dict:
 
 
 def check(expected: dict, result: dict) -> tuple[bool, str]:
-    """Whether ``result`` (a trial's last result) meets ``expected``; and why not."""
-    reward, target = result.get("episode_reward_mean", float("-inf")), expected["episode_reward_mean"]
+    """Whether ``result`` (a trial's last result) meets ``expected``; and why not. Multi-agent examples may also
+    expect ``policy_reward_mean``: a number every policy must reach, or ``{policy id: number}`` (then
+    ``episode_reward_mean`` may be left out: in a zero-sum game it is always 0)."""
+    reward, target = result.get("episode_reward_mean", float("-inf")), expected.get("episode_reward_mean")
     budget = expected.get("timesteps_total")
     before_last = result.get("timesteps_total", 0) - result.get("timesteps_this_iter", 0)
-    if not reward >= target:
+    if target is not None and not reward >= target:
         return False, f"episode_reward_mean {reward:.1f} < {target}"
+    per_policy = expected.get("policy_reward_mean")
+    if per_policy is not None:
+        got = result.get("policy_reward_mean") or {}
+        targets = per_policy if isinstance(per_policy, dict) else {pid: per_policy for pid in got or ["<none>"]}
+        for pid, want in targets.items():
+            if not got.get(pid, float("-inf")) >= want:
+                return False, f"policy_reward_mean[{pid!r}] {got.get(pid)} < {want}"
     if budget is not None and before_last >= budget:
         return False, f"reached {reward:.1f} only after {result['timesteps_total']} > {budget} timesteps"
     return True, "ok"
@@ -67,8 +77,10 @@ def run_tuned_example(
     experiments = load_experiment_file(path)
     expected = {name: spec.get("expected") for name, spec in experiments.items()}
     for name, exp in expected.items():
-        if not exp or "episode_reward_mean" not in exp:
-            raise ValueError(f"{path}: experiment {name!r} has no `expected: {{episode_reward_mean: ...}}`")
+        if not exp or not ("episode_reward_mean" in exp or "policy_reward_mean" in exp):
+            raise ValueError(
+                f"{path}: experiment {name!r} has no `expected: {{episode_reward_mean: ...}}` (or policy_reward_mean)"
+            )
     cpus = validate_experiments(experiments)
     local_dir = local_dir or tempfile.mkdtemp(prefix="relayrl-regression-")
     specs = normalize_experiments(experiments, local_dir)
@@ -93,6 +105,7 @@ def run_tuned_example(
                     "passed": passed,
                     "why": why,
                     "episode_reward_mean": result.get("episode_reward_mean"),
+                    "policy_reward_mean": result.get("policy_reward_mean"),
                     "timesteps_total": result.get("timesteps_total"),
                     "time_total_s": result.get("time_total_s"),
                     "wall_s": time.time() - start,

@@ -138,9 +138,19 @@ class MeanStdFilter(Filter):
 
     _REFRESH_FRACTION = 64
 
-    def __init__(self, shape: tuple[int, ...], demean: bool = True, destd: bool = True, clip: float = 10.0):
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        demean: bool = True,
+        destd: bool = True,
+        clip: float = 10.0,
+        passthrough: tuple[int, int] | None = None,
+    ):
+        """``passthrough``: ``(start, end)`` columns of a flat observation that go through unchanged (an action
+        mask's: standardised, a mask column that is always 1 would become 0, i.e. illegal)."""
         self.shape = tuple(shape)
         self.demean, self.destd, self.clip = demean, destd, clip
+        self.passthrough = passthrough
         self._rs = RunningStat(self.shape)
         self._buffer = RunningStat(self.shape)
         self._pending: list[np.ndarray] = []
@@ -196,6 +206,10 @@ class MeanStdFilter(Filter):
         std = rs.std if self.destd and rs.n > 1 else np.ones(self.shape)
         self._mean = mean.astype(np.float32)
         self._inv_std = (1.0 / (std + 1e-8)).astype(np.float32)
+        if self.passthrough is not None:
+            start, end = self.passthrough
+            self._mean[..., start:end] = 0.0
+            self._inv_std[..., start:end] = 1.0
 
     def apply_changes(self, other: "MeanStdFilter", with_buffer: bool = False) -> None:
         """Adds what ``other`` saw since its last sync (its buffer) to this filter's statistics."""
@@ -212,7 +226,7 @@ class MeanStdFilter(Filter):
         self.buffer = RunningStat(self.shape)
 
     def copy(self) -> "MeanStdFilter":
-        other = MeanStdFilter(self.shape, self.demean, self.destd, self.clip)
+        other = MeanStdFilter(self.shape, self.demean, self.destd, self.clip, self.passthrough)
         other.rs, other.buffer = self.rs.copy(), self.buffer.copy()
         return other
 
@@ -278,11 +292,12 @@ def _check_running_stat(stat: Any, shape: tuple[int, ...], where: str) -> None:
 FILTERS = {"NoFilter": NoFilter, "MeanStdFilter": MeanStdFilter, "ConcurrentMeanStdFilter": MeanStdFilter}
 
 
-def get_filter(name: str, shape: tuple[int, ...]) -> Filter:
-    """Builds the filter named by the ``observation_filter`` config key."""
+def get_filter(name: str, shape: tuple[int, ...], passthrough: tuple[int, int] | None = None) -> Filter:
+    """Builds the filter named by the ``observation_filter`` config key (``passthrough``: columns left unchanged,
+    see MeanStdFilter)."""
     if name not in FILTERS:
         raise ValueError(f"observation_filter={name!r} is unknown; choose one of {sorted(FILTERS)}")
-    return NoFilter() if FILTERS[name] is NoFilter else MeanStdFilter(shape)
+    return NoFilter() if FILTERS[name] is NoFilter else MeanStdFilter(shape, passthrough=passthrough)
 
 
 def filter_from_state(state: dict[str, Any]) -> Filter:

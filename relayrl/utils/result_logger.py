@@ -4,9 +4,13 @@
     trainer.train()     # appends to runs/ppo/result.json and progress.csv, writes TensorBoard events there
 
 ``params.json`` holds the config (callables by name), ``result.json`` one JSON object per iteration,
-``progress.csv`` the flattened numeric results (columns fixed by the first iteration, as Tune's CSV logger),
-and the TensorBoard event file the scalars under ``ray/tune/<key>`` (Tune's tag names, so dashboards built on
-Tune trials read these too), with ``timesteps_total`` as the step.
+``progress.csv`` the flattened numeric results, and the TensorBoard event file the scalars under
+``ray/tune/<key>`` (Tune's tag names, so dashboards built on Tune trials read these too), with
+``timesteps_total`` as the step. Nested results are flattened with "/": per policy,
+``info/learner/<policy_id>/policy_loss`` and ``policy_reward_mean/<policy_id>``. A column that first appears after
+the first iteration (a policy whose agents had not yet finished an episode, or learned, by then) is added to
+``progress.csv``, rewritten once with the wider header (earlier rows leave it empty); Tune's CSV logger keeps the
+first iteration's columns.
 """
 
 from __future__ import annotations
@@ -71,14 +75,30 @@ class ResultLogger:
         self._json.write(json.dumps(to_json(result)) + "\n")
         self._json.flush()
         flat = flatten({k: v for k, v in result.items() if k != "config"})
+        columns = [k for k, v in flat.items() if _is_scalar(v) or isinstance(v, str)]
         if self._csv is None:
-            columns = [k for k, v in flat.items() if _is_scalar(v) or isinstance(v, str)]
             self._csv = csv.DictWriter(self._csv_file, columns, extrasaction="ignore")
             if self._csv_file.tell() == 0:
                 self._csv.writeheader()
+        elif any(k not in self._csv.fieldnames for k in columns):
+            self._widen_csv(columns)
         self._csv.writerow({k: flat.get(k) for k in self._csv.fieldnames})
         self._csv_file.flush()
         self._tensorboard(result)
+
+    def _widen_csv(self, columns: list[str]) -> None:
+        """Rewrites progress.csv with the new columns appended to its header (the earlier rows leave them empty)."""
+        fieldnames = list(self._csv.fieldnames) + [k for k in columns if k not in self._csv.fieldnames]
+        path = self._csv_file.name
+        self._csv_file.close()
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        self._csv_file = open(path, "a", newline="")
+        self._csv = csv.DictWriter(self._csv_file, fieldnames, extrasaction="ignore")
 
     def _tensorboard(self, result: dict) -> None:
         if self._tb is None:

@@ -180,13 +180,13 @@ def test_apex_recreates_a_killed_worker_and_replaces_a_killed_replay_shard_by_an
         check_recreated_worker_gets_work(trainer)
         optimizer = trainer.optimizer
         victim = optimizer.replay_actors[1]
-        assert ray.get(victim.stats.remote(), timeout=60)["num_entries"] > 0
+        assert ray.get(victim.stats.remote(), timeout=60)["default_policy"]["num_entries"] > 0
         result = train_killing(trainer, pid_of(victim))
         assert result["info"]["num_replay_shards_recreated"] == 1 and result["num_recreated_workers"] == 1
         new = optimizer.replay_actors[1]
         assert new != victim and optimizer.replay_actors[0] != victim
         # It started empty: it holds only (some of) the steps sampled during this iteration.
-        assert ray.get(new.stats.remote(), timeout=60)["num_added"] <= result["timesteps_this_iter"]
+        assert ray.get(new.stats.remote(), timeout=60)["default_policy"]["num_added"] <= result["timesteps_this_iter"]
         assert_counters_agree(trainer, result)
         trained = optimizer.num_steps_trained
         result = trainer.train()

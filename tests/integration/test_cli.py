@@ -409,3 +409,33 @@ def test_in_process_and_tune_runs_write_the_same_files(tmp_path):
     for _, checkpoint in runs.values():
         proc = relayrl("rollout", checkpoint, "--steps", "20")
         assert proc.returncode == 0, proc.stderr
+
+
+def test_multi_agent_yaml_trains_rolls_out_and_exports(tmp_path):
+    """The multi-agent CartPole tuned example through `relayrl train -f` (3 iterations instead of its stop), its
+    checkpoint rolled out (every agent's return, with its policy) and exported (one directory per policy)."""
+    proc = relayrl(
+        "train",
+        "-f",
+        "ppo/multi-cartpole-ppo.yaml",
+        "--stop",
+        '{"training_iteration": 3}',
+        "--checkpoint-at-end",
+        "--local-dir",
+        str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"TERMINATED, 3 iterations, 1536 timesteps", proc.stdout), proc.stdout
+    assert re.search(r"policy_reward_mean \{'p0': [\d.]+, 'p1': [\d.]+\}", proc.stdout), proc.stdout
+    checkpoint = re.search(r"checkpoint: (\S+)", proc.stdout).group(1)
+    proc = relayrl("rollout", checkpoint, "--episodes", "2", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    episodes = [ln for ln in proc.stdout.splitlines() if ln.startswith("episode")]
+    assert len(episodes) == 2 and all("agents: 0 (p0) " in ln and ", 1 (p1) " in ln for ln in episodes), proc.stdout
+    assert "agent 0 (policy 'p0'): mean return" in proc.stdout and "agent 1 (policy 'p1')" in proc.stdout
+    proc = relayrl("export", checkpoint, str(tmp_path / "exported"), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    index = json.loads((tmp_path / "exported" / "policies.json").read_text())
+    assert index["policies"] == {"p0": "p0", "p1": "p1"}
+    for name in ("p0", "p1"):
+        assert {"model.onnx", "model.pt", "export.json"} <= set(os.listdir(tmp_path / "exported" / name))

@@ -19,7 +19,7 @@ import ray
 from relayrl import register_env
 from relayrl.agents.registry import get_trainer_class
 from relayrl.evaluation.worker_set import WorkerFailureError
-from relayrl.optimizers import async_gradients, multi_gpu, sync_samples
+from relayrl.optimizers import multi_gpu, sync_samples
 
 STALL_ENV = "StallingCartPole-failure-tests"
 MODEL = {"fcnet_hiddens": [16]}
@@ -143,14 +143,15 @@ def record_learned_steps(algo, trainer, monkeypatch):
 
         trainer.optimizer._sample = recorded_sample
     elif algo == "A3C":
-        stats_and_count = async_gradients._stats_and_count
+        optimizer = trainer.optimizer
+        apply = optimizer._apply  # where each gradient that arrived is applied and its steps counted
 
-        def recorded_stats_and_count(info):
-            stats, n = stats_and_count(info)
-            count(n)
-            return stats, n
+        def recorded_apply(*args):
+            before = optimizer.num_steps_trained
+            apply(*args)
+            count(optimizer.num_steps_trained - before)
 
-        monkeypatch.setattr(async_gradients, "_stats_and_count", recorded_stats_and_count)
+        optimizer._apply = recorded_apply
     else:  # ES, ARS: the steps of the rollouts that came back
         call = trainer.workers.call
 

@@ -31,9 +31,6 @@ DECLARATION_TABLES = {"CALLBACK_NAMES", "_NULLABLE_TYPES", "_FREE_DICTS"}
 READ_BY_USER_CODE = {
     "custom_options": "the user's custom model reads it from model_config",
 }
-# Keys of a feature that is not implemented yet. Not silent: model.use_lstm: True (without a custom_model, which
-# may read these keys itself) is rejected when the trainer is built, by validate_model_config.
-PENDING_LSTM = {"max_seq_len", "lstm_cell_size", "lstm_use_prev_action_reward"}
 # Package folders an algorithm's code lives in, beyond its own (ARS shares ES's perturbation workers).
 EXTRA_DIRS = {"ARS": ["es"]}
 
@@ -99,7 +96,7 @@ def unread_keys(keys, own_dirs: list[str] | None = None, reads: dict[Path, set[s
     for path, names in reads.items():
         if own_dirs is None or _readable_in(path, own_dirs):
             found |= names
-    return sorted(k for k in keys if k not in found and k not in READ_BY_USER_CODE and k not in PENDING_LSTM)
+    return sorted(k for k in keys if k not in found and k not in READ_BY_USER_CODE)
 
 
 def test_every_common_key_is_read():

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from relayrl.agents.dqn import APEX_DEFAULT_CONFIG, DEFAULT_CONFIG, DQNTrainer
-from relayrl.agents.dqn.dqn_model import DQNModel, NoisyLinear, action_mask_slice
+from relayrl.agents.dqn.dqn_model import DQNModel, NoisyLinear
 from relayrl.agents.dqn.dqn_torch_policy import DQNTorchPolicy, add_nstep_columns, dqn_loss, huber, project_distribution
 from relayrl.env.registry import register_env
+from relayrl.models.action_mask import action_mask_columns
+from relayrl.models.preprocessors import get_preprocessor
 from relayrl.policy.sample_batch import SampleBatch
 from relayrl.utils.exploration import epsilon_schedule, per_worker_epsilon
 
@@ -289,12 +291,39 @@ class MaskedEnv(gym.Env):
 
 def test_action_mask_slice_of_sorted_dict_keys():
     space = MaskedEnv().observation_space
-    assert action_mask_slice(space) == (0, 5)  # "action_mask" sorts before "obs"
+    assert action_mask_columns(space) == (0, 5)  # "action_mask" sorts before "obs"
     space2 = gym.spaces.Dict(
         {"a": gym.spaces.Discrete(3), "action_mask": gym.spaces.Box(0, 1, (2,)), "z": gym.spaces.Box(0, 1, (4,))}
     )
-    assert action_mask_slice(space2) == (3, 5)
-    assert action_mask_slice(OBS_SPACE) is None
+    assert action_mask_columns(space2) == (3, 5)
+    assert action_mask_columns(OBS_SPACE) is None
+
+
+def masked_flat_space(space: gym.Space = None) -> gym.Space:
+    """The flat observation space a RolloutWorker gives the policy of MaskedEnv (carrying the Dict)."""
+    space = space or MaskedEnv().observation_space
+    return get_preprocessor(space)(space).observation_space
+
+
+def test_each_policy_finds_its_own_mask_without_a_trainer():
+    # What a multi-agent setup does: policies built from their own spaces, no trainer-level detection.
+    config = {**DEFAULT_CONFIG, "model": {**DEFAULT_CONFIG["model"], "fcnet_hiddens": [8]}, "hiddens": [8]}
+    policy = DQNTorchPolicy(masked_flat_space(), gym.spaces.Discrete(5), config)
+    assert policy.model.mask_slice == (0, 5) and policy.model.torso[0].in_features == 3
+    renamed = gym.spaces.Dict({"legal": gym.spaces.Box(0.0, 1.0, (5,)), "obs": gym.spaces.Box(-1.0, 1.0, (3,))})
+    plain = DQNTorchPolicy(masked_flat_space(renamed), gym.spaces.Discrete(5), config)
+    assert plain.model.mask_slice is None  # "legal" is an ordinary entry unless model.action_mask_key names it
+    keyed = {**config, "model": {**config["model"], "action_mask_key": "legal"}}
+    policy = DQNTorchPolicy(masked_flat_space(renamed), gym.spaces.Discrete(5), keyed)
+    assert policy.model.mask_slice == (0, 5)
+    obs = np.zeros((2, 8), np.float32)
+    obs[0, 2] = obs[1, 4] = 1.0
+    for explore in (True, False):
+        np.testing.assert_array_equal(policy.compute_actions(obs, explore=explore)[0], [2, 4])
+    with pytest.raises(ValueError, match="action mask is all zeros: no legal action"):
+        policy.compute_actions(np.zeros((1, 8), np.float32))
+    with pytest.raises(ValueError, match="masks 5 actions but the action space is Discrete.4."):
+        DQNTorchPolicy(masked_flat_space(), gym.spaces.Discrete(4), config)
 
 
 def test_masked_actions_are_never_chosen_nor_bootstrapped_from():
@@ -337,10 +366,9 @@ def test_target_argmax_ignores_masked_actions(double_q):
         "hiddens": [8],
         "dueling": False,
         "double_q": double_q,
-        "_action_mask_slice": (0, 5),
         "seed": 0,
     }
-    policy = DQNTorchPolicy(gym.spaces.Box(-1, 1, (8,), np.float32), gym.spaces.Discrete(5), config)
+    policy = DQNTorchPolicy(masked_flat_space(), gym.spaces.Discrete(5), config)  # mask columns 0-4, obs 5-7
     rng = np.random.default_rng(0)
     obs = rng.uniform(-1, 1, (16, 8)).astype(np.float32)
     obs[:, :5] = 1.0
@@ -517,7 +545,7 @@ def test_worker_side_priorities_replay_shard_and_learner_thread():
     assert shard.replay(0.4) is None  # 40 rows < learning_starts / num_shards = 50
     shard.add_batch(batch.copy())
     # The shard stored the worker's priorities, not the default maximum.
-    stats = shard.stats()
+    stats = shard.stats()["default_policy"]  # by policy id
     expected_mass = 2 * ((np.abs(batch["priorities"]).astype(np.float64) + 1e-6) ** 0.6).sum()
     assert stats["sum_priority_alpha"] == pytest.approx(expected_mass, rel=1e-5)
     replayed = shard.replay(0.4)
@@ -531,7 +559,7 @@ def test_worker_side_priorities_replay_shard_and_learner_thread():
     assert s1 is shard and count == 16 and td.shape == (16,) and idx.shape == (16,)
     assert learner.num_steps_trained == 32 and learner.num_target_updates == 1
     shard.update_priorities(idx, td)
-    assert shard.stats()["num_priority_updates"] == 16
+    assert shard.stats()["default_policy"]["num_priority_updates"] == 16
 
 
 def test_vision_q_network_on_atari_shaped_observations():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from relayrl.evaluation.postprocessing import Postprocessing, bootstrap_values, compute_advantages, multi_trajectory
+from relayrl.policy.rnn_sequencing import SEQ_MASK, masked_sum, model_inputs
 from relayrl.policy.sample_batch import SampleBatch
 from relayrl.policy.torch_policy_template import build_torch_policy
 
@@ -22,16 +23,17 @@ from relayrl.policy.torch_policy_template import build_torch_policy
 def actor_critic_loss(policy, model, dist_class, train_batch: dict) -> tuple[torch.Tensor, dict]:
     """(loss, stats) of a batch."""
     config = policy.config
-    logits, _ = model({"obs": train_batch[SampleBatch.OBS], "is_training": True}, [], None)
+    logits, _ = model(*model_inputs(train_batch))
+    mask = train_batch.get(SEQ_MASK)  # recurrent: True on real steps; the sums below skip the padding
     values = model.value_function()
     dist = dist_class(logits, model)
     logp = dist.logp(train_batch[SampleBatch.ACTIONS])
     advantages = train_batch[Postprocessing.ADVANTAGES]
-    pi_err = -(logp * advantages).sum()
-    value_err = 0.5 * (values - train_batch[Postprocessing.VALUE_TARGETS]).pow(2).sum()
-    entropy = dist.entropy().sum()
+    pi_err = -masked_sum(logp * advantages, mask)
+    value_err = 0.5 * masked_sum((values - train_batch[Postprocessing.VALUE_TARGETS]).pow(2), mask)
+    entropy = masked_sum(dist.entropy(), mask)
     total = pi_err + config["vf_loss_coeff"] * value_err + config["entropy_coeff"] * entropy
-    n = max(1, logp.shape[0])
+    n = max(1, logp.shape[0] if mask is None else int(mask.sum()))
     stats = {
         "policy_loss": pi_err.detach(),
         "vf_loss": value_err.detach(),
@@ -64,4 +66,5 @@ A3CTorchPolicy = build_torch_policy(
     get_default_config=_default_config,
     postprocess_fn=postprocess_advantages,
     needs_value=True,
+    recurrent=True,
 )

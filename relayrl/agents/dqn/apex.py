@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from relayrl.agents.apex_config import apex_config
 from relayrl.agents.dqn.dqn import DEFAULT_CONFIG as DQN_CONFIG
-from relayrl.agents.dqn.dqn import detect_action_mask, policy_optimizer, validate_config
+from relayrl.agents.dqn.dqn import policy_optimizer, validate_config
 from relayrl.agents.dqn.dqn_torch_policy import DQNTorchPolicy
 from relayrl.agents.trainer_template import build_trainer
 
@@ -28,7 +28,6 @@ _ApexBase = build_trainer(
     default_config=APEX_DEFAULT_CONFIG,
     policy_optimizer=policy_optimizer,
     validate_config=validate_apex_config,
-    before_init=detect_action_mask,
     asynchronous=True,
 )
 

@@ -8,11 +8,9 @@ policy (loss, acting, n-step postprocessing) is in ``dqn_torch_policy.py``.
 
 from __future__ import annotations
 
-from relayrl.agents.dqn.dqn_model import action_mask_slice
 from relayrl.agents.dqn.dqn_torch_policy import DQNTorchPolicy
 from relayrl.agents.trainer import with_common_config
 from relayrl.agents.trainer_template import build_trainer
-from relayrl.env.registry import EnvContext
 from relayrl.optimizers.replay_options import replay_optimizer_spec
 
 DEFAULT_CONFIG = with_common_config(
@@ -125,26 +123,10 @@ def validate_config(config: dict, name: str = "DQN") -> None:
 policy_optimizer = replay_optimizer_spec
 
 
-def detect_action_mask(trainer) -> None:
-    """Finds an ``action_mask`` entry in a Dict observation space and records its flat columns for the model
-    as ``_action_mask_slice`` (the preprocessor flattens Dict entries in sorted key order)."""
-    config = trainer.config
-    if config.get("_action_mask_slice") is not None or config["multiagent"]["policies"]:
-        return
-    env = trainer.env_creator(EnvContext(config["env_config"], 0))
-    try:
-        space = getattr(env, "observation_space", None)
-        config["_action_mask_slice"] = action_mask_slice(space)
-    finally:
-        if hasattr(env, "close"):
-            env.close()
-
-
 DQNTrainer = build_trainer(
     name="DQN",
     default_policy=DQNTorchPolicy,
     default_config=DEFAULT_CONFIG,
     policy_optimizer=policy_optimizer,
     validate_config=validate_config,
-    before_init=detect_action_mask,
 )

@@ -9,9 +9,10 @@
   distribution on ``num_atoms`` evenly spaced supports in [v_min, v_max]; Q = sum_i z_i p_i;
 - ``noisy``: the head layers are NoisyLinear with factorised Gaussian noise (Fortunato et al. 2018, "Noisy
   Networks for Exploration", section 3 (b));
-- action masking: when the observation was a Dict with an ``action_mask`` entry, the flat observation holds the
-  mask at columns ``mask_slice``; the torso never sees those columns and ``q_values`` returns the mask
-  alongside Q (the policy turns masked actions into -inf).
+- action masking: when the observation was a Dict with an action mask entry (``model.action_mask_key``), the flat
+  observation holds the mask at columns ``mask_slice`` (``relayrl.models.action_mask.mask_columns``); the torso
+  never sees those columns and ``q_values`` returns the mask alongside Q (the policy turns masked actions into
+  -inf).
 
 The network also has a numpy forward (noise-free) used by the sampler for flat observations.
 """
@@ -69,16 +70,6 @@ class NoisyLinear(nn.Module):
         # (W + sigma * eps_out eps_in^T) x = W x + eps_out * (sigma (eps_in * x)): no [out, in] noise matrix.
         noisy = F.linear(x * self.eps_in, self.weight_sigma) * self.eps_out
         return F.linear(x, self.weight, self.bias) + noisy + self.bias_sigma * self.eps_out
-
-
-def action_mask_slice(original_space: gym.Space | None) -> tuple[int, int] | None:
-    """Columns of the ``action_mask`` entry in the flat observation of a Dict space (keys flattened in sorted
-    order, as FlattenPreprocessor does), or None if the space has no such entry."""
-    if not isinstance(original_space, gym.spaces.Dict):
-        return None
-    from relayrl.models.action_mask import action_mask_columns
-
-    return action_mask_columns(original_space)
 
 
 class DQNModel(TorchModel):

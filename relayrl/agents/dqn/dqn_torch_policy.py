@@ -9,9 +9,11 @@ returns); Hessel et al. 2018, "Rainbow" (the combination, the KL/cross-entropy a
 The TD target is r^(n) + gamma^m * (1 - terminated) * Q'(s_{t+m}, a'): ``n_step_discount`` = gamma^m and the
 TERMINATEDS column come from ``adjust_nstep``; a time-limit truncation is not a termination and bootstraps.
 
-Action masks: with a Dict observation holding ``action_mask``, the trainer stores the mask's columns in the flat
-observation as the private config key ``_action_mask_slice``; the model slices them out (the torso never sees
-them) and masked actions get Q = -inf: never chosen greedily, by epsilon exploration or as the target's a'.
+Action masks: with a Dict observation holding an action mask (``model.action_mask_key``, PettingZoo's
+``action_mask`` by default), the policy finds the mask's columns in its own flat observation space (so each
+policy of a multi-agent setup finds its own); the model slices them out (the torso never sees them) and masked
+actions get Q = -inf: never chosen greedily, by epsilon exploration or as the target's a'. Acting on an all-zero
+mask is a ValueError.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from relayrl.agents.dqn.dqn_model import DQNModel
 from relayrl.evaluation.n_step import adjust_nstep
 from relayrl.models.action_dist import Categorical
+from relayrl.models.action_mask import ACTION_MASK, check_legal, mask_columns
 from relayrl.models.catalog import MODEL_DEFAULTS
 from relayrl.models.spaces import check_action_space
 from relayrl.policy.sample_batch import SampleBatch
@@ -238,6 +241,7 @@ class QLearningMixin:
         else:
             q, mask = out
         if mask is not None:
+            check_legal(mask)
             q = np.where(mask > 0, q, -np.inf)
         actions = q.argmax(axis=1)
         eps = self.cur_epsilon() if explore else 0.0
@@ -278,7 +282,7 @@ def make_q_model(policy, obs_space, action_space, config: dict):
         v_max=config["v_max"],
         noisy=config["noisy"],
         sigma0=config["sigma0"],
-        mask_slice=config.get("_action_mask_slice"),
+        mask_slice=mask_columns(obs_space, action_space, config.get("model", {}).get("action_mask_key", ACTION_MASK)),
     )
     return model, Categorical
 

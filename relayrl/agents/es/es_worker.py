@@ -152,7 +152,7 @@ class PerturbationWorkerSet(WorkerSet):
             )
         ]
 
-    def sync_weights(self, global_vars: dict | None = None) -> None:
+    def sync_weights(self, global_vars: dict | None = None, policies: list[str] | None = None) -> None:
         """Nothing to send: theta travels with every ``do_rollouts`` call."""
 
     # --- WorkerSet's construction hooks, for PerturbationWorker actors -------------------------------------------

@@ -23,6 +23,9 @@ import relayrl
 from relayrl.agents import checkpoint as ckpt
 from relayrl.agents.es.es_worker import PerturbationWorkerSet
 from relayrl.agents.trainer import Trainer, check_counters
+from relayrl.env.base_env import PollingEnv
+from relayrl.env.multi_agent_env import MultiAgentEnv
+from relayrl.env.registry import EnvContext
 from relayrl.policy.sample_batch import DEFAULT_POLICY_ID
 from relayrl.utils.es_utils import create_noise
 from relayrl.utils.filters import filter_from_state
@@ -33,6 +36,17 @@ DEFAULT_NOISE_SEED = 123  # the noise seed when config["seed"] is None (as in th
 def validate_perturbation_config(name: str, config: dict) -> None:
     """The checks ES and ARS share (on the merged config)."""
     get = config.__getitem__
+    if (config.get("model") or {}).get("use_lstm"):
+        raise ValueError(
+            f"{name} config: 'model.use_lstm' must be false: {name}'s policies are feed-forward (LinearPolicy,"
+            " MLPPolicy)"
+        )
+    if (config.get("multiagent") or {}).get("policies"):
+        raise ValueError(
+            f"{name} config: 'multiagent.policies' must be empty: {name} does not support multi-agent (it perturbs"
+            " and evaluates one flat policy on a single-agent env); train multi-agent envs with another algorithm,"
+            " e.g. PPO"
+        )
     if config["optimizer"]:
         raise ValueError(
             f"{name} config: unknown key 'optimizer.{next(iter(config['optimizer']))}': {name} has no"
@@ -53,6 +67,7 @@ def validate_perturbation_config(name: str, config: dict) -> None:
 
 class PerturbationTrainer(Trainer):
     def _init(self, config: dict, env_creator: Any) -> None:
+        self._check_single_agent_env(config, env_creator)
         seed = config["seed"] if config["seed"] is not None else DEFAULT_NOISE_SEED
         noise = create_noise(config["noise_size"], seed)
         noise_ref = None
@@ -73,6 +88,19 @@ class PerturbationTrainer(Trainer):
         self._flat_optimizer = self._make_optimizer(self.policy.num_params)
         self._reward_list: list[float] = []
         self._episodes_total = 0
+
+    def _check_single_agent_env(self, config: dict, env_creator: Any) -> None:
+        """ValueError for a multi-agent env, before the noise table and the workers are made."""
+        env = env_creator(EnvContext.from_config(config, 0))  # no video wrapper: this env never steps
+        try:
+            if isinstance(env, (MultiAgentEnv, PollingEnv)):
+                raise ValueError(
+                    f"{self._name} does not support multi-agent: the env {config.get('env')!r} is a"
+                    f" {type(env).__name__} (a multi-agent env); {self._name} perturbs and evaluates one flat policy"
+                    " on a single-agent env. Train multi-agent envs with another algorithm, e.g. PPO"
+                )
+        finally:
+            env.close()
 
     # --- to be provided by ES / ARS -------------------------------------------------------------------------
     def _make_optimizer(self, num_params: int):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from relayrl.agents.impala.vtrace_torch_policy import ImpalaA3CTorchPolicy, VTraceTorchPolicy
 from relayrl.agents.trainer import with_common_config
 from relayrl.agents.trainer_template import build_trainer
+from relayrl.models.catalog import MODEL_DEFAULTS
 from relayrl.optimizers.async_samples import AsyncSamplesOptimizer
 
 DEFAULT_CONFIG = with_common_config(
@@ -22,7 +23,8 @@ DEFAULT_CONFIG = with_common_config(
         # Truncation of the importance weights in the policy gradient (IMPALA section 4.2); None: no truncation.
         "vtrace_clip_pg_rho_threshold": 1.0,
         # System params.
-        # Steps per sub-env in one worker sample() (the unroll length T of V-trace).
+        # Steps per sub-env in one worker sample() (the unroll length T of V-trace; with model.use_lstm also the
+        # learner's sequence length: the model runs over each unroll from the state at its start).
         "sample_batch_size": 50,
         # Steps in one learner batch (a concatenation of worker batches).
         "train_batch_size": 500,
@@ -87,6 +89,15 @@ def validate_config(config: dict) -> None:
     if get("replay_buffer_num_slots") < 0:
         slots = get("replay_buffer_num_slots")
         raise ValueError(f"IMPALA config: 'replay_buffer_num_slots' must be >= 0, got {slots!r}")
+    model = get("model") or {}
+    if model.get("use_lstm") and model.get("max_seq_len", MODEL_DEFAULTS["max_seq_len"]) not in (
+        MODEL_DEFAULTS["max_seq_len"],
+        get("sample_batch_size"),
+    ):
+        raise ValueError(
+            f"IMPALA config: 'model.max_seq_len' ({model['max_seq_len']}) does not apply: the learner runs the LSTM"
+            f" over whole unrolls of 'sample_batch_size' ({get('sample_batch_size')}) steps; set that instead"
+        )
     if not 0.0 <= get("decay") < 1.0 or not 0.0 <= get("momentum") < 1.0 or get("epsilon") <= 0:
         raise ValueError("IMPALA config: need 0 <= 'decay' < 1, 0 <= 'momentum' < 1 and 'epsilon' > 0")
 

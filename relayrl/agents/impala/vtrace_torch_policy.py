@@ -8,12 +8,26 @@ section 4: eq. 1 for the value targets v_s, section 4.2 for the policy gradient 
 Terms are sums, and ``entropy_coeff`` is ADDED as in RLlib 0.7's (2019) ``VTraceLoss`` (IMPALA's default -0.01 is a
 bonus).
 
-Batch layout: the sampler's truncate_episodes batches are ordered sub-env by sub-env, each with
-``sample_batch_size`` consecutive steps, and a train batch concatenates such batches, so it reshapes to
-``[B, T]`` and is transposed to time-major ``[T, B]`` for ``vtrace_from_logits``. Discounts are
-``gamma * (1 - terminated)``; each row bootstraps from V(NEXT_OBS of its last step). An episode cut by a time
-limit inside a row is handled exactly: its step gets discount 0 and reward ``r + gamma V(next_obs)``, so
-neither the targets nor the traces cross into the next episode. Behaviour log-probs: the ACTION_LOGP column.
+Batch layout: V-trace runs along trajectory pieces, the runs of consecutive rows of one (episode, agent) in time
+order: rows with the same ``unroll_id``, ``eps_id`` and ``agent_index`` and consecutive ``t`` (a batch without an
+``unroll_id`` column is read as rows of ``sample_batch_size`` steps, the sampler's truncate_episodes layout). A
+single-agent batch's pieces are its sub-envs' rows of ``sample_batch_size`` steps, cut at episode ends; a
+multi-agent batch's are each agent's steps within a fragment, which may be shorter (an agent that is done waits
+for the episode's end) and start anywhere. The pieces are padded to time-major ``[T, B]`` for
+``vtrace_from_logits`` (padding: zero reward, discount and value, ratio 1, so it adds nothing). Discounts are
+``gamma * (1 - terminated)``; a piece's last step bootstraps from V(its NEXT_OBS) unless terminated, folded into
+that step (reward ``r + gamma V(next_obs)``, discount 0), which is exactly V-trace's bootstrap. Behaviour
+log-probs: the ACTION_LOGP column.
+
+Recurrent models (``model.use_lstm``, a custom model with a state): the learner runs the model over sequences of
+the chunking utility (``relayrl.policy.rnn_sequencing``) of ``sample_batch_size`` steps, the unroll length, which
+bounds every piece: each sequence is one piece, i.e. one unroll cut at episode ends, and the model runs over it
+from the state the actor had at its start (``state_in_*``), as in the paper's learner. One step more per sequence
+values the bootstrap observation with the state after the piece's last step (padding follows the real steps, so it
+changes none of their outputs). The real steps are then gathered in row order and V-trace runs over the pieces
+exactly as above: padded steps reach no loss term, statistic or gradient. (A sequence shorter than its piece,
+were the learner's sequence length set below the unroll's, would only restart the model from the recorded state;
+V-trace would still run over the whole piece.)
 
 With ``vtrace: False`` the policy is the A3C loss on GAE(gamma, lambda) advantages computed by the worker.
 """
@@ -24,6 +38,7 @@ import torch
 
 from relayrl.agents.a3c.a3c_torch_policy import actor_critic_loss, postprocess_advantages
 from relayrl.agents.impala.vtrace import vtrace_from_logits
+from relayrl.policy.rnn_sequencing import SEQ_MASK, state_keys
 from relayrl.policy.sample_batch import SampleBatch
 from relayrl.policy.torch_policy_template import build_torch_policy
 from relayrl.utils.torch_optim import Adam, RMSprop
@@ -34,58 +49,145 @@ def to_time_major(x: torch.Tensor, rows: int) -> torch.Tensor:
     return x.reshape(rows, -1, *x.shape[1:]).transpose(0, 1)
 
 
-def vtrace_loss(policy, model, dist_class, train_batch: dict) -> tuple[torch.Tensor, dict]:
-    """(loss, stats) of a train batch of ``[B, T]`` rows."""
-    config = policy.config
-    obs = train_batch[SampleBatch.OBS]
-    n, T = obs.shape[0], config["sample_batch_size"]
-    if n % T:
-        raise ValueError(
-            f"IMPALA: a train batch of {n} steps is not made of rows of sample_batch_size={T} steps; V-trace needs"
-            " the sampler's truncate_episodes layout"
-        )
-    B = n // T
+def trajectory_pieces(train_batch: dict, rows_of: int) -> torch.Tensor:
+    """A bool per row: True where a trajectory piece ends (see the module docstring); ``rows_of`` is the row
+    length of a batch without an ``unroll_id`` column (ValueError unless the batch is made of such rows)."""
     terminated = train_batch[SampleBatch.TERMINATEDS].bool()
-    truncated = train_batch[SampleBatch.TRUNCATEDS].bool() & ~terminated
-    # Successor states to value: the last step of every row (bootstrap), and time-limit cuts inside rows.
-    last = torch.arange(T - 1, n, T, device=obs.device)
-    inner = truncated.clone()
-    inner[last] = False
-    inner_idx = inner.nonzero().squeeze(-1)
-    next_obs = train_batch[SampleBatch.NEXT_OBS]
-    all_obs = torch.cat([obs, next_obs[last], next_obs[inner_idx]])
-    logits_all, _ = model({"obs": all_obs, "is_training": True}, [], None)
-    values_all = model.value_function()
-    logits, values = logits_all[:n], values_all[:n]
-    bootstrap, inner_values = values_all[n : n + B].detach(), values_all[n + B :].detach()
+    n = terminated.shape[0]
+    ends = terminated | train_batch[SampleBatch.TRUNCATEDS].bool()
+    ends[-1] = True
+    if SampleBatch.UNROLL_ID not in train_batch:
+        if n % rows_of:
+            raise ValueError(
+                f"IMPALA: a train batch of {n} steps is not made of rows of sample_batch_size={rows_of} steps;"
+                " V-trace needs the sampler's truncate_episodes layout (or its unroll_id column)"
+            )
+        ends[rows_of - 1 :: rows_of] = True
+        return ends
+    for key in (SampleBatch.UNROLL_ID, SampleBatch.EPS_ID, SampleBatch.AGENT_INDEX):
+        if key in train_batch:
+            ends[:-1] |= train_batch[key][1:] != train_batch[key][:-1]
+    if SampleBatch.T in train_batch:
+        # t grows along a piece (by more than 1 for an agent that does not act at every env step); it does not
+        # where a replayed copy of a batch follows the batch itself.
+        ends[:-1] |= train_batch[SampleBatch.T][1:] <= train_batch[SampleBatch.T][:-1]
+    return ends
 
+
+# Columns V-trace reads per real step (a recurrent batch's are gathered from its padded sequences).
+_STEP_COLUMNS = (
+    SampleBatch.ACTIONS,
+    SampleBatch.REWARDS,
+    SampleBatch.TERMINATEDS,
+    SampleBatch.TRUNCATEDS,
+    SampleBatch.ACTION_LOGP,
+    SampleBatch.UNROLL_ID,
+    SampleBatch.EPS_ID,
+    SampleBatch.AGENT_INDEX,
+    SampleBatch.T,
+)
+
+
+def feed_forward_outputs(model, train_batch: dict, rows_of: int) -> tuple:
+    """``(logits, values, columns, piece ends, bootstrap values)`` of a batch of rows: the model runs on the
+    observations and on the NEXT_OBS of each piece's last step that did not terminate (its bootstrap)."""
+    ends = trajectory_pieces(train_batch, rows_of)
+    boot_idx = (ends & ~train_batch[SampleBatch.TERMINATEDS].bool()).nonzero().squeeze(-1)
+    obs = train_batch[SampleBatch.OBS]
+    logits_all, _ = model(
+        {"obs": torch.cat([obs, train_batch[SampleBatch.NEXT_OBS][boot_idx]]), "is_training": True}, [], None
+    )
+    values_all = model.value_function()
+    n = obs.shape[0]
+    return logits_all[:n], values_all[:n], train_batch, ends, values_all[n:].detach()
+
+
+def recurrent_outputs(model, train_batch: dict, rows_of: int) -> tuple:
+    """``feed_forward_outputs`` of a padded batch of sequences (the module docstring): the model runs over each
+    sequence plus one bootstrap step (its last step's NEXT_OBS, ACTIONS and REWARDS as the next step's
+    observation, previous action and reward) from the sequence's start state; the outputs and columns returned
+    are the real steps', in row order."""
+    mask, seq_lens = train_batch[SEQ_MASK], train_batch[SampleBatch.SEQ_LENS].long()
+    num_seq = seq_lens.shape[0]
+    length = mask.shape[0] // num_seq
+    idx = torch.arange(num_seq, device=mask.device)
+    last = seq_lens - 1
+
+    def with_bootstrap_step(steps: torch.Tensor, boot: torch.Tensor) -> torch.Tensor:
+        x = steps.reshape(num_seq, length, *steps.shape[1:])
+        x = torch.cat([x, x.new_zeros(num_seq, 1, *x.shape[2:])], dim=1)
+        x[idx, seq_lens] = boot.to(x.dtype)
+        return x.reshape(num_seq * (length + 1), *x.shape[2:])
+
+    def last_step(key: str) -> torch.Tensor:
+        return train_batch[key].reshape(num_seq, length, *train_batch[key].shape[1:])[idx, last]
+
+    input_dict = {"obs": with_bootstrap_step(train_batch[SampleBatch.OBS], last_step(SampleBatch.NEXT_OBS))}
+    for key, boot in ((SampleBatch.PREV_ACTIONS, SampleBatch.ACTIONS), (SampleBatch.PREV_REWARDS, SampleBatch.REWARDS)):
+        if key in train_batch:
+            input_dict[key] = with_bootstrap_step(train_batch[key], last_step(boot))
+    input_dict["is_training"] = True
+    state = [train_batch[k] for k in state_keys(train_batch)]
+    logits, _ = model(input_dict, state, seq_lens)
+    values = model.value_function().reshape(num_seq, length + 1)
+    real = torch.zeros(num_seq, length + 1, dtype=torch.bool, device=mask.device)
+    real[:, :length] = mask.reshape(num_seq, length)
+    cols = {k: train_batch[k][mask] for k in _STEP_COLUMNS if k in train_batch}
+    # Pieces never straddle a sequence: a sequence's last step is a piece's end unless the next sequence
+    # continues the piece (only with sequences shorter than the unroll).
+    seq_end = torch.zeros_like(real)
+    seq_end[idx, last] = True
+    ends = trajectory_pieces(cols, rows_of) & seq_end[real]
+    boot = values[idx, seq_lens].detach()[torch.repeat_interleave(idx, seq_lens)]
+    terminated = cols[SampleBatch.TERMINATEDS].bool()
+    return logits[real.flatten()], values[real], cols, ends, boot[ends & ~terminated]
+
+
+def vtrace_loss(policy, model, dist_class, train_batch: dict) -> tuple[torch.Tensor, dict]:
+    """(loss, stats) of a train batch of trajectory pieces (see the module docstring)."""
+    config = policy.config
+    outputs = recurrent_outputs if SampleBatch.SEQ_LENS in train_batch else feed_forward_outputs
+    logits, values, cols, ends, boot_values = outputs(model, train_batch, config["sample_batch_size"])
+    n = values.shape[0]
+    # A piece that did not terminate bootstraps from the value after its last step: folded into that step.
+    boot_idx = (ends & ~cols[SampleBatch.TERMINATEDS].bool()).nonzero().squeeze(-1)
     gamma = config["gamma"]
-    rewards = train_batch[SampleBatch.REWARDS].float().clone()
-    discounts = gamma * (~terminated).float()
-    rewards[inner_idx] += gamma * inner_values
-    discounts[inner_idx] = 0.0
+    rewards = cols[SampleBatch.REWARDS].float().clone()
+    rewards[boot_idx] += gamma * boot_values
+    discounts = gamma * (~ends).float()
 
     dist = dist_class(logits, model)
-    target_logp = dist.logp(train_batch[SampleBatch.ACTIONS])
-    behaviour_logp = train_batch[SampleBatch.ACTION_LOGP].float()
-    values_tm = to_time_major(values, B)
-    vs, pg_advantages = vtrace_from_logits(
-        behaviour_logp=to_time_major(behaviour_logp, B),
-        target_logp=to_time_major(target_logp.detach(), B),
-        discounts=to_time_major(discounts, B),
-        rewards=to_time_major(rewards, B),
-        values=values_tm.detach(),
-        bootstrap_value=bootstrap,
+    target_logp = dist.logp(cols[SampleBatch.ACTIONS])
+    behaviour_logp = cols[SampleBatch.ACTION_LOGP].float()
+    # Row r is step pos[r] of piece piece[r]: padded [pieces, T], then time-major.
+    starts = torch.cat([ends.new_ones(1), ends[:-1]])
+    piece = torch.cumsum(starts.long(), 0) - 1
+    pos = torch.arange(n, device=values.device) - starts.nonzero().squeeze(-1)[piece]
+    num_pieces, length = int(piece[-1]) + 1, int(pos.max()) + 1
+
+    def padded(x: torch.Tensor) -> torch.Tensor:
+        out = x.new_zeros(num_pieces, length)
+        out[piece, pos] = x
+        return out.transpose(0, 1)
+
+    vs_tm, pg_advantages_tm = vtrace_from_logits(
+        behaviour_logp=padded(behaviour_logp),
+        target_logp=padded(target_logp.detach()),
+        discounts=padded(discounts),
+        rewards=padded(rewards),
+        values=padded(values.detach()),
+        bootstrap_value=values.new_zeros(num_pieces),
         clip_rho_threshold=config["vtrace_clip_rho_threshold"],
         clip_pg_rho_threshold=config["vtrace_clip_pg_rho_threshold"],
     )
-    pi_loss = -(to_time_major(target_logp, B) * pg_advantages).sum()
-    vf_loss = 0.5 * (values_tm - vs).pow(2).sum()
+    vs, pg_advantages = vs_tm[pos, piece], pg_advantages_tm[pos, piece]
+    pi_loss = -(target_logp * pg_advantages).sum()
+    vf_loss = 0.5 * (values - vs).pow(2).sum()
     entropy = dist.entropy().sum()
     total = pi_loss + config["vf_loss_coeff"] * vf_loss + config["entropy_coeff"] * entropy
     with torch.no_grad():
         var_vs = vs.var(unbiased=False)
-        explained = 1 - (vs - values_tm).var(unbiased=False) / var_vs if var_vs > 0 else torch.zeros(())
+        explained = 1 - (vs - values).var(unbiased=False) / var_vs if var_vs > 0 else torch.zeros(())
         stats = {
             "policy_loss": pi_loss.detach(),
             "vf_loss": vf_loss.detach(),
@@ -118,11 +220,19 @@ def _default_config() -> dict:
     return DEFAULT_CONFIG
 
 
+def unroll_sequences(policy, obs_space, action_space, config: dict) -> None:
+    """A recurrent model learns over whole unrolls: sequences of ``sample_batch_size`` steps (the module
+    docstring; ``validate_config`` rejects another ``model.max_seq_len``)."""
+    policy.max_seq_len = int(config["sample_batch_size"])
+
+
 VTraceTorchPolicy = build_torch_policy(
     "VTraceTorchPolicy",
     loss_fn=vtrace_loss,
     get_default_config=_default_config,
     optimizer_fn=make_optimizer,
+    after_init=unroll_sequences,
+    recurrent=True,
 )
 
 # vtrace: False -- the A3C loss on GAE advantages, with IMPALA's optimizers.
@@ -133,4 +243,6 @@ ImpalaA3CTorchPolicy = build_torch_policy(
     postprocess_fn=postprocess_advantages,
     needs_value=True,
     optimizer_fn=make_optimizer,
+    after_init=unroll_sequences,
+    recurrent=True,
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from relayrl.agents.trainer import with_common_config
 from relayrl.agents.trainer_template import build_trainer
 from relayrl.evaluation.postprocessing import Postprocessing, compute_advantages, multi_trajectory
+from relayrl.policy.rnn_sequencing import SEQ_MASK, masked_mean, model_inputs
 from relayrl.policy.sample_batch import SampleBatch
 from relayrl.policy.torch_policy_template import build_torch_policy
 
@@ -28,10 +29,11 @@ def postprocess_pg(policy, batch: SampleBatch, other_agent_batches=None, episode
 
 
 def pg_loss(policy, model, dist_class, train_batch):
-    logits, _ = model({"obs": train_batch[SampleBatch.OBS], "is_training": True}, [], None)
+    logits, _ = model(*model_inputs(train_batch))
     dist = dist_class(logits, model)
     logp = dist.logp(train_batch[SampleBatch.ACTIONS])
-    loss = -(logp * train_batch[Postprocessing.ADVANTAGES]).mean()
+    # the mean over real steps: a recurrent model's padded steps (seq_mask False) count for nothing
+    loss = -masked_mean(logp * train_batch[Postprocessing.ADVANTAGES], train_batch.get(SEQ_MASK))
     return loss, {"policy_loss": loss.detach()}
 
 
@@ -40,6 +42,7 @@ PGTorchPolicy = build_torch_policy(
     loss_fn=pg_loss,
     get_default_config=lambda: DEFAULT_CONFIG,
     postprocess_fn=postprocess_pg,
+    recurrent=True,
 )
 
 PGTrainer = build_trainer(name="PG", default_policy=PGTorchPolicy, default_config=DEFAULT_CONFIG)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from relayrl.evaluation.postprocessing import Postprocessing, bootstrap_values, compute_advantages, multi_trajectory
+from relayrl.policy.rnn_sequencing import SEQ_MASK, masked_mean, model_inputs, valid
 from relayrl.policy.sample_batch import SampleBatch
 from relayrl.policy.torch_policy_template import build_torch_policy
 
@@ -17,7 +18,8 @@ from relayrl.policy.torch_policy_template import build_torch_policy
 def ppo_surrogate_loss(policy, model, dist_class, train_batch: dict) -> tuple[torch.Tensor, dict]:
     """(loss, stats) of a minibatch."""
     config = policy.config
-    logits, _ = model({"obs": train_batch[SampleBatch.OBS], "is_training": True}, [], None)
+    logits, _ = model(*model_inputs(train_batch))
+    mask = train_batch.get(SEQ_MASK)  # recurrent: True on real steps; the means below skip the padding
     curr = dist_class(logits, model)
     prev = dist_class(train_batch[SampleBatch.ACTION_DIST_INPUTS], model)
     advantages = train_batch[Postprocessing.ADVANTAGES]
@@ -41,21 +43,24 @@ def ppo_surrogate_loss(policy, model, dist_class, train_batch: dict) -> tuple[to
         vf_loss2 = (vf_clipped - targets).pow(2)
         vf_loss = torch.max(vf_loss1, vf_loss2)
         total = total + config["vf_loss_coeff"] * vf_loss
-    loss = total.mean()
+    loss = masked_mean(total, mask)
     with torch.no_grad():  # statistics only: no autograd graph for them
         stats = {
             "total_loss": loss.detach(),
-            "policy_loss": -surrogate.mean(),
-            "kl": action_kl.mean(),
-            "entropy": entropy.mean(),
+            "policy_loss": -masked_mean(surrogate, mask),
+            "kl": masked_mean(action_kl, mask),
+            "entropy": masked_mean(entropy, mask),
             "cur_kl_coeff": policy.kl_coeff,
             # share of samples whose ratio left the clip range, and the sampled KL(old || new)
             # estimate E[(r - 1) - log r] (unbiased, always >= 0; Schulman's "k3" estimator)
-            "clip_fraction": ((logp_ratio - 1).abs() > config["clip_param"]).float().mean(),
-            "approx_kl": ((logp_ratio - 1) - log_ratio).mean(),
+            "clip_fraction": masked_mean(((logp_ratio - 1).abs() > config["clip_param"]).float(), mask),
+            "approx_kl": masked_mean((logp_ratio - 1) - log_ratio, mask),
         }
         if config["use_gae"]:
-            stats.update(vf_loss=vf_loss.mean(), vf_explained_var=explained_variance(targets, value_fn))
+            stats.update(
+                vf_loss=masked_mean(vf_loss, mask),
+                vf_explained_var=explained_variance(valid(targets, mask), valid(value_fn, mask)),
+            )
     return loss, stats
 
 
@@ -112,6 +117,7 @@ PPOTorchPolicy = build_torch_policy(
     get_default_config=_default_config,
     postprocess_fn=postprocess_ppo_gae,
     needs_value=True,
+    recurrent=True,
     before_init=_before_init,
     mixins=[KLCoeffMixin],
 )

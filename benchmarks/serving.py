@@ -1,0 +1,206 @@
+"""Policy server latency and throughput on loopback, CartPole-sized observations (remote inference).
+
+    python benchmarks/serving.py                 # prints a table (about a minute)
+    python benchmarks/serving.py --calls 5000
+
+The server runs in its own process with a fake sampler thread that answers every poll with a real PPO policy
+(CartPole spaces, one batched compute_actions per poll), as the trainer's sampler will. The client process
+times ``get_action`` calls of one episode, one at a time on one keep-alive connection:
+
+- relayrl's stack: aiohttp server, the standard library's http.client on the client (PolicyClient), JSON and msgpack;
+- the same PolicyClient against the same handlers served by uvicorn (httptools) instead of aiohttp;
+- the ``requests`` library as the client instead of http.client;
+- batched: 64 episodes' get_action in one ``/v1/batch`` request (msgpack), agent-steps/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import multiprocessing as mp
+import os
+import socket
+import sys
+import threading
+import time
+
+import numpy as np
+
+OBS = [0.0123, -0.0456, 0.0312, 0.0178]
+
+
+def _serve(backend: str, port_out: mp.Queue) -> None:
+    import gymnasium as gym
+
+    from relayrl.agents.ppo import DEFAULT_CONFIG, PPOTorchPolicy
+    from relayrl.env.external_env import ExternalEnv
+    from relayrl.serving import PolicyServer
+
+    space = gym.make("CartPole-v1")
+    env = ExternalEnv(space.action_space, space.observation_space, max_concurrent=1000)
+    env.start = lambda: None  # episodes come over HTTP only
+    policy = PPOTorchPolicy(space.observation_space, space.action_space, {**DEFAULT_CONFIG, "seed": 0})
+
+    def sampler() -> None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)  # a 64-row forward pass: 0.8 ms on one BLAS thread, ~35 ms on two loaded cores
+        while True:
+            obs, _, terms, _, _, off = env.poll()
+            ids = [e for e in obs if not terms[e]["__all__"] and e not in off]
+            if ids:
+                actions, _, _ = policy.compute_actions(np.stack([obs[e]["agent0"] for e in ids]))
+                env.send_actions({e: {"agent0": int(a)} for e, a in zip(ids, actions)})
+
+    threading.Thread(target=sampler, daemon=True).start()
+    server = PolicyServer(env, "127.0.0.1", 0, episode_timeout_s=None)
+    if backend == "aiohttp":
+        port_out.put(server.port)
+        server.serve_forever()
+    else:
+        server._sock.close()  # uvicorn binds the port itself
+        port_out.put(server.port)
+        _serve_uvicorn(server)
+
+
+def _serve_uvicorn(server) -> None:
+    """The PolicyServer's own request handling (auth, routing, validation, the env calls) behind uvicorn."""
+    import uvicorn
+
+    from relayrl.serving.protocol import JSON, MSGPACK, ProtocolError, decode_body, encode_body, is_msgpack
+
+    class Request:  # what PolicyServer._authorize / _command read
+        def __init__(self, scope):
+            self.path, self.method = scope["path"], scope["method"]
+            self.headers = {k.decode().title(): v.decode() for k, v in scope["headers"]}
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        request = Request(scope)
+        use_msgpack = is_msgpack(request.headers.get("Content-Type"))
+        try:
+            command = server._command(request)
+            if request.method == "GET":
+                result = await server._get(command)
+            else:
+                result = await server._one(command, decode_body(body, request.headers.get("Content-Type")))
+            status = 200
+        except ProtocolError as e:
+            status, result = e.status, e.to_wire()
+        out = encode_body(result, use_msgpack)
+        kind = (MSGPACK if use_msgpack else JSON).encode()
+        headers = [(b"content-type", kind), (b"content-length", str(len(out)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": out})
+
+    uvicorn.run(app, host="127.0.0.1", port=server.port, log_level="warning", http="httptools", loop="asyncio")
+
+
+def _time_calls(call, n: int, server_pid: int) -> dict:
+    import psutil
+
+    for _ in range(min(300, n)):
+        call()
+    server = psutil.Process(server_pid)
+    latencies = np.empty(n)
+    cpu0, server0, start = time.process_time(), sum(server.cpu_times()[:2]), time.perf_counter()
+    for i in range(n):
+        t = time.perf_counter()
+        call()
+        latencies[i] = time.perf_counter() - t
+    wall = time.perf_counter() - start
+    ms = latencies * 1e3
+    return {
+        "calls_per_s": n / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "server_cpu_us": (sum(server.cpu_times()[:2]) - server0) / n * 1e6,
+        "client_cpu_us": (time.process_time() - cpu0) / n * 1e6,
+    }
+
+
+def _wait_for_port(port: int) -> None:
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"no server on port {port}")
+
+
+def run_case(backend: str, client_kind: str, encoding: str, n: int, batch: int = 0) -> dict:
+    from relayrl.serving import PolicyClient
+
+    ctx = mp.get_context("spawn")
+    port_out = ctx.Queue()
+    proc = ctx.Process(target=_serve, args=(backend, port_out), daemon=True)
+    proc.start()
+    try:
+        port = port_out.get(timeout=120)
+        _wait_for_port(port)
+        client = PolicyClient(f"127.0.0.1:{port}", encoding=encoding)
+        obs = np.asarray(OBS, np.float32)
+        if batch:
+            ids = [client.start_episode() for _ in range(batch)]
+            calls = [{"command": "get_action", "episode_id": e, "observation": obs} for e in ids]
+            return _time_calls(lambda: client.batch(calls), n, proc.pid)
+        eid = client.start_episode()
+        if client_kind == "http.client":
+            return _time_calls(lambda: client.get_action(eid, obs), n, proc.pid)
+        import requests
+
+        session, url = requests.Session(), f"http://127.0.0.1:{port}/v1/get_action"
+        body = json.dumps({"episode_id": eid, "observation": OBS})
+        headers = {"Content-Type": "application/json"}
+        return _time_calls(lambda: session.post(url, data=body, headers=headers).json()["action"], n, proc.pid)
+    finally:
+        proc.kill()
+        proc.join(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=3000, help="timed get_action calls per row and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all rows; the table shows medians")
+    args = parser.parse_args()
+    rows = [
+        ("aiohttp + http.client, JSON (relayrl)", "aiohttp", "http.client", "json", 0),
+        ("aiohttp + http.client, msgpack (relayrl)", "aiohttp", "http.client", "msgpack", 0),
+        ("uvicorn/httptools + http.client, JSON", "uvicorn", "http.client", "json", 0),
+        ("aiohttp + requests, JSON", "aiohttp", "requests", "json", 0),
+        ("aiohttp + http.client, msgpack, batch of 64", "aiohttp", "http.client", "msgpack", 64),
+    ]
+    if importlib.util.find_spec("uvicorn") is None:
+        print("uvicorn is not installed: its row is skipped")
+        rows = [r for r in rows if r[1] != "uvicorn"]
+    results: dict[str, list[dict]] = {r[0]: [] for r in rows}
+    load = os.getloadavg()[0]
+    for _ in range(args.rounds):  # rows interleaved: a load change on a shared machine hits them all alike
+        for name, backend, client_kind, encoding, batch in rows:
+            n = max(100, args.calls // 20) if batch else args.calls
+            results[name].append(run_case(backend, client_kind, encoding, n, batch))
+    print(
+        f"policy server, loopback, {args.calls} calls x {args.rounds} rounds (medians), {os.cpu_count()} CPUs,"
+        f" load {load:.1f} -> {os.getloadavg()[0]:.1f}"
+    )
+    head = ("calls/s", 8), ("p50 ms", 7), ("p99 ms", 7), ("server us", 9), ("client us", 9), ("agent-steps/s", 13)
+    print(f"{'stack':44s} " + " ".join(f"{h:>{w}s}" for h, w in head))
+    for (name, *_, batch), runs in zip(rows, results.values()):
+        m = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+        steps = m["calls_per_s"] * (batch or 1)
+        print(
+            f"{name:44s} {m['calls_per_s']:8.0f} {m['p50_ms']:7.3f} {m['p99_ms']:7.3f} {m['server_cpu_us']:9.0f}"
+            f" {m['client_cpu_us']:9.0f} {steps:13.0f}"
+        )
+    print("server / client us: CPU time per call (all threads of the server process; the client process)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
