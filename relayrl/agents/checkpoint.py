@@ -51,7 +51,7 @@ from relayrl.agents.checkpoint_files import (  # noqa: F401 - MANIFEST, TENSORS,
 logger = logging.getLogger(__name__)
 
 # 1: manifest + tensors. 2: the manifest's "files" holds each binary file's {"sha256", "bytes"}.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 class CheckpointError(ValueError):

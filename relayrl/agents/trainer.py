@@ -310,6 +310,7 @@ class Trainer:
                 "timesteps_total": self._timesteps_total,
                 "time_total_s": self._time_total,
                 "episodes_total": self._metrics.episodes_total,
+                "agent_steps_total": int(getattr(self.optimizer, "num_agent_steps_sampled", 0)),
             },
         }
         state = {

@@ -39,7 +39,13 @@ def check_counters(prefix: str, manifest: dict) -> dict:
         if isinstance(value, bool) or not number or not (value >= 0 and math.isfinite(value)):
             what = "number" if kind is float else "integer"
             raise ckpt.CheckpointError(f"{prefix}counter {key!r} must be a non-negative {what}, found {value!r}")
-    return counters
+    # Optional (written since multi-agent support; older checkpoints: agent steps = env steps).
+    agent_steps = counters.get("agent_steps_total", counters["timesteps_total"])
+    if isinstance(agent_steps, bool) or not isinstance(agent_steps, int) or agent_steps < 0:
+        raise ckpt.CheckpointError(
+            f"{prefix}counter 'agent_steps_total' must be a non-negative integer, found {agent_steps!r}"
+        )
+    return {**counters, "agent_steps_total": agent_steps}
 
 
 def checked_state(trainer: Any, path: str, manifest: dict, state: dict) -> dict:
@@ -84,15 +90,33 @@ def checked_state(trainer: Any, path: str, manifest: dict, state: dict) -> dict:
             live.check_state(filters[pid], f"filters.{pid}")
         except ValueError as e:
             raise ckpt.CheckpointError(prefix + str(e)) from None
-    ckpt.check_structure(sections["optimizer"], trainer.optimizer.save(), "optimizer", prefix, allow_missing)
+    live_optimizer = trainer.optimizer.save()
+    if manifest["format_version"] < 3:
+        sections["optimizer"] = upgrade_optimizer_state(sections["optimizer"], live_optimizer)
+    ckpt.check_structure(sections["optimizer"], live_optimizer, "optimizer", prefix, allow_missing)
     ckpt.check_structure(sections["trainer"], trainer._extra_state(), "trainer", prefix, allow_missing)
     return {
         "policies": {pid: policies[pid] for pid in local.policy_map},
         "filters": {pid: filters[pid] for pid in local.filters},
-        "counters": {key: counters[key] for key in _COUNTERS},
+        "counters": {key: counters[key] for key in (*_COUNTERS, "agent_steps_total")},
         "optimizer": sections["optimizer"],
         "extra": sections["trainer"],
     }
+
+
+def upgrade_optimizer_state(stored: dict, live: dict) -> dict:
+    """A format 1-2 checkpoint's optimizer state in today's layout (format 3 keeps the replay optimizers' target
+    update counters per policy id): a number where a per-policy dict is now is given to every policy; a counter
+    renamed since (Ape-X's ``last_target_update``) is left out and starts from 0."""
+    out = {}
+    for key, value in live.items():
+        if key not in stored:
+            out[key] = value if not isinstance(value, dict) else {pid: 0 for pid in value}
+        elif isinstance(value, dict) and isinstance(stored[key], int) and not isinstance(stored[key], bool):
+            out[key] = {pid: stored[key] for pid in value}
+        else:
+            out[key] = stored[key]
+    return out
 
 
 def current_state(trainer: Any) -> dict:
@@ -106,6 +130,7 @@ def current_state(trainer: Any) -> dict:
             "timesteps_total": trainer._timesteps_total,
             "time_total_s": trainer._time_total,
             "episodes_total": trainer._metrics.episodes_total,
+            "agent_steps_total": int(getattr(trainer.optimizer, "num_agent_steps_sampled", 0)),
         },
         "optimizer": copy.deepcopy(trainer.optimizer.save()),
         "extra": copy.deepcopy(trainer._extra_state()),
@@ -125,6 +150,8 @@ def apply_state(trainer: Any, state: dict) -> None:
     trainer._time_total = float(counters["time_total_s"])
     trainer._metrics.episodes_total = int(counters["episodes_total"])
     trainer.optimizer.restore(state["optimizer"])
+    if "agent_steps_total" in counters and hasattr(trainer.optimizer, "num_agent_steps_sampled"):
+        trainer.optimizer.num_agent_steps_sampled = int(counters["agent_steps_total"])
     trainer._restore_extra_state(state["extra"])
     if "global_vars" in state:
         local.global_vars.clear()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import math
 import threading
 import time
@@ -158,6 +159,9 @@ class LocalPolicy:
         self.etag: str | None = None
         self.obs_filter: Any = None
         self.set_filter(manifest["observation_filter"])
+        # The server recomputes what the learner needs (log-probabilities, values): a policy that can skip them does.
+        params = inspect.signature(self.policy.compute_actions).parameters
+        self._skip = {"deferred": True} if "deferred" in params else {}
 
     def set_filter(self, state: Mapping) -> None:
         from relayrl.utils.filters import filter_from_state
@@ -177,7 +181,9 @@ class LocalPolicy:
         x = self.preprocessor.transform_batch([obs])
         if not self.obs_filter.is_identity:
             x = self.obs_filter(x, update=False)
-        actions, state_out, _ = self.policy.compute_actions(x, [np.asarray(s)[None] for s in state] or None)
+        actions, state_out, _ = self.policy.compute_actions(
+            x, [np.asarray(s)[None] for s in state] or None, **self._skip
+        )
         action = actions[0]
         return (action.item() if np.ndim(action) == 0 else action), [s[0] for s in state_out]
 

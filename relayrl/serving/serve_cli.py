@@ -33,7 +33,12 @@ def add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     serve.add_argument("--port", type=_port, default=9900, help="TCP port (default 9900; 0: a free one, printed)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need --token)")
     serve.add_argument("--token", default=None, help=f"bearer token clients must send (default: ${TOKEN_ENV})")
-    serve.add_argument("--env", default=None, help="env to rebuild the trainer with (default: the checkpoint's)")
+    serve.add_argument(
+        "--env",
+        default=None,
+        help="env to rebuild the trainer with (default: the checkpoint's): a Gymnasium id, a registered name or an"
+        " import path 'package.module:EnvClass'",
+    )
     serve.add_argument("--config", default="{}", help="config overrides as a JSON object")
     serve.add_argument("--explore", action="store_true", help="sample actions instead of acting greedily")
     serve.add_argument("--max-concurrent", type=_port, default=1000, help="most episodes at once (default 1000)")
@@ -109,19 +114,34 @@ def load_trainer(checkpoint: str, env: str | None, config_json: str) -> Any:
         manifest, state = read_checkpoint(checkpoint, resolve_callables=False)
         trainer_cls = get_trainer_class(manifest["trainer"])
         config = rebuild_config(checkpoint, state["config"], trainer_cls._default_config, overrides)
-        trainer = trainer_cls(config=config, env=env)
+        trainer = trainer_cls(config=config, env=_env(env))
         try:
             trainer.restore(checkpoint)
         except BaseException:
             trainer.stop()
             raise
         return trainer
-    except CheckpointError as e:
+    except (CheckpointError, ValueError) as e:
+        if "environment" in str(e):  # one this process cannot build: registered by a script, an ExternalEnv
+            raise UserError(str(e), f"pass --env: an env of the same spaces, e.g. --env CartPole-v1 or {_EG}") from e
         raise UserError(str(e), "pass a checkpoint directory printed by `relayrl train` (checkpoint_...)") from e
-    except ValueError as e:  # an env this process cannot build (e.g. an ExternalEnv registered in a script)
-        raise UserError(
-            str(e), "pass --env with a Gymnasium id or registered env of the same spaces, e.g. --env CartPole-v1"
-        ) from e
+
+
+_EG = "--env relayrl.examples.stateless_cartpole:StatelessCartPole"
+
+
+def _env(name: str) -> Any:
+    """``--env``: what ``get_env_creator`` resolves, else an import path 'package.module:EnvClass' (imported)."""
+    from relayrl.env.registry import get_env_creator
+    from relayrl.multiagent_config import import_path
+
+    try:
+        get_env_creator(name)
+        return name
+    except ValueError:
+        if ":" not in name:
+            raise
+    return import_path(name, "--env")
 
 
 if __name__ == "__main__":

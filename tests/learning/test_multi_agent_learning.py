@@ -184,8 +184,8 @@ def _replay_ma_train(algo: str, env: str, config: dict, reward: float, max_steps
 def test_dqn_two_agent_cartpole_two_independent_policies():
     """Double dueling 3-step DQN with prioritized replay, one buffer per policy. Two sub-envs per worker halve the
     sampler's per-step cost; 128 replayed rows per policy per 8 env steps (16 per step, as the single-agent
-    test). Measured (seed 0 and 1, 100-episode means): both policies >= 400 at 96k env steps, 94-184 s on the
-    shared 2-core machine (load 4-7)."""
+    test). Measured (seeds 0 and 1, 100-episode means): both policies >= 400 at 96k env steps (seed 0: p0 404.1,
+    p1 496.5), 94-265 s on the shared 2-core machine (load 4-14)."""
     config = {
         "seed": 0,
         "compress_observations": False,
@@ -210,7 +210,7 @@ def test_dqn_two_agent_cartpole_two_independent_policies():
 @pytest.mark.learning
 def test_td3_two_agent_pendulum_two_independent_policies():
     """TD3's defaults with 64x64 nets, as tests/learning/test_off_policy.py's single-agent run (10-episode means).
-    Measured (seed 0): p0 -147.6, p1 -194.8 at 8k env steps, 77 s."""
+    Measured (seed 0): p0 -147.6, p1 -194.8 at 8k env steps, 77-145 s (load 3-14)."""
     config = {
         "seed": 0,
         "actor_hiddens": [64, 64],
@@ -230,7 +230,8 @@ def test_td3_two_agent_pendulum_two_independent_policies():
 def test_apex_two_agent_cartpole_two_workers(ray_session):
     """relayrl/tuned_examples/dqn/cartpole-apex.yaml's settings with half its sample/train ratio: the learner's
     rows now serve two policies, so each still gets 16 replayed rows per sampled env step. Ape-X is asynchronous:
-    the seed does not fix the run. Measured: both policies >= 200 at 40k env steps, 68 s."""
+    the seed does not fix the run. Measured: both policies >= 200 at 40k env steps (68 s) and at 75k (p0 327.5,
+    p1 210.1; 171 s, load 8-16)."""
     config = {
         "seed": 0,
         "num_workers": 2,

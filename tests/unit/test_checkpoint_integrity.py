@@ -595,3 +595,30 @@ def test_sigkill_during_save_50_times(mode, tmp_path):
     print(f"{kills_mid_save} of 50 kills left a save's directory behind; {elapsed:.1f} s")
     assert kills_mid_save >= 5, f"only {kills_mid_save} of 50 kills landed while a save was in progress"
     assert elapsed < 60
+
+
+def test_a_format_2_replay_checkpoint_restores(tmp_path):
+    """Format 3 keeps the replay optimizers' target-update counters per policy; a format 2 checkpoint (one number
+    for all) restores with that number given to every policy."""
+    config = {"seed": 0, "learning_starts": 100, "timesteps_per_iteration": 300, "target_network_update_freq": 400}
+    trainer = DQNTrainer(env="CartPole-v1", config=config)
+    try:
+        trainer.train()
+        trainer.train()
+        path = trainer.save(str(tmp_path))
+        last = trainer.optimizer.last_target_update_ts["default_policy"]
+    finally:
+        trainer.stop()
+
+    def as_format_2(manifest):
+        manifest["format_version"] = 2
+        manifest["state"]["optimizer"]["last_target_update_ts"] = last
+
+    edit_manifest(path, as_format_2)
+    fresh = DQNTrainer(env="CartPole-v1", config=config)
+    try:
+        fresh.restore(path)
+        assert fresh.optimizer.last_target_update_ts == {"default_policy": last}
+        assert fresh.train()["timesteps_total"] > 0
+    finally:
+        fresh.stop()

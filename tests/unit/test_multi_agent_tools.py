@@ -87,6 +87,20 @@ def test_checkpoint_holds_every_policy_under_its_own_id(trained):
     assert state["config"]["multiagent"]["policies"][IDS[1]][3] == {"lr": 1e-3}
 
 
+def test_restore_keeps_the_agent_step_counter(trained):
+    trainer, path = trained
+    agent_steps = trainer.optimizer.num_agent_steps_sampled
+    assert agent_steps > trainer.optimizer.num_steps_sampled  # 2 agents: more agent steps than env steps
+    fresh = PPOTrainer(env=ENV, config=CONFIG)
+    try:
+        fresh.restore(path)
+        assert fresh.optimizer.num_agent_steps_sampled == agent_steps
+        result = fresh.train()
+        assert result["agent_steps_total"] == agent_steps + result["agent_steps_this_iter"]
+    finally:
+        fresh.stop()
+
+
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_restore_every_policy_bit_identical_with_another_num_workers(trained, num_workers, request):
     trainer, path = trained

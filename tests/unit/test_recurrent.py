@@ -221,7 +221,7 @@ def test_recurrent_ppo_loss_matches_a_step_by_step_hand_computation(rnn_type, pr
         OBS_SPACE, ACT_SPACE, _config(rnn_type=rnn_type, lstm_use_prev_action_reward=prev_action_reward)
     )
     assert policy.is_recurrent() and len(policy.get_initial_state()) == (2 if rnn_type == "lstm" else 1)
-    assert not policy._fast_path
+    assert policy._fast_path  # acting in numpy (RecurrentNetwork.numpy_step); learning below is torch's
     batch = _episode_batch(policy, rnn_type, prev_action_reward)
     if not prev_action_reward:
         del batch.data[SB.PREV_ACTIONS], batch.data[SB.PREV_REWARDS]

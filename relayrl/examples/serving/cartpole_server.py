@@ -117,9 +117,6 @@ def env_creator(ctx: EnvContext) -> ExternalEnv:
     )
 
 
-register_env("cartpole_serving", env_creator)
-
-
 def build_config(args: argparse.Namespace) -> dict:
     from relayrl.config import merge_dicts
 
@@ -156,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from relayrl.agents.registry import get_trainer_class
 
+    register_env("cartpole_serving", env_creator)
     trainer = get_trainer_class(args.run)(env="cartpole_serving", config=build_config(args))
     if args.restore:
         trainer.restore(args.restore)
