@@ -24,23 +24,29 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
 OBS = [0.0123, -0.0456, 0.0312, 0.0178]
 
 
-def _serve(backend: str, port_out: mp.Queue) -> None:
+def _serve(backend: str, port_out: mp.Queue, polled: Any = None) -> None:
+    """A PolicyServer whose fake sampler answers every poll with a real PPO policy (one batched compute_actions per
+    poll), as the trainer's does; ``polled`` (a shared counter) counts the steps it polled, logged ones included;
+    local-inference clients pull the same policy."""
     import gymnasium as gym
 
     from relayrl.agents.ppo import DEFAULT_CONFIG, PPOTorchPolicy
     from relayrl.env.external_env import ExternalEnv
-    from relayrl.serving import PolicyServer
+    from relayrl.serving import PolicyServer, ServedPolicy
 
     space = gym.make("CartPole-v1")
     env = ExternalEnv(space.action_space, space.observation_space, max_concurrent=1000)
     env.start = lambda: None  # episodes come over HTTP only
-    policy = PPOTorchPolicy(space.observation_space, space.action_space, {**DEFAULT_CONFIG, "seed": 0})
+    config = {**DEFAULT_CONFIG, "seed": 0}
+    policy = PPOTorchPolicy(space.observation_space, space.action_space, config)
+    env.served_policy = ServedPolicy("PPO", policy, config)
 
     def sampler() -> None:
         from threadpoolctl import threadpool_limits
@@ -48,6 +54,9 @@ def _serve(backend: str, port_out: mp.Queue) -> None:
         threadpool_limits(1)  # a 64-row forward pass: 0.8 ms on one BLAS thread, ~35 ms on two loaded cores
         while True:
             obs, _, terms, _, _, off = env.poll()
+            if polled is not None:
+                with polled.get_lock():
+                    polled.value += len(obs)
             ids = [e for e in obs if not terms[e]["__all__"] and e not in off]
             if ids:
                 actions, _, _ = policy.compute_actions(np.stack([obs[e]["agent0"] for e in ids]))
@@ -163,6 +172,97 @@ def run_case(backend: str, client_kind: str, encoding: str, n: int, batch: int =
     finally:
         proc.kill()
         proc.join(10)
+
+
+def _local_client(port: int, ready: Any, go: Any, seconds: float, seed: int) -> None:
+    """A local-inference client stepping CartPole-v1 for ``seconds`` after ``go``: acts with its copy of the
+    policy and reports every step (log_action + log_returns) in batches, pulling weights every 0.1 s."""
+    import gymnasium as gym
+
+    from relayrl.serving import PolicyClient
+
+    client = PolicyClient(f"127.0.0.1:{port}", inference_mode="local", update_interval=0.1, encoding="msgpack")
+    env = gym.make("CartPole-v1")
+    ready.wait()  # every client built: the timed window starts for all at once
+    go.wait()
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        eid = client.start_episode()
+        obs, _ = env.reset(seed=seed)
+        seed += 1
+        done = False
+        while not done:
+            action = client.get_action(eid, obs)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            client.log_returns(eid, reward)
+            done = terminated or truncated
+        client.end_episode(eid, obs, truncated=truncated and not terminated)
+    client.close()
+
+
+def serving_rows(quick: bool = False) -> list[tuple[str, str, str]]:
+    """The policy server's rows of ``benchmarks/run.py`` (one server process, about 30 s): remote get_action from
+    one client over JSON and msgpack (calls/s, p50 / p99), batched requests of 64 agents (agent-steps/s), and
+    local-mode experience ingested from 4 client processes (steps/s the server's sampler polled)."""
+    from relayrl.serving import PolicyClient
+
+    n = 1000 if quick else 2000
+    ctx = mp.get_context("spawn")
+    port_out, polled = ctx.Queue(), ctx.Value("q", 0)
+    server = ctx.Process(target=_serve, args=("aiohttp", port_out, polled), daemon=True)
+    server.start()
+    clients = []
+    try:
+        port = port_out.get(timeout=120)
+        _wait_for_port(port)
+        obs = np.asarray(OBS, np.float32)
+        rows = {}
+        for encoding in ("json", "msgpack"):
+            client = PolicyClient(f"127.0.0.1:{port}", encoding=encoding)
+            eid = client.start_episode()
+            rows[encoding] = _time_calls(lambda c=client, e=eid: c.get_action(e, obs), n, server.pid)
+            client.close()
+        client = PolicyClient(f"127.0.0.1:{port}", encoding="msgpack")
+        calls = [{"command": "get_action", "episode_id": client.start_episode(), "observation": obs} for _ in range(64)]
+        rows["batch"] = _time_calls(lambda: client.batch(calls), max(50, n // 20), server.pid)
+        ready, go, seconds = ctx.Barrier(5), ctx.Event(), 2.0 if quick else 4.0
+        clients = [ctx.Process(target=_local_client, args=(port, ready, go, seconds, 1000 * i)) for i in range(4)]
+        for c in clients:
+            c.start()
+        ready.wait(timeout=180)
+        before, start = polled.value, time.perf_counter()
+        go.set()
+        for c in clients:
+            c.join(seconds + 60)
+        ingested = (polled.value - before) / (time.perf_counter() - start)
+    finally:
+        for proc in (*clients, server):
+            if proc.is_alive():
+                proc.kill()
+            proc.join(10)
+    j, m, b = rows["json"], rows["msgpack"], rows["batch"]
+    return [
+        (
+            "policy server: remote get_action, JSON, 1 client",
+            f"{j['calls_per_s']:,.0f} calls/s",
+            f"p50 {j['p50_ms']:.2f} ms, p99 {j['p99_ms']:.2f} ms; keep-alive, loopback (targets >= 2,000, p50 <= 1 ms)",
+        ),
+        (
+            "  same over msgpack",
+            f"{m['calls_per_s']:,.0f} calls/s",
+            f"p50 {m['p50_ms']:.2f} ms, p99 {m['p99_ms']:.2f} ms (target >= 5,000 calls/s)",
+        ),
+        (
+            "  batched: 64 agents' get_action per request, msgpack",
+            f"{64 * b['calls_per_s']:,.0f} agent-steps/s",
+            f"p50 {b['p50_ms']:.2f} ms per request (target >= 50,000 agent-steps/s)",
+        ),
+        (
+            "  local inference: experience ingested from 4 clients",
+            f"{ingested:,.0f} steps/s",
+            "4 client processes act on CartPole-v1 with their copy of the PPO policy and report every step",
+        ),
+    ]
 
 
 def main() -> None:

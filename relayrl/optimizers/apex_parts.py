@@ -43,7 +43,8 @@ class ReplayActor:
         seed: seed of the replay sampling.
         policy_overrides: ``{policy_id: {argument: value}}``, the policies whose rows are stored (the trained ones)
             with the arguments above that differ for them (their configs' replay overrides); None: every policy's
-            rows, all with the arguments above.
+            rows, all with the arguments above. A recurrent policy's entry also holds ``sequences``, its
+            ``sequence_replay.SequenceSpec``: its buffer stores sequences.
     """
 
     def __init__(
@@ -83,7 +84,13 @@ class ReplayActor:
             a = self.args_of(policy_id)
             size = max(1, a["buffer_size"] // self.num_shards)
             self.buffers[policy_id] = make_buffer(
-                size, a["prioritized_replay"], a["alpha"], a["eps"], a["compress"], self.seed
+                size,
+                a["prioritized_replay"],
+                a["alpha"],
+                a["eps"],
+                a["compress"],
+                self.seed,
+                sequences=a.get("sequences") is not None,
             )
         return self.buffers[policy_id]
 
@@ -92,7 +99,7 @@ class ReplayActor:
         with self.add_timer:
             for pid, b in by_policy(batch).items():
                 if self.policy_overrides is None or pid in self.policy_overrides:
-                    add_to_buffer(self.buffer(pid), b)
+                    add_to_buffer(self.buffer(pid), b, self.args_of(pid).get("sequences"))
         return batch.count
 
     def replay(self, beta: float | dict[str, float]) -> SampleBatch | MultiAgentBatch | None:

@@ -53,6 +53,7 @@ from relayrl.evaluation.worker_set import WorkerFailureError, WorkerSet, _first_
 from relayrl.optimizers.apex_parts import LearnerThread, ReplayActor
 from relayrl.optimizers.policy_optimizer import PolicyOptimizer, agent_steps
 from relayrl.optimizers.replay_options import ReplayOptions, build_options, policy_options
+from relayrl.optimizers.sequence_replay import sequence_spec
 from relayrl.policy.sample_batch import MultiAgentBatch, SampleBatch
 from relayrl.utils.timers import TimerStat
 
@@ -125,6 +126,11 @@ class AsyncReplayOptimizer(PolicyOptimizer):
         overrides = {
             pid: {k: v for k, v in _shard_kwargs(o).items() if v != base[k]} for pid, o in self.policy_options.items()
         }
+        # A recurrent policy's shards store sequences (sequence_replay.py; R2D2), a feed-forward one's transitions.
+        for pid in overrides:
+            spec = sequence_spec(getattr(local, "policy_map", {}).get(pid))
+            if spec is not None:
+                overrides[pid]["sequences"] = spec
         self._replay_actor_cls = ray.remote(num_cpus=0)(ReplayActor)
         self._shard_args = [
             (

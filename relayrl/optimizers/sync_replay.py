@@ -23,6 +23,10 @@ policy's rows (a policy that is not trained stores nothing), its own replayed ba
 apply to it alone. ``num_steps_sampled`` counts the batches' ``count`` (env steps, or agent steps with
 ``count_steps_by: agent_steps``), ``num_agent_steps_sampled`` their rows over all policies.
 
+Recurrent policies (``model.use_lstm``, R2D2): the buffer of a policy whose ``is_recurrent()`` stores one sequence
+per slot (``sequence_replay.py``: ``replay_sequence_length`` steps with the state at their start), so its
+``buffer_size`` and ``train_batch_size`` count sequences.
+
 Worker failures: a remote worker that dies while a step waits on its batch goes to
 ``WorkerSet.handle_worker_failure``. With ``recreate_failed_workers: True`` its replacement (current weights,
 filters and global vars) samples in its place in the same step; with ``ignore_worker_failures: True`` the step
@@ -39,6 +43,7 @@ import numpy as np
 from relayrl.optimizers.policy_optimizer import PolicyOptimizer, agent_steps
 from relayrl.optimizers.replay_buffer import PrioritizedReplayBuffer, ReplayBuffer
 from relayrl.optimizers.replay_options import ReplayOptions, build_options, policy_options
+from relayrl.optimizers.sequence_replay import SequenceSpec, sequence_columns, sequence_spec
 from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
 from relayrl.policy.torch_policy import LEARNER_STATS_KEY
 from relayrl.utils.timers import TimerStat
@@ -66,17 +71,29 @@ def by_policy(batch: SampleBatch | MultiAgentBatch) -> dict[str, SampleBatch]:
 
 
 def make_buffer(
-    buffer_size: int, prioritized: bool, alpha: float, eps: float, compress: bool, seed: int | None = None
+    buffer_size: int,
+    prioritized: bool,
+    alpha: float,
+    eps: float,
+    compress: bool,
+    seed: int | None = None,
+    sequences: bool = False,
 ) -> ReplayBuffer:
-    compress_columns = (SB.OBS, SB.NEXT_OBS) if compress else ()
+    """A replay buffer of transitions, or of sequences (``sequences``: ``sequence_replay``; ``buffer_size``
+    then counts sequences)."""
+    compress_columns = ((SB.OBS,) if sequences else (SB.OBS, SB.NEXT_OBS)) if compress else ()
     if prioritized:
         return PrioritizedReplayBuffer(buffer_size, alpha=alpha, eps=eps, compress_columns=compress_columns, seed=seed)
     return ReplayBuffer(buffer_size, compress_columns=compress_columns, seed=seed)
 
 
-def add_to_buffer(buffer: ReplayBuffer, batch: SampleBatch) -> None:
-    """Adds a batch's transitions; worker-side priorities (a ``priorities`` column) are used when present."""
+def add_to_buffer(buffer: ReplayBuffer, batch: SampleBatch, sequences: SequenceSpec | None = None) -> None:
+    """Adds a batch's transitions, or with ``sequences`` its sequences (a recurrent policy's, ``sequence_replay``);
+    worker-side priorities (a ``priorities`` column) are used for transitions when present."""
     batch.decompress_if_needed()
+    if sequences is not None:
+        buffer.add_batch(sequence_columns(batch, sequences))
+        return
     cols = replay_columns(batch)
     if isinstance(buffer, PrioritizedReplayBuffer) and PRIORITIES in batch:
         buffer.add_batch(cols, priorities=np.asarray(batch[PRIORITIES], dtype=np.float64))
@@ -113,6 +130,9 @@ class SyncReplayOptimizer(PolicyOptimizer):
         self.policy_options = policy_options(opts, self.workers.local_worker())
         self._beta_schedules = {pid: o.beta_schedule() for pid, o in self.policy_options.items()}
         self.replay_buffers: dict[str, ReplayBuffer] = {}
+        # A recurrent policy's replay stores sequences (sequence_replay.py; R2D2), a feed-forward one transitions.
+        policy_map = getattr(self.workers.local_worker(), "policy_map", None) or {}
+        self.sequence_specs = {pid: sequence_spec(p) for pid, p in policy_map.items()}
         # Sampled steps at each policy's last target update.
         self.last_target_update_ts = {pid: 0 for pid in self.policy_options}
         self.num_target_updates = 0
@@ -135,6 +155,7 @@ class SyncReplayOptimizer(PolicyOptimizer):
                 o.prioritized_replay_eps,
                 o.compress_observations,
                 o.seed,
+                sequences=self.sequence_specs.get(policy_id) is not None,
             )
         return self.replay_buffers[policy_id]
 
@@ -147,7 +168,7 @@ class SyncReplayOptimizer(PolicyOptimizer):
             trained = self.workers.local_worker().policies_to_train
             for pid, b in by_policy(batch).items():
                 if pid in trained:  # a policy that does not learn needs no replay
-                    add_to_buffer(self.buffer(pid), b)
+                    add_to_buffer(self.buffer(pid), b, self.sequence_specs.get(pid))
         self.num_steps_sampled += batch.count
         self.num_agent_steps_sampled += agent_steps(batch)
         self._optimize()

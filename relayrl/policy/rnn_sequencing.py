@@ -1,6 +1,7 @@
 """Sequences for recurrent policies: trajectories cut into pieces of at most ``max_seq_len`` steps, zero-padded.
 
-The one chunking utility behind every recurrent learner (PG, PPO, A2C, A3C, IMPALA now; sequence replay later).
+The one chunking utility behind every recurrent learner (PG, PPO, A2C, A3C, IMPALA; DQN's sequence
+replay, ``optimizers/sequence_replay.py``, with overlapping sequences).
 Usage::
 
     starts, lens = sequence_layout(batch, max_seq_len)          # where each sequence lies in the flat batch
@@ -62,18 +63,25 @@ def trajectory_starts(batch: SampleBatch) -> np.ndarray:
     return starts
 
 
-def sequence_layout(batch: SampleBatch, max_seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(starts, lens)``: the first row and the length of each sequence, in row order; they tile the batch."""
+def sequence_layout(batch: SampleBatch, max_seq_len: int, overlap: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, lens)``: the first row and the length of each sequence, in row order; they tile the batch
+    (without ``overlap``).
+    ``overlap > 0`` (sequence replay, R2D2's burn-in): consecutive sequences of a trajectory share ``overlap``
+    steps (they start every ``max_seq_len - overlap`` rows; the last one ends at the trajectory's end)."""
     if max_seq_len < 1:
         raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
+    if not 0 <= overlap < max_seq_len:
+        raise ValueError(f"overlap must be in [0, max_seq_len={max_seq_len}), got {overlap}")
+    stride = max_seq_len - overlap
     traj_starts = np.flatnonzero(trajectory_starts(batch))
     traj_lens = np.diff(np.append(traj_starts, batch.count))
-    chunks = -(-traj_lens // max_seq_len)  # sequences per trajectory
+    # Sequences per trajectory: one, plus one per stride until a sequence reaches the trajectory's end.
+    chunks = 1 + np.maximum(0, -(-(traj_lens - max_seq_len) // stride))
     first = np.repeat(np.cumsum(chunks) - chunks, chunks)  # index of each sequence's trajectory's first sequence
     k = np.arange(int(chunks.sum())) - first  # position of the sequence within its trajectory
     owner = np.repeat(np.arange(len(traj_starts)), chunks)
-    starts = traj_starts[owner] + k * max_seq_len
-    lens = np.minimum(max_seq_len, traj_lens[owner] - k * max_seq_len)
+    starts = traj_starts[owner] + k * stride
+    lens = np.minimum(max_seq_len, traj_lens[owner] - k * stride)
     return starts.astype(np.int64), lens.astype(np.int64)
 
 
@@ -82,17 +90,21 @@ def state_keys(batch) -> list[str]:
     return list(itertools.takewhile(lambda k: k in batch, (f"{STATE_IN}{j}" for j in itertools.count())))
 
 
-def chop_into_sequences(batch: SampleBatch, max_seq_len: int, num_states: int | None = None) -> dict[str, np.ndarray]:
+def chop_into_sequences(
+    batch: SampleBatch, max_seq_len: int, num_states: int | None = None, overlap: int = 0
+) -> dict[str, np.ndarray]:
     """The padded, sequence-major arrays of ``batch`` (module docstring). ``num_states``: the number of state
-    columns the model needs (ValueError when the batch has fewer); None: those present."""
+    columns the model needs (ValueError when the batch has fewer); None: those present. ``overlap``: steps shared
+    by consecutive sequences of a trajectory (``sequence_layout``)."""
     keys = state_keys(batch)
     if num_states is not None and len(keys) < num_states:
         raise ValueError(
             f"a recurrent policy needs the state columns state_in_0..state_in_{num_states - 1} in its train batch"
             f" (the sampler records the state each step starts from); the batch has {sorted(batch.keys())}"
         )
-    starts, lens = sequence_layout(batch, max_seq_len)
+    starts, lens = sequence_layout(batch, max_seq_len, overlap)
     mask = np.arange(max_seq_len)[None, :] < lens[:, None]
+    rows = (starts[:, None] + np.arange(max_seq_len)[None, :])[mask] if overlap else None
     out: dict[str, np.ndarray] = {SampleBatch.SEQ_LENS: lens.astype(np.int32), SEQ_MASK: mask}
     for key, col in batch.items():
         if key == SampleBatch.SEQ_LENS or key == SEQ_MASK or col.dtype == object:
@@ -101,7 +113,7 @@ def chop_into_sequences(batch: SampleBatch, max_seq_len: int, num_states: int | 
             out[key] = col[starts]
             continue
         padded = np.zeros((len(lens), max_seq_len) + col.shape[1:], dtype=col.dtype)
-        padded[mask] = col  # the sequences tile the batch in row order
+        padded[mask] = col if rows is None else col[rows]  # without overlap the sequences tile the batch
         out[key] = padded
     return out
 

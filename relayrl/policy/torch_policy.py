@@ -105,8 +105,8 @@ class TorchPolicy(Policy):
             self._supports_recurrent
         ):
             raise ValueError(
-                f"model.use_lstm: {type(self).__name__} does not train recurrent models yet (issue 13); PG, PPO,"
-                " A2C, A3C and IMPALA do"
+                f"model.use_lstm: {type(self).__name__} does not train recurrent models; PG, PPO, A2C, A3C,"
+                " IMPALA, DQN and APEX do"
             )
         # Recurrent learning: trajectories cut into sequences of at most this many steps (rnn_sequencing).
         self.max_seq_len = int(model_config.get("max_seq_len", 20))

@@ -65,6 +65,9 @@ class PolicyClient:
         timeout_s: the socket timeout of a request (a remote get_action waits for the trainer's sampler).
         wait_s: how long to keep trying to reach each server when the client is made (a trainer's rollout workers
             start serving when they first sample); 0: one try.
+        coalesce_rewards: remote mode: send ``log_returns`` with the episode's next call (one request per step
+            instead of two); an error it causes is raised by that call, and the last reward of a client that
+            vanishes before its next call is lost. False: every call is a request.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class PolicyClient:
         encoding: str = "json",
         timeout_s: float = 660.0,
         wait_s: float = 0.0,
+        coalesce_rewards: bool = False,
     ):
         if inference_mode not in ("remote", "local"):
             raise ValueError(f"inference_mode must be 'remote' or 'local', got {inference_mode!r}")
@@ -111,6 +115,8 @@ class PolicyClient:
         self._flush_lock, self._update_lock = threading.Lock(), threading.Lock()
         self._queue: list[dict] = []
         self._states: dict[str, list] = {}
+        self._rewards: dict[str, list[dict]] = {}  # coalesce_rewards: log_returns to send with the episode's next call
+        self.coalesce_rewards = coalesce_rewards
         self.policy: Any = None
         if inference_mode == "local":
             from relayrl.serving.local_policy import LocalPolicy
@@ -139,8 +145,7 @@ class PolicyClient:
 
     def get_action(self, episode_id: str, observation: Any) -> Any:
         if self.policy is None:
-            msg = {"episode_id": episode_id, "observation": to_wire(observation)}
-            return self._action(self._request("POST", "get_action", msg, self._server_of(episode_id))["action"])
+            return self._remote(_call("get_action", episode_id, observation=observation))["action"]
         with self._lock:
             if episode_id not in self._states:
                 raise PolicyServerError(404, f"episode {episode_id!r} was not started by this client", "episode_id")
@@ -153,7 +158,11 @@ class PolicyClient:
         self._report(_call("log_action", episode_id, observation=observation, action=action))
 
     def log_returns(self, episode_id: str, reward: Any, info: dict | None = None) -> None:
-        self._report(_call("log_returns", episode_id, reward=reward, info=info))
+        call = _call("log_returns", episode_id, reward=reward, info=info)
+        if self.policy is None and self.coalesce_rewards:
+            self._rewards.setdefault(episode_id, []).append(call)
+            return
+        self._report(call)
 
     def end_episode(self, episode_id: str, observation: Any, *, truncated: bool = False) -> None:
         with self._lock:
@@ -208,9 +217,12 @@ class PolicyClient:
         self._last_update = time.monotonic()
 
     def close(self) -> None:
-        """Flushes local-mode experience and closes this thread's connection."""
+        """Sends what is pending (local-mode experience, remote-mode rewards) and closes this thread's connections."""
         if self.policy is not None:
             self.flush()
+        while self._rewards:
+            _, calls = self._rewards.popitem()
+            self.batch(calls)
         for conn in getattr(self._local, "conns", {}).values():
             conn.close()
         self._local.conns = {}
@@ -224,8 +236,7 @@ class PolicyClient:
     # --- parts ------------------------------------------------------------------------------------------------
     def _report(self, call: dict) -> None:
         if self.policy is None:
-            command = call.pop("command")
-            self._request("POST", command, call, self._server_of(call["episode_id"]))
+            self._remote(call)
             return
         with self._lock:
             self._queue.append(call)
@@ -250,6 +261,23 @@ class PolicyClient:
         if self.multiagent:
             return {a: _as_action(self.action_space, a, v) for a, v in action.items()}
         return _as_action(self.action_space, None, action)
+
+    def _remote(self, call: dict) -> dict:
+        """Sends ``call`` with its episode's pending log_returns (one batch request), or alone; its result (an action
+        as the action space's type)."""
+        pending = self._rewards.pop(call["episode_id"], None)
+        if pending:
+            try:
+                return self.batch([*pending, call])[-1]
+            except PolicyServerError as e:
+                i = int(e.message[6 : e.message.index("]")])  # "calls[i]: ..."
+                what = "log_returns (sent with the next call)" if i < len(pending) else call["command"]
+                raise PolicyServerError(e.status, f"{what}: {e.message.partition(': ')[2]}", e.field) from None
+        command = call.pop("command")
+        result = self._request("POST", command, call, self._server_of(call["episode_id"]))
+        if "action" in result:
+            result["action"] = self._action(result["action"])
+        return result
 
     def _server_of(self, episode_id: str) -> int:
         return self._episode_server.get(episode_id, 0)

@@ -122,7 +122,9 @@ def load_trainer(checkpoint: str, env: str | None, config_json: str) -> Any:
             raise
         return trainer
     except (CheckpointError, ValueError) as e:
-        if "environment" in str(e):  # one this process cannot build: registered by a script, an ExternalEnv
+        if "environment" in str(e) or "--env" in str(
+            e
+        ):  # one this process cannot build: registered by a script, an ExternalEnv
             raise UserError(str(e), f"pass --env: an env of the same spaces, e.g. --env CartPole-v1 or {_EG}") from e
         raise UserError(str(e), "pass a checkpoint directory printed by `relayrl train` (checkpoint_...)") from e
 

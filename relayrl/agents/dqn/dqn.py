@@ -35,6 +35,13 @@ DEFAULT_CONFIG = with_common_config(
         "hiddens": [256],
         # N-step Q learning.
         "n_step": 1,
+        # === Recurrent Q-learning (model.use_lstm: R2D2, Kapturowski et al. 2019; ignored by feed-forward) ===
+        # Steps of each sequence stored in replay (a slot is a sequence; buffer_size and train_batch_size count
+        # sequences). Sequences never cross episodes: a sample_batch_size below this gives shorter ones.
+        "replay_sequence_length": 20,
+        # Steps at each replayed sequence's start that only warm the RNN state from the stored state (no loss,
+        # no gradient); consecutive stored sequences overlap by this many steps. Must be < replay_sequence_length.
+        "burn_in": 0,
         # === Exploration ===
         # Max num timesteps for annealing schedules. Exploration is annealed from
         # 1.0 to exploration_final_eps over exploration_fraction * schedule_max_timesteps.
@@ -115,6 +122,11 @@ def validate_config(config: dict, name: str = "DQN") -> None:
         raise ValueError(f"{name} config: 'prioritized_replay_alpha' and 'prioritized_replay_eps' must be >= 0")
     if get("per_worker_exploration") and get("num_workers") < 1:
         raise ValueError(f"{name} config: 'per_worker_exploration' needs 'num_workers' >= 1 (remote actors)")
+    if not 0 <= get("burn_in") < get("replay_sequence_length"):
+        raise ValueError(
+            f"{name} config: 'burn_in' ({get('burn_in')}) must be in [0, 'replay_sequence_length'"
+            f" ({get('replay_sequence_length')}))"
+        )
     if get("optimizer_class") not in ("SyncReplayOptimizer", "AsyncReplayOptimizer"):
         raise ValueError(f"{name} config: 'optimizer_class' must be 'SyncReplayOptimizer' or 'AsyncReplayOptimizer'")
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from relayrl.agents.dqn.dqn_model import DQNModel
+from relayrl.agents.dqn.r2d2 import RecurrentQModel, r2d2_loss
 from relayrl.evaluation.n_step import adjust_nstep
 from relayrl.models.action_dist import Categorical
 from relayrl.models.action_mask import ACTION_MASK, check_legal, mask_columns
@@ -73,7 +74,10 @@ def huber(x: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
 
 
 def dqn_loss(policy, model: DQNModel, dist_class, batch: dict) -> tuple[torch.Tensor, dict, dict]:
-    """(loss, stats, {"td_error": per-row TD errors (cross-entropies when distributional), for priorities})."""
+    """(loss, stats, {"td_error": per-row TD errors (cross-entropies when distributional), for priorities}); a
+    recurrent model's batch of replayed sequences goes to R2D2's loss (``r2d2.py``)."""
+    if isinstance(model, RecurrentQModel):
+        return r2d2_loss(policy, model, dist_class, batch)
     config = policy.config
     target_model: DQNModel = policy.target_model
     obs, new_obs = batch[SB.OBS], batch[SB.NEXT_OBS]
@@ -149,6 +153,8 @@ def postprocess_nstep(policy, batch: SampleBatch, other_agent_batches=None, epis
     """n-step returns (``adjust_nstep`` with the TERMINATEDS column as its "dones"), ``n_step_discount`` and,
     with ``worker_side_prioritization``, the initial |TD| priorities computed here on the worker."""
     config = policy.config
+    if policy.is_recurrent():  # R2D2: the n-step targets are made inside each replayed sequence, by the loss
+        return batch
     add_nstep_columns(batch, config["n_step"], config["gamma"])
     if config.get("worker_side_prioritization"):
         batch[PRIORITIES] = np.abs(policy.compute_td_error(batch)).astype(np.float32)
@@ -228,7 +234,16 @@ class QLearningMixin:
         if obs.dtype != np.uint8:
             obs = obs.astype(np.float32, copy=False)
         noisy = self.model.noisy and explore
-        out = None if noisy else self.model.numpy_q(obs)
+        state_out: list = []
+        if self._recurrent:  # one step of each row's sequence, from its state
+            with torch.no_grad(), small_net_threads(self):
+                state = [torch.as_tensor(np.asarray(s, dtype=np.float32), device=self.device) for s in state_batches]
+                q, state_t = self.model.unroll(torch.from_numpy(obs).to(self.device)[:, None], state)
+            q, mask = q[:, 0].cpu().numpy(), None
+            state_out = [s.cpu().numpy() for s in state_t]
+            out = q, mask
+        else:
+            out = None if noisy else self.model.numpy_q(obs)
         if out is None:
             with torch.no_grad(), small_net_threads(self):
                 self.model.set_noise(noisy)
@@ -252,7 +267,25 @@ class QLearningMixin:
                 if mask is not None:
                     scores[mask[rand] <= 0] = -1.0  # a random *valid* action
                 actions[rand] = scores.argmax(axis=1)
-        return actions, [], {}
+        return actions, state_out, {}
+
+    def load_batch(self, batch) -> dict:
+        """A batch replayed from a sequence buffer is already padded sequences (``sequence_replay``): its columns
+        go to the device as they are; any other batch as TorchPolicy loads it."""
+        if not (self._recurrent and SB.SEQ_LENS in batch):
+            return super().load_batch(batch)
+        tensors = {}
+        for key, col in batch.items():
+            col = np.asarray(col)
+            if col.dtype == object or key == SB.INFOS:
+                continue
+            if key == SB.ACTIONS:
+                col = col.astype(np.int64, copy=False)
+            elif col.dtype == np.float64:
+                col = col.astype(np.float32)
+            col = np.array(col) if not col.flags.writeable else np.ascontiguousarray(col)
+            tensors[key] = torch.from_numpy(col).to(self.device)
+        return tensors
 
     def compute_td_error(self, batch: SampleBatch | dict) -> np.ndarray:
         """TD errors (cross-entropies when distributional) of a postprocessed batch, without learning."""
@@ -270,6 +303,21 @@ class QLearningMixin:
 
 
 def make_q_model(policy, obs_space, action_space, config: dict):
+    model_config = {**MODEL_DEFAULTS, **config.get("model", {})}
+    if model_config.get("use_lstm") and not model_config.get("custom_model"):
+        if config["num_atoms"] > 1 or config["noisy"]:
+            raise ValueError("DQN with model.use_lstm (R2D2) supports neither num_atoms > 1 nor noisy yet")
+        if mask_columns(obs_space, action_space, model_config.get("action_mask_key", ACTION_MASK)):
+            raise ValueError("DQN with model.use_lstm (R2D2) does not support action masks yet")
+        q_model = RecurrentQModel(
+            obs_space,
+            action_space,
+            int(action_space.n),
+            model_config,
+            q_hiddens=config["hiddens"],
+            dueling=config["dueling"],
+        )
+        return q_model, Categorical
     model = DQNModel(
         obs_space,
         action_space,
@@ -330,4 +378,5 @@ DQNTorchPolicy = build_torch_policy(
     after_init=_after_init,
     make_model_and_action_dist=make_q_model,
     mixins=[QLearningMixin, TargetNetworkMixin],
+    recurrent=True,  # model.use_lstm: R2D2's sequence loss (r2d2.py)
 )

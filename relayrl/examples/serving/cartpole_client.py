@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inference-mode", default="remote", choices=["remote", "local"])
     parser.add_argument("--update-interval", type=float, default=10.0, help="local mode: seconds between syncs")
     parser.add_argument("--encoding", default="json", choices=["json", "msgpack"])
+    parser.add_argument("--coalesce-rewards", action="store_true", help="remote: log_returns with the next call")
     parser.add_argument("--token", default=None, help="the server's bearer token")
     parser.add_argument("--env", default="CartPole-v1", choices=["CartPole-v1", "StatelessCartPole-v1"])
     parser.add_argument("--agents", type=int, default=1, help="the server's --agents")
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         auth_token=args.token,
         encoding=args.encoding,
         wait_s=args.wait_s,
+        coalesce_rewards=args.coalesce_rewards,
     )
     progress = Progress(args.stop_reward, args.max_steps)
     errors: list[BaseException] = []

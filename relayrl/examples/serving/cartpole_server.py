@@ -122,7 +122,7 @@ def build_config(args: argparse.Namespace) -> dict:
 
     env_config = {"env_id": args.env, "address": args.address, "port": args.port, "agents": args.agents}
     env_config.update({"token": args.token, "max_backlog_steps": args.max_backlog_steps})
-    config = {**CONFIGS[args.run], "num_workers": args.num_workers, "seed": args.seed, "env_config": env_config}
+    config = {**CONFIGS.get(args.run, {}), "num_workers": args.num_workers, "seed": args.seed, "env_config": env_config}
     config["metrics_smoothing_episodes"] = 20
     if args.agents > 1:  # one policy per agent: a0 -> p0, a1 -> p1, ...
         ids = agent_ids(args.agents)
@@ -135,7 +135,7 @@ def build_config(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", default="PPO", choices=sorted(CONFIGS), help="the algorithm (default PPO)")
+    parser.add_argument("--run", default="PPO", help=f"the algorithm (default PPO; settings for {sorted(CONFIGS)})")
     parser.add_argument("--env", default="CartPole-v1", choices=["CartPole-v1", "StatelessCartPole-v1"])
     parser.add_argument("--address", default=SERVER_ADDRESS, help="address to bind (others need --token)")
     parser.add_argument("--port", type=int, default=SERVER_PORT, help="base port; 0: a free port per server")
