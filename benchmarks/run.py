@@ -379,7 +379,7 @@ def main() -> None:
     args = parser.parse_args()
     print_table("relayrl core benchmarks", core_rows(args.quick))
     if args.all:
-        for module in ("offpolicy", "async_family"):
+        for module in ("offpolicy", "async_family", "recurrent"):
             if os.path.exists(os.path.join(HERE, module + ".py")):
                 __import__(module).main()
 

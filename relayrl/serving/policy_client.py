@@ -15,8 +15,10 @@ Several servers (a trainer with ``num_workers: N`` serves one per rollout worker
 
     client = PolicyClient(["127.0.0.1:9901", "127.0.0.1:9902"])    # episode 1 -> 9901, 2 -> 9902, 3 -> 9901, ...
 
-assigns each episode, when it starts, to the next address in turn (round robin per episode, never per call: an
-episode lives in one server's env) and sends all its calls there; ``batch`` splits its calls by server.
+assigns each episode, when it starts, to the server with the fewest of this client's running episodes (ties in
+turn: round robin per episode, never per call, as an episode lives in one server's env) and sends all its calls
+there; ``batch`` splits its calls by server. A trainer samples its workers in lock step, so a client should keep
+at least as many episodes running as there are servers.
 
 ``inference_mode="local"`` runs a copy of the trainer's policy in this process (rebuilt from the server's JSON
 manifest and safetensors weights: ``local_policy.py``), pulls new weights every ``update_interval`` seconds and
@@ -55,8 +57,8 @@ class PolicyClient:
     """Drives episodes of a PolicyServer's ExternalEnv; thread safe (one connection per thread).
 
     Args:
-        address: the server, as "host:port" or "http://host:port", or a list of them: each episode goes to the
-            next one in turn when it starts (GET info / policy / weights: the first).
+        address: the server, as "host:port" or "http://host:port", or a list of them: each episode goes, when it
+            starts, to the one with the fewest of this client's running episodes (GET policy / weights: the first).
         inference_mode: "remote" (the server's trainer computes every action) or "local" (this process runs a copy
             of the policy and reports its experience in batches).
         update_interval: seconds between weight pulls and experience reports in local mode.
@@ -103,6 +105,8 @@ class PolicyClient:
             self._headers["Authorization"] = f"Bearer {auth_token}"
         self._local = threading.local()
         self._episode_server: dict[str, int] = {}  # episode id -> its server's index (several servers only)
+        self._running = [0] * len(self.servers)  # this client's running episodes per server
+        self._assign_lock = threading.Lock()
         self._turn = itertools.count()
         infos = [self._wait_for(i, wait_s) for i in range(len(self.servers))]
         for (host, port), info in zip(self.servers[1:], infos[1:]):
@@ -129,8 +133,12 @@ class PolicyClient:
     def start_episode(self, episode_id: str | None = None, training_enabled: bool = True) -> str:
         if self.policy is None:
             msg = {"episode_id": episode_id, "training_enabled": training_enabled}
-            server = next(self._turn) % len(self.servers)
-            episode_id = self._request("POST", "start_episode", msg, server)["episode_id"]
+            server = self._assign()
+            try:
+                episode_id = self._request("POST", "start_episode", msg, server)["episode_id"]
+            except BaseException:
+                self._release(None, server)
+                raise
             if len(self.servers) > 1:
                 self._episode_server[episode_id] = server
             return episode_id
@@ -169,7 +177,7 @@ class PolicyClient:
             self._states.pop(episode_id, None)
         self._report(_call("end_episode", episode_id, observation=observation, truncated=truncated))
         if self.policy is None:  # local mode: the queued calls still need the episode's server (batch drops it)
-            self._episode_server.pop(episode_id, None)
+            self._release(episode_id)
 
     # --- batches, local mode ----------------------------------------------------------------------------------
     def batch(self, calls: list[dict], _body: bytes | None = None) -> list[dict]:
@@ -279,6 +287,24 @@ class PolicyClient:
             result["action"] = self._action(result["action"])
         return result
 
+    def _assign(self) -> int:
+        """The server of a new episode: the one with the fewest of this client's running episodes, ties in turn
+        (a trainer that samples its workers in lock step needs episodes running on every one of them)."""
+        if len(self.servers) == 1:
+            return 0
+        with self._assign_lock:
+            fewest = min(self._running)
+            candidates = [i for i, n in enumerate(self._running) if n == fewest]
+            server = candidates[next(self._turn) % len(candidates)]
+            self._running[server] += 1
+            return server
+
+    def _release(self, episode_id: str | None, server: int | None = None) -> None:
+        with self._assign_lock:
+            server = self._episode_server.pop(episode_id, None) if server is None else server
+            if server is not None and len(self.servers) > 1:
+                self._running[server] -= 1
+
     def _server_of(self, episode_id: str) -> int:
         return self._episode_server.get(episode_id, 0)
 
@@ -288,7 +314,7 @@ class PolicyClient:
         for i, call in enumerate(calls):
             if call.get("command") == "start_episode":
                 call["episode_id"] = call.get("episode_id") or uuid.uuid4().hex
-                self._episode_server[call["episode_id"]] = next(self._turn) % len(self.servers)
+                self._episode_server[call["episode_id"]] = self._assign()
             per_server.setdefault(self._server_of(call.get("episode_id")), []).append(i)
         results: list[dict] = [{}] * len(calls)
         for server, indices in per_server.items():
@@ -297,7 +323,7 @@ class PolicyClient:
                 results[i] = result
         for call in calls:
             if call.get("command") == "end_episode":
-                self._episode_server.pop(call.get("episode_id"), None)
+                self._release(call.get("episode_id"))
         return results
 
     def _wait_for(self, server: int, wait_s: float) -> dict:

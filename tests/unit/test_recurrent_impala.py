@@ -179,7 +179,7 @@ def test_a_padded_step_changes_no_gradient_or_statistic():
     noisy[SB.PREV_ACTIONS][pad] = 1
     noisy[SB.TERMINATEDS][pad] = True
     noisy_total, noisy_stats, _ = policy.compute_loss(policy.model, noisy)
-    assert float(noisy_total) == float(total)
+    assert float(noisy_total.detach()) == float(total.detach())
     assert {k: float(v) for k, v in noisy_stats.items()} == {k: float(v) for k, v in stats.items()}
     for a, b in zip(clean, _grads(policy, noisy_total)):
         np.testing.assert_array_equal(a, b)
@@ -193,7 +193,7 @@ def test_a_replayed_copy_after_its_batch_stays_its_own_trajectory():
     tensors = policy.load_batch(SampleBatch.concat_samples([batch, batch]))
     assert tensors[SB.SEQ_LENS].tolist() == [3, 3]  # not one sequence of 6 steps
     twice, stats2, _ = policy.compute_loss(policy.model, tensors)
-    assert float(twice) == pytest.approx(2 * float(once), rel=1e-5)
+    assert float(twice.detach()) == pytest.approx(2 * float(once.detach()), rel=1e-5)
     assert float(stats2["entropy"]) == pytest.approx(float(stats["entropy"]), rel=1e-5)
 
 
