@@ -22,6 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from multi_agent import multi_agent_sampling  # noqa: E402
+from serving import serving_rows  # noqa: E402
 
 TUNED_PPO_CARTPOLE = "ppo/cartpole-ppo.yaml"  # time-to-solve runs the tuned example's settings
 
@@ -378,6 +379,7 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="also run the other families' benchmark tables")
     args = parser.parse_args()
     print_table("relayrl core benchmarks", core_rows(args.quick))
+    print_table("policy server (benchmarks/serving.py; about 20 s)", serving_rows(args.quick))
     if args.all:
         for module in ("offpolicy", "async_family", "recurrent"):
             if os.path.exists(os.path.join(HERE, module + ".py")):

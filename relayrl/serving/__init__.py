@@ -15,6 +15,8 @@ _NAMES = {
     "PolicyServerError": "relayrl.serving.policy_client",
     "ServedPolicy": "relayrl.serving.local_policy",
     "ProtocolError": "relayrl.serving.protocol",
+    "PolicyActor": "relayrl.serving.inference",  # inference only (``relayrl serve``)
+    "inference_env": "relayrl.serving.inference",
 }
 
 __all__ = list(_NAMES)

@@ -180,14 +180,18 @@ class PolicyClient:
             self._release(episode_id)
 
     # --- batches, local mode ----------------------------------------------------------------------------------
-    def batch(self, calls: list[dict], _body: bytes | None = None) -> list[dict]:
+    def batch(self, calls: list[dict]) -> list[dict]:
         """Sends many calls in one request: ``[{"command": "get_action", "episode_id": ..., ...}, ...]``; returns
         one result per call (``{"action": ...}``, ``{"episode_id": ...}``, ``{}``) or raises PolicyServerError for
         the first call that failed (the others were still applied). With several servers the calls go to their
         episodes' servers, one request each, in turn (a start_episode without an id gets one here)."""
+        return self._batch(calls, None)
+
+    def _batch(self, calls: list[dict], body: bytes | None) -> list[dict]:
+        """``batch``, its request body already encoded when ``body`` is given (one server)."""
         if len(self.servers) == 1:
-            msg = {"calls": [to_wire(c) for c in calls]} if _body is None else None
-            results = self._request("POST", "batch", msg, 0, _body)["results"]
+            msg = {"calls": [to_wire(c) for c in calls]} if body is None else None
+            results = self._request("POST", "batch", msg, 0, body)["results"]
         else:
             results = self._batch_per_server(calls)
         for i, result in enumerate(results):
@@ -211,7 +215,7 @@ class PolicyClient:
                 while n > 1 and len(body) > limit:
                     n //= 2
                     body = encode_body({"calls": [to_wire(c) for c in calls[start : start + n]]}, self._msgpack)
-                self.batch(calls[start : start + n], _body=body)
+                self._batch(calls[start : start + n], body)
                 start += n
 
     def update(self) -> None:

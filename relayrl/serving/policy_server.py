@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import socket
 import threading
+from concurrent.futures import Future
 from typing import Any
 
 from relayrl.env.external_env import (
@@ -282,7 +283,7 @@ class PolicyServer:
         pending = self._start(command, validate_call(command, msg, self.env))
         if command in _REPORTS:
             await self._caught_up()
-        return await self._finish(pending)
+        return (await self._results([pending], batched=False))[0]
 
     async def _batch(self, msg: Any) -> dict:
         calls = validate_batch(msg, self.env)
@@ -294,8 +295,7 @@ class PolicyServer:
                 pending.append(e.to_wire())
         if any(command in _REPORTS for command, _ in calls):
             await self._caught_up()
-        results = await asyncio.gather(*(self._finish(p, batched=True) for p in pending))
-        return {"results": results}
+        return {"results": await self._results(pending, batched=True)}
 
     async def _caught_up(self) -> None:
         """Waits (at most action_timeout_s) until the sampler has polled all but max_backlog_steps reported steps."""
@@ -324,19 +324,59 @@ class PolicyServer:
         except Exception as e:  # noqa: BLE001 - mapped to a status below, or re-raised
             raise _env_error(e) from e
 
-    async def _finish(self, pending: Any, batched: bool = False) -> dict:
-        if isinstance(pending, dict):
-            return pending
-        try:
-            action = await asyncio.wait_for(asyncio.wrap_future(pending), self.action_timeout_s)
-            return {"action": to_wire(action)}
-        except asyncio.TimeoutError:
-            error = ProtocolError(504, f"no action came within action_timeout_s={self.action_timeout_s} s")
-        except Exception as e:  # noqa: BLE001 - the env was closed while the call waited
-            error = _env_error(e)
-        if batched:
-            return error.to_wire()
-        raise error
+    async def _results(self, pending: list, batched: bool) -> list[dict]:
+        """Each call's answer, the get_actions' once their actions all came (or action_timeout_s passed): one
+        wake-up of the event loop per request, however many actions it waits for."""
+        futures = [p for p in pending if isinstance(p, Future)]
+        if futures:
+            await _all_done(futures, self.action_timeout_s)
+        out = []
+        for p in pending:
+            if not isinstance(p, Future):
+                out.append(p)
+                continue
+            if not p.done() or p.cancelled():
+                p.cancel()  # the sampler's late action is dropped (``_settle``)
+                error = ProtocolError(504, f"no action came within action_timeout_s={self.action_timeout_s} s")
+            elif p.exception() is not None:  # the env was closed while the call waited
+                error = _env_error(p.exception())
+            else:
+                out.append({"action": to_wire(p.result())})
+                continue
+            if not batched:
+                raise error
+            out.append(error.to_wire())
+        return out
+
+
+async def _all_done(futures: list[Future], timeout_s: float) -> None:
+    """Waits until every (thread-side) future is done or ``timeout_s`` passed; the last one to finish wakes the loop."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    left, lock = [len(futures)], threading.Lock()
+
+    def finish() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def one(_: Future) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            loop.call_soon_threadsafe(finish)
+
+    timer = loop.call_later(timeout_s, finish)
+    for future in futures:
+        future.add_done_callback(one)
+    try:
+        await done
+    except asyncio.CancelledError:  # the request was dropped: its actions will not be read
+        for future in futures:
+            future.cancel()
+        raise
+    finally:
+        timer.cancel()
 
 
 _REPORTS = ("log_action", "end_episode")  # the calls that add steps without waiting for the sampler

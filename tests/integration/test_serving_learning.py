@@ -67,13 +67,16 @@ def run_client(addresses: list[str], *args: str, timeout: float) -> dict:
     return summary
 
 
-def served(server_args: list[str], client_args: list[str], servers: int = 1, timeout: float = 600) -> dict:
+def served(server_args: list[str], client_args: list[str], servers: int = 1, timeout: float = 240) -> dict:
     server = Server(*server_args, servers=servers)
     try:
         summary = run_client(server.addresses(), *client_args, timeout=timeout)
+    except BaseException:
+        print("server output:\n" + "".join(server.lines[-40:]))
+        raise
     finally:
         server.stop()
-    summary["server_output"] = "".join(server.lines[-5:])
+    summary["server_output"] = "".join(line for line in server.lines if "cartpole_server:" in line)
     return summary
 
 
@@ -153,6 +156,7 @@ STATELESS_PPO = {  # tests/unit/test_recurrent.py's settings (there: >= 150 at 7
 
 @pytest.mark.timeout(300)
 def test_ppo_remote_inference_reaches_450_within_150k_client_steps():
+    # Measured (8 client episodes): 450 at 20k and 58k client steps, 21 s and 29 s of client time.
     summary = served(["--run", "PPO"], PPO_CLIENT + ["--coalesce-rewards"])
     assert summary["reached"] and summary["last20_mean"] >= 450, summary
     assert summary["steps_at_reach"] <= 150_000
@@ -161,7 +165,9 @@ def test_ppo_remote_inference_reaches_450_within_150k_client_steps():
 @pytest.mark.timeout(400)
 def test_ppo_local_inference_reaches_450_within_150k_at_most_1_5x_the_in_process_time():
     """Per step of learning: the wall seconds per client step to 450 against the in-process ExternalEnv's seconds
-    per env step to 450 (both runs' step counts vary with their seeds and thread timing, the rate does not)."""
+    per env step to 450 (both runs' step counts vary with their seeds and thread timing, the rate does not).
+    Measured: 1.20x and 1.23x (the vectorised sampler on 8 CartPoles: 1.4x and 2.5x less per step than local
+    inference)."""
     reference = in_process_ppo("external")
     vector = in_process_ppo("vector")
     summary = served(["--run", "PPO", "--max-backlog-steps", "64"], PPO_CLIENT + LOCAL)
@@ -177,7 +183,8 @@ def test_ppo_local_inference_reaches_450_within_150k_at_most_1_5x_the_in_process
 @pytest.mark.timeout(300)
 def test_multi_agent_external_env_two_agents_two_policies_trains():
     """ExternalMultiAgentEnv: agents a0, a1 each drive a CartPole of the episode with their own policy (p0, p1); the
-    episode ends when either falls, so its return is what the weaker policy achieves."""
+    episode ends when either falls, so its return is what the weaker policy achieves. Measured: 300 at 17k and 23k
+    client steps."""
     summary = served(["--run", "PPO", "--agents", "2"], ["--agents", "2", *PPO_CLIENT[:2], "--stop-reward", "300",
                      "--max-steps", "150000", "--coalesce-rewards", "--encoding", "msgpack"])  # fmt: skip
     assert summary["reached"] and summary["last20_mean"] >= 300, summary
@@ -187,7 +194,8 @@ def test_multi_agent_external_env_two_agents_two_policies_trains():
 @pytest.mark.timeout(300)
 def test_a_recurrent_policy_served_remotely_trains_on_stateless_cartpole():
     """PPO + LSTM behind the server on StatelessCartPole (no velocities): the server keeps each episode's state. A
-    feed-forward policy stays near 45 here (tests/unit/test_recurrent.py: 44.9 at 150k steps, best 52.9)."""
+    feed-forward policy stays near 45 here (tests/unit/test_recurrent.py: 44.9 at 150k steps, best 52.9).
+    Measured: 100 at 48k and 37k client steps."""
     server = ["--run", "PPO", "--env", "StatelessCartPole-v1", "--config", json.dumps(STATELESS_PPO)]
     client = ["--env", "StatelessCartPole-v1", "--num-envs", "8", "--stop-reward", "100", "--max-steps", "150000",
               "--coalesce-rewards", "--encoding", "msgpack"]  # fmt: skip
@@ -206,7 +214,9 @@ def test_two_rollout_workers_serve_on_port_plus_worker_index_and_a_client_uses_b
 @pytest.mark.learning
 @pytest.mark.timeout(900)
 def test_dqn_with_logged_random_actions_reaches_400_within_150k_client_steps():
-    """The client acts randomly in 20% of the steps and reports those actions with log_action."""
+    """The client acts randomly in 20% of the steps and reports those actions with log_action. Measured (4 client
+    episodes, 2 shared cores): 428 at 78k client steps (302 s), 447 at 90k (170 s); one run of three ended at 68
+    after 150k steps (DQN on CartPole can collapse; the server's thread timing makes runs differ)."""
     client = ["--num-envs", "4", "--off-policy", "0.2", "--stop-reward", "400", "--max-steps", "150000",
               "--coalesce-rewards", "--encoding", "msgpack"]  # fmt: skip
     summary = served(["--run", "DQN"], client, timeout=850)

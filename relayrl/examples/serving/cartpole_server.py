@@ -8,9 +8,10 @@ every waiting ``get_action`` with one batched forward pass and learns from what 
 ``--num-workers N`` each of the N rollout workers builds its own env from ``env_creator(ctx)`` and serves on
 ``port + ctx.worker_index`` (9901 .. 9900+N; the local worker, index 0, only learns); a client given every
 address (``cartpole_client --num-workers N``) spreads its episodes over them. ``--port 0``: every server takes a
-free port and prints it. ``--agents 2``: an ExternalMultiAgentEnv whose agents a0, a1 each drive a CartPole of
-the episode and learn with their own policy (p0, p1). ``--env StatelessCartPole-v1`` with
-``--config '{"model": {"use_lstm": true}}'``: a recurrent policy behind the server (it keeps each episode's state).
+free port and prints it (Ray folds the workers' look-alike lines into one unless ``RAY_DEDUP_LOGS=0``).
+``--agents 2``: an ExternalMultiAgentEnv whose agents a0, a1 each drive a CartPole of the episode and learn with
+their own policy (p0, p1). ``--env StatelessCartPole-v1`` with ``--config '{"model": {"use_lstm": true}}'``: a
+recurrent policy behind the server (the sampler keeps each episode's state).
 """
 
 from __future__ import annotations
