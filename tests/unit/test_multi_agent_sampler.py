@@ -276,3 +276,28 @@ def test_a_bad_env_is_an_error_naming_the_agent_and_the_step():
     )
     with pytest.raises(EnvCheckError, match=r"step 1 .*agent 'zz'.*possible_agents"):
         w.sample()
+
+
+def test_rnn_state_starts_at_the_initial_state_for_every_agent_and_episode():
+    from relayrl.examples.stateless_cartpole import StatelessCartPole
+
+    config = {
+        **PPO_CONFIG,
+        "seed": 0,
+        "num_envs_per_worker": 2,
+        "sample_batch_size": 100,
+        "model": {"use_lstm": True, "lstm_cell_size": 8, "fcnet_hiddens": [16]},
+    }
+    w = RolloutWorker(make_multi_agent(lambda ctx: StatelessCartPole(), 2), PPOTorchPolicy, policy_config=config)
+    b = w.sample().policy_batches["default_policy"]
+    starts = b[SB.T] == 0
+    assert starts.sum() >= 4  # 2 sub-envs x 2 agents, and the episodes that began since
+    for j in (0, 1):  # LSTM h and c
+        state = b[f"state_in_{j}"]
+        assert not state[starts].any()  # zero at every (episode, agent) start
+        assert state[~starts].any()  # carried from step to step otherwise
+    # within one (episode, agent) trajectory, each step's state is the one the previous step produced
+    policy = w.get_policy()
+    traj = next(t for t in b.split_trajectories() if t[SB.T][0] == 0 and t.count > 3)
+    _, out, _ = policy.compute_actions(traj[SB.OBS][:1], [traj["state_in_0"][:1], traj["state_in_1"][:1]])
+    np.testing.assert_allclose(out[0][0], traj["state_in_0"][1], atol=1e-5)
