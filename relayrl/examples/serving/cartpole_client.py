@@ -36,6 +36,7 @@ class Progress:
         self.returns: collections.deque = collections.deque(maxlen=window)
         self.steps = self.episodes = 0
         self.reached_at: int | None = None
+        self.mean_at_reach: float | None = None
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.start = time.perf_counter()
@@ -52,8 +53,9 @@ class Progress:
             self.episodes += 1
             self.returns.append(total)
             full = len(self.returns) == self.returns.maxlen
-            if self.stop_reward is not None and full and self.mean() >= self.stop_reward:
-                self.reached_at = self.steps
+            if self.stop_reward is not None and full and self.mean() >= self.stop_reward and self.reached_at is None:
+                # the goal as it was met: the other threads' episodes still ending afterwards move the window on
+                self.reached_at, self.mean_at_reach = self.steps, self.mean()
                 self._finish()
             if self.episodes % 50 == 0:
                 print(f"cartpole_client: {self.steps} steps, {self.episodes} episodes, last-20 mean {self.mean():.1f}",
@@ -163,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "reached": reached,
         "steps": progress.steps,
         "steps_at_reach": progress.reached_at,
+        "mean_at_reach": progress.mean_at_reach,
         "episodes": progress.episodes,
         "last20_mean": progress.mean(),
         "seconds": progress.seconds,
