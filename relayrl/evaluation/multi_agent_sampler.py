@@ -30,6 +30,7 @@ from relayrl.evaluation.episode import MultiAgentEpisode
 from relayrl.evaluation.metrics import RolloutMetrics
 from relayrl.evaluation.policy_specs import mapping_caller
 from relayrl.evaluation.sampler import (
+    SamplerStats,
     _accepts_keyword,
     _env_action_fn,
     _holding,
@@ -41,7 +42,7 @@ from relayrl.policy.sample_batch import MultiAgentBatch, SampleBatch
 SB = SampleBatch
 
 
-class MultiAgentSampler:
+class MultiAgentSampler(SamplerStats):
     """Args: ``env`` a PollingEnv; ``policies`` policy id -> Policy; ``preprocessors`` / ``filters`` per policy id;
     ``policy_mapping_fn`` agent id (, episode) -> policy id; the rest as SyncSampler (``count_steps_by``:
     ``"env_steps"`` or ``"agent_steps"``)."""
@@ -116,14 +117,6 @@ class MultiAgentSampler:
         if "on_sample_end" in self.callbacks:
             self.callbacks["on_sample_end"]({"worker": self.worker, "samples": batch})
         return batch
-
-    def get_metrics(self) -> list[RolloutMetrics]:
-        out, self._metrics = self._metrics, []
-        return out
-
-    def perf_stats(self) -> dict:
-        steps = max(1, self._perf["steps"])
-        return {f"mean_{k}_ms": 1000 * v / steps for k, v in self._perf.items() if k != "steps"}
 
     # --- the loop -------------------------------------------------------------------------------------------
     def _run_fragment(self, target: int) -> MultiAgentBatch | None:

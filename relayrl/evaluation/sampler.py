@@ -38,7 +38,23 @@ from relayrl.utils.filters import Filter
 SB = SampleBatch
 
 
-class SyncSampler:
+class SamplerStats:
+    """What both samplers report: the episodes finished since the last call, and the mean time per step of each
+    phase in ``self._perf`` (``steps`` counts the steps)."""
+
+    _metrics: list
+    _perf: dict
+
+    def get_metrics(self) -> list[RolloutMetrics]:
+        out, self._metrics = self._metrics, []
+        return out
+
+    def perf_stats(self) -> dict:
+        steps = max(1, self._perf["steps"])
+        return {f"mean_{k}_ms": 1000 * v / steps for k, v in self._perf.items() if k != "steps"}
+
+
+class SyncSampler(SamplerStats):
     def __init__(
         self,
         env: VectorEnv,
@@ -124,19 +140,6 @@ class SyncSampler:
         if "on_sample_end" in self.callbacks:
             self.callbacks["on_sample_end"]({"worker": self.worker, "samples": batch})
         return batch
-
-    def get_metrics(self) -> list[RolloutMetrics]:
-        out, self._metrics = self._metrics, []
-        return out
-
-    def perf_stats(self) -> dict:
-        steps = max(1, self._perf["steps"])
-        return {
-            "mean_env_wait_ms": 1000 * self._perf["env_wait"] / steps,
-            "mean_inference_ms": 1000 * self._perf["inference"] / steps,
-            "mean_processing_ms": 1000 * self._perf["processing"] / steps,
-            "mean_postprocessing_ms": 1000 * self._perf["postprocessing"] / steps,
-        }
 
     # --- the loop -------------------------------------------------------------------------------------------
     def _start(self) -> None:
