@@ -270,24 +270,31 @@ class RolloutWorker:
                 self.policy_map[DEFAULT_POLICY_ID],
                 self.preprocessors[DEFAULT_POLICY_ID],
                 self.filters[DEFAULT_POLICY_ID],
-                fragment_length=config["sample_batch_size"],
-                batch_mode=config["batch_mode"],
-                horizon=config["horizon"],
-                clip_rewards=config["clip_rewards"],
-                clip_actions=config["clip_actions"],
-                callbacks=config.get("callbacks"),
-                worker=self,
-                seed=self.seed,
-                lock=self._model_lock,
                 check_env=config.get("check_env", False),
-                check_nan=config.get("check_nan", False),
-                env_name=config.get("env"),
+                **self._sampler_options(),
             )
             if config["sample_async"]:
                 from relayrl.evaluation.async_sampler import AsyncSampler
 
                 self._sampler = AsyncSampler(self._sampler)
         return self._sampler
+
+    def _sampler_options(self) -> dict:
+        """The config keys both samplers take, as their keyword arguments."""
+        config = self.config
+        return {
+            "fragment_length": config["sample_batch_size"],
+            "batch_mode": config["batch_mode"],
+            "horizon": config["horizon"],
+            "clip_rewards": config["clip_rewards"],
+            "clip_actions": config["clip_actions"],
+            "callbacks": config.get("callbacks"),
+            "worker": self,
+            "seed": self.seed,
+            "lock": self._model_lock,
+            "check_nan": config.get("check_nan", False),
+            "env_name": config.get("env"),
+        }
 
     def _multi_agent_sampler(self) -> MultiAgentSampler:
         config = self.config
@@ -315,18 +322,8 @@ class RolloutWorker:
             self.preprocessors,
             self.filters,
             self.policy_mapping_fn,
-            fragment_length=config["sample_batch_size"],
-            batch_mode=config["batch_mode"],
             count_steps_by=config.get("count_steps_by", "env_steps"),
-            horizon=config["horizon"],
-            clip_rewards=config["clip_rewards"],
-            clip_actions=config["clip_actions"],
-            callbacks=config.get("callbacks"),
-            worker=self,
-            seed=self.seed,
-            lock=self._model_lock,
-            check_nan=config.get("check_nan", False),
-            env_name=config.get("env"),
+            **self._sampler_options(),
         )
         if config["sample_async"]:
             from relayrl.evaluation.async_sampler import AsyncSampler
