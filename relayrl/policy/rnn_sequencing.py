@@ -155,26 +155,27 @@ def sequence_rows(starts: np.ndarray, lens: np.ndarray, seq_idx: np.ndarray) -> 
 
 def model_inputs(train_batch: dict, is_training: bool = True) -> tuple[dict, list, torch.Tensor | None]:
     """``(input_dict, state, seq_lens)`` of a (flattened) train batch for ``model(input_dict, state, seq_lens)``:
-    the observations, the previous actions and rewards when the batch has them, and the sequences' start states
-    (``[]`` and None for a feed-forward batch)."""
+    the observations, the previous actions and rewards when the batch has them, the ``seq_mask`` of a padded
+    batch (the rows the loss reads: a recurrent model may leave the padding out, ``relayrl.models.recurrent``),
+    and the sequences' start states (``[]`` and None for a feed-forward batch)."""
     input_dict = {"obs": train_batch[SampleBatch.OBS], "is_training": is_training}
-    for key in (SampleBatch.PREV_ACTIONS, SampleBatch.PREV_REWARDS):
+    for key in (SampleBatch.PREV_ACTIONS, SampleBatch.PREV_REWARDS, SEQ_MASK):
         if key in train_batch:
             input_dict[key] = train_batch[key]
     return input_dict, [train_batch[k] for k in state_keys(train_batch)], train_batch.get(SampleBatch.SEQ_LENS)
 
 
+def valid(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The real steps of ``x`` (``x`` itself when ``mask`` is None), e.g. for a variance: ``x[mask]``."""
+    return x if mask is None else x[mask]
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """The mean of ``x`` over the real steps (all of them when ``mask`` is None). The padded steps' (zero-padded,
     hence finite) values reach neither the result nor the gradient."""
-    return x.mean() if mask is None else x[mask].mean()
+    return valid(x, mask).mean()
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """The sum of ``x`` over the real steps (all of them when ``mask`` is None)."""
-    return x.sum() if mask is None else x[mask].sum()
-
-
-def valid(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """The real steps of ``x`` (``x`` itself when ``mask`` is None), e.g. for a variance."""
-    return x if mask is None else x[mask]
+    return valid(x, mask).sum()
