@@ -26,7 +26,6 @@ import numpy as np
 from relayrl.env.env_checks import EnvChecker, EnvCheckError, _kind, describe_env
 from relayrl.models.action_mask import ACTION_MASK, split_action_mask
 
-_BOOL_TYPES = frozenset({bool, np.bool_})
 ALL = "__all__"  # the key of terminateds / truncateds that ends the whole episode
 MA_API = "MultiAgentEnv.step returns 5 dicts keyed by agent id: (obs, rewards, terminateds, truncateds, infos)"
 
@@ -140,7 +139,7 @@ class MultiAgentEpisodeChecker:
         self._act_spaces: dict[Hashable, gym.Space | None] = {}
         self.steps = 0  # step() calls since the checker was made (all episodes)
         self.episode_step: int | None = None  # steps in the current episode; None before the first reset
-        self.acting: list[Hashable] = []
+        self._acting: Any = {}.keys()  # the agents asked to act (``acting``), in obs order, as a set-like view
         self.left: dict[Hashable, int] = {}  # agent -> the episode step at which it left
         self.seen: set[Hashable] = set()  # agents that had an observation in this episode
         self.episode_over = True
@@ -153,6 +152,15 @@ class MultiAgentEpisodeChecker:
         if upcoming and episode_step is not None:
             step, episode_step = step + 1, episode_step + 1
         return self._fmt.error(self.index, step, episode_step, who + problem)
+
+    @property
+    def acting(self) -> list[Hashable]:
+        """The agents asked to act next, in obs order."""
+        return list(self._acting)
+
+    @acting.setter
+    def acting(self, agents: Any) -> None:
+        self._acting = dict.fromkeys(agents).keys()
 
     # --- reset, actions, step ------------------------------------------------------------------------------------
     def reset(self, result: Any) -> tuple[dict, dict]:
@@ -173,9 +181,8 @@ class MultiAgentEpisodeChecker:
     def actions(self, action_dict: Any) -> None:
         """Checks the actions about to go to ``step()``: a dict with one action for each agent asked to act (and
         none masked out by its observation's action mask). Messages name the step the actions are for."""
-        acting = self.acting
-        if type(action_dict) is dict and not self._masks and len(action_dict) == len(acting):
-            if all(a in action_dict for a in acting) and not self.episode_over:
+        if type(action_dict) is dict and action_dict.keys() == self._acting and not self._masks:
+            if not self.episode_over:
                 return  # one action for each agent asked, none masked to check
         if self.episode_over:
             raise self.error("actions given after the episode ended (or before the first reset); call reset()")
@@ -265,35 +272,56 @@ class MultiAgentEpisodeChecker:
         return obs, rewards, terminateds, truncateds, infos
 
     def _plain_step(self, result: Any) -> bool:
-        """The common step, checked in a few set operations: plain dicts, no agent ends, no agent new to the
-        episode gets a reward, finite rewards, bool flags. Anything else returns False before changing any state, and
-        ``step`` checks it rule by rule (with the error messages)."""
+        """The common step, checked in a few set operations: plain dicts, bool flags with ``"__all__"``, none that
+        left reappears, each agent that ends now had an observation, someone acts next unless the episode ends, no
+        agent new to the episode gets a reward, finite rewards. Anything else returns False before changing any
+        state, and ``step`` checks it rule by rule (with the error messages)."""
         if type(result) is not tuple or len(result) != 5:
             return False
         obs, rewards, terms, truncs, infos = result
-        if not (type(obs) is dict and type(rewards) is dict and type(terms) is dict and type(truncs) is dict):
+        if type(obs) is not dict or type(rewards) is not dict or type(terms) is not dict or type(truncs) is not dict:
             return False
-        if not isinstance(infos, Mapping) or ALL in obs or ALL in rewards or not obs:
+        if not obs or ALL in obs or ALL in rewards or (type(infos) is not dict and not isinstance(infos, Mapping)):
             return False
-        if terms.get(ALL, True) is not False or truncs.get(ALL, True) is not False:
-            return False  # a missing "__all__" or the episode's end: the full check
-        if True in terms.values() or True in truncs.values() or self.left:
+        left = self.left
+        if left and not (left.keys().isdisjoint(obs) and left.keys().isdisjoint(rewards)):
             return False
-        if not _BOOL_TYPES.issuperset(map(type, terms.values())) or not _BOOL_TYPES.issuperset(
-            map(type, truncs.values())
-        ):
+        if ALL not in terms or ALL not in truncs:
             return False
+        if left and not (left.keys().isdisjoint(terms) and left.keys().isdisjoint(truncs)):
+            return False
+        ends = False
+        for flag in (*terms.values(), *truncs.values()):  # Python's False passes at once
+            if flag is not False:
+                if flag is not True and type(flag) is not np.bool_:
+                    return False
+                ends = ends or bool(flag)
         if (self._known and not self._known.issuperset(obs)) or not self.seen.issuperset(rewards):
             return False
-        try:  # numbers (a str or None raises), finite (when not, the full check decides with check_nan)
-            if not all(map(math.isfinite, rewards.values())):
+        try:  # numbers (a str or None raises), finite (when not, or on overflow, the full check decides)
+            if not math.isfinite(sum(rewards.values())):
                 return False
         except TypeError:
+            return False
+        if not ends:
+            self.steps += 1
+            self.episode_step += 1
+            self.seen.update(obs)
+            self._acting = obs.keys()  # the env's dict is not changed before its next step
+            if self._masks:
+                self._masks = {}
+            return True
+        over = bool(terms[ALL] or truncs[ALL])
+        ended = {a for a, f in terms.items() if f and a != ALL} | {a for a, f in truncs.items() if f and a != ALL}
+        acting = [] if over else [a for a in obs if a not in ended]
+        if not (over or acting) or not ended <= self.seen.union(obs):
             return False
         self.steps += 1
         self.episode_step += 1
         self.seen.update(obs)
-        self.acting = list(obs)
+        for agent in ended:
+            left[agent] = self.episode_step
+        self.acting, self.episode_over = acting, over
         self._masks = {}
         return True
 
@@ -389,12 +417,16 @@ class IndependentCopiesEnv(MultiAgentEnv):
 
     def step(self, action_dict: dict) -> tuple[dict, dict, dict, dict, dict]:
         obs, rewards, terminateds, truncateds, infos = {}, {}, {}, {}, {}
+        envs = self.envs
         for i, action in action_dict.items():
-            obs[i], rewards[i], terminateds[i], truncateds[i], infos[i] = self.envs[i].step(action)
-            terminateds[i], truncateds[i] = bool(terminateds[i]), bool(truncateds[i])
-            if terminateds[i] or truncateds[i]:
+            obs[i], rewards[i], terminated, truncated, infos[i] = envs[i].step(action)
+            if terminated or truncated:
+                terminated, truncated = bool(terminated), bool(truncated)
                 self._live.discard(i)
-                self._any_truncated |= truncateds[i] and not terminateds[i]
+                self._any_truncated |= truncated and not terminated
+                terminateds[i], truncateds[i] = terminated, truncated
+            else:
+                terminateds[i] = truncateds[i] = False
         done = not self._live
         truncateds[ALL] = done and self._any_truncated
         terminateds[ALL] = done and not truncateds[ALL]

@@ -66,19 +66,22 @@ class MultiAgentVectorEnv(PollingEnv):
             for i in range(self.num_envs):
                 self._ready[i] = self._reset(i, self._seeds[i])
         ready, self._ready = self._ready, {}
+        if len(ready) == 1:
+            for i, (o, r, te, tr, inf) in ready.items():
+                return {i: o}, {i: r}, {i: te}, {i: tr}, {i: inf}, {}
         obs, rewards, terms, truncs, infos = {}, {}, {}, {}, {}
         for i, (o, r, te, tr, inf) in ready.items():
             obs[i], rewards[i], terms[i], truncs[i], infos[i] = o, r, te, tr, inf
         return obs, rewards, terms, truncs, infos, {}
 
     def send_actions(self, actions: dict) -> None:
+        checkers, envs, ready = self.checkers, self.envs, self._ready
         for i, action_dict in actions.items():
-            checker = self.checkers[i]
+            checker = checkers[i]
             checker.actions(action_dict)
-            result = checker.step(self.envs[i].step(action_dict))
-            if self._check_steps and checker.steps >= self._check_steps:
+            ready[i] = checker.step(envs[i].step(action_dict))
+            if checker.check_spaces and self._check_steps and checker.steps >= self._check_steps:
                 checker.check_spaces = False
-            self._ready[i] = result
 
     def try_reset(self, env_id: Hashable) -> tuple[dict, dict]:
         obs, _, _, _, infos = self._reset(env_id, None)
