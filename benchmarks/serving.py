@@ -4,18 +4,21 @@
     python benchmarks/serving.py --calls 5000
 
 The server runs in its own process with a fake sampler thread that answers every poll with a real PPO policy
-(CartPole spaces, one batched compute_actions per poll), as the trainer's sampler will. The client process
+(CartPole spaces, one batched compute_actions per poll), as the trainer's sampler does. The client process
 times ``get_action`` calls of one episode, one at a time on one keep-alive connection:
 
-- relayrl's stack: aiohttp server, the standard library's http.client on the client (PolicyClient), JSON and msgpack;
-- the same PolicyClient against the same handlers served by uvicorn (httptools) instead of aiohttp;
-- the ``requests`` library as the client instead of http.client;
-- batched: 64 episodes' get_action in one ``/v1/batch`` request (msgpack), agent-steps/s.
+- relayrl's stack: the PolicyServer (uvicorn, httptools) and PolicyClient (a socket and the httptools parser,
+  ``relayrl/serving/http_transport.py``), JSON and msgpack; batched: 64 episodes' get_action in one ``/v1/batch``
+  request (msgpack), agent-steps/s;
+- the same server with the standard library's ``http.client`` and with ``requests`` as the client;
+- the stacks' floors: a handler that answers at once (no policy, no hand-off) under aiohttp and under uvicorn,
+  with PolicyClient's connection and with ``http.client``: what the HTTP layers cost on their own.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import json
 import multiprocessing as mp
@@ -31,7 +34,7 @@ import numpy as np
 OBS = [0.0123, -0.0456, 0.0312, 0.0178]
 
 
-def _serve(backend: str, port_out: mp.Queue, polled: Any = None) -> None:
+def _serve(port_out: mp.Queue, polled: Any = None) -> None:
     """A PolicyServer whose fake sampler answers every poll with a real PPO policy (one batched compute_actions per
     poll), as the trainer's does; ``polled`` (a shared counter) counts the steps it polled, logged ones included;
     local-inference clients pull the same policy."""
@@ -64,51 +67,47 @@ def _serve(backend: str, port_out: mp.Queue, polled: Any = None) -> None:
 
     threading.Thread(target=sampler, daemon=True).start()
     server = PolicyServer(env, "127.0.0.1", 0, episode_timeout_s=None)
-    if backend == "aiohttp":
-        port_out.put(server.port)
-        server.serve_forever()
-    else:
-        server._sock.close()  # uvicorn binds the port itself
-        port_out.put(server.port)
-        _serve_uvicorn(server)
+    port_out.put(server.port)
+    server.serve_forever()
 
 
-def _serve_uvicorn(server) -> None:
-    """The PolicyServer's own request handling (auth, routing, validation, the env calls) behind uvicorn."""
-    import uvicorn
+ANSWER = b'{"action":1}'
 
-    from relayrl.serving.protocol import JSON, MSGPACK, ProtocolError, decode_body, encode_body, is_msgpack
 
-    class Request:  # what PolicyServer._authorize / _command read
-        def __init__(self, scope):
-            self.path, self.method = scope["path"], scope["method"]
-            self.headers = {k.decode().title(): v.decode() for k, v in scope["headers"]}
+def _serve_bare(backend: str, port_out: mp.Queue) -> None:
+    """A handler that reads the body and answers ``{"action": 1}`` at once, under aiohttp or uvicorn/httptools."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port_out.put(sock.getsockname()[1])
+    if backend == "uvicorn":
+        from relayrl.serving.http_server import make_server
 
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body, more = body + message.get("body", b""), message.get("more_body", False)
-        request = Request(scope)
-        use_msgpack = is_msgpack(request.headers.get("Content-Type"))
-        try:
-            command = server._command(request)
-            if request.method == "GET":
-                result = await server._get(command)
-            else:
-                result = await server._one(command, decode_body(body, request.headers.get("Content-Type")))
-            status = 200
-        except ProtocolError as e:
-            status, result = e.status, e.to_wire()
-        out = encode_body(result, use_msgpack)
-        kind = (MSGPACK if use_msgpack else JSON).encode()
-        headers = [(b"content-type", kind), (b"content-length", str(len(out)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": out})
+        async def app(scope, receive, send):
+            if scope["type"] != "http":
+                return
+            more = True
+            while more:
+                more = (await receive()).get("more_body", False)
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": ANSWER})
 
-    uvicorn.run(app, host="127.0.0.1", port=server.port, log_level="warning", http="httptools", loop="asyncio")
+        asyncio.run(make_server(app).serve(sockets=[sock]))
+        return
+    from aiohttp import web
+
+    async def handle(request):
+        await request.read()
+        return web.Response(body=ANSWER, content_type="application/json")
+
+    async def main() -> None:
+        runner = web.ServerRunner(web.Server(handle), access_log=None)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
 
 
 def _time_calls(call, n: int, server_pid: int) -> dict:
@@ -144,31 +143,53 @@ def _wait_for_port(port: int) -> None:
     raise RuntimeError(f"no server on port {port}")
 
 
-def run_case(backend: str, client_kind: str, encoding: str, n: int, batch: int = 0) -> dict:
+def run_case(server: str, client_kind: str, encoding: str, n: int, batch: int = 0) -> dict:
+    """Times ``n`` calls of one client against ``server`` ("relayrl": the PolicyServer with its fake sampler;
+    "aiohttp" / "uvicorn": a bare handler); ``client_kind``: "relayrl" (PolicyClient, or its connection for a bare
+    server), "http.client" or "requests"."""
     from relayrl.serving import PolicyClient
+    from relayrl.serving.http_transport import Connection
 
     ctx = mp.get_context("spawn")
     port_out = ctx.Queue()
-    proc = ctx.Process(target=_serve, args=(backend, port_out), daemon=True)
+    target, args = (_serve, (port_out,)) if server == "relayrl" else (_serve_bare, (server, port_out))
+    proc = ctx.Process(target=target, args=args, daemon=True)
     proc.start()
     try:
         port = port_out.get(timeout=120)
         _wait_for_port(port)
-        client = PolicyClient(f"127.0.0.1:{port}", encoding=encoding)
         obs = np.asarray(OBS, np.float32)
-        if batch:
-            ids = [client.start_episode() for _ in range(batch)]
-            calls = [{"command": "get_action", "episode_id": e, "observation": obs} for e in ids]
-            return _time_calls(lambda: client.batch(calls), n, proc.pid)
-        eid = client.start_episode()
-        if client_kind == "http.client":
+        if server == "relayrl" and client_kind == "relayrl":
+            client = PolicyClient(f"127.0.0.1:{port}", encoding=encoding)
+            if batch:
+                ids = [client.start_episode() for _ in range(batch)]
+                calls = [{"command": "get_action", "episode_id": e, "observation": obs} for e in ids]
+                return _time_calls(lambda: client.batch(calls), n, proc.pid)
+            eid = client.start_episode()
             return _time_calls(lambda: client.get_action(eid, obs), n, proc.pid)
+        eid = "bench"
+        if server == "relayrl":
+            eid = PolicyClient(f"127.0.0.1:{port}").start_episode()
+        body = json.dumps({"episode_id": eid, "observation": OBS}).encode()
+        path, headers = "/v1/get_action", {"Content-Type": "application/json"}
+        if client_kind == "relayrl":
+            conn = Connection("127.0.0.1", port, 60.0)
+            lines = b"Content-Type: application/json\r\n"
+            return _time_calls(lambda: json.loads(conn.request("POST", path, body, lines)[2]), n, proc.pid)
+        if client_kind == "http.client":
+            import http.client
+
+            hc = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+            def call() -> Any:
+                hc.request("POST", path, body, headers)
+                return json.loads(hc.getresponse().read())
+
+            return _time_calls(call, n, proc.pid)
         import requests
 
-        session, url = requests.Session(), f"http://127.0.0.1:{port}/v1/get_action"
-        body = json.dumps({"episode_id": eid, "observation": OBS})
-        headers = {"Content-Type": "application/json"}
-        return _time_calls(lambda: session.post(url, data=body, headers=headers).json()["action"], n, proc.pid)
+        session, url = requests.Session(), f"http://127.0.0.1:{port}{path}"
+        return _time_calls(lambda: session.post(url, data=body, headers=headers).json(), n, proc.pid)
     finally:
         proc.kill()
         proc.join(10)
@@ -209,7 +230,7 @@ def serving_rows(quick: bool = False) -> list[tuple[str, str, str]]:
     n = 1000 if quick else 2000
     ctx = mp.get_context("spawn")
     port_out, polled = ctx.Queue(), ctx.Value("q", 0)
-    server = ctx.Process(target=_serve, args=("aiohttp", port_out, polled), daemon=True)
+    server = ctx.Process(target=_serve, args=(port_out, polled), daemon=True)
     server.start()
     clients = []
     try:
@@ -271,32 +292,37 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all rows; the table shows medians")
     args = parser.parse_args()
     rows = [
-        ("aiohttp + http.client, JSON (relayrl)", "aiohttp", "http.client", "json", 0),
-        ("aiohttp + http.client, msgpack (relayrl)", "aiohttp", "http.client", "msgpack", 0),
-        ("uvicorn/httptools + http.client, JSON", "uvicorn", "http.client", "json", 0),
-        ("aiohttp + requests, JSON", "aiohttp", "requests", "json", 0),
-        ("aiohttp + http.client, msgpack, batch of 64", "aiohttp", "http.client", "msgpack", 64),
+        ("relayrl server + PolicyClient, JSON", "relayrl", "relayrl", "json", 0),
+        ("relayrl server + PolicyClient, msgpack", "relayrl", "relayrl", "msgpack", 0),
+        ("relayrl server + PolicyClient, msgpack, batch of 64", "relayrl", "relayrl", "msgpack", 64),
+        ("relayrl server + http.client, JSON", "relayrl", "http.client", "json", 0),
+        ("relayrl server + requests, JSON", "relayrl", "requests", "json", 0),
+        ("floor: bare uvicorn + relayrl's connection", "uvicorn", "relayrl", "json", 0),
+        ("floor: bare uvicorn + http.client", "uvicorn", "http.client", "json", 0),
+        ("floor: bare aiohttp + relayrl's connection", "aiohttp", "relayrl", "json", 0),
+        ("floor: bare aiohttp + http.client", "aiohttp", "http.client", "json", 0),
     ]
-    if importlib.util.find_spec("uvicorn") is None:
-        print("uvicorn is not installed: its row is skipped")
-        rows = [r for r in rows if r[1] != "uvicorn"]
+    for module in ("aiohttp", "requests"):
+        if importlib.util.find_spec(module) is None:
+            print(f"{module} is not installed: its rows are skipped")
+            rows = [r for r in rows if module not in r[1:3]]
     results: dict[str, list[dict]] = {r[0]: [] for r in rows}
     load = os.getloadavg()[0]
     for _ in range(args.rounds):  # rows interleaved: a load change on a shared machine hits them all alike
-        for name, backend, client_kind, encoding, batch in rows:
+        for name, server, client_kind, encoding, batch in rows:
             n = max(100, args.calls // 20) if batch else args.calls
-            results[name].append(run_case(backend, client_kind, encoding, n, batch))
+            results[name].append(run_case(server, client_kind, encoding, n, batch))
     print(
         f"policy server, loopback, {args.calls} calls x {args.rounds} rounds (medians), {os.cpu_count()} CPUs,"
         f" load {load:.1f} -> {os.getloadavg()[0]:.1f}"
     )
     head = ("calls/s", 8), ("p50 ms", 7), ("p99 ms", 7), ("server us", 9), ("client us", 9), ("agent-steps/s", 13)
-    print(f"{'stack':44s} " + " ".join(f"{h:>{w}s}" for h, w in head))
+    print(f"{'stack':52s} " + " ".join(f"{h:>{w}s}" for h, w in head))
     for (name, *_, batch), runs in zip(rows, results.values()):
         m = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
         steps = m["calls_per_s"] * (batch or 1)
         print(
-            f"{name:44s} {m['calls_per_s']:8.0f} {m['p50_ms']:7.3f} {m['p99_ms']:7.3f} {m['server_cpu_us']:9.0f}"
+            f"{name:52s} {m['calls_per_s']:8.0f} {m['p50_ms']:7.3f} {m['p99_ms']:7.3f} {m['server_cpu_us']:9.0f}"
             f" {m['client_cpu_us']:9.0f} {steps:13.0f}"
         )
     print("server / client us: CPU time per call (all threads of the server process; the client process)")

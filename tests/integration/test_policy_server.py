@@ -355,7 +355,8 @@ def test_serving_never_uses_pickle_and_import_relayrl_loads_no_http_stack():
         text = path.read_text()
         for word in ("pickle", "marshal", "cloudpickle", "dill"):
             assert f"import {word}" not in text and f"{word}.load" not in text, f"{path.name} uses {word}"
-    code = "import sys, relayrl, relayrl.serving; print(any(m.split('.')[0] == 'aiohttp' for m in sys.modules))"
+    stacks = "('aiohttp', 'uvicorn', 'httptools')"
+    code = f"import sys, relayrl, relayrl.serving; print(any(m.split('.')[0] in {stacks} for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False"]
 

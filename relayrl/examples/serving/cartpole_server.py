@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -151,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restore", default=None, help="checkpoint to start from")
     parser.add_argument("--checkpoint-dir", default=None, help="save a checkpoint here when training stops")
     args = parser.parse_args(argv)
+    # Every rollout worker prints its own "serving on" line; Ray's log deduplication would fold the second one (a
+    # line that differs only in its numbers) into "[repeated 2x across cluster]" and hide its port.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
     from relayrl.agents.registry import get_trainer_class
 
