@@ -7,7 +7,7 @@ The server runs in its own process with a fake sampler thread that answers every
 (CartPole spaces, one batched compute_actions per poll), as the trainer's sampler does. The client process
 times ``get_action`` calls of one episode, one at a time on one keep-alive connection:
 
-- relayrl's stack: the PolicyServer (uvicorn, httptools) and PolicyClient (a socket and the httptools parser,
+- relayrl's stack: the PolicyServer (aiohttp) and PolicyClient (a socket and the httptools parser,
   ``relayrl/serving/http_transport.py``), JSON and msgpack; batched: 64 episodes' get_action in one ``/v1/batch``
   request (msgpack), agent-steps/s;
 - the same server with the standard library's ``http.client`` and with ``requests`` as the client;
@@ -81,7 +81,7 @@ def _serve_bare(backend: str, port_out: mp.Queue) -> None:
     sock.listen(64)
     port_out.put(sock.getsockname()[1])
     if backend == "uvicorn":
-        from relayrl.serving.http_server import make_server
+        import uvicorn
 
         async def app(scope, receive, send):
             if scope["type"] != "http":
@@ -93,7 +93,8 @@ def _serve_bare(backend: str, port_out: mp.Queue) -> None:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": ANSWER})
 
-        asyncio.run(make_server(app).serve(sockets=[sock]))
+        config = uvicorn.Config(app, http="httptools", interface="asgi3", lifespan="off", log_config=None)
+        asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
         return
     from aiohttp import web
 
@@ -302,7 +303,7 @@ def main() -> None:
         ("floor: bare aiohttp + relayrl's connection", "aiohttp", "relayrl", "json", 0),
         ("floor: bare aiohttp + http.client", "aiohttp", "http.client", "json", 0),
     ]
-    for module in ("aiohttp", "requests"):
+    for module in ("uvicorn", "requests"):
         if importlib.util.find_spec(module) is None:
             print(f"{module} is not installed: its rows are skipped")
             rows = [r for r in rows if module not in r[1:3]]

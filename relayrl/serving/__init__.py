@@ -1,7 +1,7 @@
 """Serving: drive an ExternalEnv's episodes over HTTP (``PolicyServer``) from anywhere (``PolicyClient``, curl).
 
-The names are imported when first used: ``import relayrl.serving`` loads no HTTP stack, and ``PolicyClient``
-needs none beyond the standard library (the server needs ``aiohttp``: ``pip install relayrl[serving]``).
+The names are imported when first used: ``import relayrl.serving`` loads no HTTP stack. ``PolicyClient`` needs
+``httptools`` (its HTTP parser) and the server ``aiohttp``: ``pip install relayrl[serving]``.
 """
 
 from __future__ import annotations

@@ -111,8 +111,7 @@ class PolicyServer:
         self.max_backlog_steps = max_backlog_steps
         self._token = auth_token.encode() if auth_token else None
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        # IPPROTO_TCP named: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says TCP
-        self._sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self._sock.bind((address, port))
@@ -163,23 +162,22 @@ class PolicyServer:
         self.stop()
 
     async def _serve(self) -> None:
-        from relayrl.serving.http_server import make_server
+        from aiohttp import web
 
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        server = make_server(self._asgi)
-        task = asyncio.create_task(server.serve(sockets=[self._sock]))
+        app = web.Application(client_max_size=self.max_request_bytes)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None, auto_decompress=False, shutdown_timeout=1.0)
+        await runner.setup()
+        await web.SockSite(runner, self._sock).start()
         reaper = asyncio.create_task(self._end_idle_episodes()) if self.episode_timeout_s else None
-        while not server.started and not task.done():
-            await asyncio.sleep(0.01)
-        if server.started:
-            self._serving.set()
+        self._serving.set()
         try:
-            await asyncio.wait([task, asyncio.create_task(self._stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+            await self._stop.wait()
         finally:
             if reaper is not None:
                 reaper.cancel()
-            server.should_exit = True
-            await task
+            await runner.cleanup()
             self._sock.close()
 
     async def _end_idle_episodes(self) -> None:
@@ -192,65 +190,48 @@ class PolicyServer:
                                self.episode_timeout_s)  # fmt: skip
 
     # --- requests ---------------------------------------------------------------------------------------------
-    async def _asgi(self, scope: dict, receive: Any, send: Any) -> None:
-        """One request (ASGI, under uvicorn): authorize, route, read and validate the body, answer."""
-        if scope["type"] != "http":
-            return
-        headers = {name: value.decode("latin-1") for name, value in scope["headers"]}
-        use_msgpack = is_msgpack(headers.get(b"accept")) or is_msgpack(headers.get(b"content-type"))
-        method, extra = scope["method"], []
+    async def _handle(self, request: Any) -> Any:
+        from aiohttp import web
+
+        use_msgpack = is_msgpack(request.headers.get("Accept")) or is_msgpack(request.headers.get("Content-Type"))
+        headers = {}
         try:
-            self._authorize(headers.get(b"authorization"))
-            command = self._command(method, scope["path"])
-            if method == "GET":
+            self._authorize(request)
+            command = self._command(request)
+            if request.method == "GET":
                 if command == "weights":
-                    return await self._weights(headers.get(b"if-none-match"), send)
+                    return await self._weights(request)
                 result = await self._get(command)
             else:
-                body = await self._read_body(headers, receive)
-                msg = decode_body(body, headers.get(b"content-type"))
+                if request.content_length is not None and request.content_length > self.max_request_bytes:
+                    raise _too_large(self.max_request_bytes)
+                try:
+                    body = await request.read()
+                except web.HTTPRequestEntityTooLarge:
+                    raise _too_large(self.max_request_bytes) from None
+                msg = decode_body(body, request.headers.get("Content-Type"))
                 result = await (self._batch(msg) if command == "batch" else self._one(command, msg))
             status = 200
         except ProtocolError as e:
             status, result = e.status, e.to_wire()
             if status == 401:
-                extra.append((b"www-authenticate", b"Bearer"))
-            if status == 413:  # the rest of the body is not read: the connection closes after the answer
-                extra.append((b"connection", b"close"))
+                headers["WWW-Authenticate"] = "Bearer"
         except Exception as e:  # noqa: BLE001 - a bug answers 500 and the server keeps serving
-            logger.exception("PolicyServer %s: %s %s failed", self.url, method, scope["path"][:100])
+            logger.exception("PolicyServer %s: %s %s failed", self.url, request.method, request.path)
             status, result = 500, ProtocolError(500, f"internal error: {type(e).__name__}").to_wire()
-        await _answer(send, status, encode_body(result, use_msgpack), MSGPACK if use_msgpack else JSON, extra)
+        body = encode_body(result, use_msgpack)
+        return web.Response(status=status, body=body, content_type=MSGPACK if use_msgpack else JSON, headers=headers)
 
-    async def _read_body(self, headers: dict, receive: Any) -> bytes:
-        """The request's body, refused (413) as soon as it is known to pass max_request_bytes."""
-        limit, declared = self.max_request_bytes, headers.get(b"content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise ProtocolError(400, f"Content-Length {declared[:30]!r} is not a number")
-            if int(declared) > limit:
-                raise _too_large(limit)
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ProtocolError(400, "the client went away before sending the whole body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        return b"".join(chunks)
-
-    def _authorize(self, given: str | None) -> None:
+    def _authorize(self, request: Any) -> None:
         if self._token is None:
             return
-        scheme, _, token = (given or "").partition(" ")
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._token):
             raise ProtocolError(401, "missing or wrong bearer token (header 'Authorization: Bearer <token>')")
 
-    def _command(self, method: str, path: str) -> str:
+    def _command(self, request: Any) -> str:
+        path = request.path
         if not path.startswith(PREFIX):
             raise ProtocolError(404, f"unknown path {path[:100]!r}: this server speaks protocol {PREFIX}<command>")
         command = path[len(PREFIX) :]
@@ -258,8 +239,8 @@ class PolicyServer:
         if command not in gets + posts:
             raise ProtocolError(404, f"unknown command {command[:100]!r}; POST {sorted(posts)}, GET {list(gets)}")
         expected = "GET" if command in gets else "POST"
-        if method != expected:
-            raise ProtocolError(405, f"{command} takes {expected}, not {method[:20]}")
+        if request.method != expected:
+            raise ProtocolError(405, f"{command} takes {expected}, not {request.method}")
         return command
 
     async def _get(self, command: str) -> dict:
@@ -278,13 +259,14 @@ class PolicyServer:
             None, served.manifest, env.observation_space, env.action_space
         )
 
-    async def _weights(self, if_none_match: str | None, send: Any) -> None:
+    async def _weights(self, request: Any) -> Any:
+        from aiohttp import web
+
         data, etag = await asyncio.get_running_loop().run_in_executor(None, self._require_policy().weights)
         quoted = f'"{etag}"'
-        tag = [(b"etag", quoted.encode("latin-1"))]
-        if if_none_match in (quoted, etag):
-            return await _answer(send, 304, b"", None, tag)
-        await _answer(send, 200, data, "application/octet-stream", tag)
+        if request.headers.get("If-None-Match") in (quoted, etag):
+            return web.Response(status=304, headers={"ETag": quoted})
+        return web.Response(body=data, content_type="application/octet-stream", headers={"ETag": quoted})
 
     def _policy(self) -> Any:
         return self._served_policy if self._served_policy is not None else getattr(self.env, "served_policy", None)
@@ -365,14 +347,6 @@ class PolicyServer:
                 raise error
             out.append(error.to_wire())
         return out
-
-
-async def _answer(send: Any, status: int, body: bytes, content_type: str | None, extra: list) -> None:
-    headers = [(b"content-length", str(len(body)).encode())] if status != 304 else []
-    if content_type:
-        headers.append((b"content-type", content_type.encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers + extra})
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _all_done(futures: list[Future], timeout_s: float) -> None:

@@ -5,6 +5,7 @@ trainer's sampler will; the trainer itself is not involved."""
 
 import json
 import pathlib
+import socket
 import subprocess
 import sys
 import threading
@@ -241,6 +242,38 @@ def test_bad_requests_get_4xx_naming_the_problem_and_the_server_keeps_serving(se
             client.log_returns("unknown-episode", 1.0)
         assert exc.value.status == 404
         assert client.get_action(eid, np.zeros(4, np.float32)) in (0, 1)  # still serving
+
+
+def test_oversized_request_heads_are_refused_and_the_server_keeps_serving(serve):
+    """A request line or a header over 8 KB (one that never ends included), or too many headers, get 400 and a
+    closed connection before the server holds more of them (aiohttp's parser limits)."""
+    server, _ = serve()
+    host, port = server.url.removeprefix("http://").split(":")
+    heads = [
+        b"GET /v1/info HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+        b"GET /v1/info HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n",
+        b"GET /v1/" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/info HTTP/1.1\r\nHost: x\r\nX-Endless: " + b"b" * 2_000_000,  # never ends: cut off early
+    ]
+    for head in heads:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            try:
+                sock.sendall(head)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server closed while the rest was still being written
+            answer = b""
+            try:
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            except ConnectionResetError:
+                pass
+        assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400")), answer[:100]
+    with PolicyClient(server.url) as client:
+        assert client.get_action(client.start_episode(), np.zeros(4, np.float32)) in (0, 1)
+    ok = b"GET /v1/info HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(50)) + b"\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(ok)
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
 
 
 def test_auth_token_and_non_loopback_binding(serve):

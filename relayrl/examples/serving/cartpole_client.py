@@ -70,6 +70,11 @@ class Progress:
             self.done.set()
 
 
+# With several servers a trainer samples its workers in lock step: once the other threads have stopped, an episode
+# waiting for an action from one worker can wait for ever (the trainer waits for the other worker's fragment).
+STRAGGLER_S = 15.0
+
+
 def play(client: PolicyClient, args: argparse.Namespace, progress: Progress, index: int) -> None:
     """Episodes of one simulator (a CartPole per agent) until ``progress.done``."""
     agents = agent_ids(args.agents) if args.agents > 1 else [None]
@@ -97,9 +102,10 @@ def play(client: PolicyClient, args: argparse.Namespace, progress: Progress, ind
             total += float(np.mean(list(rewards.values())))
             client.log_returns(eid, _one(rewards, args))
             progress.step()
-            if terminated or truncated:
-                client.end_episode(eid, _one(obs, args), truncated=truncated and not terminated)
-                progress.episode(total)
+            if terminated or truncated or progress.done.is_set():  # done: end the episode now (truncated)
+                client.end_episode(eid, _one(obs, args), truncated=not terminated)
+                if terminated or truncated:
+                    progress.episode(total)
                 break
 
 
@@ -156,8 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(args.num_envs)]
     for t in threads:
         t.start()
+    progress.done.wait()
+    deadline = time.monotonic() + STRAGGLER_S
     for t in threads:
-        t.join()
+        t.join(max(0.0, deadline - time.monotonic()))
+    stragglers = sum(t.is_alive() for t in threads)
+    if stragglers:  # left to the servers' episode timeout (daemon threads)
+        print(f"cartpole_client: {stragglers} episode(s) still waiting for an action after {STRAGGLER_S} s: left")
     if errors:
         raise errors[0]
     reached = args.stop_reward is None or progress.reached_at is not None
