@@ -302,6 +302,7 @@ ma:
     env: multi_agent:CartPole-v1
     config:
         env_config: {num_agents: 3}
+        seed: 0  # an episode of 3 random CartPoles ends within the 64 steps (unseeded: not always)
         train_batch_size: 64
         sample_batch_size: 32
         sgd_minibatch_size: 32

@@ -257,7 +257,9 @@ def test_apex_with_use_lstm_replays_sequences():
         # busy machine does not fail the test while a learner that never trains still does).
         deadline = time.monotonic() + 180
         result = trainer.train()
-        while "default_policy" not in result["info"]["learner"] and time.monotonic() < deadline:
+        # The optimizer counts trained rows when it drains the learner's queue, one train() after the stats appear.
+        trained = lambda: "default_policy" in result["info"]["learner"] and trainer.optimizer.num_steps_trained > 0  # noqa: E731
+        while not trained() and time.monotonic() < deadline:
             result = trainer.train()
         assert trainer.optimizer.num_steps_trained > 0 and result["timesteps_total"] >= 200
         assert np.isfinite(result["info"]["learner"]["default_policy"]["loss"])
