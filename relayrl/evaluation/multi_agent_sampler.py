@@ -34,10 +34,10 @@ from relayrl.evaluation.sampler import (
     _accepts_keyword,
     _env_action_fn,
     _holding,
-    single_blas_thread,
     wants_prev_action_reward,
 )
 from relayrl.policy.sample_batch import MultiAgentBatch, SampleBatch
+from relayrl.utils.blas import single_blas_thread
 
 SB = SampleBatch
 

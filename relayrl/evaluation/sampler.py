@@ -33,6 +33,7 @@ from relayrl.evaluation.metrics import RolloutMetrics
 from relayrl.models.preprocessors import Preprocessor
 from relayrl.policy.policy import Policy
 from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, SampleBatch
+from relayrl.utils.blas import single_blas_thread
 from relayrl.utils.filters import Filter
 
 SB = SampleBatch
@@ -461,18 +462,6 @@ def _stack(rows: list) -> np.ndarray:
         if out.shape[0] == len(rows) * first.shape[0]:
             return out.reshape((len(rows),) + first.shape)
     return np.stack(rows)
-
-
-_BLAS_CONTROLLER = None
-
-
-def single_blas_thread():
-    global _BLAS_CONTROLLER
-    if _BLAS_CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS_CONTROLLER = ThreadpoolController()
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def _env_action_fn(action_space: gym.Space, clip: bool) -> Callable[[np.ndarray], Any]:

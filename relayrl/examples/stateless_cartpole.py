@@ -16,6 +16,26 @@ import gymnasium as gym
 import numpy as np
 
 NAME = "StatelessCartPole-v1"
+# PPO settings that learn it with ``LSTM_MODEL`` (tests/unit/test_recurrent.py: >= 150 within 150k steps;
+# tests/learning/test_recurrent_learning.py: >= 450 within 500k), and with which a feed-forward model stays below 100.
+PPO_SETTINGS = {
+    "num_workers": 0,
+    "seed": 0,
+    "num_envs_per_worker": 8,
+    "sample_batch_size": 250,
+    "train_batch_size": 2000,
+    "sgd_minibatch_size": 500,
+    "num_sgd_iter": 10,
+    "lr": 3e-3,
+    "gamma": 0.99,
+    "lambda": 0.95,
+    "clip_param": 0.2,
+    "kl_coeff": 0.0,
+    "entropy_coeff": 0.0,
+    "vf_loss_coeff": 0.01,  # the value head shares the LSTM: returns of 100+ would drown the policy's gradient
+    "vf_clip_param": 100.0,
+}
+LSTM_MODEL = {"use_lstm": True, "lstm_cell_size": 64, "fcnet_hiddens": [64], "max_seq_len": 20}
 # Indices of CartPole-v1's observation that stay: x and theta (the velocities x_dot, theta_dot go).
 KEPT = [0, 2]
 

@@ -30,6 +30,7 @@ from relayrl.policy.finite_checks import check_update
 from relayrl.policy.policy import Policy
 from relayrl.policy.rnn_sequencing import chop_into_sequences, flatten_sequences
 from relayrl.policy.sample_batch import SampleBatch
+from relayrl.utils.blas import single_blas_thread
 from relayrl.utils.schedules import PiecewiseSchedule
 from relayrl.utils.torch_optim import Adam
 
@@ -226,7 +227,7 @@ class TorchPolicy(Policy):
             num_states = len(self.get_initial_state())
             # One step on one row per trajectory: small products, which a second BLAS thread slows down (by tens of
             # milliseconds per fragment on loaded cores); the sampler acts with one thread too.
-            with torch.no_grad(), _one_blas_thread():
+            with torch.no_grad(), single_blas_thread():
                 if all(f"state_out_{j}" in batch for j in range(num_states)):
                     state = [batch[f"state_out_{j}"][last] for j in range(num_states)]
                 else:
@@ -461,18 +462,6 @@ class TorchPolicy(Policy):
         for opt, opt_state in zip(self._optimizers, state.get("optimizers", [])):
             opt.load_state_dict(opt_state)
         self.global_timestep = state.get("global_timestep", 0)
-
-
-_BLAS = None
-
-
-def _one_blas_thread():
-    global _BLAS
-    if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=1, user_api="blas")
 
 
 def split_loss_output(out: Any) -> tuple[Any, dict, dict]:

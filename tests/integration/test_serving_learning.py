@@ -139,7 +139,7 @@ def in_process_ppo(kind: str) -> dict:
 
 PPO_CLIENT = ["--num-envs", "8", "--stop-reward", "450", "--max-steps", "150000", "--encoding", "msgpack"]
 LOCAL = ["--inference-mode", "local", "--update-interval", "0.02"]
-STATELESS_PPO = {  # tests/unit/test_recurrent.py's settings (there: >= 150 at 78k-104k steps in-process)
+STATELESS_PPO = {  # stateless_cartpole.PPO_SETTINGS in short, with no observation filter
     "sample_batch_size": 250,
     "train_batch_size": 2000,
     "sgd_minibatch_size": 500,

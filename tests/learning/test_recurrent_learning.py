@@ -17,29 +17,13 @@ import torch
 
 from relayrl.agents.registry import get_trainer_class
 from relayrl.env import make_multi_agent, register_env
-from relayrl.examples.stateless_cartpole import StatelessCartPole
+from relayrl.examples.stateless_cartpole import LSTM_MODEL, PPO_SETTINGS, StatelessCartPole
 
 LSTM64 = {"use_lstm": True, "lstm_cell_size": 64, "fcnet_hiddens": [64]}
 # The value head shares the LSTM: with returns of 100+, a larger vf_loss_coeff drowns the policy's gradient.
 CONFIGS = {
-    # tests/unit/test_recurrent.py's STATELESS_PPO (its quick test: 150 within 150k steps), with its model.
-    "PPO": {
-        "num_workers": 0,
-        "num_envs_per_worker": 8,
-        "sample_batch_size": 250,
-        "train_batch_size": 2000,
-        "sgd_minibatch_size": 500,
-        "num_sgd_iter": 10,
-        "lr": 3e-3,
-        "gamma": 0.99,
-        "lambda": 0.95,
-        "clip_param": 0.2,
-        "kl_coeff": 0.0,
-        "entropy_coeff": 0.0,
-        "vf_loss_coeff": 0.01,
-        "vf_clip_param": 100.0,
-        "model": {**LSTM64, "max_seq_len": 20},
-    },
+    # The settings of tests/unit/test_recurrent.py's quick test (150 within 150k steps), with its model.
+    "PPO": {**PPO_SETTINGS, "model": LSTM_MODEL},
     "A2C": {
         "num_workers": 0,
         "lr": 3e-3,

@@ -9,7 +9,7 @@ import torch
 from relayrl.agents.ppo import DEFAULT_CONFIG, PPOTorchPolicy
 from relayrl.config import merge_dicts
 from relayrl.evaluation.postprocessing import Postprocessing, compute_advantages
-from relayrl.examples.stateless_cartpole import StatelessCartPole
+from relayrl.examples.stateless_cartpole import LSTM_MODEL, PPO_SETTINGS, StatelessCartPole
 from relayrl.models.catalog import ModelCatalog, validate_model_config
 from relayrl.optimizers.minibatch_sgd import MinibatchSGD
 from relayrl.policy import SampleBatch
@@ -400,32 +400,13 @@ def test_recurrent_trainers_run(algo):
         trainer.stop()
 
 
-# PPO on StatelessCartPole (relayrl/examples/stateless_cartpole.py): the same settings with and without the LSTM.
-STATELESS_PPO = {
-    "num_workers": 0,
-    "seed": 0,
-    "num_envs_per_worker": 8,
-    "sample_batch_size": 250,
-    "train_batch_size": 2000,
-    "sgd_minibatch_size": 500,
-    "num_sgd_iter": 10,
-    "lr": 3e-3,
-    "gamma": 0.99,
-    "lambda": 0.95,
-    "clip_param": 0.2,
-    "kl_coeff": 0.0,
-    "entropy_coeff": 0.0,
-    "vf_loss_coeff": 0.01,  # the value head shares the LSTM: returns of 100+ would drown the policy's gradient
-    "vf_clip_param": 100.0,
-}
-
-
 def _train(model: dict, reward: float, max_steps: int) -> dict:
     from relayrl.agents.ppo import PPOTrainer
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # small networks on shared cores
-    trainer = PPOTrainer(env=StatelessCartPole, config={**STATELESS_PPO, "model": model})
+    # The same settings (relayrl/examples/stateless_cartpole.py) with and without the LSTM.
+    trainer = PPOTrainer(env=StatelessCartPole, config={**PPO_SETTINGS, "model": model})
     try:
         while True:
             result = trainer.train()
@@ -443,7 +424,7 @@ def test_ppo_lstm_learns_stateless_cartpole():
     # Measured (seed 0, acting in numpy): 155.1 at 104k steps, 24 s on shared cores; seeds 1, 2, 3 reach 150 at
     # 104k, 84k, 78k steps. (Acting in torch, before the recurrent numpy path: 153.9 at 86k steps, 42 s; seeds
     # 1, 2, 3 at 92k, 112k, 88k.)
-    model = {"use_lstm": True, "lstm_cell_size": 64, "fcnet_hiddens": [64], "max_seq_len": 20}
+    model = LSTM_MODEL
     result = _train(model, 150, 150_000)
     assert result["episode_reward_mean"] >= 150
 
