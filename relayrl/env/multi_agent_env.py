@@ -307,7 +307,7 @@ class MultiAgentEpisodeChecker:
             self.steps += 1
             self.episode_step += 1
             self.seen.update(obs)
-            self._acting = obs.keys()  # the env's dict is not changed before its next step
+            self._acting = dict.fromkeys(obs).keys()  # a copy: an env may reuse and change its obs dict
             if self._masks:
                 self._masks = {}
             return True

@@ -2,10 +2,10 @@
 ``httptools`` (llhttp, the parser uvicorn runs on).
 
 Why not ``http.client``: it writes a request's head and body in two sends (on loopback each wakes the server) and
-parses the response's headers with the ``email`` package; against a server that does nothing it spends about
-100 us of client CPU per call and caps one client at about 3,500 calls/s on the 2-core development machine,
-where this connection spends about 25 us (``python benchmarks/serving.py`` compares them in one run). ``requests``
-and ``httpx`` sit on top of slower stacks still.
+parses the response's headers with the ``email`` package; against a server that answers at once it spends
+130-170 us of client CPU per call (3,300-3,900 calls/s from one client on the 2-core development machine) where
+this connection spends 40-60 us (5,500-6,500 calls/s; ``python benchmarks/serving.py`` compares them in one run).
+``requests`` sits on top of a slower stack still.
 
     conn = Connection("127.0.0.1", 9900, timeout_s=10.0)
     status, headers, body = conn.request("POST", "/v1/get_action", b'{"episode_id": ...}', b"Content-Type: ...\r\n")

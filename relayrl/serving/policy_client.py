@@ -26,7 +26,7 @@ reports what it did (``log_action`` / ``log_returns`` / episode ends) in batches
 trip per ``update_interval`` instead of one per step.
 
 HTTP/1.1 with keep-alive on one connection per thread and server (``http_transport.py``: a socket and the
-``httptools`` parser; about 4x less client CPU per call than the standard library's ``http.client``, see the
+``httptools`` parser; about half the client CPU per call of the standard library's ``http.client``, see the
 README's serving benchmark). A request the server refuses raises PolicyServerError carrying its status, message
 and field.
 """
