@@ -98,13 +98,34 @@ def sampling_rate(rounds: int = 15, seconds: float = 0.2) -> dict:
     }
 
 
+def _python_work(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def parallel_ceiling(pool, n: int = 2_000_000) -> float:
+    """How much faster two processes of pure-Python work finish two units than one process does one after the
+    other (2.0 on two idle, independent cores): the most any multi-process vector env can gain here."""
+    start = time.perf_counter()
+    pool.map(_python_work, [n])
+    one = time.perf_counter() - start
+    start = time.perf_counter()
+    pool.map(_python_work, [n, n], chunksize=1)
+    return 2 * one / (time.perf_counter() - start)
+
+
 def async_vector_sampling(rounds: int = 7, seconds: float = 1.0, step_cpu_ms: float = 1.0, num_envs: int = 8) -> dict:
     """Sampling env-steps/s of one RolloutWorker with a small PPO policy (fcnet [32, 32]) on ``num_envs`` CartPole-v1
     envs whose ``step()`` costs ``step_cpu_ms`` of CPU (a busy loop on ``time.thread_time``: a sleep, or a spin on the
     wall clock, would finish on time on a crowded CPU and overstate the gain): a Gymnasium ``AsyncVectorEnv`` of
     ``num_envs`` (SAME_STEP autoreset, one subprocess per env) returned by the env creator, against relayrl's
     in-process vectorisation (``num_envs_per_worker`` = ``num_envs``). The two alternate round by round; the ratio is
-    the median of the per-round ratios."""
+    the median of the per-round ratios. Each round also measures Gymnasium's AsyncVectorEnv alone and the machine's
+    ``parallel_ceiling``."""
+    import multiprocessing as mp
+
     import gymnasium as gym
 
     from relayrl.agents.ppo import DEFAULT_CONFIG, PPOTorchPolicy
@@ -140,6 +161,7 @@ def async_vector_sampling(rounds: int = 7, seconds: float = 1.0, step_cpu_ms: fl
     # relayrl code at all (the most an AsyncVectorEnv gains on this machine).
     gym_async = gym.vector.AsyncVectorEnv([make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     gym_envs = [make() for _ in range(num_envs)]
+    pool = mp.get_context("fork").Pool(2)
 
     def gym_rates() -> tuple[float, float]:
         start, n = time.perf_counter(), 0
@@ -161,20 +183,23 @@ def async_vector_sampling(rounds: int = 7, seconds: float = 1.0, step_cpu_ms: fl
         for i, env in enumerate(gym_envs):
             env.reset(seed=i)
         async_worker.sample(), local_worker.sample()
-        pairs, gym_pairs = [], []
+        pairs, gym_pairs, ceilings = [], [], []
         for _ in range(rounds):
             pairs.append((rate(async_worker), rate(local_worker)))
             gym_pairs.append(gym_rates())
+            ceilings.append(parallel_ceiling(pool))
     finally:
         async_worker.stop()
         local_worker.stop()
         gym_async.close()
+        pool.terminate()
     med = statistics.median
     return {
         "async_steps_per_s": med(a for a, _ in pairs),
         "local_steps_per_s": med(b for _, b in pairs),
         "ratio": med(a / b for a, b in pairs),
         "gym_ratio": med(a / b for a, b in gym_pairs),
+        "parallel_ceiling": med(ceilings),
         "cpus": os.cpu_count(),
     }
 
@@ -327,7 +352,8 @@ def core_rows(quick: bool = False) -> list[tuple[str, str, str]]:
             f"{av['ratio']:.2f}x",
             f"{av['async_steps_per_s']:,.0f} vs {av['local_steps_per_s']:,.0f} steps/s, small PPO policy, CartPole"
             f" step() busy-loops 1 ms of CPU (not sleep), {av['cpus']} CPUs (target >= 1.6x on 2); Gymnasium's"
-            f" AsyncVectorEnv alone gains {av['gym_ratio']:.2f}x here",
+            f" AsyncVectorEnv alone gains {av['gym_ratio']:.2f}x here; two processes of pure-Python work finish"
+            f" {av['parallel_ceiling']:.2f}x faster than one (the machine's ceiling)",
         ),
         (
             "multi-agent: 2-agent CartPole, 1 shared PPO policy",
