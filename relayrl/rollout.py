@@ -26,6 +26,7 @@ def run_rollout(args: argparse.Namespace) -> int:
 
     from relayrl.agents.checkpoint import CheckpointError, read_manifest
     from relayrl.agents.trainer import Trainer
+    from relayrl.agents.trainer_state import env_from_manifest
     from relayrl.env.multi_agent_env import MultiAgentEnv
     from relayrl.env.registry import EnvContext, get_env_creator
 
@@ -45,11 +46,17 @@ def run_rollout(args: argparse.Namespace) -> int:
             f"checkpoint {args.checkpoint} was written by {manifest['trainer']}, not {args.run}",
             f"use --run {manifest['trainer']}",
         )
-    env_name = args.env or manifest.get("env")
-    if env_name is None:
+    env = args.env
+    if env is None:
+        try:
+            env = env_from_manifest(args.checkpoint, manifest)
+        except CheckpointError as e:
+            raise UserError(str(e), "pass --env with a registered name or a Gymnasium id") from e
+    if env is None:
         raise UserError("the checkpoint names no environment", "pass --env")
+    env_name = env if isinstance(env, str) else manifest["env_callable"]
     try:
-        creator = get_env_creator(env_name)
+        creator = get_env_creator(env)
     except ValueError as e:
         raise UserError(str(e), "use a Gymnasium id such as CartPole-v1") from e
     overrides.setdefault("num_workers", 0)

@@ -31,6 +31,8 @@ from relayrl.agents.trainer_state import (  # noqa: F401 - check_counters is pub
     check_counters,
     checked_state,
     current_state,
+    env_from_manifest,
+    env_reference,
     portable_config,
     rebuild_config,
     space_signature,
@@ -303,7 +305,7 @@ class Trainer:
             "library": "relayrl",
             "library_version": relayrl.__version__,
             "trainer": self._name,
-            "env": self._env_id if isinstance(self._env_id, str) else None,
+            **env_reference(self.config["env"]),
             "spaces": {pid: space_signature(p) for pid, p in local.policy_map.items()},
             "counters": {
                 "iteration": self.iteration,
@@ -361,7 +363,7 @@ class Trainer:
         if not isinstance(stored, dict):
             raise ckpt.CheckpointError(f"checkpoint {path}: its state has no 'config' object")
         config = rebuild_config(path, stored, trainer_cls._default_config, config_overrides or {})
-        env = stored.get("env") or manifest.get("env")
+        env = (config_overrides or {}).get("env") or stored.get("env") or env_from_manifest(path, manifest)
         try:
             trainer = trainer_cls(config=config, env=env)
         except ValueError as e:  # a config key of the wrong type or value: validate_config names it

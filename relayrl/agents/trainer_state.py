@@ -158,6 +158,34 @@ def apply_state(trainer: Any, state: dict) -> None:
         local.global_vars.update(state["global_vars"])
 
 
+def env_reference(env: Any) -> dict:
+    """How a checkpoint's manifest names its env: ``{"env": id}`` for a name, or ``{"env": None,
+    "env_callable": "module:qualname"}`` for an env class or creator that can be imported by name (not a lambda,
+    a local function or a script's ``__main__``), which ``env_from_manifest`` imports back."""
+    if isinstance(env, str):
+        return {"env": env}
+    name = ckpt.callable_name(env)
+    if name.startswith(("<unrestorable", "__main__:")):
+        return {"env": None}
+    return {"env": None, "env_callable": name}
+
+
+def env_from_manifest(path: str, manifest: dict) -> Any:
+    """The env a checkpoint was trained on: its id, its imported class or creator, or None if it names none."""
+    if isinstance(manifest.get("env"), str):
+        return manifest["env"]
+    name = manifest.get("env_callable")
+    if not isinstance(name, str):
+        return None
+    try:
+        return ckpt.resolve_callable(name)
+    except ckpt.CheckpointError as e:
+        raise ckpt.CheckpointError(
+            f"checkpoint {path} was trained on env {name}, which cannot be imported here ({e.__cause__});"
+            " pass the env (config_overrides={'env': ...}, or --env)"
+        ) from e
+
+
 def portable_config(config: dict) -> dict:
     out = copy.copy(config)
     if not isinstance(out.get("env"), str):

@@ -258,3 +258,44 @@ def test_pg_checkpoint_restores_although_its_value_branch_never_steps(tmp_path):
     fresh.restore(path)
     assert fresh.get_policy()._optimizers[0].state_dict()["step"] == steps
     assert fresh.iteration == 1
+
+
+def test_a_checkpoint_of_an_env_class_names_it_by_import_path_and_rolls_out_without_env(tmp_path):
+    from relayrl.agents.checkpoint import read_manifest
+    from relayrl.examples.stateless_cartpole import StatelessCartPole
+
+    trainer = PPOTrainer(env=StatelessCartPole, config=SMALL)
+    trainer.train()
+    path = trainer.save(str(tmp_path))
+    trainer.stop()
+    manifest = read_manifest(path)
+    assert manifest["env"] is None
+    assert manifest["env_callable"] == "relayrl.examples.stateless_cartpole:StatelessCartPole"
+    rebuilt = Trainer.from_checkpoint(path)
+    assert rebuilt.config["env"] is StatelessCartPole and rebuilt.iteration == 1
+    rebuilt.stop()
+    proc = subprocess.run(
+        [sys.executable, "-m", "relayrl", "rollout", path, "--episodes", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "mean return over 2 episodes" in proc.stdout
+
+
+def test_a_checkpoint_of_a_local_env_class_asks_for_the_env(tmp_path):
+    import gymnasium as gym
+
+    class LocalCartPole(gym.Wrapper):
+        def __init__(self, ctx):
+            super().__init__(gym.make("CartPole-v1"))
+
+    trainer = PPOTrainer(env=LocalCartPole, config=SMALL)
+    path = trainer.save(str(tmp_path))
+    trainer.stop()
+    with pytest.raises(CheckpointError, match="no environment given"):
+        Trainer.from_checkpoint(path)
+    rebuilt = Trainer.from_checkpoint(path, {"env": LocalCartPole})
+    assert rebuilt.config["env"] is LocalCartPole
+    rebuilt.stop()

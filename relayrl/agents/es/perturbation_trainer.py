@@ -23,6 +23,7 @@ import relayrl
 from relayrl.agents import checkpoint as ckpt
 from relayrl.agents.es.es_worker import PerturbationWorkerSet
 from relayrl.agents.trainer import Trainer, check_counters
+from relayrl.agents.trainer_state import env_reference
 from relayrl.env.base_env import PollingEnv
 from relayrl.env.multi_agent_env import MultiAgentEnv
 from relayrl.env.registry import EnvContext
@@ -245,7 +246,7 @@ class PerturbationTrainer(Trainer):
             "library": "relayrl",
             "library_version": relayrl.__version__,
             "trainer": self._name,
-            "env": self._env_id if isinstance(self._env_id, str) else None,
+            **env_reference(self.config["env"]),
             "spaces": {DEFAULT_POLICY_ID: self._spaces()},
             "counters": {
                 "iteration": self.iteration,
