@@ -1,7 +1,7 @@
 """The multi-agent sampler: many episodes and agents, one batched policy call per policy per step.
 
 It drives a PollingEnv (``relayrl.env.base_env``: N MultiAgentEnv sub-envs, or an external env) and keeps one
-``AgentTrajectory`` per (episode, agent). Each step::
+``AgentTrajectory`` per (episode, agent), whose rows are in a ``StepLog`` per policy. Each step::
 
     poll()                      the slots with news: observations, rewards, ends
     bookkeeping                 rewards onto each agent's open step; a new observation closes it; ends close all
@@ -17,15 +17,27 @@ each trajectory the same episode's other agents' rows), and ``sample()`` returns
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from typing import Any, Callable
 
+import gymnasium as gym
 import numpy as np
 
 from relayrl.env.base_env import ALL, PollingEnv
 from relayrl.env.env_checks import EnvCheckError
-from relayrl.evaluation.agent_collector import AgentTrajectory
+from relayrl.evaluation.agent_collector import (
+    AgentTrajectory,
+    StepLog,
+    _logp,
+    _rows,
+    _zero_action,
+    build_batch,
+    carry_over,
+    end_flags,
+    logged_actions,
+)
 from relayrl.evaluation.episode import MultiAgentEpisode
 from relayrl.evaluation.metrics import RolloutMetrics
 from relayrl.evaluation.policy_specs import mapping_caller
@@ -91,12 +103,18 @@ class MultiAgentSampler(SamplerStats):
         self._initial = {pid: p.get_initial_state() for pid, p in policies.items()}
         self._prev = {pid: wants_prev_action_reward(p) for pid, p in policies.items()}
         self._zero_action = {pid: _zero_action(p.action_space) for pid, p in policies.items()}
+        self._discrete = {pid: isinstance(p.action_space, gym.spaces.Discrete) for pid, p in policies.items()}
         self._act_kwargs = {
             pid: {"deferred": True} if _accepts_keyword(p.compute_actions, "deferred") else {}
             for pid, p in policies.items()
         }
+        self._takes_others = {  # policy id -> its postprocess_fragment takes other_agent_batches
+            pid: hasattr(p, "postprocess_fragment") and _accepts_keyword(p.postprocess_fragment, "other_agent_batches")
+            for pid, p in policies.items()
+        }
         self._episodes: dict[Any, MultiAgentEpisode] = {}  # slot -> running episode
         self._trajs: dict[Any, dict[Any, AgentTrajectory]] = {}  # slot -> agent id -> trajectory
+        self._logs = {pid: StepLog() for pid in policies}  # what each policy's calls produced, as arrays
         self._finished: list[tuple[MultiAgentEpisode, dict]] = []  # ended episodes whose rows are not out yet
         self._finished_count = 0  # complete_episodes: the steps the finished episodes hold
         self._metrics: list[RolloutMetrics] = []
@@ -123,53 +141,63 @@ class MultiAgentSampler(SamplerStats):
         """Steps until ``target`` steps are counted (truncate_episodes) or finished episodes hold them
         (complete_episodes); returns the postprocessed batch of the rows handed out."""
         env_steps = agent_steps = 0
+        env_wait = processing = inference = 0.0
+        poll, send, bookkeeping, act = self.env.poll, self.env.send_actions, self._bookkeeping, self._act
+        complete, by_agents = self.complete_episodes, self.count_agent_steps
         clock, perf = time.perf_counter, self._perf
         with single_blas_thread():
+            t0 = clock()
             while True:
-                t0 = clock()
-                obs, rewards, terms, truncs, infos, off_policy = self.env.poll()
+                obs, rewards, terms, truncs, infos, off_policy = poll()
                 t1 = clock()
-                acting, n_env = self._bookkeeping(obs, rewards, terms, truncs, infos)
+                acting, n_env = bookkeeping(obs, rewards, terms, truncs, infos)
                 t2 = clock()
-                to_send, n_agent = self._act(acting, off_policy)
+                to_send, n_agent = act(acting, off_policy)
                 t3 = clock()
                 if to_send:
-                    self.env.send_actions(to_send)
-                perf["env_wait"] += t1 - t0 + clock() - t3
-                perf["processing"] += t2 - t1
-                perf["inference"] += t3 - t2
-                perf["steps"] += n_env
+                    send(to_send)
+                t4 = clock()
+                env_wait += t1 - t0 + t4 - t3
+                processing += t2 - t1
+                inference += t3 - t2
+                t0 = t4
                 env_steps += n_env
                 agent_steps += n_agent
-                if self.complete_episodes:
+                if complete:
                     if self._finished_count >= target:
                         break
-                elif (agent_steps if self.count_agent_steps else env_steps) >= target:
+                elif (agent_steps if by_agents else env_steps) >= target:
                     break
-        t4 = clock()
-        if self.complete_episodes:
+        perf["env_wait"] += env_wait
+        perf["processing"] += processing
+        perf["inference"] += inference
+        perf["steps"] += env_steps
+        if complete:
             count, self._finished_count = self._finished_count, 0
         else:
-            count = agent_steps if self.count_agent_steps else env_steps
+            count = agent_steps if by_agents else env_steps
         batch = self._hand_out(count)
-        perf["postprocessing"] += clock() - t4
+        perf["postprocessing"] += clock() - t0
         return batch
 
     def _bookkeeping(self, obs: dict, rewards: dict, terms: dict, truncs: dict, infos: dict) -> tuple[dict, int]:
-        """Applies one poll's results; returns the agents that act next (per policy, ``[(slot, agent id,
-        trajectory)]``) and the number of env steps the poll completed."""
+        """Applies one poll's results; returns the agents that act next (per policy, ``[rows, observations]``:
+        ``(slot, agent id, trajectory, raw observation, info, None)`` rows and their processed observations as one
+        array) and the number of env steps the poll completed."""
         seen: dict[str, list] = {}  # policy id -> [(slot, agent, trajectory, raw obs, info, end flags or None)]
         ending: list[tuple] = []
         env_steps = 0
-        exact = bool(self.callbacks)
+        exact, step_callback = bool(self.callbacks), self.callbacks.get("on_episode_step")
+        episodes, all_trajs, horizon = self._episodes, self._trajs, self.horizon
+        ends = False  # someone ends in this poll
         for slot, agent_obs in obs.items():
-            episode = self._episodes.get(slot)
+            episode = episodes.get(slot)
             if episode is None:
                 episode = self._start_episode(slot)
             else:
                 env_steps += 1
                 episode.length += 1
-            trajs = self._trajs[slot]
+            trajs = all_trajs[slot]
             slot_terms, slot_truncs, slot_infos = terms[slot], truncs[slot], infos.get(slot) or _EMPTY
             slot_rewards = rewards.get(slot)
             if slot_rewards:
@@ -177,111 +205,128 @@ class MultiAgentSampler(SamplerStats):
                     traj = trajs.get(agent)
                     if traj is None:  # a reward before the agent's first observation (an external env)
                         traj = trajs[agent] = self._new_trajectory(agent, episode)
-                    traj.add_reward(r)
+                    traj.reward_total += r  # onto the open step; before the first action only the total
+                    if traj.open:
+                        traj.rewards[-1] += r
+                        traj.prev_reward += r
                     episode.total_reward += r
             over = bool(slot_terms.get(ALL) or slot_truncs.get(ALL))
-            if not over and self.horizon is not None and episode.length >= self.horizon:
+            if not over and horizon is not None and episode.length >= horizon:
                 over, slot_truncs = True, {**slot_truncs, ALL: True}
             someone_ends = over or True in slot_terms.values() or True in slot_truncs.values()
+            flags = None
             for agent, raw in agent_obs.items():
                 traj = trajs.get(agent)
                 if traj is None:
                     traj = trajs[agent] = self._new_trajectory(agent, episode)
-                flags = _end_flags(agent, slot_terms, slot_truncs, over) if someone_ends else None
+                if someone_ends:
+                    flags = end_flags(agent, slot_terms, slot_truncs, over)
                 rows = seen.get(traj.policy_id)
                 if rows is None:
                     rows = seen[traj.policy_id] = []
                 rows.append((slot, agent, traj, raw, slot_infos.get(agent), flags))
             if someone_ends:
+                ends = True
                 for agent in (*slot_terms, *slot_truncs):  # agents that left without a final observation
                     traj = trajs.get(agent)
                     if agent != ALL and traj is not None and agent not in agent_obs and not traj.ended:
-                        flags = _end_flags(agent, slot_terms, slot_truncs, over)
+                        flags = end_flags(agent, slot_terms, slot_truncs, over)
                         if flags is not None:
                             traj.end(None, slot_infos.get(agent), *flags)
             if exact:
                 self._update_episode(episode, agent_obs, slot_rewards, slot_infos)
             if over:
-                ending.append((slot, *_end_flags(ALL, slot_terms, slot_truncs, True)))
-            elif "on_episode_step" in self.callbacks:
-                self.callbacks["on_episode_step"]({"env": self.env, "episode": episode, "worker": self.worker})
-        acting = self._process(seen)
+                ending.append((slot, *end_flags(ALL, slot_terms, slot_truncs, True)))
+            elif step_callback is not None:
+                step_callback({"env": self.env, "episode": episode, "worker": self.worker})
+        acting = self._process(seen, ends)
         if ending:
             restarted: dict[str, list] = {}
             for slot, terminated, truncated in ending:
                 self._end_episode(slot, terminated, truncated, restarted)
-            for pid, rows in self._process(restarted).items():
-                acting.setdefault(pid, []).extend(rows)
+            for pid, (rows, processed) in self._process(restarted, False).items():
+                if pid in acting:
+                    acting[pid][0] += rows
+                    acting[pid][1] = np.concatenate([acting[pid][1], processed])
+                else:
+                    acting[pid] = [rows, processed]
         return acting, env_steps
 
-    def _process(self, seen: dict) -> dict:
-        """Preprocesses and filters each policy's new observations in one call; each closes its agent's open
-        step; the agents that did not end open their next step and act."""
+    def _process(self, seen: dict, ends: bool) -> dict:
+        """Preprocesses and filters each policy's new observations in one call; a final one ends its agent (only
+        when ``ends``: some row has end flags); the agents that did not end act next (``{policy id: [rows,
+        observations]}``, as ``_bookkeeping``)."""
         acting: dict[str, list] = {}
         for pid, rows in seen.items():
             processed = self.preprocessors[pid].transform_batch([r[3] for r in rows])
             f = self.filters[pid]
             if not f.is_identity:
                 processed = f(processed)
-            keep = []
-            record_prev = self._prev[pid]
-            for (slot, agent, traj, _, info, flags), o in zip(rows, processed):
-                if flags is None:
-                    traj.step(o, info, traj.episode.length, record_prev)
-                    keep.append((slot, agent, traj))
+            if not ends:
+                acting[pid] = [rows, processed]
+                continue
+            keep, kept = [], []
+            for row, o in zip(rows, processed):
+                if row[5] is None:
+                    keep.append(row)
+                    kept.append(o)
                 else:
-                    traj.end(o, info, *flags)
-            if keep:
-                acting[pid] = keep
+                    row[2].end(o, row[4], *row[5])
+            if len(keep) == len(rows):
+                acting[pid] = [rows, processed]
+            elif keep:
+                acting[pid] = [keep, np.array(kept)]
         return acting
 
     def _act(self, acting: dict, off_policy: dict) -> tuple[dict, int]:
-        """One compute_actions call per policy; returns each slot's actions (for its agents without an off-policy
-        action) and the number of agents that acted."""
+        """One compute_actions call per policy; each acting agent's step opens. Returns each slot's actions (for
+        its agents without an off-policy action) and the number of agents that acted."""
         to_send: dict[Any, dict] = {}
         n = 0
-        for pid, rows in acting.items():
-            policy = self.policies[pid]
-            trajs = [r[2] for r in rows]
-            obs = np.array([traj.last_obs for traj in trajs])
-            state = [np.stack(s) for s in zip(*(traj.state for traj in trajs))] if self._initial[pid] else None
-            kwargs = self._act_kwargs[pid]
-            if self._prev[pid]:
-                kwargs = dict(kwargs)
-                kwargs["prev_action_batch"] = np.stack([traj.prev_actions[-1] for traj in trajs])
-                prev_rewards = np.asarray([traj.prev_rewards[-1] for traj in trajs], dtype=np.float32)
-                kwargs["prev_reward_batch"] = self._clip(prev_rewards)  # as the batch's rewards column
-            compute = policy.compute_actions if self._lock is None else _holding(self._lock, policy.compute_actions)
-            actions, state_out, extra = compute(obs, state, episodes=[traj.episode for traj in trajs], **kwargs)
-            actions = np.asarray(actions)
-            env_actions = self._action_fns[pid](actions)
-            if off_policy:
-                actions, env_actions = self._logged_actions(rows, actions, env_actions, off_policy)
-                if SB.ACTION_LOGP in extra and any(a is None for a in env_actions):
-                    extra = {**extra, SB.ACTION_LOGP: _logp(policy, extra, actions)}
-            if self.callbacks:
-                for (_, agent, traj), action in zip(rows, actions):
-                    traj.episode._slot(agent)[1] = action
-            for i, (slot, agent, traj) in enumerate(rows):
-                traj.set_action(actions[i], extra, i, state_out)
-                if env_actions[i] is not None:
+        for pid, (rows, obs) in acting.items():
+            columns, env_actions, state_out = self._compute(pid, rows, obs, off_policy)
+            row = self._logs[pid].add(columns, len(rows))
+            for (slot, agent, traj, _, info, _), env_action in zip(rows, env_actions):
+                traj.act(row, info)
+                row += 1
+                if env_action is not None:
                     sent = to_send.get(slot)
                     if sent is None:
                         sent = to_send[slot] = {}
-                    sent[agent] = env_actions[i]
+                    sent[agent] = env_action
+            if state_out or self._prev[pid] or self.callbacks:
+                carry_over(rows, columns[SB.ACTIONS], state_out, self._prev[pid], bool(self.callbacks))
             n += len(rows)
         return to_send, n
 
-    def _logged_actions(self, rows: list, actions: np.ndarray, env_actions: list, off_policy: dict) -> tuple:
-        """The env's own actions (``ExternalEnv.log_action``) replace the policy's in the trajectory; nothing is
-        sent for them."""
-        actions, env_actions = actions.copy(), list(env_actions)
-        for i, (slot, agent, _) in enumerate(rows):
-            logged = off_policy.get(slot, _EMPTY).get(agent)
-            if logged is not None:
-                actions[i] = np.asarray(logged, dtype=actions.dtype)
-                env_actions[i] = None
-        return actions, env_actions
+    def _compute(self, pid: str, rows: list, obs: np.ndarray, off_policy: dict) -> tuple[dict, Any, list]:
+        """The policy's call for ``rows``: returns its StepLog columns (the actions as the trajectories keep
+        them), the actions for the env (None where the env logged its own) and the RNN states out."""
+        policy, trajs = self.policies[pid], [r[2] for r in rows]
+        state = [np.stack(s) for s in zip(*(t.state for t in trajs))] if self._initial[pid] else None
+        kwargs = self._act_kwargs[pid]
+        if self._prev[pid]:
+            prev_actions = np.stack([t.prev_action for t in trajs])
+            prev_rewards = np.asarray([t.prev_reward for t in trajs], dtype=np.float32)
+            # the reward as the batch's rewards column (clipped there)
+            kwargs = {**kwargs, "prev_action_batch": prev_actions, "prev_reward_batch": self._clip(prev_rewards)}
+        compute = policy.compute_actions if self._lock is None else _holding(self._lock, policy.compute_actions)
+        actions, state_out, extra = compute(obs, state, episodes=[t.episode for t in trajs], **kwargs)
+        actions = np.asarray(actions)
+        if self._discrete[pid] and actions.dtype.kind in "iu":
+            env_actions = actions  # its numpy integer scalars, as _env_action_fn gives them
+        else:
+            env_actions = self._action_fns[pid](actions)
+        if off_policy:
+            actions, env_actions = logged_actions(rows, actions, env_actions, off_policy)
+            if SB.ACTION_LOGP in extra and any(a is None for a in env_actions):
+                extra = {**extra, SB.ACTION_LOGP: _logp(policy, extra, actions)}
+        columns = {SB.OBS: obs, SB.ACTIONS: actions, **extra}
+        if state:
+            columns.update((f"state_in_{j}", s) for j, s in enumerate(state))
+        if self._prev[pid]:
+            columns[SB.PREV_ACTIONS], columns[SB.PREV_REWARDS] = prev_actions, prev_rewards
+        return columns, env_actions, state_out
 
     def _update_episode(self, episode: MultiAgentEpisode, agent_obs: dict, rewards: dict | None, infos: dict) -> None:
         """With callbacks: the episode's per-agent last observation, info, reward and returns, every step."""
@@ -325,19 +370,12 @@ class MultiAgentSampler(SamplerStats):
             episode.agent_rewards[(agent, traj.policy_id)] = traj.reward_total
         if "on_episode_end" in self.callbacks:
             self.callbacks["on_episode_end"]({"env": self.env, "episode": episode, "worker": self.worker})
-        self._metrics.append(
-            RolloutMetrics(
-                episode.length,
-                float(episode.total_reward),
-                dict(episode.agent_rewards),
-                dict(episode.custom_metrics),
-                {},
-            )
-        )
+        rewards, custom = dict(episode.agent_rewards), dict(episode.custom_metrics)
+        self._metrics.append(RolloutMetrics(episode.length, float(episode.total_reward), rewards, custom, {}))
         self._finished.append((episode, trajs))
         if self.complete_episodes and self.env.training_enabled(slot):
             self._finished_count += (
-                sum(len(t.actions) for t in trajs.values()) if self.count_agent_steps else episode.length
+                sum(len(t.rows) for t in trajs.values()) if self.count_agent_steps else episode.length
             )
         reset = self.env.try_reset(slot)
         if reset is None:
@@ -358,54 +396,85 @@ class MultiAgentSampler(SamplerStats):
         """Cuts the trajectories (finished episodes; with truncate_episodes also the running ones) and
         postprocesses each policy's in one call. ``count``: the steps these rows count for. Returns None when
         nothing was handed out."""
-        groups = list(self._finished)
+        groups = self._finished
         self._finished = []
         if not self.complete_episodes:
             groups += [(self._episodes[slot], trajs) for slot, trajs in self._trajs.items()]
-        per_policy: dict[str, list] = {}
+        per_policy: dict[str, list] = {}  # policy id -> [(agent, trajectory, episode, the episode's other cuts)]
         for episode, trajs in groups:
-            cut = {agent: (traj, traj.cut(episode.episode_id)) for agent, traj in trajs.items()}
-            cut = {agent: tb for agent, tb in cut.items() if tb[1] is not None}
+            cut = [(agent, traj) for agent, traj in trajs.items() if traj.closed]
             if not self.env.training_enabled(episode.env_id):
+                for _, traj in cut:
+                    traj.take()
                 continue
-            for agent, (traj, batch) in cut.items():
-                others = {a: (self.policies[t.policy_id], b) for a, (t, b) in cut.items() if a != agent}
-                per_policy.setdefault(traj.policy_id, []).append((agent, batch, episode, others))
+            for agent, traj in cut:
+                per_policy.setdefault(traj.policy_id, []).append((agent, traj, episode, cut))
         if not per_policy and self.complete_episodes:
+            self._compact()
             return None
-        return MultiAgentBatch({pid: self._postprocess(pid, items) for pid, items in per_policy.items()}, count)
+        raw, pieces = {}, {}  # policy id -> its rows; trajectory -> (policy id, first row, end row)
+        for pid, items in per_policy.items():
+            lengths = [traj.closed for _, traj, _, _ in items]
+            batch = raw[pid] = build_batch([(traj, ep.episode_id) for _, traj, ep, _ in items], self._logs[pid])
+            ids = np.arange(self._unroll_id, self._unroll_id + len(items), dtype=np.int64)
+            batch[SB.UNROLL_ID] = np.repeat(ids, lengths)
+            self._unroll_id += len(items)
+            ends = np.cumsum(lengths).tolist()
+            pieces.update((traj, (pid, end - n, end)) for (_, traj, _, _), n, end in zip(items, lengths, ends))
+        self._compact()
+        sliced: dict = {}
 
-    def _postprocess(self, pid: str, items: list) -> SampleBatch:
+        def rows_of(traj: AgentTrajectory) -> SampleBatch:
+            rows = sliced.get(traj)
+            if rows is None:
+                pid, start, end = pieces[traj]
+                rows = sliced[traj] = _rows(raw[pid], start, end)
+            return rows
+
+        out = {}
+        for pid, items in per_policy.items():  # each trajectory's others: its episode's other agents' rows
+            others = [
+                {a: (self.policies[t.policy_id], rows_of(t)) for a, t in cut if a != agent} for agent, *_, cut in items
+            ]
+            out[pid] = self._postprocess(pid, raw[pid], items, others, rows_of)
+        return MultiAgentBatch(out, count)
+
+    def _compact(self) -> None:
+        """Each policy's StepLog keeps only the rows of the running episodes' trajectories."""
+        held: dict[str, list] = {pid: [] for pid in self._logs}
+        for trajs in self._trajs.values():
+            for traj in trajs.values():
+                held[traj.policy_id].append(traj)
+        for pid, log in self._logs.items():
+            log.compact(held[pid])
+
+    def _postprocess(self, pid: str, raw: SampleBatch, items: list, others: list, rows_of: Callable) -> SampleBatch:
+        """``raw``: the policy's rows (``items``' trajectories, in order); ``others``: per trajectory, the other
+        agents' rows of its episode (``raw``'s columns stay as they are for them: a copy is postprocessed)."""
         policy = self.policies[pid]
-        for _, batch, _, _ in items:
-            batch[SB.UNROLL_ID] = np.full(batch.count, self._unroll_id, dtype=np.int64)
-            self._unroll_id += 1
-        batch = SampleBatch.concat_samples([b for _, b, _, _ in items])
+        batch = raw.copy() if any(others) else SampleBatch(raw.data)  # raw's columns stay unclipped for others
         batch[SB.REWARDS] = self._clip(batch[SB.REWARDS])
         if SB.PREV_REWARDS in batch:
             batch[SB.PREV_REWARDS] = self._clip(batch[SB.PREV_REWARDS])
         if self._check_nan:
             self._scan(pid, batch)
         episodes = [ep for _, _, ep, _ in items]
-        others = [o for _, _, _, o in items]
         callback = self.callbacks.get("on_postprocess_traj")
         pre = batch.copy() if callback else None
-        with _maybe(self._lock):
-            if _accepts_keyword(getattr(policy, "postprocess_fragment", _none), "other_agent_batches"):
+        with contextlib.nullcontext() if self._lock is None else self._lock:
+            if self._takes_others[pid]:
                 post = policy.postprocess_fragment(batch, episodes, other_agent_batches=others)
             else:
-                post = SampleBatch.concat_samples([policy.postprocess_trajectory(b, o, ep) for (_, b, ep, o) in items])
-        if callback:
-            for (agent, _, ep, o), before, after in zip(items, pre.split_trajectories(), post.split_trajectories()):
-                callback(
-                    {
-                        "episode": ep,
-                        "agent_id": agent,
-                        "pre_batch": (policy, before),
-                        "post_batch": after,
-                        "all_pre_batches": {**o, agent: (policy, before)},
-                    }
+                post = SampleBatch.concat_samples(
+                    [policy.postprocess_trajectory(rows_of(t), o, ep) for (_, t, ep, _), o in zip(items, others)]
                 )
+        if callback:
+            for (agent, _, ep, _), o, before, after in zip(
+                items, others, pre.split_trajectories(), post.split_trajectories()
+            ):
+                pre_batches = {**o, agent: (policy, before)}
+                info = {"episode": ep, "agent_id": agent, "pre_batch": (policy, before), "post_batch": after}
+                callback({**info, "all_pre_batches": pre_batches})
         return post
 
     def _scan(self, pid: str, batch: SampleBatch) -> None:
@@ -428,55 +497,3 @@ class MultiAgentSampler(SamplerStats):
 
 
 _EMPTY: dict = {}
-
-
-def _none(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
-class _maybe:
-    """``with lock`` when there is one."""
-
-    def __init__(self, lock: Any):
-        self.lock = lock
-
-    def __enter__(self) -> None:
-        if self.lock is not None:
-            self.lock.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.lock is not None:
-            self.lock.__exit__(*exc)
-
-
-def _end_flags(agent: Any, terms: dict, truncs: dict, over: bool) -> tuple[bool, bool] | None:
-    """``(terminated, truncated)`` of an agent (or ``"__all__"``) that ends now, None when it goes on: its own
-    flags first, then the episode's (``over``: the episode ends, by truncation unless ``"__all__"`` terminated)."""
-    if terms.get(agent):
-        return True, False
-    if truncs.get(agent):
-        return False, True
-    if not over:
-        return None
-    return (True, False) if terms.get(ALL) else (False, True)
-
-
-def _logp(policy: Any, extra: dict, actions: np.ndarray) -> np.ndarray:
-    """The log-probabilities of ``actions`` (some logged by the env) under the policy's action distribution."""
-    dist_class, inputs = getattr(policy, "dist_class", None), extra.get(SB.ACTION_DIST_INPUTS)
-    if dist_class is None or inputs is None:
-        return extra[SB.ACTION_LOGP]
-    import torch
-
-    with torch.no_grad():
-        dist = dist_class(torch.as_tensor(inputs), getattr(policy, "model", None))
-        return dist.logp(torch.as_tensor(actions)).cpu().numpy()
-
-
-def _zero_action(space: Any) -> np.ndarray:
-    import gymnasium as gym
-
-    if isinstance(space, gym.spaces.Discrete):
-        return np.zeros((), dtype=np.int64)
-    shape = getattr(space, "shape", None) or ()
-    return np.zeros(shape, dtype=np.float32)

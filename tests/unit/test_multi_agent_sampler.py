@@ -186,6 +186,34 @@ def test_truncate_episodes_cuts_fragments_and_counts_env_or_agent_steps():
     assert batch.count >= 4 and batch.count == len(sum(([1] * n for _, n in CountingPolicy.calls), []))
 
 
+# Two agents for 12 steps; "a" leaves at step 7 without a final observation (its last step bootstraps from its own).
+LONG = (
+    ["a", "b"],
+    [(["a", "b"], {"a": 1.0, "b": 2.0}, [], False) for _ in range(6)]
+    + [(["b"], {"a": 1.0, "b": 2.0}, ["a"], False)]
+    + [(["b"], {"b": 2.0}, [], False) for _ in range(4)]
+    + [(["b"], {"b": 2.0}, [], True)],
+    ["a", "b"],
+)
+
+
+@pytest.mark.parametrize("batch_mode", ["truncate_episodes", "complete_episodes"])
+def test_rows_held_across_fragments_come_out_whole_and_in_order(batch_mode):
+    """Fragments of 3 env steps: open steps (truncate_episodes) or whole running episodes (complete_episodes) stay
+    across many hand-outs; each agent's rows still come out once each, in order, with the right next observation."""
+    w = worker(LONG, sample_batch_size=3, batch_mode=batch_mode)
+    rows = {0: [], 1: []}
+    while not (rows[1] and rows[1][-1][3]):
+        b = w.sample().policy_batches["pa"]
+        first = b[SB.EPS_ID] == b[SB.EPS_ID][0]
+        for i, t, o, nxt, d, r in zip(
+            *(b[k][first] for k in (SB.AGENT_INDEX, SB.T, SB.OBS, SB.NEXT_OBS, SB.DONES, SB.REWARDS))
+        ):
+            rows[int(i)].append((int(t), int(o[0]), int(nxt[0]), bool(d), float(r)))
+    assert rows[0] == [(t, t, t + 1, False, 1.0) for t in range(6)] + [(6, 6, 6, True, 1.0)]
+    assert rows[1] == [(t, t, t + 1, t == 11, 2.0) for t in range(12)]
+
+
 def test_horizon_truncates_the_episode_for_every_agent():
     w = worker(JOIN_LEAVE, horizon=2, batch_mode="complete_episodes", sample_batch_size=2)
     b = w.sample().policy_batches["pa"]
