@@ -1,18 +1,24 @@
 """Policy server latency and throughput on loopback, CartPole-sized observations (remote inference).
 
-    python benchmarks/serving.py                 # prints a table (about a minute)
-    python benchmarks/serving.py --calls 5000
+    python benchmarks/serving.py                 # prints a table (about three minutes)
+    python benchmarks/serving.py --calls 5000 --rounds 1
 
-The server runs in its own process with a fake sampler thread that answers every poll with a real PPO policy
-(CartPole spaces, one batched compute_actions per poll), as the trainer's sampler does. The client process
-times ``get_action`` calls of one episode, one at a time on one keep-alive connection:
+Two servers, each in its own process, and the client process times ``get_action`` calls of one episode, one at a
+time on one keep-alive connection:
 
-- relayrl's stack: the PolicyServer (aiohttp) and PolicyClient (a socket and the httptools parser,
-  ``relayrl/serving/http_transport.py``), JSON and msgpack; batched: 64 episodes' get_action in one ``/v1/batch``
-  request (msgpack), agent-steps/s;
-- the same server with the standard library's ``http.client`` and with ``requests`` as the client;
-- the stacks' floors: a handler that answers at once (no policy, no hand-off) under aiohttp and under uvicorn,
-  with PolicyClient's connection and with ``http.client``: what the HTTP layers cost on their own.
+- "training server": a PolicyServer whose ExternalEnv is driven by a fake sampler thread that answers every poll
+  with a real PPO policy (CartPole spaces, the default model, one batched compute_actions per poll), as the
+  trainer's sampler does: every get_action is handed to that thread and its action handed back to the event loop;
+- "relayrl serve (inference only)": ``relayrl serve CHECKPOINT`` itself (a subprocess) on a PPO CartPole
+  checkpoint of the same model, trained for one iteration when the benchmark starts; its actions are computed on
+  the server's event loop thread (``relayrl/serving/inference.py``), one batched forward pass per loop iteration.
+
+Both with relayrl's stack: the PolicyServer (aiohttp) and PolicyClient (a socket and the httptools parser,
+``relayrl/serving/http_transport.py``), JSON and msgpack; batched: 64 episodes' get_action in one ``/v1/batch``
+request (msgpack), agent-steps/s. Then the training server with the standard library's ``http.client`` and with
+``requests`` as the client, and the stacks' floors: a handler that answers at once (no policy, no hand-off) under
+aiohttp and under uvicorn, with PolicyClient's connection and with ``http.client``: what the HTTP layers cost on
+their own.
 """
 
 from __future__ import annotations
@@ -23,8 +29,11 @@ import importlib.util
 import json
 import multiprocessing as mp
 import os
+import re
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -69,6 +78,58 @@ def _serve(port_out: mp.Queue, polled: Any = None) -> None:
     server = PolicyServer(env, "127.0.0.1", 0, episode_timeout_s=None)
     port_out.put(server.port)
     server.serve_forever()
+
+
+def _train_checkpoint(directory: str, path_out: mp.Queue) -> None:
+    """Trains PPO on CartPole-v1 (the default model and observation filter) for one small iteration and saves it."""
+    from relayrl.agents.ppo import PPOTrainer
+
+    config = {"num_workers": 0, "train_batch_size": 256, "sgd_minibatch_size": 64, "num_sgd_iter": 1, "seed": 0}
+    trainer = PPOTrainer(env="CartPole-v1", config=config)
+    try:
+        trainer.train()
+        path_out.put(trainer.save(directory))
+    finally:
+        trainer.stop()
+
+
+def train_checkpoint(directory: str) -> str:
+    """The checkpoint ``relayrl serve`` rows serve (trained in a subprocess: the client process stays light)."""
+    ctx = mp.get_context("spawn")
+    path_out = ctx.Queue()
+    proc = ctx.Process(target=_train_checkpoint, args=(directory, path_out))
+    proc.start()
+    try:
+        return path_out.get(timeout=300)
+    finally:
+        proc.join(60)
+
+
+class RelayrlServe:
+    """``relayrl serve CHECKPOINT --port 0`` in a subprocess: ``pid`` and ``port`` once it serves; ``stop()``
+    ends it (SIGTERM, by its PID)."""
+
+    def __init__(self, checkpoint: str):
+        cmd = [sys.executable, "-m", "relayrl", "serve", checkpoint, "--port", "0"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.pid, lines = self.proc.pid, []
+        for line in self.proc.stdout:
+            lines.append(line)
+            found = re.search(r" on http://127\.0\.0\.1:(\d+) ", line)
+            if found:
+                self.port = int(found.group(1))
+                break
+        else:
+            raise RuntimeError("relayrl serve exited:\n" + "".join(lines))
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # drains its later lines
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 ANSWER = b'{"action":1}'
@@ -144,13 +205,16 @@ def _wait_for_port(port: int) -> None:
     raise RuntimeError(f"no server on port {port}")
 
 
-def run_case(server: str, client_kind: str, encoding: str, n: int, batch: int = 0) -> dict:
-    """Times ``n`` calls of one client against ``server`` ("relayrl": the PolicyServer with its fake sampler;
-    "aiohttp" / "uvicorn": a bare handler); ``client_kind``: "relayrl" (PolicyClient, or its connection for a bare
-    server), "http.client" or "requests"."""
-    from relayrl.serving import PolicyClient
-    from relayrl.serving.http_transport import Connection
-
+def run_case(server: str, client_kind: str, encoding: str, n: int, batch: int = 0, checkpoint: str = "") -> dict:
+    """Times ``n`` calls of one client against ``server`` ("relayrl": the training server, a PolicyServer with its
+    fake sampler; "serve": ``relayrl serve checkpoint``; "aiohttp" / "uvicorn": a bare handler); ``client_kind``:
+    "relayrl" (PolicyClient, or its connection for a bare server), "http.client" or "requests"."""
+    if server == "serve":
+        served = RelayrlServe(checkpoint)
+        try:
+            return _time_client(served.port, served.pid, "relayrl", client_kind, encoding, n, batch)
+        finally:
+            served.stop()
     ctx = mp.get_context("spawn")
     port_out = ctx.Queue()
     target, args = (_serve, (port_out,)) if server == "relayrl" else (_serve_bare, (server, port_out))
@@ -159,41 +223,48 @@ def run_case(server: str, client_kind: str, encoding: str, n: int, batch: int = 
     try:
         port = port_out.get(timeout=120)
         _wait_for_port(port)
-        obs = np.asarray(OBS, np.float32)
-        if server == "relayrl" and client_kind == "relayrl":
-            client = PolicyClient(f"127.0.0.1:{port}", encoding=encoding)
-            if batch:
-                ids = [client.start_episode() for _ in range(batch)]
-                calls = [{"command": "get_action", "episode_id": e, "observation": obs} for e in ids]
-                return _time_calls(lambda: client.batch(calls), n, proc.pid)
-            eid = client.start_episode()
-            return _time_calls(lambda: client.get_action(eid, obs), n, proc.pid)
-        eid = "bench"
-        if server == "relayrl":
-            eid = PolicyClient(f"127.0.0.1:{port}").start_episode()
-        body = json.dumps({"episode_id": eid, "observation": OBS}).encode()
-        path, headers = "/v1/get_action", {"Content-Type": "application/json"}
-        if client_kind == "relayrl":
-            conn = Connection("127.0.0.1", port, 60.0)
-            lines = b"Content-Type: application/json\r\n"
-            return _time_calls(lambda: json.loads(conn.request("POST", path, body, lines)[2]), n, proc.pid)
-        if client_kind == "http.client":
-            import http.client
-
-            hc = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-
-            def call() -> Any:
-                hc.request("POST", path, body, headers)
-                return json.loads(hc.getresponse().read())
-
-            return _time_calls(call, n, proc.pid)
-        import requests
-
-        session, url = requests.Session(), f"http://127.0.0.1:{port}{path}"
-        return _time_calls(lambda: session.post(url, data=body, headers=headers).json(), n, proc.pid)
+        return _time_client(port, proc.pid, server, client_kind, encoding, n, batch)
     finally:
         proc.kill()
         proc.join(10)
+
+
+def _time_client(port: int, pid: int, server: str, client_kind: str, encoding: str, n: int, batch: int) -> dict:
+    from relayrl.serving import PolicyClient
+    from relayrl.serving.http_transport import Connection
+
+    obs = np.asarray(OBS, np.float32)
+    if server == "relayrl" and client_kind == "relayrl":
+        client = PolicyClient(f"127.0.0.1:{port}", encoding=encoding)
+        if batch:
+            ids = [client.start_episode() for _ in range(batch)]
+            calls = [{"command": "get_action", "episode_id": e, "observation": obs} for e in ids]
+            return _time_calls(lambda: client.batch(calls), n, pid)
+        eid = client.start_episode()
+        return _time_calls(lambda: client.get_action(eid, obs), n, pid)
+    eid = "bench"
+    if server == "relayrl":
+        eid = PolicyClient(f"127.0.0.1:{port}").start_episode()
+    body = json.dumps({"episode_id": eid, "observation": OBS}).encode()
+    path, headers = "/v1/get_action", {"Content-Type": "application/json"}
+    if client_kind == "relayrl":
+        conn = Connection("127.0.0.1", port, 60.0)
+        lines = b"Content-Type: application/json\r\n"
+        return _time_calls(lambda: json.loads(conn.request("POST", path, body, lines)[2]), n, pid)
+    if client_kind == "http.client":
+        import http.client
+
+        hc = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+        def call() -> Any:
+            hc.request("POST", path, body, headers)
+            return json.loads(hc.getresponse().read())
+
+        return _time_calls(call, n, pid)
+    import requests
+
+    session, url = requests.Session(), f"http://127.0.0.1:{port}{path}"
+    return _time_calls(lambda: session.post(url, data=body, headers=headers).json(), n, pid)
 
 
 def _local_client(port: int, ready: Any, go: Any, seconds: float, seed: int) -> None:
@@ -293,11 +364,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all rows; the table shows medians")
     args = parser.parse_args()
     rows = [
-        ("relayrl server + PolicyClient, JSON", "relayrl", "relayrl", "json", 0),
-        ("relayrl server + PolicyClient, msgpack", "relayrl", "relayrl", "msgpack", 0),
-        ("relayrl server + PolicyClient, msgpack, batch of 64", "relayrl", "relayrl", "msgpack", 64),
-        ("relayrl server + http.client, JSON", "relayrl", "http.client", "json", 0),
-        ("relayrl server + requests, JSON", "relayrl", "requests", "json", 0),
+        ("training server + PolicyClient, JSON", "relayrl", "relayrl", "json", 0),
+        ("relayrl serve (inference only) + PolicyClient, JSON", "serve", "relayrl", "json", 0),
+        ("training server + PolicyClient, msgpack", "relayrl", "relayrl", "msgpack", 0),
+        ("relayrl serve (inference only) + PolicyClient, msgpack", "serve", "relayrl", "msgpack", 0),
+        ("training server + PolicyClient, msgpack, batch of 64", "relayrl", "relayrl", "msgpack", 64),
+        ("relayrl serve (inference only), msgpack, batch of 64", "serve", "relayrl", "msgpack", 64),
+        ("training server + http.client, JSON", "relayrl", "http.client", "json", 0),
+        ("training server + requests, JSON", "relayrl", "requests", "json", 0),
         ("floor: bare uvicorn + relayrl's connection", "uvicorn", "relayrl", "json", 0),
         ("floor: bare uvicorn + http.client", "uvicorn", "http.client", "json", 0),
         ("floor: bare aiohttp + relayrl's connection", "aiohttp", "relayrl", "json", 0),
@@ -309,21 +383,23 @@ def main() -> None:
             rows = [r for r in rows if module not in r[1:3]]
     results: dict[str, list[dict]] = {r[0]: [] for r in rows}
     load = os.getloadavg()[0]
-    for _ in range(args.rounds):  # rows interleaved: a load change on a shared machine hits them all alike
-        for name, server, client_kind, encoding, batch in rows:
-            n = max(100, args.calls // 20) if batch else args.calls
-            results[name].append(run_case(server, client_kind, encoding, n, batch))
+    with tempfile.TemporaryDirectory(prefix="relayrl-bench-") as directory:
+        checkpoint = train_checkpoint(directory)
+        for _ in range(args.rounds):  # rows interleaved: a load change on a shared machine hits them all alike
+            for name, server, client_kind, encoding, batch in rows:
+                n = max(100, args.calls // 20) if batch else args.calls
+                results[name].append(run_case(server, client_kind, encoding, n, batch, checkpoint))
     print(
-        f"policy server, loopback, {args.calls} calls x {args.rounds} rounds (medians), {os.cpu_count()} CPUs,"
+        f"policy servers, loopback, {args.calls} calls x {args.rounds} rounds (medians), {os.cpu_count()} CPUs,"
         f" load {load:.1f} -> {os.getloadavg()[0]:.1f}"
     )
     head = ("calls/s", 8), ("p50 ms", 7), ("p99 ms", 7), ("server us", 9), ("client us", 9), ("agent-steps/s", 13)
-    print(f"{'stack':52s} " + " ".join(f"{h:>{w}s}" for h, w in head))
+    print(f"{'stack':56s} " + " ".join(f"{h:>{w}s}" for h, w in head))
     for (name, *_, batch), runs in zip(rows, results.values()):
         m = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
         steps = m["calls_per_s"] * (batch or 1)
         print(
-            f"{name:52s} {m['calls_per_s']:8.0f} {m['p50_ms']:7.3f} {m['p99_ms']:7.3f} {m['server_cpu_us']:9.0f}"
+            f"{name:56s} {m['calls_per_s']:8.0f} {m['p50_ms']:7.3f} {m['p99_ms']:7.3f} {m['server_cpu_us']:9.0f}"
             f" {m['client_cpu_us']:9.0f} {steps:13.0f}"
         )
     print("server / client us: CPU time per call (all threads of the server process; the client process)")

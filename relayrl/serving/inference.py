@@ -3,9 +3,14 @@
 ``relayrl serve CHECKPOINT`` is this module behind a command line (``serve_cli.py``)::
 
     env = inference_env(worker)                        # the spaces of the worker's policies
+    actor = PolicyActor(worker, env)                   # acts on the server's event loop thread
     server = PolicyServer(env, "127.0.0.1", 9900).start()
-    actor = PolicyActor(worker, env)
-    actor.run(stop)                                    # poll -> one batched forward pass per policy -> send_actions
+    serve_forever(actor, server)                       # summaries until Ctrl+C / SIGTERM
+
+The actions are computed on the PolicyServer's event loop thread, with no thread hand-off: a handler's get_action
+queues its observation and schedules one flush for the loop iteration (``loop.call_soon``); the flush runs after
+every request parsed in that iteration and does one batched forward pass per policy for all of them, so a
+``/v1/batch`` of 64 get_actions is one forward pass of 64 rows and concurrent clients are batched as well.
 
 Clients speak the same protocol as with a training server: ``get_action`` is answered by the checkpoint's policy
 (greedy unless ``explore``; the observation filter frozen), a recurrent policy keeps its state per episode and agent
@@ -16,35 +21,81 @@ Clients speak the same protocol as with a training server: ``get_action`` is ans
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import logging
 import threading
 import time
 from collections.abc import Hashable
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 
 from relayrl.env.base_env import ALL
-from relayrl.env.external_env import ExternalEnv, ExternalEnvError, ExternalMultiAgentEnv
+from relayrl.env.external_env import ExternalEnv, ExternalMultiAgentEnv
+
+logger = logging.getLogger(__name__)
+_NONE: dict = {}  # no logged actions (read only)
 
 
-class _Served(ExternalEnv):
-    """A single-agent ExternalEnv whose episodes come over HTTP only."""
+class _Inline:
+    """What makes a served env act on the event loop's thread (mixed into ExternalEnv / ExternalMultiAgentEnv):
+    every call that queues news (get_action, log_action, end_episode, an idle episode's end), made by the
+    PolicyServer on its loop, schedules one ``flush`` (``loop.call_soon``) unless one is due; the flush polls
+    everything queued by then (all the requests of this loop iteration) and hands it to ``actor``, whose one batched
+    forward pass per policy settles the get_actions' futures on the loop's thread: no thread hand-off."""
 
-    def run(self) -> None:
-        threading.Event().wait()  # the PolicyServer runs on its own; run() must not return
+    actor: Any = None  # the PolicyActor (set by it)
+    _flush_due = False
+
+    def start(self) -> None:
+        """No run() thread: the PolicyServer's handlers drive the episodes."""
+
+    def request_action(self, episode_id: str, observation: Any) -> Future:
+        future = super().request_action(episode_id, observation)
+        self._due()
+        return future
+
+    def log_action(self, episode_id: str, observation: Any, action: Any) -> None:
+        super().log_action(episode_id, observation, action)
+        self._due()
+
+    def end_episode(self, episode_id: str, observation: Any, *, truncated: bool = False) -> None:
+        super().end_episode(episode_id, observation, truncated=truncated)
+        self._due()
+
+    def end_idle_episodes(self, max_idle_s: float) -> list[str]:
+        ended = super().end_idle_episodes(max_idle_s)
+        if ended:
+            self._due()
+        return ended
+
+    def _due(self) -> None:
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        try:
+            while self._book.ready:  # several polls when an episode's get_action came after its log_action
+                self.actor.step(*self.poll())
+        except Exception as e:  # noqa: BLE001 - a bug: the waiting calls answer 503, serving stops (serve_forever)
+            self.actor.fail(e)
 
 
-class _ServedMulti(ExternalMultiAgentEnv):
+class _Served(_Inline, ExternalEnv):
+    """A single-agent ExternalEnv whose episodes come over HTTP only, acted on by the loop's thread."""
+
+
+class _ServedMulti(_Inline, ExternalMultiAgentEnv):
     """A multi-agent ExternalEnv whose agents' spaces are those of the policies they map to."""
 
     def __init__(self, action_space: Any, observation_space: Any, max_concurrent: int, policy_of: Any, spaces: dict):
-        super().__init__(action_space, observation_space, max_concurrent, poll_timeout_s=1.0)
+        super().__init__(action_space, observation_space, max_concurrent)
         self.policy_of = policy_of  # agent id -> policy id
         self.policy_spaces = spaces  # policy id -> (raw observation space, action space)
-
-    def run(self) -> None:
-        threading.Event().wait()
 
     def observation_space_of(self, agent_id: Hashable) -> Any:
         return self._spaces_of(agent_id)[0]
@@ -73,7 +124,7 @@ def inference_env(worker: Any, max_concurrent: int = 1000) -> ExternalEnv:
     spaces = {pid: (worker.preprocessors[pid].obs_space, p.action_space) for pid, p in worker.policy_map.items()}
     if not worker.multi_agent:
         ((obs_space, action_space),) = spaces.values()
-        env: ExternalEnv = _Served(action_space, obs_space, max_concurrent, poll_timeout_s=1.0)
+        env: ExternalEnv = _Served(action_space, obs_space, max_concurrent)
     else:
         mapping = mapping_caller(worker.policy_mapping_fn, worker)
         first = next(iter(spaces.values()))
@@ -97,11 +148,12 @@ def _same(a: tuple, b: tuple) -> bool:
 
 
 class PolicyActor:
-    """Acts for ``env``'s episodes with ``worker``'s policies until stopped; keeps no experience.
+    """Acts for ``env``'s episodes with ``worker``'s policies, called by the env's flush on the PolicyServer's event
+    loop thread; keeps no experience. A failure (a bug) closes the env and sets ``failed`` (``error`` holds it).
 
     Args:
         worker: a RolloutWorker holding the policies, their preprocessors and (frozen) observation filters.
-        env: the env made by ``inference_env(worker)``.
+        env: the env made by ``inference_env(worker)``; it is given this actor.
         explore: sample from the action distribution (True) or act greedily (False, as ``relayrl rollout``).
     """
 
@@ -109,44 +161,42 @@ class PolicyActor:
         from relayrl.evaluation.sampler import _env_action_fn  # the sampler's own policy row -> env action
 
         self.worker, self.env, self.explore = worker, env, explore
+        env.actor = self
         self.multi_agent = bool(env.multiagent)
         clip = bool(worker.config.get("clip_actions", True))
         self._to_env = {pid: _env_action_fn(p.action_space, clip) for pid, p in worker.policy_map.items()}
-        self._memory: dict[tuple, Any] = {}  # (episode, agent) -> (policy id, recurrent memory or None)
+        self._act_kwargs = {pid: _act_kwargs(p, explore) for pid, p in worker.policy_map.items()}
+        self._memory: dict[str, dict] = {}  # episode -> {agent: (policy id, recurrent memory or None)}
         self._returns: dict[str, float] = {}  # running episodes' returns so far
         self.stats = {"episodes": 0, "steps": 0, "actions": 0, "logged_actions": 0}
         self.recent_returns: collections.deque = collections.deque(maxlen=100)
-
-    def run(self, stop: threading.Event) -> None:
-        """Polls and answers until ``stop`` is set (checked at least once a second) or the env is closed."""
-        while not stop.is_set():
-            try:
-                polled = self.env.poll()
-            except ExternalEnvError:
-                if stop.is_set() or self.env.closed:
-                    return
-                continue  # a second without requests
-            self.step(*polled)
+        self.failed = threading.Event()
+        self.error: Exception | None = None
 
     def step(self, obs: dict, rewards: dict, terms: dict, truncs: dict, infos: dict, off_policy: dict) -> None:
         """Answers one poll: every waiting agent's action, computed in one batch per policy."""
         rows: dict[str, list] = collections.defaultdict(list)
+        steps = logged_actions = 0
         for eid, agent_obs in obs.items():
-            self._returns[eid] = self._returns.get(eid, 0.0) + float(sum(rewards[eid].values()))
+            reward = rewards[eid]
+            self._returns[eid] = self._returns.get(eid, 0.0) + float(sum(reward.values()))
             if terms[eid][ALL] or truncs[eid][ALL]:
                 self._end(eid)
                 continue
-            logged = off_policy.get(eid, {})
-            self.stats["steps"] += 1
+            steps += 1
+            logged = off_policy.get(eid, _NONE)
+            agents = self._memory.setdefault(eid, {})
             for agent, o in agent_obs.items():
-                pid, memory = self._agent(eid, agent)
+                pid, memory = agents.get(agent) or self._first(agents, agent)
                 if memory is not None and "prev_reward" in memory:
-                    memory["prev_reward"] = float(rewards[eid].get(agent, 0.0))
+                    memory["prev_reward"] = float(reward.get(agent, 0.0))
                 if agent in logged:
-                    self.stats["logged_actions"] += 1
+                    logged_actions += 1
                     if memory is None:
                         continue  # a feed-forward policy has nothing to carry to the next step
                 rows[pid].append((eid, agent, o, memory, logged.get(agent)))
+        self.stats["steps"] += steps
+        self.stats["logged_actions"] += logged_actions
         to_send: dict = {}
         for pid, batch in rows.items():
             for (eid, agent, _, _, logged), action in zip(batch, self._actions(pid, batch)):
@@ -156,19 +206,18 @@ class PolicyActor:
         if to_send:
             self.env.send_actions(to_send)
 
-    def _agent(self, eid: str, agent: Hashable) -> tuple:
-        key = (eid, agent)
-        if key not in self._memory:
-            from relayrl.rollout import start_memory
+    def _first(self, agents: dict, agent: Hashable) -> tuple:
+        """An agent's first step in its episode: its policy and fresh recurrent memory (None: feed-forward)."""
+        from relayrl.rollout import start_memory
 
-            pid = self.env.policy_of(agent) if self.multi_agent else next(iter(self.worker.policy_map))
-            self._memory[key] = (pid, start_memory(self.worker.policy_map[pid]))
-        return self._memory[key]
+        pid = self.env.policy_of(agent) if self.multi_agent else next(iter(self.worker.policy_map))
+        agents[agent] = (pid, start_memory(self.worker.policy_map[pid]))
+        return agents[agent]
 
     def _actions(self, pid: str, batch: list) -> list:
         worker = self.worker
         policy, prep = worker.policy_map[pid], worker.preprocessors[pid]
-        x = np.stack([np.asarray(prep.transform(row[2]), np.float32) for row in batch])
+        x = np.asarray(prep.transform_batch([row[2] for row in batch]), np.float32)
         x = worker.filters[pid](x, update=False)
         memories = [row[3] for row in batch]
         state = prev_a = prev_r = None
@@ -177,24 +226,31 @@ class PolicyActor:
             if "prev_action" in memories[0]:
                 prev_a = np.stack([np.asarray(m["prev_action"]) for m in memories])
                 prev_r = np.asarray([m["prev_reward"] for m in memories], np.float32)
-        actions, state_out, _ = policy.compute_actions(x, state or None, prev_a, prev_r, explore=self.explore)
+        actions, state_out, _ = policy.compute_actions(x, state or None, prev_a, prev_r, **self._act_kwargs[pid])
         env_actions = self._to_env[pid](actions)
+        if memories[0] is None:  # feed-forward: only agents without a logged action are in the batch
+            return list(env_actions)
         out = []
         for j, (row, action) in enumerate(zip(batch, env_actions)):
             taken = row[4] if row[4] is not None else action
             memory = row[3]
-            if memory is not None:
-                memory["state"] = [s[j] for s in state_out]
-                if "prev_action" in memory:
-                    memory["prev_action"], memory["prev_reward"] = actions[j] if row[4] is None else taken, 0.0
+            memory["state"] = [s[j] for s in state_out]
+            if "prev_action" in memory:
+                memory["prev_action"], memory["prev_reward"] = actions[j] if row[4] is None else taken, 0.0
             out.append(taken)
         return out
+
+    def fail(self, error: Exception) -> None:
+        """Stops acting: the env is closed (waiting calls answer 503) and ``failed`` is set."""
+        logger.error("relayrl serve: acting failed", exc_info=error)
+        self.error = error
+        self.env.close()
+        self.failed.set()
 
     def _end(self, eid: str) -> None:
         self.stats["episodes"] += 1
         self.recent_returns.append(self._returns.pop(eid, 0.0))
-        for key in [k for k in self._memory if k[0] == eid]:
-            del self._memory[key]
+        self._memory.pop(eid, None)
 
     def summary(self) -> str:
         mean = f"{float(np.mean(self.recent_returns)):.2f}" if self.recent_returns else "-"
@@ -205,22 +261,29 @@ class PolicyActor:
         )
 
 
-def serve_forever(actor: PolicyActor, server: Any, stop: threading.Event, report_s: float = 60.0) -> None:
-    """Runs ``actor`` in this thread with ``server`` serving from its own, printing a summary every ``report_s``
-    seconds while episodes end; stops both when ``stop`` is set (or on KeyboardInterrupt / the CLI's Stopped)."""
-    reporter = threading.Thread(target=_report, args=(actor, stop, report_s), daemon=True)
-    reporter.start()
+def _act_kwargs(policy: Any, explore: bool) -> dict:
+    """``policy.compute_actions``' keywords: ``deferred`` where it takes it (as the sampler passes it): no
+    log-probabilities or value estimates, which nothing here reads; the actions are the same."""
+    from relayrl.evaluation.sampler import _accepts_keyword
+
+    return {"explore": explore, **({"deferred": True} if _accepts_keyword(policy.compute_actions, "deferred") else {})}
+
+
+def serve_forever(actor: PolicyActor, server: Any, report_s: float = 60.0) -> None:
+    """Waits while ``server`` (started) serves ``actor``'s env from its thread, printing a summary every
+    ``report_s`` seconds while episodes end; stops the server and closes the env on KeyboardInterrupt (the CLI's
+    Stopped) or when the actor failed (its error re-raised). The BLAS libraries run one thread meanwhile: the
+    forward passes are small, and waking more threads costs more than it saves (as in the sampler)."""
+    from relayrl.utils.blas import single_blas_thread
+
+    seen = 0
     try:
-        actor.run(stop)
+        with single_blas_thread():
+            while not actor.failed.wait(report_s):
+                if actor.stats["episodes"] != seen:
+                    seen = actor.stats["episodes"]
+                    print(f"relayrl serve: {time.strftime('%H:%M:%S')} {actor.summary()}", flush=True)
+        raise RuntimeError("relayrl serve: computing actions failed") from actor.error
     finally:
-        stop.set()
         server.stop()
         actor.env.close()
-
-
-def _report(actor: PolicyActor, stop: threading.Event, report_s: float) -> None:
-    seen = 0
-    while not stop.wait(report_s):
-        if actor.stats["episodes"] != seen:
-            seen = actor.stats["episodes"]
-            print(f"relayrl serve: {time.strftime('%H:%M:%S')} {actor.summary()}", flush=True)

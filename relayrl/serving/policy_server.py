@@ -6,9 +6,10 @@
 
 Clients (``relayrl.serving.PolicyClient``, curl, any language) call ``POST /v1/<command>`` with the five
 calls of ExternalEnv, or many at once with ``POST /v1/batch``; the protocol is in ``protocol.py`` and the README.
-``get_action`` waits, without holding a thread, until the trainer's sampler sent the action. Local-inference
-clients pull ``GET /v1/policy`` (a JSON manifest) and ``GET /v1/weights`` (safetensors) of the env's
-``served_policy`` and report what they did with batches of ``log_action`` / ``log_returns`` calls.
+``get_action`` waits, without holding a thread, until the trainer's sampler sent the action (or ``relayrl serve``'s
+actor, which acts on the event loop's own thread: ``inference.py``). Local-inference clients pull ``GET /v1/policy``
+(a JSON manifest) and ``GET /v1/weights`` (safetensors) of the env's ``served_policy`` and report what they did with
+batches of ``log_action`` / ``log_returns`` calls.
 
 Security: binding an address that is not loopback needs ``auth_token`` (ValueError otherwise); with a token,
 every request needs ``Authorization: Bearer <token>`` (compared in constant time; 401 otherwise). Bodies over
@@ -235,10 +236,9 @@ class PolicyServer:
         if not path.startswith(PREFIX):
             raise ProtocolError(404, f"unknown path {path[:100]!r}: this server speaks protocol {PREFIX}<command>")
         command = path[len(PREFIX) :]
-        gets, posts = ("info", "policy", "weights"), (*COMMANDS, "batch")
-        if command not in gets + posts:
-            raise ProtocolError(404, f"unknown command {command[:100]!r}; POST {sorted(posts)}, GET {list(gets)}")
-        expected = "GET" if command in gets else "POST"
+        if command not in _GETS and command not in _POSTS:
+            raise ProtocolError(404, f"unknown command {command[:100]!r}; POST {sorted(_POSTS)}, GET {list(_GETS)}")
+        expected = "GET" if command in _GETS else "POST"
         if request.method != expected:
             raise ProtocolError(405, f"{command} takes {expected}, not {request.method}")
         return command
@@ -335,40 +335,49 @@ class PolicyServer:
             if not isinstance(p, Future):
                 out.append(p)
                 continue
-            if not p.done() or p.cancelled():
-                p.cancel()  # the sampler's late action is dropped (``_settle``)
-                error = ProtocolError(504, f"no action came within action_timeout_s={self.action_timeout_s} s")
-            elif p.exception() is not None:  # the env was closed while the call waited
-                error = _env_error(p.exception())
-            else:
-                out.append({"action": to_wire(p.result())})
+            try:
+                out.append({"action": to_wire(p.result(timeout=0))})
                 continue
+            except Exception as e:  # noqa: BLE001 - no action (yet), or the env's error: mapped below
+                error = self._no_action(p, e)
             if not batched:
                 raise error
             out.append(error.to_wire())
         return out
 
+    def _no_action(self, future: Future, e: Exception) -> ProtocolError:
+        """Why a get_action's ``future`` has no action: 504 when none came in time, else the env's error ``e``."""
+        if not future.done() or future.cancelled():
+            future.cancel()  # the sampler's late action is dropped (``_settle``)
+            return ProtocolError(504, f"no action came within action_timeout_s={self.action_timeout_s} s")
+        return _env_error(e)  # the env was closed while the call waited
+
 
 async def _all_done(futures: list[Future], timeout_s: float) -> None:
-    """Waits until every (thread-side) future is done or ``timeout_s`` passed; the last one to finish wakes the loop."""
+    """Waits until every future is done or ``timeout_s`` passed. One callback at a time, on the last future not
+    done yet (in the order they settle: a batch's usually all at once), wakes the loop when none is left: directly
+    when it runs on the loop's own thread (an env acting inline, ``relayrl serve``), else with
+    ``call_soon_threadsafe`` (the trainer's sampler thread)."""
     loop = asyncio.get_running_loop()
     done = loop.create_future()
-    left, lock = [len(futures)], threading.Lock()
+    left, loop_thread = [len(futures)], threading.get_ident()
 
     def finish() -> None:
         if not done.done():
             done.set_result(None)
 
-    def one(_: Future) -> None:
-        with lock:
+    def check(_: Future | None = None) -> None:  # the one registered callback: no two run at once
+        while left[0] and futures[left[0] - 1].done():
             left[0] -= 1
-            last = left[0] == 0
-        if last:
+        if left[0]:
+            futures[left[0] - 1].add_done_callback(check)
+        elif threading.get_ident() == loop_thread:
+            finish()
+        else:
             loop.call_soon_threadsafe(finish)
 
     timer = loop.call_later(timeout_s, finish)
-    for future in futures:
-        future.add_done_callback(one)
+    check()
     try:
         await done
     except asyncio.CancelledError:  # the request was dropped: its actions will not be read
@@ -379,6 +388,7 @@ async def _all_done(futures: list[Future], timeout_s: float) -> None:
         timer.cancel()
 
 
+_GETS, _POSTS = ("info", "policy", "weights"), (*COMMANDS, "batch")
 _REPORTS = ("log_action", "end_episode")  # the calls that add steps without waiting for the sampler
 
 

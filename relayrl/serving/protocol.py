@@ -126,9 +126,10 @@ def _json_default(x: Any) -> Any:
 
 
 # --- calls ------------------------------------------------------------------------------------------------------
-def validate_call(command: str, msg: Any, env: Any, where: str = "") -> dict:
+def validate_call(command: str, msg: Any, env: Any, where: str = "", observation: Any = None) -> dict:
     """Checks ``msg`` against ``command``'s schema and returns it with observations / actions decoded for
-    ``env``'s spaces (``env.multiagent``: dicts keyed by agent id); ``where`` prefixes field names."""
+    ``env``'s spaces (``env.multiagent``: dicts keyed by agent id); ``where`` prefixes field names;
+    ``observation``: msg's observation already decoded (``validate_batch`` decodes a batch's at once)."""
     if command not in COMMANDS:
         raise ProtocolError(404, f"unknown command {command!r}; the commands are {sorted(COMMANDS)}", where or None)
     if not isinstance(msg, Mapping):
@@ -145,7 +146,9 @@ def validate_call(command: str, msg: Any, env: Any, where: str = "") -> dict:
                 raise bad(field, "is missing")
             continue
         value = msg[key]
-        if kind in ("observation", "action"):
+        if key == "observation" and observation is not None:
+            out[key] = observation
+        elif kind in ("observation", "action"):
             out[key] = _per_agent(env, value, field, kind)
         else:
             out[key] = _FIELD_CHECKS[kind](value, field, env)
@@ -161,12 +164,14 @@ def validate_batch(msg: Any, env: Any) -> list[tuple[str, dict]]:
     if not isinstance(calls, list) or not 0 < len(calls) <= MAX_BATCH_CALLS:
         raise bad("calls", f"must be a list of 1 to {MAX_BATCH_CALLS} calls")
     out, asked = [], {}
+    observations = _observations_at_once(calls, env)
     for i, call in enumerate(calls):
         where = f"calls[{i}]."
         if not isinstance(call, Mapping) or not isinstance(call.get("command"), str):
             raise bad(f"calls[{i}].command", "is missing: every call is an object with a 'command' string")
         command = call["command"]
-        fields = validate_call(command, {k: v for k, v in call.items() if k != "command"}, env, where)
+        body = {k: v for k, v in call.items() if k != "command"}
+        fields = validate_call(command, body, env, where, observations.get(i))
         episode = fields.get("episode_id")
         if episode in asked:
             raise bad(
@@ -178,6 +183,30 @@ def validate_batch(msg: Any, env: Any) -> list[tuple[str, dict]]:
             asked[episode] = i
         out.append((command, fields))
     return out
+
+
+def _observations_at_once(calls: list, env: Any) -> dict[int, np.ndarray]:
+    """A batch's observations decoded as one array (single-agent env, Box observation space): {call index: its
+    row}. Exactly when each would pass ``decode_value`` (one array of them passes the same checks): else {}, and
+    they are decoded one by one, which names the field in error."""
+    space = None if getattr(env, "multiagent", False) else env.observation_space_of(None)
+    if not isinstance(space, gym.spaces.Box):
+        return {}
+    index = [i for i, call in enumerate(calls) if isinstance(call, Mapping) and call.get("observation") is not None]
+    if len(index) < 2:
+        return {}
+    values = [calls[i]["observation"] for i in index]
+    if any(isinstance(v, (str, bytes, Mapping)) for v in values):
+        return {}
+    try:
+        x = np.asarray(values)
+    except (ValueError, TypeError):  # ragged
+        return {}
+    if x.shape != (len(values), *space.shape) or x.dtype.kind not in _NUMERIC_KINDS:
+        return {}
+    if not np.can_cast(x.dtype, space.dtype, "same_kind") or (x.dtype.kind == "f" and not np.isfinite(x).all()):
+        return {}
+    return dict(zip(index, x.astype(space.dtype)))
 
 
 def _per_agent(env: Any, value: Any, field: str, kind: str) -> Any:
@@ -263,7 +292,7 @@ def decode_value(space: gym.Space, value: Any, field: str) -> Any:
             raise bad(field, f"has shape {x.shape}, the space {space} has shape {space.shape}")
         if not np.can_cast(x.dtype, space.dtype, "same_kind"):
             raise bad(field, f"has dtype {x.dtype}, which does not fit the space's dtype {space.dtype} ({space})")
-        if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise bad(field, "holds NaN or infinity")
         return x.astype(space.dtype)
     if isinstance(space, gym.spaces.Dict):
@@ -304,12 +333,14 @@ def _integers(value: Any, shape: tuple, field: str, space: gym.Space) -> np.ndar
 
 def to_wire(x: Any) -> Any:
     """An action (or observation) as JSON / msgpack values (numpy arrays stay arrays for msgpack's ext type)."""
+    if isinstance(x, np.generic):  # first: the common case (a Discrete action), and Mapping's check is slow
+        return x.item()
+    if isinstance(x, (np.ndarray, int, float)):
+        return x
     if isinstance(x, Mapping):
         return {k: to_wire(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [to_wire(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
     return x
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 from typing import Any
 
 TOKEN_ENV = "RELAYRL_SERVE_TOKEN"
@@ -79,7 +78,7 @@ def run_serve(args: argparse.Namespace) -> int:
             server = PolicyServer(env, args.host, args.port, auth_token=token, episode_timeout_s=600.0)
         except OSError as e:
             raise UserError(str(e), "choose another --port (0: any free port)") from e
-        actor = PolicyActor(worker, env, explore=args.explore)
+        actor = PolicyActor(worker, env, explore=args.explore)  # acts on the server's event loop thread
         server.start()
         policies = ", ".join(f"{pid!r} ({type(p).__name__})" for pid, p in worker.policy_map.items())
         print(
@@ -88,7 +87,7 @@ def run_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
         try:
-            serve_forever(actor, server, threading.Event())
+            serve_forever(actor, server)
         finally:
             print(f"relayrl serve: stopped; {actor.summary()}", flush=True)
     finally:

@@ -21,7 +21,7 @@ from relayrl.env.base_env import ALL
 from relayrl.env.external_env import ExternalEnv, ExternalEnvError, ExternalMultiAgentEnv
 from relayrl.serving import PolicyClient, PolicyServer, PolicyServerError, ServedPolicy
 from relayrl.serving.policy_server import check_bind
-from relayrl.serving.protocol import COMMANDS
+from relayrl.serving.protocol import COMMANDS, ProtocolError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -435,3 +435,46 @@ def test_fuzzed_requests_never_get_a_5xx(serve):
     r = session.post(url + "get_action", json={"episode_id": new, "observation": [0.0] * 4}, timeout=10)
     assert r.status_code == 200 and r.json()["action"] in (0, 1), statuses
     assert {200, 400, 404, 405, 415} <= set(statuses), statuses  # the mutations reach every check
+
+
+def test_a_batchs_observations_decoded_at_once_exactly_as_one_by_one(monkeypatch):
+    """validate_batch decodes a single-agent batch's observations as one array: the same fields, dtypes and errors
+    (the first failing call's field) as decoding them one by one, for random batches of good and bad values."""
+    from relayrl.serving import protocol
+
+    env = Idle(ACT_SPACE, OBS_SPACE)
+    rng = np.random.default_rng(0)
+    good = [np.zeros(4, np.float32), np.arange(4, dtype=np.float64), [0.1, 0.2, 0.3, 0.4], [1, 2, 3, 4],
+            np.arange(4, dtype=np.int16), [True, False, True, False]]  # fmt: skip
+    bad = [[0.1] * 3, [[0.1] * 4], [float("nan")] + [0.0] * 3, ["1"] * 4, "abcd", None, {"a": 1}, True,
+           [2**70] * 4, np.zeros(4, np.complex64), [[0.1], 0.2, 0.3, 0.4], [None] * 4]  # fmt: skip
+    commands = ["get_action", "get_action", "log_action", "end_episode", "log_returns"]
+
+    def outcome(calls, one_by_one):
+        with monkeypatch.context() as m:
+            if one_by_one:
+                m.setattr(protocol, "_observations_at_once", lambda calls, env: {})
+            try:
+                return protocol.validate_batch({"calls": calls}, env)
+            except ProtocolError as e:
+                return (e.status, e.message, e.field)
+
+    for trial in range(300):
+        calls = []
+        for i in range(int(rng.integers(1, 8))):
+            pool = bad if rng.random() < 0.08 else good
+            call = {"command": commands[rng.integers(len(commands))], "episode_id": f"e{i}"}
+            call["observation"] = pool[rng.integers(len(pool))]
+            if call["command"] == "log_action":
+                call["action"] = 1
+            calls.append(call)
+        at_once, one_by_one = outcome(calls, False), outcome(calls, True)
+        if isinstance(one_by_one, tuple):
+            assert at_once == one_by_one, (trial, calls)
+            continue
+        assert [c for c, _ in at_once] == [c for c, _ in one_by_one]
+        for (_, a), (_, b) in zip(at_once, one_by_one):
+            assert a.keys() == b.keys()
+            if "observation" in a:
+                assert a["observation"].dtype == b["observation"].dtype == np.float32
+                np.testing.assert_array_equal(a["observation"], b["observation"])

@@ -216,3 +216,127 @@ def test_tokens_and_bad_arguments(checkpoint, monkeypatch):
         assert requests.get(url + "/v1/info", timeout=10).status_code == 401
         client = PolicyClient(url, auth_token="t0ken-from-the-environment")
         assert client.get_action(client.start_episode(), np.zeros(4, np.float32)) in (0, 1)
+
+
+@contextlib.contextmanager
+def served_in_process(checkpoint: str, env: str | None = None, **server_kwargs):
+    """``relayrl serve``'s objects in this process (serve_cli's calls): (server, actor, sizes), where ``sizes``
+    records the rows of every forward pass; the first one sleeps 0.5 s (the event loop busy meanwhile)."""
+    from relayrl.serving import PolicyServer
+    from relayrl.serving.inference import PolicyActor, inference_env
+    from relayrl.serving.serve_cli import load_trainer
+
+    trainer = load_trainer(checkpoint, env, "{}")
+    try:
+        worker = trainer.workers.local_worker()
+        env_ = inference_env(worker)
+        actor = PolicyActor(worker, env_)
+        policy, sizes = worker.get_policy(), []
+        compute = policy.compute_actions
+
+        def recording(obs, *args, **kwargs):
+            sizes.append(len(obs))
+            if len(sizes) == 1:
+                time.sleep(0.5)
+            return compute(obs, *args, **kwargs)
+
+        policy.compute_actions = recording
+        with PolicyServer(env_, "127.0.0.1", 0, **server_kwargs) as server:
+            yield server, actor, sizes
+    finally:
+        trainer.stop()
+
+
+def test_concurrent_clients_and_batches_are_acted_on_in_one_forward_pass_each(checkpoint):
+    trainer = Trainer.from_checkpoint(checkpoint, {"num_workers": 0})
+    observations = np.random.default_rng(3).normal(0, 1, size=(64, 4)).astype(np.float32)
+    expected = [int(trainer.compute_action(o, explore=False)) for o in observations]
+    trainer.stop()
+    with served_in_process(checkpoint) as (server, actor, sizes):
+        clients = [PolicyClient(server.url) for _ in range(16)]
+        episodes = [c.start_episode() for c in clients]
+        got = [None] * 16
+
+        def act(i: int) -> None:
+            if i:
+                time.sleep(0.1)  # while the first one's forward pass holds the event loop
+            got[i] = int(clients[i].get_action(episodes[i], observations[i]))
+
+        threads = [threading.Thread(target=act, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert got == expected[:16]
+        assert sizes[0] == 1 and sum(sizes) == 16 and len(sizes) <= 3, sizes  # 15 clients, one or two passes
+        del sizes[:]
+        calls = [{"command": "get_action", "episode_id": c.start_episode(), "observation": o}
+                 for c, o in zip(clients * 4, observations)]  # fmt: skip
+        assert [int(r["action"]) for r in clients[0].batch(calls)] == expected
+        assert sizes == [64]  # a batch of 64 get_actions: one forward pass of 64 rows
+        assert actor.stats["actions"] == 80
+
+
+def test_recurrent_state_per_episode_through_batched_passes(lstm_checkpoint):
+    trainer = Trainer.from_checkpoint(lstm_checkpoint, {"num_workers": 0})
+    policy = trainer.get_policy()
+    observations = np.random.default_rng(4).normal(0, 0.1, size=(12, 2)).astype(np.float32)
+    state, expected = policy.get_initial_state(), []
+    for o in observations:
+        action, state, _ = trainer.compute_action(o, state, explore=False)
+        expected.append(int(action))
+    trainer.stop()
+    with served_in_process(lstm_checkpoint, "relayrl.examples.stateless_cartpole:StatelessCartPole") as (
+        server,
+        _,
+        sizes,
+    ):
+        client = PolicyClient(server.url, encoding="msgpack")
+        first, second, third = client.start_episode(), client.start_episode(), client.start_episode()
+        got = {first: [], second: [], third: []}
+        for i, o in enumerate(observations):  # the third episode starts late: its state is its own
+            calls = [{"command": "get_action", "episode_id": e, "observation": o} for e in (first, second)]
+            if i == 6:  # a logged action advances the state as well
+                calls[1] = {"command": "log_action", "episode_id": second, "observation": o, "action": 1}
+            if i >= 4:
+                calls.append({"command": "get_action", "episode_id": third, "observation": observations[i - 4]})
+            for call, result in zip(calls, client.batch(calls)):
+                if call["command"] == "get_action":
+                    got[call["episode_id"]].append(int(result["action"]))
+        assert got[first] == expected and got[third] == expected[:8]
+        assert got[second] == expected[:6] + expected[7:]
+        assert sizes == [2] * 4 + [3] * 8
+
+
+def test_a_failing_forward_pass_answers_503_and_stops_serving(checkpoint):
+    with served_in_process(checkpoint) as (server, actor, sizes):
+        client = PolicyClient(server.url)
+        eid = client.start_episode()
+        assert client.get_action(eid, np.zeros(4, np.float32)) in (0, 1)
+        actor.worker.get_policy().compute_actions = None  # a bug: calling it raises TypeError
+        with pytest.raises(PolicyServerError) as e:
+            client.get_action(eid, np.zeros(4, np.float32))
+        assert e.value.status == 503 and "closed" in e.value.message
+        assert actor.failed.is_set() and isinstance(actor.error, TypeError)
+        from relayrl.serving.inference import serve_forever
+
+        with pytest.raises(RuntimeError, match="computing actions failed"):
+            serve_forever(actor, server)  # what relayrl serve runs: it ends, the server stopped
+        with pytest.raises(OSError):
+            requests.get(server.url + "/v1/info", timeout=5)
+
+
+def test_an_idle_episode_ends_by_the_timeout_through_the_inline_actor(checkpoint):
+    with served_in_process(checkpoint, episode_timeout_s=0.4) as (server, actor, _):
+        client = PolicyClient(server.url)
+        eid = client.start_episode()
+        assert client.get_action(eid, np.zeros(4, np.float32)) in (0, 1)
+        client.log_returns(eid, 2.5)
+        deadline = time.monotonic() + 10
+        while actor.stats["episodes"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert actor.summary().startswith("1 episodes ended, 1 steps, 1 actions served, 0 logged")
+        assert list(actor.recent_returns) == [2.5] and not actor._memory
+        with pytest.raises(PolicyServerError) as e:
+            client.get_action(eid, np.zeros(4, np.float32))
+        assert e.value.status == 404 and "has ended" in e.value.message
