@@ -46,6 +46,7 @@ from relayrl.evaluation.sampler import (
     _accepts_keyword,
     _env_action_fn,
     _holding,
+    clip_rewards,
     wants_prev_action_reward,
 )
 from relayrl.policy.sample_batch import MultiAgentBatch, SampleBatch
@@ -308,8 +309,8 @@ class MultiAgentSampler(SamplerStats):
         if self._prev[pid]:
             prev_actions = np.stack([t.prev_action for t in trajs])
             prev_rewards = np.asarray([t.prev_reward for t in trajs], dtype=np.float32)
-            # the reward as the batch's rewards column (clipped there)
-            kwargs = {**kwargs, "prev_action_batch": prev_actions, "prev_reward_batch": self._clip(prev_rewards)}
+            prev_rewards = clip_rewards(prev_rewards, self.clip_rewards)  # as the batch's rewards column
+            kwargs = {**kwargs, "prev_action_batch": prev_actions, "prev_reward_batch": prev_rewards}
         compute = policy.compute_actions if self._lock is None else _holding(self._lock, policy.compute_actions)
         actions, state_out, extra = compute(obs, state, episodes=[t.episode for t in trajs], **kwargs)
         actions = np.asarray(actions)
@@ -453,9 +454,9 @@ class MultiAgentSampler(SamplerStats):
         agents' rows of its episode (``raw``'s columns stay as they are for them: a copy is postprocessed)."""
         policy = self.policies[pid]
         batch = raw.copy() if any(others) else SampleBatch(raw.data)  # raw's columns stay unclipped for others
-        batch[SB.REWARDS] = self._clip(batch[SB.REWARDS])
+        batch[SB.REWARDS] = clip_rewards(batch[SB.REWARDS], self.clip_rewards)
         if SB.PREV_REWARDS in batch:
-            batch[SB.PREV_REWARDS] = self._clip(batch[SB.PREV_REWARDS])
+            batch[SB.PREV_REWARDS] = clip_rewards(batch[SB.PREV_REWARDS], self.clip_rewards)
         if self._check_nan:
             self._scan(pid, batch)
         episodes = [ep for _, _, ep, _ in items]
@@ -487,13 +488,6 @@ class MultiAgentSampler(SamplerStats):
                     f"{col!r} of agent {batch[SB.AGENT_INDEX][row]} (policy {pid!r}) at step {batch[SB.T][row]} "
                     f"of its episode: {values[row]}"
                 )
-
-    def _clip(self, rewards: np.ndarray) -> np.ndarray:
-        if self.clip_rewards is True:
-            return np.sign(rewards)
-        if self.clip_rewards:
-            return np.clip(rewards, -self.clip_rewards, self.clip_rewards)
-        return rewards
 
 
 _EMPTY: dict = {}

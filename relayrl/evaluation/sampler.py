@@ -208,7 +208,7 @@ class SyncSampler(SamplerStats):
                 if self._want_prev:
                     extra_rows.setdefault(SB.PREV_ACTIONS, []).append(self._prev[0])
                     extra_rows.setdefault(SB.PREV_REWARDS, []).append(self._prev[1])
-                    self._prev = (actions, self._clip(np.asarray(rewards, dtype=np.float32)))
+                    self._prev = (actions, clip_rewards(np.asarray(rewards, dtype=np.float32), self.clip_rewards))
                 if state_out:
                     self._state = [np.array(s) for s in state_out]
                 if exact_episodes:
@@ -295,7 +295,7 @@ class SyncSampler(SamplerStats):
         cols = {
             SB.OBS: _stack(obs_rows),
             SB.ACTIONS: _stack(act_rows),
-            SB.REWARDS: self._clip(rewards),
+            SB.REWARDS: clip_rewards(rewards, self.clip_rewards),
             SB.TERMINATEDS: terminateds,
             SB.TRUNCATEDS: truncateds,
             SB.NEXT_OBS: _stack(next_rows),
@@ -402,13 +402,6 @@ class SyncSampler(SamplerStats):
         obs = self.preprocessor.transform_batch(raw)
         return self.obs_filter(obs) if not self.obs_filter.is_identity else obs
 
-    def _clip(self, rewards: np.ndarray) -> np.ndarray:
-        if self.clip_rewards is True:
-            return np.sign(rewards)
-        if self.clip_rewards:
-            return np.clip(rewards, -self.clip_rewards, self.clip_rewards)
-        return rewards
-
     def _new_episode(self, i: int) -> Episode:
         ep = Episode(i, self._rng)
         self._by_id[ep.episode_id] = ep
@@ -418,6 +411,15 @@ class SyncSampler(SamplerStats):
         cb = self.callbacks.get(name)
         if cb is not None:
             cb({"env": self.env, "episode": episode, "worker": self.worker, "policy": {self.policy_id: self.policy}})
+
+
+def clip_rewards(rewards: np.ndarray, clip: bool | float | None) -> np.ndarray:
+    """``clip_rewards``: True gives the rewards' signs, a number clips them to [-clip, clip], else unchanged."""
+    if clip is True:
+        return np.sign(rewards)
+    if clip:
+        return np.clip(rewards, -clip, clip)
+    return rewards
 
 
 def wants_prev_action_reward(policy: Any) -> bool:
