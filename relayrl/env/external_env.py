@@ -158,8 +158,9 @@ class _EpisodeBook:
             ep.items.append((dict(obs), rewards, terminateds, truncateds, infos, dict(off_policy or {}), future))
             ep.waiting = future
             if episode_id not in self.owed:
+                if not self.ready:  # poll() waits only while nothing is ready: one wake-up per batch of news
+                    self.cond.notify_all()
                 self.ready[episode_id] = None
-            self.cond.notify_all()
             return future
 
     def reward(self, episode_id: str, rewards: Mapping, infos: Mapping | None) -> None:

@@ -23,7 +23,11 @@ at least as many episodes running as there are servers.
 ``inference_mode="local"`` runs a copy of the trainer's policy in this process (rebuilt from the server's JSON
 manifest and safetensors weights: ``local_policy.py``), pulls new weights every ``update_interval`` seconds and
 reports what it did (``log_action`` / ``log_returns`` / episode ends) in batches at the same pace: one round
-trip per ``update_interval`` instead of one per step.
+trip per ``update_interval`` instead of one per step. Reports and pulls are made by the threads that act, one
+thread each at a time, while the others act on. The server answers a report once its sampler has caught up
+(``max_backlog_steps``); meanwhile the client runs at most one report ahead: a thread that finds as many calls
+queued as the report in flight holds waits for it, then sends them (reports follow each other without a gap when
+the server is the slower side).
 
 HTTP/1.1 with keep-alive on one connection per thread and server (``http_transport.py``: a socket and the
 ``httptools`` parser; about half the client CPU per call of the standard library's ``http.client``, see the
@@ -33,6 +37,7 @@ and field.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import threading
 import time
@@ -118,8 +123,12 @@ class PolicyClient:
         self.multiagent = bool(self.info["multiagent"])
         self.action_space = space_from_wire(self.info["action_space"])
         self._lock = threading.RLock()  # local mode: the policy, the queue and the episodes' RNN states
-        self._flush_lock, self._update_lock = threading.Lock(), threading.Lock()
+        self._flush_lock, self._pull_lock = threading.Lock(), threading.Lock()
+        self._room = threading.Condition(self._lock)  # local mode: the queue was taken or a report ended
         self._queue: list[dict] = []
+        self._reporting = False  # local mode: a thread is sending the queue (_maybe_update)
+        self._in_flight = 0  # local mode: the calls of the last report taken from the queue
+        self._queued: collections.Counter = collections.Counter()  # local mode: the queue's calls per episode
         self._states: dict[str, list] = {}
         self._rewards: dict[str, list[dict]] = {}  # coalesce_rewards: log_returns to send with the episode's next call
         self.coalesce_rewards = coalesce_rewards
@@ -129,7 +138,7 @@ class PolicyClient:
 
             self.policy = LocalPolicy(self._request("GET", "policy"))
             self._pull_weights()
-            self._last_update = time.monotonic()
+            self._last_report = self._last_pull = time.monotonic()
 
     # --- the five calls ---------------------------------------------------------------------------------------
     def start_episode(self, episode_id: str | None = None, training_enabled: bool = True) -> str:
@@ -146,11 +155,9 @@ class PolicyClient:
             return episode_id
         episode_id = episode_id or uuid.uuid4().hex
         with self._lock:
-            self._queue.append(
-                {"command": "start_episode", "episode_id": episode_id, "training_enabled": training_enabled}
-            )
             self._states[episode_id] = self.policy.initial_state()
-        self._maybe_update()
+            self._enqueue({"command": "start_episode", "episode_id": episode_id, "training_enabled": training_enabled})
+        self._maybe_update(episode_id)
         return episode_id
 
     def get_action(self, episode_id: str, observation: Any) -> Any:
@@ -160,8 +167,8 @@ class PolicyClient:
             if episode_id not in self._states:
                 raise PolicyServerError(404, f"episode {episode_id!r} was not started by this client", "episode_id")
             action, self._states[episode_id] = self.policy.compute_action(observation, self._states[episode_id])
-            self._queue.append(_call("log_action", episode_id, observation=observation, action=action))
-        self._maybe_update()
+            self._enqueue(_call("log_action", episode_id, observation=observation, action=action))
+        self._maybe_update(episode_id)
         return action
 
     def log_action(self, episode_id: str, observation: Any, action: Any) -> None:
@@ -209,6 +216,9 @@ class PolicyClient:
         with self._flush_lock:
             with self._lock:
                 calls, self._queue = self._queue, []
+                self._in_flight = len(calls)
+                self._queued.clear()
+                self._room.notify_all()
             limit = max(1024, int(self.info["max_request_bytes"] * 0.9))
             start = 0
             while start < len(calls):  # as many calls per request as fit under the server's size cap
@@ -223,12 +233,7 @@ class PolicyClient:
     def update(self) -> None:
         """Local mode: reports the queued experience and pulls the policy's newest weights and filter now."""
         self.flush()
-        manifest = self._request("GET", "policy")
-        with self._lock:
-            self.policy.set_filter(manifest["observation_filter"])
-        if manifest["weights"]["etag"] != self.policy.etag:
-            self._pull_weights()
-        self._last_update = time.monotonic()
+        self._pull()
 
     def close(self) -> None:
         """Sends what is pending (local-mode experience, remote-mode rewards) and closes this thread's connections."""
@@ -253,14 +258,59 @@ class PolicyClient:
             self._remote(call)
             return
         with self._lock:
-            self._queue.append(call)
-        self._maybe_update()
+            self._enqueue(call)
+        self._maybe_update(call["episode_id"])
 
-    def _maybe_update(self) -> None:
-        if time.monotonic() - self._last_update >= self.update_interval:
-            with self._update_lock:  # one thread updates; the others wait for it rather than act on
-                if time.monotonic() - self._last_update >= self.update_interval:
-                    self.update()
+    def _enqueue(self, call: dict) -> None:
+        self._queue.append(call)
+        self._queued[call["episode_id"]] += 1
+
+    def _maybe_update(self, episode_id: str) -> None:
+        """Local mode, after queuing a call: pulls the policy when due and reports the queue when due (or when this
+        thread waited for the report in flight); one thread each, the other threads act on meanwhile."""
+        now = time.monotonic()
+        if now - self._last_pull >= self.update_interval and self._pull_lock.acquire(blocking=False):
+            try:
+                self._pull()
+            finally:
+                self._pull_lock.release()
+        if not self._report_turn(now, episode_id):
+            return
+        try:
+            self._last_report = time.monotonic()
+            self.flush()
+        finally:
+            with self._lock:
+                self._reporting = False
+                self._room.notify_all()
+
+    def _report_turn(self, now: float, episode_id: str) -> bool:
+        """Whether this thread sends the next report: ``update_interval`` after the last one began, or at once after
+        waiting for the one in flight, which this thread does while the queue holds as many calls (one ahead) or
+        its episode more than its share of them (the server's sampler steps every episode with news at once:
+        episodes that keep pace make fewer, larger steps of it)."""
+        with self._lock:
+            waited = False
+            while self._reporting and self._ahead(episode_id):
+                self._room.wait()
+                waited = True
+            if self._reporting or not (waited or now - self._last_report >= self.update_interval):
+                return False
+            self._reporting = True
+            return True
+
+    def _ahead(self, episode_id: str) -> bool:
+        room = max(self._in_flight, _MIN_AHEAD)
+        return len(self._queue) >= room or self._queued[episode_id] >= _EPISODE_SHARE * room / max(1, len(self._states))
+
+    def _pull(self) -> None:
+        """Local mode: the newest observation filter, and the weights when they changed."""
+        self._last_pull = time.monotonic()
+        manifest = self._request("GET", "policy")
+        with self._lock:
+            self.policy.set_filter(manifest["observation_filter"])
+        if manifest["weights"]["etag"] != self.policy.etag:
+            self._pull_weights()
 
     def _pull_weights(self) -> None:
         status, headers, data = self._send("GET", "weights", None, {"If-None-Match": f'"{self.policy.etag}"'})
@@ -374,6 +424,8 @@ class PolicyClient:
         raise PolicyServerError(status, message, field)
 
 
+_MIN_AHEAD = 64  # local mode: the calls a thread may queue while a report is in flight, however small it is
+_EPISODE_SHARE = 1.25  # local mode: an episode's most calls in the queue, in fair shares of a report
 _SAME = ("protocol", "multiagent", "observation_space", "action_space")  # what several servers must agree on
 
 
