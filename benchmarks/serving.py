@@ -294,9 +294,10 @@ def _local_client(port: int, ready: Any, go: Any, seconds: float, seed: int) -> 
 
 
 def serving_rows(quick: bool = False) -> list[tuple[str, str, str]]:
-    """The policy server's rows of ``benchmarks/run.py`` (one server process, about 30 s): remote get_action from
-    one client over JSON and msgpack (calls/s, p50 / p99), batched requests of 64 agents (agent-steps/s), and
-    local-mode experience ingested from 4 client processes (steps/s the server's sampler polled)."""
+    """The policy server's rows of ``benchmarks/run.py`` (about 45 s): ``relayrl serve`` and the training server
+    (one process each), remote get_action from one client over JSON and msgpack (calls/s, p50 / p99), batched
+    requests of 64 agents (agent-steps/s), and local-mode experience ingested by the training server from 4 client
+    processes (steps/s its sampler polled)."""
     from relayrl.serving import PolicyClient
 
     n = 1000 if quick else 2000
@@ -333,10 +334,26 @@ def serving_rows(quick: bool = False) -> list[tuple[str, str, str]]:
             if proc.is_alive():
                 proc.kill()
             proc.join(10)
+    serve = serve_rows(n)
     j, m, b = rows["json"], rows["msgpack"], rows["batch"]
     return [
         (
-            "policy server: remote get_action, JSON, 1 client",
+            "relayrl serve: remote get_action, JSON, 1 client",
+            f"{serve['json']['calls_per_s']:,.0f} calls/s",
+            f"p50 {serve['json']['p50_ms']:.2f} ms; inference only, actions computed on the event loop's thread",
+        ),
+        (
+            "  same over msgpack",
+            f"{serve['msgpack']['calls_per_s']:,.0f} calls/s",
+            f"p50 {serve['msgpack']['p50_ms']:.2f} ms",
+        ),
+        (
+            "  batched: 64 agents' get_action per request, msgpack",
+            f"{64 * serve['batch']['calls_per_s']:,.0f} agent-steps/s",
+            f"p50 {serve['batch']['p50_ms']:.2f} ms per request",
+        ),
+        (
+            "training server: remote get_action, JSON, 1 client",
             f"{j['calls_per_s']:,.0f} calls/s",
             f"p50 {j['p50_ms']:.2f} ms, p99 {j['p99_ms']:.2f} ms; keep-alive, loopback (targets >= 2,000, p50 <= 1 ms)",
         ),
@@ -356,6 +373,20 @@ def serving_rows(quick: bool = False) -> list[tuple[str, str, str]]:
             "4 client processes act on CartPole-v1 with their copy of the PPO policy and report every step",
         ),
     ]
+
+
+def serve_rows(n: int) -> dict[str, dict]:
+    """``relayrl serve`` on a one-iteration PPO CartPole checkpoint: JSON, msgpack and batch-of-64 timings."""
+    with tempfile.TemporaryDirectory(prefix="relayrl-bench-") as directory:
+        served = RelayrlServe(train_checkpoint(directory))
+        try:
+            return {
+                "json": _time_client(served.port, served.pid, "relayrl", "relayrl", "json", n, 0),
+                "msgpack": _time_client(served.port, served.pid, "relayrl", "relayrl", "msgpack", n, 0),
+                "batch": _time_client(served.port, served.pid, "relayrl", "relayrl", "msgpack", max(50, n // 20), 64),
+            }
+        finally:
+            served.stop()
 
 
 def main() -> None:

@@ -330,9 +330,7 @@ class ExternalEnv(PollingEnv):
         self.observation_space = observation_space
         self.max_concurrent = max_concurrent
         self.poll_timeout_s = float(poll_timeout_s)
-        self.served_policy: Any = (
-            None  # a relayrl.serving.ServedPolicy for local-inference clients (the worker sets it)
-        )
+        self.served_policy: Any = None  # a serving.ServedPolicy for local-inference clients (the worker sets it)
         self._book = _EpisodeBook(type(self).__name__, max_concurrent, self._unwrap)
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
@@ -391,6 +389,10 @@ class ExternalEnv(PollingEnv):
     @property
     def closed(self) -> bool:
         return self._book.closed
+
+    def has_news(self) -> bool:
+        """Whether ``poll()`` would return at once (an episode sent something the sampler has not polled)."""
+        return bool(self._book.ready)
 
     def pending_steps(self) -> int:
         """Observations reported and not yet polled by the sampler (a PolicyServer holds clients to a limit)."""

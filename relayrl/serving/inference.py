@@ -79,7 +79,7 @@ class _Inline:
     def _flush(self) -> None:
         self._flush_due = False
         try:
-            while self._book.ready:  # several polls when an episode's get_action came after its log_action
+            while self.has_news():  # several polls when an episode's get_action came after its log_action
                 self.actor.step(*self.poll())
         except Exception as e:  # noqa: BLE001 - a bug: the waiting calls answer 503, serving stops (serve_forever)
             self.actor.fail(e)
