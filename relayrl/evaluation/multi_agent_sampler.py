@@ -120,6 +120,7 @@ class MultiAgentSampler(SamplerStats):
         self._finished_count = 0  # complete_episodes: the steps the finished episodes hold
         self._metrics: list[RolloutMetrics] = []
         self._unroll_id = 0
+        self._idle = False  # the last sample() ended early: an external env had no news for its idle_s
         self._perf = {"env_wait": 0.0, "inference": 0.0, "processing": 0.0, "postprocessing": 0.0, "steps": 0}
 
     # --- public -------------------------------------------------------------------------------------------
@@ -127,7 +128,8 @@ class MultiAgentSampler(SamplerStats):
         target = self.fragment_length * self.num_envs
         pieces: list[MultiAgentBatch] = []
         count = 0
-        while count < target:
+        self._idle = False
+        while count < target and not self._idle:  # idle: an external env had no news for its idle_s
             batch = self._run_fragment(target - count)
             if batch is not None:
                 pieces.append(batch)
@@ -150,6 +152,9 @@ class MultiAgentSampler(SamplerStats):
             t0 = clock()
             while True:
                 obs, rewards, terms, truncs, infos, off_policy = poll()
+                if not obs:  # no news for a while (an external env): hand out what is here
+                    self._idle = True
+                    break
                 t1 = clock()
                 acting, n_env = bookkeeping(obs, rewards, terms, truncs, infos)
                 t2 = clock()

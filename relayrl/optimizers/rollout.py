@@ -17,7 +17,8 @@ def collect_samples(workers: WorkerSet, min_steps: int) -> SampleBatch | MultiAg
 
     Without remote workers the local one samples. Otherwise every remote worker keeps one ``sample()`` in
     flight until enough steps have arrived; the batches still in flight are awaited and kept (they were sampled
-    with the same weights), so no work is thrown away."""
+    with the same weights), so no work is thrown away. A worker whose external env has had no news for its
+    ``idle_s`` hands back what it has (even nothing): an idle simulator does not hold up the others' steps."""
     batches = []
     count = 0
     remotes = workers.remote_workers()
@@ -49,7 +50,7 @@ def collect_samples(workers: WorkerSet, min_steps: int) -> SampleBatch | MultiAg
         # not expected to make up the missing steps.
         busy = [id(w) for w in pending.values()]
         for w in workers.remote_workers():
-            if id(w) not in busy and (not last or count + last * len(pending) < min_steps):
+            if id(w) not in busy and count < min_steps and (not last or count + last * len(pending) < min_steps):
                 pending[w.sample.remote()] = w
         if not pending and count < min_steps:
             workers.check_healthy_workers()

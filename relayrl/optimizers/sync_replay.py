@@ -176,14 +176,17 @@ class SyncReplayOptimizer(PolicyOptimizer):
         return self.learner_stats
 
     def _sample(self) -> SampleBatch | MultiAgentBatch:
-        """One batch from every healthy remote worker (a replacement samples in a dead worker's place)."""
-        batches: list = []
-        while not batches:
+        """One batch from every healthy remote worker (a replacement samples in a dead worker's place), or from the
+        local worker; again while it holds no rows (external envs with no news for their ``idle_s`` hand back none)."""
+        while True:
             if not self.workers.remote_workers():
                 self.workers.check_healthy_workers()
-                return self.workers.local_worker().sample()
-            batches = [b for _, b in self.workers.gather(lambda w, i: w.sample.remote())]
-        return SampleBatch.concat_samples(batches)
+                batch = self.workers.local_worker().sample()
+            else:
+                batches = [b for _, b in self.workers.gather(lambda w, i: w.sample.remote())]
+                batch = SampleBatch.concat_samples(batches) if batches else None
+            if batch is not None and batch.count:
+                return batch
 
     def _optimize(self) -> None:
         """One replayed batch per trained policy whose ``learning_starts`` has passed."""

@@ -215,6 +215,21 @@ def test_two_rollout_workers_serve_on_port_plus_worker_index_and_a_client_uses_b
     assert "iteration" in summary["server_output"]
 
 
+@pytest.mark.timeout(300)
+def test_a_worker_without_clients_does_not_stall_the_lock_step_trainer():
+    """Two workers serve and the client drives only the first. PPO samples its workers in lock step; the idle
+    worker's sample() hands back nothing after its ExternalEnv's idle_s (1 s) instead of waiting for a client, so the
+    trainer keeps iterating and the first worker's client is answered (before, both waited for ever)."""
+    server = Server("--run", "PPO", "--num-workers", "2", servers=2)
+    try:
+        summary = run_client(server.addresses()[:1], "--num-envs", "4", "--max-steps", "3000", "--coalesce-rewards",
+                             timeout=120)  # fmt: skip
+    finally:
+        server.stop()
+    iterations = [line for line in server.lines if "cartpole_server: iteration" in line]
+    assert summary["steps"] >= 3000 and len(iterations) >= 4, "".join(server.lines[-20:])
+
+
 @pytest.mark.learning
 @pytest.mark.timeout(900)
 def test_dqn_with_logged_random_actions_reaches_400_within_150k_client_steps():

@@ -44,7 +44,9 @@ class Sampler:
 
     def step(self):
         obs, rewards, terms, truncs, infos, off = self.env.poll()
-        assert obs, "poll() returned no news"
+        while not obs:  # no news for the env's idle_s (a slow simulator thread): poll again
+            assert not any((rewards, terms, truncs, infos, off)), "news without observations"
+            obs, rewards, terms, truncs, infos, off = self.env.poll()
         self.polls.append((obs, rewards, terms, truncs, infos, off))
         waiting = []
         for eid in obs:
@@ -317,3 +319,54 @@ def test_multi_agent_calls_need_dicts_and_one_logged_action_per_observed_agent()
         env.log_action(eid, {"a": np.zeros(4), "b": np.zeros(4)}, {"a": 0})
     with pytest.raises(EpisodeStateError, match="reward for agent 'a'"):
         env.log_returns(eid, {"a": 1.0})
+
+
+def test_poll_returns_no_news_after_idle_s_and_times_out_counting_from_the_last_news():
+    env = ExternalEnv(ACT_SPACE, OBS_SPACE, poll_timeout_s=0.8, idle_s=0.1)
+    env.start = lambda: None
+    start = time.monotonic()
+    assert env.poll() == ({}, {}, {}, {}, {}, {})
+    assert 0.1 <= time.monotonic() - start < 0.6
+    eid = env.start_episode()
+    env.log_action(eid, np.zeros(4, np.float32), 0)
+    news = time.monotonic()
+    assert list(env.poll()[0]) == [eid]
+    idle_polls = 0
+    with pytest.raises(ExternalEnvError, match="no episode sent anything for 1 s"):
+        while True:  # each poll gives up after idle_s; the error comes poll_timeout_s after the last news
+            assert env.poll()[0] == {}
+            idle_polls += 1
+    assert idle_polls >= 3 and time.monotonic() - news >= 0.8
+    with pytest.raises(ValueError, match="idle_s must be > 0 or None"):
+        ExternalEnv(ACT_SPACE, OBS_SPACE, idle_s=0)
+
+
+def test_a_worker_hands_back_what_it_has_when_its_simulator_goes_quiet():
+    """A lock-step trainer waits for every worker's sample(): one whose simulator stopped sending must return."""
+    from relayrl.evaluation import RolloutWorker
+
+    class OneEpisode(ExternalEnv):
+        def __init__(self, ctx=None):
+            super().__init__(ACT_SPACE, OBS_SPACE, idle_s=0.2)
+
+        def run(self):
+            env = gym.make("CartPole-v1")
+            eid, (obs, _) = self.start_episode(), env.reset(seed=0)
+            for _ in range(5):
+                obs, reward, _, _, _ = env.step(self.get_action(eid, obs))
+                self.log_returns(eid, reward)
+            self.end_episode(eid, obs, truncated=True)
+            threading.Event().wait()  # quiet from now on
+
+    config = {**DEFAULT_CONFIG, "sample_batch_size": 100, "seed": 0}
+    worker = RolloutWorker(lambda ctx: OneEpisode(), PPOTorchPolicy, policy_config=config)
+    try:
+        start = time.monotonic()
+        first = worker.sample()
+        second = worker.sample()
+        assert time.monotonic() - start < 10
+        assert first.count == 5 and first.policy_batches["default_policy"].count == 5
+        assert second.count == 0 and not second.policy_batches
+        assert [m.episode_length for m in worker.get_metrics()] == [5]
+    finally:
+        worker.stop()

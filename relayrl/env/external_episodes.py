@@ -1,0 +1,274 @@
+"""The episodes of an external env (``external_env.py``) and the news its sampler has not polled yet: what the
+simulator's calls change and ``poll()`` / ``send_actions()`` read, behind one lock. The errors are re-exported by
+``relayrl.env.external_env``."""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import Any, Callable
+
+from relayrl.env.base_env import ALL
+
+_KEEP_ENDED = 100_000  # ended episode ids remembered: their reuse and late calls get a precise error
+
+
+class ExternalEnvError(RuntimeError):
+    """The external env cannot go on: run() raised or returned, it was closed, or nothing came for too long."""
+
+
+class UnknownEpisodeError(LookupError):
+    """A call named an episode id that was never started, or whose episode has ended."""
+
+
+class TooManyEpisodesError(RuntimeError):
+    """start_episode while ``max_concurrent`` episodes are running."""
+
+
+class EpisodeStateError(RuntimeError):
+    """A call that does not fit the episode's state (e.g. a second get_action while one is waiting)."""
+
+
+class _Episode:
+    __slots__ = ("episode_id", "training_enabled", "items", "waiting", "rewards", "infos", "last_obs", "last_call")
+
+    def __init__(self, episode_id: str, training_enabled: bool):
+        self.episode_id = episode_id
+        self.training_enabled = training_enabled
+        self.items: collections.deque = collections.deque()  # news not yet polled, oldest first
+        self.waiting: Future | None = None  # the get_action whose action the sampler has not sent yet
+        self.rewards: dict = {}  # agent -> reward logged since its last observation
+        self.infos: dict = {}  # agent -> info logged since its last observation
+        self.last_obs: dict = {}  # agent -> its latest observation (also: the agents seen)
+        self.last_call = time.monotonic()
+
+
+class _EpisodeBook:
+    """The episodes of one external env and the news the sampler has not polled yet; thread safe (one lock)."""
+
+    def __init__(self, owner: str, max_concurrent: int, unwrap: Callable[[dict], Any]):
+        self.owner = owner
+        self.max_concurrent = max_concurrent
+        self.unwrap = unwrap  # the sampler's {agent: action} -> what get_action returns
+        self.cond = threading.Condition()
+        self.episodes: dict[str, _Episode] = {}
+        self.ready: dict[str, None] = {}  # episode ids with news, in arrival order (an ordered set)
+        self.owed: dict[str, tuple[Future, list]] = {}  # polled get_actions: env_id -> (future, agents to act)
+        self.ended: collections.OrderedDict[str, bool] = collections.OrderedDict()  # id -> training_enabled
+        self.finished: dict[str, _Episode] = {}  # ended episodes whose last news is not polled yet
+        self.closed = False
+        self.last_news = time.monotonic()
+
+    # --- the simulator's side ---------------------------------------------------------------------------------
+    def start(self, episode_id: str | None, training_enabled: bool) -> str:
+        if episode_id is None:
+            episode_id = uuid.uuid4().hex
+        elif not isinstance(episode_id, str) or not episode_id:
+            raise ValueError(f"{self.owner}: episode_id must be a non-empty str or None, got {episode_id!r}")
+        with self.cond:
+            self._check_open()
+            if episode_id in self.episodes:
+                raise EpisodeStateError(f"{self.owner}: episode {episode_id!r} is already running")
+            if episode_id in self.ended:
+                raise EpisodeStateError(f"{self.owner}: episode id {episode_id!r} was used by an ended episode")
+            if len(self.episodes) >= self.max_concurrent:
+                raise TooManyEpisodesError(
+                    f"{self.owner}: {len(self.episodes)} episodes are running, max_concurrent={self.max_concurrent};"
+                    " end one before starting another (or raise max_concurrent)"
+                )
+            self.episodes[episode_id] = _Episode(episode_id, bool(training_enabled))
+        return episode_id
+
+    def observe(
+        self, episode_id: str, obs: dict, off_policy: dict | None = None, final: bool = False, truncated: bool = False
+    ) -> Future | None:
+        """Queues an observation (get_action: returns the Future of its action; log_action; end_episode)."""
+        if not isinstance(obs, Mapping) or (not obs and not final):
+            raise ValueError(f"{self.owner}: episode {episode_id!r}: the observation dict is empty or not a dict")
+        if ALL in obs:
+            raise ValueError(f"{self.owner}: {ALL!r} is not an agent id")
+        if off_policy is not None and set(off_policy) != set(obs):
+            raise ValueError(
+                f"{self.owner}: episode {episode_id!r}: log_action needs one action per agent observed, got actions"
+                f" for {sorted(off_policy, key=str)} and observations of {sorted(obs, key=str)}"
+            )
+        with self.cond:
+            ep = self._get(episode_id)
+            if ep.waiting is not None:
+                raise EpisodeStateError(
+                    f"{self.owner}: episode {episode_id!r}: get_action is still waiting for its action; calls for"
+                    " one episode must not overlap"
+                )
+            ep.last_call = time.monotonic()
+            if final:
+                self._end(ep)
+                if not ep.last_obs:
+                    del self.finished[episode_id]
+                    return None  # no observation ever: nothing to learn from, nothing to report
+                obs = dict(obs) or dict(ep.last_obs)
+            future = None if final or off_policy is not None else Future()
+            rewards = {a: 0.0 for a in obs}
+            rewards.update(ep.rewards)
+            infos = {a: {} for a in obs}
+            infos.update(ep.infos)
+            ep.rewards, ep.infos = {}, {}
+            ep.last_obs.update(obs)
+            if final:
+                agents = set(obs) | set(rewards)
+                terminateds = {**{a: not truncated for a in agents}, ALL: not truncated}
+                truncateds = {**{a: bool(truncated) for a in agents}, ALL: bool(truncated)}
+            else:
+                terminateds, truncateds = {ALL: False}, {ALL: False}
+            ep.items.append((dict(obs), rewards, terminateds, truncateds, infos, dict(off_policy or {}), future))
+            ep.waiting = future
+            self.last_news = ep.last_call
+            if episode_id not in self.owed:
+                if not self.ready:  # poll() waits only while nothing is ready: one wake-up per batch of news
+                    self.cond.notify_all()
+                self.ready[episode_id] = None
+            return future
+
+    def reward(self, episode_id: str, rewards: Mapping, infos: Mapping | None) -> None:
+        for agent, r in rewards.items():
+            if isinstance(r, bool) or not isinstance(r, (int, float)) and not hasattr(r, "__float__"):
+                raise ValueError(f"{self.owner}: episode {episode_id!r}: reward of {agent!r} is {r!r}, not a number")
+            if not math.isfinite(float(r)):
+                raise ValueError(f"{self.owner}: episode {episode_id!r}: reward of {agent!r} is {float(r)}")
+        with self.cond:
+            ep = self._get(episode_id)
+            for agent, r in rewards.items():
+                if agent not in ep.last_obs:
+                    raise EpisodeStateError(
+                        f"{self.owner}: episode {episode_id!r}: reward for agent {agent!r}, which has had no"
+                        " observation in this episode yet (a reward needs a step to land on)"
+                    )
+                ep.rewards[agent] = ep.rewards.get(agent, 0.0) + float(r)
+            for agent, info in (infos or {}).items():
+                ep.infos[agent] = info
+            ep.last_call = time.monotonic()
+
+    def end_idle(self, max_idle_s: float) -> list[str]:
+        """Ends (truncated, at their last observation) the episodes that had no call for ``max_idle_s`` and are
+        not waiting for an action; returns their ids."""
+        now, idle = time.monotonic(), []
+        with self.cond:
+            for ep in list(self.episodes.values()):
+                if ep.waiting is None and now - ep.last_call > max_idle_s:
+                    idle.append(ep.episode_id)
+        for episode_id in idle:
+            try:
+                self.observe(episode_id, {}, final=True, truncated=True)
+            except (UnknownEpisodeError, EpisodeStateError):
+                pass  # a call came in between
+        return idle
+
+    # --- the sampler's side -----------------------------------------------------------------------------------
+    def poll(self, timeout_s: float, idle_s: float | None, check: Callable[[], None]) -> tuple:
+        start = time.monotonic()
+        with self.cond:
+            while not self.ready:
+                self._check_open()
+                check()
+                now = time.monotonic()
+                if idle_s is not None and now - start >= idle_s:
+                    return {}, {}, {}, {}, {}, {}  # no news for idle_s: the sampler hands back what it has
+                left = self.last_news + timeout_s - now
+                if left <= 0:
+                    owed = f"; actions never sent for {sorted(self.owed)}" if self.owed else ""
+                    raise ExternalEnvError(
+                        f"{self.owner}: no episode sent anything for {timeout_s:.0f} s (poll_timeout_s);"
+                        f" {len(self.episodes)} episodes running{owed}"
+                    )
+                self.cond.wait(min(left, 0.25, idle_s or 0.25))
+            out: tuple[dict, ...] = ({}, {}, {}, {}, {}, {})
+            for episode_id in list(self.ready):
+                ep = self.episodes.get(episode_id) or self.finished[episode_id]
+                obs, rewards, terminateds, truncateds, infos, off_policy, future = ep.items.popleft()
+                for column, value in zip(out, (obs, rewards, terminateds, truncateds, infos)):
+                    column[episode_id] = value
+                if off_policy:
+                    out[5][episode_id] = off_policy
+                if future is not None:
+                    self.owed[episode_id] = (future, list(obs))
+                if future is not None or not ep.items:
+                    del self.ready[episode_id]
+                if not ep.items and episode_id not in self.episodes:
+                    self.finished.pop(episode_id, None)
+            return out
+
+    def send(self, actions: Mapping) -> None:
+        with self.cond:
+            for env_id, agent_actions in actions.items():
+                if env_id not in self.owed:
+                    raise EpisodeStateError(
+                        f"{self.owner}: send_actions for env_id {env_id!r}, which is not waiting for actions"
+                        " (not polled, already answered, or its agents all had off-policy actions)"
+                    )
+                agents = self.owed[env_id][1]
+                if not isinstance(agent_actions, Mapping) or set(agent_actions) != set(agents):
+                    got = sorted(agent_actions, key=str) if isinstance(agent_actions, Mapping) else agent_actions
+                    raise EpisodeStateError(
+                        f"{self.owner}: send_actions for env_id {env_id!r} must hold exactly one action per agent"
+                        f" polled, {agents}; got {got!r}"
+                    )
+            for env_id, agent_actions in actions.items():
+                future, _ = self.owed.pop(env_id)
+                ep = self.episodes.get(env_id)
+                if ep is not None and ep.waiting is future:
+                    ep.waiting = None
+                    ep.last_call = time.monotonic()
+                    if ep.items:
+                        self.ready[env_id] = None
+                _settle(future, result=self.unwrap(dict(agent_actions)))
+
+    def training_enabled(self, episode_id: str) -> bool:
+        with self.cond:
+            ep = self.episodes.get(episode_id)
+            if ep is not None:
+                return ep.training_enabled
+            if episode_id in self.ended:
+                return self.ended[episode_id]
+        raise UnknownEpisodeError(f"{self.owner}: unknown episode id {episode_id!r}")
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            for ep in self.episodes.values():
+                if ep.waiting is not None:
+                    _settle(ep.waiting, error=ExternalEnvError(f"{self.owner} was closed"))
+            self.cond.notify_all()
+
+    # --- parts ------------------------------------------------------------------------------------------------
+    def _end(self, ep: _Episode) -> None:
+        del self.episodes[ep.episode_id]
+        self.finished[ep.episode_id] = ep
+        self.ended[ep.episode_id] = ep.training_enabled
+        while len(self.ended) > _KEEP_ENDED:
+            self.ended.popitem(last=False)
+
+    def _get(self, episode_id: Any) -> _Episode:
+        self._check_open()
+        ep = self.episodes.get(episode_id)
+        if ep is None:
+            why = "has ended" if episode_id in self.ended else "was never started (call start_episode first)"
+            raise UnknownEpisodeError(f"{self.owner}: episode {episode_id!r} {why}")
+        return ep
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ExternalEnvError(f"{self.owner} is closed")
+
+
+def _settle(future: Future, result: Any = None, error: BaseException | None = None) -> None:
+    """Completes a get_action's future unless it was cancelled (its HTTP caller gave up) or already completed."""
+    if future.done() or not future.set_running_or_notify_cancel():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
