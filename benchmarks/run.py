@@ -405,7 +405,7 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="also run the other families' benchmark tables")
     args = parser.parse_args()
     print_table("relayrl core benchmarks", core_rows(args.quick))
-    print_table("policy server (benchmarks/serving.py; about 20 s)", serving_rows(args.quick))
+    print_table("policy servers (benchmarks/serving.py; about 45 s)", serving_rows(args.quick))
     if args.all:
         for module in ("offpolicy", "async_family", "recurrent"):
             if os.path.exists(os.path.join(HERE, module + ".py")):

@@ -176,15 +176,20 @@ def test_a_multi_agent_checkpoint_maps_each_agent_to_its_policy(multi_checkpoint
         assert e.value.status == 400 and "p7" in e.value.message
 
 
-def test_a_recurrent_policy_keeps_its_state_per_episode(lstm_checkpoint):
-    trainer = Trainer.from_checkpoint(lstm_checkpoint, {"num_workers": 0})
-    policy = trainer.get_policy()
-    observations = np.random.default_rng(2).normal(0, 0.1, size=(25, 2)).astype(np.float32)
-    state, expected = policy.get_initial_state(), []
+def greedy_recurrent_actions(checkpoint: str, observations: np.ndarray) -> list[int]:
+    """The checkpoint's greedy actions for one episode of ``observations``, its state carried in process."""
+    trainer = Trainer.from_checkpoint(checkpoint, {"num_workers": 0})
+    state, actions = trainer.get_policy().get_initial_state(), []
     for o in observations:
         action, state, _ = trainer.compute_action(o, state, explore=False)
-        expected.append(int(action))
+        actions.append(int(action))
     trainer.stop()
+    return actions
+
+
+def test_a_recurrent_policy_keeps_its_state_per_episode(lstm_checkpoint):
+    observations = np.random.default_rng(2).normal(0, 0.1, size=(25, 2)).astype(np.float32)
+    expected = greedy_recurrent_actions(lstm_checkpoint, observations)
     out = subprocess.run([sys.executable, "-m", "relayrl", "serve", lstm_checkpoint], capture_output=True, text=True,
                          timeout=120)  # fmt: skip
     assert out.returncode == 2 and "unknown environment 'StatelessCartPole-v1'" in out.stderr
@@ -278,14 +283,8 @@ def test_concurrent_clients_and_batches_are_acted_on_in_one_forward_pass_each(ch
 
 
 def test_recurrent_state_per_episode_through_batched_passes(lstm_checkpoint):
-    trainer = Trainer.from_checkpoint(lstm_checkpoint, {"num_workers": 0})
-    policy = trainer.get_policy()
     observations = np.random.default_rng(4).normal(0, 0.1, size=(12, 2)).astype(np.float32)
-    state, expected = policy.get_initial_state(), []
-    for o in observations:
-        action, state, _ = trainer.compute_action(o, state, explore=False)
-        expected.append(int(action))
-    trainer.stop()
+    expected = greedy_recurrent_actions(lstm_checkpoint, observations)
     with served_in_process(lstm_checkpoint, "relayrl.examples.stateless_cartpole:StatelessCartPole") as (
         server,
         _,
