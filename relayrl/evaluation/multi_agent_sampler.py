@@ -154,6 +154,8 @@ class MultiAgentSampler(SamplerStats):
                 obs, rewards, terms, truncs, infos, off_policy = poll()
                 if not obs:  # no news for a while (an external env): hand out what is here
                     self._idle = True
+                    env_wait += clock() - t0  # the wait is the env's, not the hand-out's
+                    t0 = clock()
                     break
                 t1 = clock()
                 acting, n_env = bookkeeping(obs, rewards, terms, truncs, infos)
