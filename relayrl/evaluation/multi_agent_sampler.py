@@ -315,9 +315,9 @@ class MultiAgentSampler(SamplerStats):
         kwargs = self._act_kwargs[pid]
         if self._prev[pid]:
             prev_actions = np.stack([t.prev_action for t in trajs])
-            prev_rewards = np.asarray([t.prev_reward for t in trajs], dtype=np.float32)
-            prev_rewards = clip_rewards(prev_rewards, self.clip_rewards)  # as the batch's rewards column
-            kwargs = {**kwargs, "prev_action_batch": prev_actions, "prev_reward_batch": prev_rewards}
+            prev_rewards = np.asarray([t.prev_reward for t in trajs], dtype=np.float32)  # logged unclipped
+            clipped = clip_rewards(prev_rewards, self.clip_rewards)  # as _postprocess clips the batch's columns
+            kwargs = {**kwargs, "prev_action_batch": prev_actions, "prev_reward_batch": clipped}
         compute = policy.compute_actions if self._lock is None else _holding(self._lock, policy.compute_actions)
         actions, state_out, extra = compute(obs, state, episodes=[t.episode for t in trajs], **kwargs)
         actions = np.asarray(actions)
