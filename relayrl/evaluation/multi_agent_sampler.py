@@ -47,6 +47,7 @@ from relayrl.evaluation.sampler import (
     _env_action_fn,
     _holding,
     clip_rewards,
+    deferred_kwargs,
     wants_prev_action_reward,
 )
 from relayrl.policy.sample_batch import MultiAgentBatch, SampleBatch
@@ -105,10 +106,7 @@ class MultiAgentSampler(SamplerStats):
         self._prev = {pid: wants_prev_action_reward(p) for pid, p in policies.items()}
         self._zero_action = {pid: _zero_action(p.action_space) for pid, p in policies.items()}
         self._discrete = {pid: isinstance(p.action_space, gym.spaces.Discrete) for pid, p in policies.items()}
-        self._act_kwargs = {
-            pid: {"deferred": True} if _accepts_keyword(p.compute_actions, "deferred") else {}
-            for pid, p in policies.items()
-        }
+        self._act_kwargs = {pid: deferred_kwargs(p) for pid, p in policies.items()}
         self._takes_others = {  # policy id -> its postprocess_fragment takes other_agent_batches
             pid: hasattr(p, "postprocess_fragment") and _accepts_keyword(p.postprocess_fragment, "other_agent_batches")
             for pid, p in policies.items()

@@ -123,7 +123,7 @@ class SyncSampler(SamplerStats):
         self._obs: np.ndarray | None = None
         self._by_id: dict[int, Episode] = {}  # running episodes and those that ended in this fragment
         # Columns the policy can fill in for the whole fragment in postprocess_fragment may be left out per step.
-        self._act_kwargs = {"deferred": True} if _accepts_keyword(policy.compute_actions, "deferred") else {}
+        self._act_kwargs = deferred_kwargs(policy)
 
     # --- public -------------------------------------------------------------------------------------------
     def sample(self) -> SampleBatch:
@@ -436,6 +436,12 @@ def _with_prev(sampler: "SyncSampler", compute_actions: Callable) -> Callable:
         return compute_actions(*args, prev_action_batch=prev_actions, prev_reward_batch=prev_rewards, **kwargs)
 
     return call
+
+
+def deferred_kwargs(policy: Any) -> dict:
+    """``compute_actions``' ``deferred=True`` where the policy takes it: the actions without the per-step
+    log-probabilities and value estimates (``postprocess_fragment`` computes them for a whole fragment)."""
+    return {"deferred": True} if _accepts_keyword(policy.compute_actions, "deferred") else {}
 
 
 def _accepts_keyword(fn: Callable, name: str) -> bool:

@@ -158,14 +158,15 @@ class PolicyActor:
     """
 
     def __init__(self, worker: Any, env: ExternalEnv, explore: bool = False):
-        from relayrl.evaluation.sampler import _env_action_fn  # the sampler's own policy row -> env action
+        from relayrl.evaluation.sampler import _env_action_fn, deferred_kwargs  # as the sampler acts
 
         self.worker, self.env, self.explore = worker, env, explore
         env.actor = self
         self.multi_agent = bool(env.multiagent)
         clip = bool(worker.config.get("clip_actions", True))
         self._to_env = {pid: _env_action_fn(p.action_space, clip) for pid, p in worker.policy_map.items()}
-        self._act_kwargs = {pid: _act_kwargs(p, explore) for pid, p in worker.policy_map.items()}
+        # deferred: no log-probabilities or value estimates, which nothing here reads; the actions are the same
+        self._act_kwargs = {pid: {"explore": explore, **deferred_kwargs(p)} for pid, p in worker.policy_map.items()}
         self._memory: dict[str, dict] = {}  # episode -> {agent: (policy id, recurrent memory or None)}
         self._returns: dict[str, float] = {}  # running episodes' returns so far
         self.stats = {"episodes": 0, "steps": 0, "actions": 0, "logged_actions": 0}
@@ -259,14 +260,6 @@ class PolicyActor:
             f"{s['episodes']} episodes ended, {s['steps']} steps, {s['actions']} actions served,"
             f" {s['logged_actions']} logged; mean return of the last {len(self.recent_returns)} episodes {mean}"
         )
-
-
-def _act_kwargs(policy: Any, explore: bool) -> dict:
-    """``policy.compute_actions``' keywords: ``deferred`` where it takes it (as the sampler passes it): no
-    log-probabilities or value estimates, which nothing here reads; the actions are the same."""
-    from relayrl.evaluation.sampler import _accepts_keyword
-
-    return {"explore": explore, **({"deferred": True} if _accepts_keyword(policy.compute_actions, "deferred") else {})}
 
 
 def serve_forever(actor: PolicyActor, server: Any, report_s: float = 60.0) -> None:
