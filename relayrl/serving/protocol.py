@@ -200,13 +200,11 @@ def _observations_at_once(calls: list, env: Any) -> dict[int, np.ndarray]:
         return {}
     try:
         x = np.asarray(values)
-    except (ValueError, TypeError):  # ragged
+        if x.dtype.kind not in _NUMERIC_KINDS:
+            return {}
+        return dict(zip(index, _box_array(x, (len(values), *space.shape), space, "calls")))
+    except (ValueError, TypeError, ProtocolError):  # ragged, or a row decode_value would refuse
         return {}
-    if x.shape != (len(values), *space.shape) or x.dtype.kind not in _NUMERIC_KINDS:
-        return {}
-    if not np.can_cast(x.dtype, space.dtype, "same_kind") or (x.dtype.kind == "f" and not np.isfinite(x).all()):
-        return {}
-    return dict(zip(index, x.astype(space.dtype)))
 
 
 def _per_agent(env: Any, value: Any, field: str, kind: str) -> Any:
@@ -272,6 +270,18 @@ _FIELD_CHECKS: dict[str, Callable[[Any, str, Any], Any]] = {
 
 
 # --- values of a space ------------------------------------------------------------------------------------------
+def _box_array(x: np.ndarray, shape: tuple, space: gym.spaces.Box, field: str) -> np.ndarray:
+    """``x`` in ``space``'s dtype once it has ``shape`` (the space's, or a batch of it), a dtype that casts to the
+    space's, and only finite values; else ProtocolError 400 naming ``field``."""
+    if x.shape != shape:
+        raise bad(field, f"has shape {x.shape}, the space {space} has shape {space.shape}")
+    if not np.can_cast(x.dtype, space.dtype, "same_kind"):
+        raise bad(field, f"has dtype {x.dtype}, which does not fit the space's dtype {space.dtype} ({space})")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise bad(field, "holds NaN or infinity")
+    return x.astype(space.dtype)
+
+
 def decode_value(space: gym.Space, value: Any, field: str) -> Any:
     """``value`` (JSON / msgpack) as an element of ``space``; ProtocolError 400 naming ``field`` for a wrong
     type, shape or dtype (out-of-bounds Box values pass: simulators often exceed nominal bounds)."""
@@ -287,14 +297,7 @@ def decode_value(space: gym.Space, value: Any, field: str) -> Any:
             raise bad(field, f"has values outside {space}")
         return x.astype(space.dtype)
     if isinstance(space, gym.spaces.Box):
-        x = _array(value, field, space)
-        if x.shape != space.shape:
-            raise bad(field, f"has shape {x.shape}, the space {space} has shape {space.shape}")
-        if not np.can_cast(x.dtype, space.dtype, "same_kind"):
-            raise bad(field, f"has dtype {x.dtype}, which does not fit the space's dtype {space.dtype} ({space})")
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
-            raise bad(field, "holds NaN or infinity")
-        return x.astype(space.dtype)
+        return _box_array(_array(value, field, space), space.shape, space, field)
     if isinstance(space, gym.spaces.Dict):
         if not isinstance(value, Mapping) or set(value) != set(space.spaces):
             raise bad(field, f"must be an object with the keys {sorted(space.spaces)}, got {_brief(value)}")
