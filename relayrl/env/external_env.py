@@ -39,11 +39,11 @@ from __future__ import annotations
 import threading
 import traceback
 from collections.abc import Hashable, Mapping
-from concurrent.futures import Future
 from typing import Any
 
 from relayrl.env.base_env import PollingEnv
 from relayrl.env.external_episodes import (  # noqa: F401 - the errors are public here
+    ActionFuture,
     EpisodeStateError,
     ExternalEnvError,
     TooManyEpisodesError,
@@ -118,8 +118,8 @@ class ExternalEnv(PollingEnv):
         """Records an observation and blocks until the sampler sent the action for it."""
         return self.request_action(episode_id, observation).result()
 
-    def request_action(self, episode_id: str, observation: Any) -> Future:
-        """``get_action`` without blocking: the Future of the action (for servers that wait asynchronously)."""
+    def request_action(self, episode_id: str, observation: Any) -> ActionFuture:
+        """``get_action`` without blocking: the future of the action (for servers that wait asynchronously)."""
         return self._book.observe(episode_id, self._wrap(observation, "observation"))
 
     def log_action(self, episode_id: str, observation: Any, action: Any) -> None:
@@ -247,7 +247,7 @@ class ExternalMultiAgentEnv(ExternalEnv):
         return dict(value)
 
     def _unwrap(self, actions: dict) -> Any:
-        return actions
+        return dict(actions)  # the simulator's own copy
 
 
 def _space_of(spaces: Any, agent_id: Hashable, kind: str) -> Any:

@@ -27,13 +27,12 @@ import logging
 import threading
 import time
 from collections.abc import Hashable
-from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 
 from relayrl.env.base_env import ALL
-from relayrl.env.external_env import ExternalEnv, ExternalMultiAgentEnv
+from relayrl.env.external_env import ActionFuture, ExternalEnv, ExternalMultiAgentEnv
 
 logger = logging.getLogger(__name__)
 _NONE: dict = {}  # no logged actions (read only)
@@ -52,7 +51,7 @@ class _Inline:
     def start(self) -> None:
         """No run() thread: the PolicyServer's handlers drive the episodes."""
 
-    def request_action(self, episode_id: str, observation: Any) -> Future:
+    def request_action(self, episode_id: str, observation: Any) -> ActionFuture:
         future = super().request_action(episode_id, observation)
         self._due()
         return future
@@ -158,13 +157,13 @@ class PolicyActor:
     """
 
     def __init__(self, worker: Any, env: ExternalEnv, explore: bool = False):
-        from relayrl.evaluation.sampler import _env_action_fn, deferred_kwargs  # as the sampler acts
+        from relayrl.evaluation.sampler import deferred_kwargs
 
         self.worker, self.env, self.explore = worker, env, explore
         env.actor = self
         self.multi_agent = bool(env.multiagent)
         clip = bool(worker.config.get("clip_actions", True))
-        self._to_env = {pid: _env_action_fn(p.action_space, clip) for pid, p in worker.policy_map.items()}
+        self._to_env = {pid: _wire_action_fn(p.action_space, clip) for pid, p in worker.policy_map.items()}
         # deferred: no log-probabilities or value estimates, which nothing here reads; the actions are the same
         self._act_kwargs = {pid: {"explore": explore, **deferred_kwargs(p)} for pid, p in worker.policy_map.items()}
         self._memory: dict[str, dict] = {}  # episode -> {agent: (policy id, recurrent memory or None)}
@@ -202,8 +201,11 @@ class PolicyActor:
         for pid, batch in rows.items():
             for (eid, agent, _, _, logged), action in zip(batch, self._actions(pid, batch)):
                 if logged is None:
-                    to_send.setdefault(eid, {})[agent] = action
-                    self.stats["actions"] += 1
+                    if eid in to_send:
+                        to_send[eid][agent] = action
+                    else:
+                        to_send[eid] = {agent: action}
+        self.stats["actions"] += sum(map(len, to_send.values()))
         if to_send:
             self.env.send_actions(to_send)
 
@@ -260,6 +262,18 @@ class PolicyActor:
             f"{s['episodes']} episodes ended, {s['steps']} steps, {s['actions']} actions served,"
             f" {s['logged_actions']} logged; mean return of the last {len(self.recent_returns)} episodes {mean}"
         )
+
+
+def _wire_action_fn(action_space: Any, clip: bool) -> Any:
+    """As the sampler turns a batch of actions into the env's, but Discrete actions as Python ints: what the
+    answer carries, without a numpy scalar per action."""
+    import gymnasium as gym
+
+    from relayrl.evaluation.sampler import _env_action_fn
+
+    if isinstance(action_space, gym.spaces.Discrete):
+        return lambda a: a.tolist()
+    return _env_action_fn(action_space, clip)
 
 
 def serve_forever(actor: PolicyActor, server: Any, report_s: float = 60.0) -> None:

@@ -443,6 +443,8 @@ def _call(command: str, episode_id: str, **fields: Any) -> dict:
 
 
 def _as_action(space: Any, agent: Any, value: Any) -> Any:
+    if type(value) is int or type(value) is float:  # a scalar of any space stays as it came
+        return value
     if isinstance(space, dict):
         space = space.get(str(agent), space.get(agent))
     if space is None or np.ndim(value) == 0 and not isinstance(value, np.ndarray):

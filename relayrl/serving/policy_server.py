@@ -26,10 +26,10 @@ import ipaddress
 import logging
 import socket
 import threading
-from concurrent.futures import Future
 from typing import Any
 
 from relayrl.env.external_env import (
+    ActionFuture,
     EpisodeStateError,
     ExternalEnvError,
     TooManyEpisodesError,
@@ -307,7 +307,7 @@ class PolicyServer:
             await asyncio.sleep(0.002)
 
     def _start(self, command: str, f: dict) -> Any:
-        """Applies one validated call to the env: its result, or the Future of a get_action's action."""
+        """Applies one validated call to the env: its result, or the future of a get_action's action."""
         env = self.env
         try:
             if command == "start_episode":
@@ -327,12 +327,12 @@ class PolicyServer:
     async def _results(self, pending: list, batched: bool) -> list[dict]:
         """Each call's answer, the get_actions' once their actions all came (or action_timeout_s passed): one
         wake-up of the event loop per request, however many actions it waits for."""
-        futures = [p for p in pending if isinstance(p, Future)]
+        futures = [p for p in pending if isinstance(p, ActionFuture)]
         if futures:
             await _all_done(futures, self.action_timeout_s)
         out = []
         for p in pending:
-            if not isinstance(p, Future):
+            if not isinstance(p, ActionFuture):
                 out.append(p)
                 continue
             try:
@@ -345,7 +345,7 @@ class PolicyServer:
             out.append(error.to_wire())
         return out
 
-    def _no_action(self, future: Future, e: Exception) -> ProtocolError:
+    def _no_action(self, future: ActionFuture, e: Exception) -> ProtocolError:
         """Why a get_action's ``future`` has no action: 504 when none came in time, else the env's error ``e``."""
         if not future.done() or future.cancelled():
             future.cancel()  # the sampler's late action is dropped (``_settle``)
@@ -353,7 +353,7 @@ class PolicyServer:
         return _env_error(e)  # the env was closed while the call waited
 
 
-async def _all_done(futures: list[Future], timeout_s: float) -> None:
+async def _all_done(futures: list[ActionFuture], timeout_s: float) -> None:
     """Waits until every future is done or ``timeout_s`` passed. One callback at a time, on the last future not
     done yet (in the order they settle: a batch's usually all at once), wakes the loop when none is left: directly
     when it runs on the loop's own thread (an env acting inline, ``relayrl serve``), else with
@@ -366,7 +366,7 @@ async def _all_done(futures: list[Future], timeout_s: float) -> None:
         if not done.done():
             done.set_result(None)
 
-    def check(_: Future | None = None) -> None:  # the one registered callback: no two run at once
+    def check(_: ActionFuture | None = None) -> None:  # the one registered callback: no two run at once
         while left[0] and futures[left[0] - 1].done():
             left[0] -= 1
         if left[0]:

@@ -93,10 +93,18 @@ def encode_body(obj: Any, msgpack_body: bool) -> bytes:
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
-    import msgpack
-
     if code != NDARRAY_EXT:
         raise ValueError(f"unknown msgpack ext type {code}")
+    for head, dt, shape, nbytes in _EXT_HEADS:  # a few entries: the arrays' recent (dtype, shape)s
+        if len(data) == len(head) + nbytes and data.startswith(head):
+            return np.frombuffer(data[len(head) :], dtype=dt).reshape(shape)
+    return _new_ext(data)
+
+
+def _new_ext(data: bytes) -> np.ndarray:
+    """An array of a (dtype, shape) not seen lately: checked in full, its header then remembered (a bounded set)."""
+    import msgpack
+
     dtype, shape, raw = msgpack.unpackb(data, raw=False)
     dt = np.dtype(str(dtype))
     if dt.kind not in _NUMERIC_KINDS or dt.hasobject:
@@ -105,16 +113,42 @@ def _ext_hook(code: int, data: bytes) -> Any:
         raise ValueError(f"array shape {shape!r} is not a list of sizes")
     if math.prod(shape) * dt.itemsize != len(raw):
         raise ValueError(f"array of shape {shape} and dtype {dt} needs {math.prod(shape) * dt.itemsize} bytes")
+    if isinstance(raw, bytes) and data.endswith(raw):
+        global _EXT_HEADS  # replaced, never changed in place: other threads may be reading it
+        _EXT_HEADS = (*_EXT_HEADS[-7:], (bytes(data[: len(data) - len(raw)]), dt, tuple(shape), len(raw)))
     return np.frombuffer(raw, dtype=dt).reshape(shape)
 
 
 def _msgpack_default(x: Any) -> Any:
+    if isinstance(x, np.ndarray) and x.dtype.kind in _NUMERIC_KINDS:
+        raw = x.tobytes()  # C order
+        key = (x.dtype.str, x.shape)
+        head = _PACK_HEADS.get(key)
+        if head is None:  # the msgpack of [dtype, shape, raw] less raw itself: the same bytes as packing the list
+            head = _packb([x.dtype.str, list(x.shape), raw])[: -len(raw) or None]
+            if len(_PACK_HEADS) >= 64:
+                _PACK_HEADS.clear()
+            _PACK_HEADS[key] = head
+        return _ext_type(NDARRAY_EXT, head + raw)
+    return _json_default(x)
+
+
+def _packb(x: Any) -> bytes:
     import msgpack
 
-    if isinstance(x, np.ndarray) and x.dtype.kind in _NUMERIC_KINDS:
-        payload = msgpack.packb([x.dtype.str, list(x.shape), np.ascontiguousarray(x).tobytes()], use_bin_type=True)
-        return msgpack.ExtType(NDARRAY_EXT, payload)
-    return _json_default(x)
+    return msgpack.packb(x, use_bin_type=True)
+
+
+def _ext_type(code: int, data: bytes) -> Any:
+    import msgpack
+
+    return msgpack.ExtType(code, data)
+
+
+# The msgpack bytes before an array's raw data (its dtype, shape and the data's length), by what they encode:
+# decoding an array of a remembered header skips unpacking and checking it again; encoding one skips packing it.
+_EXT_HEADS: tuple[tuple[bytes, np.dtype, tuple, int], ...] = ()
+_PACK_HEADS: dict[tuple, bytes] = {}  # (dtype, shape) -> head
 
 
 def _json_default(x: Any) -> Any:
@@ -132,7 +166,7 @@ def validate_call(command: str, msg: Any, env: Any, where: str = "", observation
     ``observation``: msg's observation already decoded (``validate_batch`` decodes a batch's at once)."""
     if command not in COMMANDS:
         raise ProtocolError(404, f"unknown command {command!r}; the commands are {sorted(COMMANDS)}", where or None)
-    if not isinstance(msg, Mapping):
+    if not _is_map(msg):
         raise ProtocolError(400, f"the {command} message must be an object, got {_kind(msg)}", where or None)
     schema = COMMANDS[command]
     for key in msg:
@@ -158,7 +192,7 @@ def validate_call(command: str, msg: Any, env: Any, where: str = "", observation
 def validate_batch(msg: Any, env: Any) -> list[tuple[str, dict]]:
     """``{"calls": [{"command": ..., **fields}, ...]}`` -> [(command, fields)]; each episode's get_action (one at
     most) must be its last call in the batch."""
-    if not isinstance(msg, Mapping) or set(msg) != {"calls"}:
+    if not _is_map(msg) or set(msg) != {"calls"}:
         raise bad("calls", "must be the only field of a batch: {'calls': [{'command': ..., ...}, ...]}")
     calls = msg["calls"]
     if not isinstance(calls, list) or not 0 < len(calls) <= MAX_BATCH_CALLS:
@@ -166,12 +200,14 @@ def validate_batch(msg: Any, env: Any) -> list[tuple[str, dict]]:
     out, asked = [], {}
     observations = _observations_at_once(calls, env)
     for i, call in enumerate(calls):
-        where = f"calls[{i}]."
-        if not isinstance(call, Mapping) or not isinstance(call.get("command"), str):
+        if not _is_map(call) or not isinstance(call.get("command"), str):
             raise bad(f"calls[{i}].command", "is missing: every call is an object with a 'command' string")
-        command = call["command"]
-        body = {k: v for k, v in call.items() if k != "command"}
-        fields = validate_call(command, body, env, where, observations.get(i))
+        command, episode = call["command"], call.get("episode_id")
+        if command == "get_action" and i in observations and len(call) == 3 and _is_episode_id(episode):
+            fields = {"episode_id": episode, "observation": observations[i]}  # what validate_call would return
+        else:
+            body = {k: v for k, v in call.items() if k != "command"}
+            fields = validate_call(command, body, env, f"calls[{i}].", observations.get(i))
         episode = fields.get("episode_id")
         if episode in asked:
             raise bad(
@@ -192,11 +228,11 @@ def _observations_at_once(calls: list, env: Any) -> dict[int, np.ndarray]:
     space = None if getattr(env, "multiagent", False) else env.observation_space_of(None)
     if not isinstance(space, gym.spaces.Box):
         return {}
-    index = [i for i, call in enumerate(calls) if isinstance(call, Mapping) and call.get("observation") is not None]
+    index = [i for i, call in enumerate(calls) if _is_map(call) and call.get("observation") is not None]
     if len(index) < 2:
         return {}
     values = [calls[i]["observation"] for i in index]
-    if any(isinstance(v, (str, bytes, Mapping)) for v in values):
+    if any(type(v) is not np.ndarray and isinstance(v, (str, bytes, Mapping)) for v in values):
         return {}
     try:
         x = np.asarray(values)
@@ -223,8 +259,16 @@ def _per_agent(env: Any, value: Any, field: str, kind: str) -> Any:
     return out
 
 
+def _is_map(x: Any) -> bool:
+    return type(x) is dict or isinstance(x, Mapping)  # decoded bodies hold dicts: the ABC check is slow
+
+
+def _is_episode_id(value: Any) -> bool:
+    return isinstance(value, str) and EPISODE_ID.match(value) is not None
+
+
 def _episode_id(value: Any, field: str, env: Any) -> str:
-    if not isinstance(value, str) or not EPISODE_ID.match(value):
+    if not _is_episode_id(value):
         raise bad(field, f"must be 1-128 characters of A-Z a-z 0-9 _ . : -, got {_brief(value)}")
     return value
 
@@ -336,7 +380,12 @@ def _integers(value: Any, shape: tuple, field: str, space: gym.Space) -> np.ndar
 
 def to_wire(x: Any) -> Any:
     """An action (or observation) as JSON / msgpack values (numpy arrays stay arrays for msgpack's ext type)."""
-    if isinstance(x, np.generic):  # first: the common case (a Discrete action), and Mapping's check is slow
+    kind = type(x)
+    if kind in _AS_IS:
+        return x
+    if kind is dict:
+        return {k: to_wire(v) for k, v in x.items()}
+    if isinstance(x, np.generic):  # before Mapping, whose check is slow
         return x.item()
     if isinstance(x, (np.ndarray, int, float)):
         return x
@@ -345,6 +394,9 @@ def to_wire(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [to_wire(v) for v in x]
     return x
+
+
+_AS_IS = frozenset((str, np.ndarray, int, float, bool, type(None)))
 
 
 def _kind(x: Any) -> str:
