@@ -122,7 +122,7 @@ def _new_ext(data: bytes) -> np.ndarray:
 def _msgpack_default(x: Any) -> Any:
     if isinstance(x, np.ndarray) and x.dtype.kind in _NUMERIC_KINDS:
         raw = x.tobytes()  # C order
-        key = (x.dtype.str, x.shape)
+        key = (x.dtype, x.shape)
         head = _PACK_HEADS.get(key)
         if head is None:  # the msgpack of [dtype, shape, raw] less raw itself: the same bytes as packing the list
             head = _packb([x.dtype.str, list(x.shape), raw])[: -len(raw) or None]
@@ -148,7 +148,7 @@ def _ext_type(code: int, data: bytes) -> Any:
 # The msgpack bytes before an array's raw data (its dtype, shape and the data's length), by what they encode:
 # decoding an array of a remembered header skips unpacking and checking it again; encoding one skips packing it.
 _EXT_HEADS: tuple[tuple[bytes, np.dtype, tuple, int], ...] = ()
-_PACK_HEADS: dict[tuple, bytes] = {}  # (dtype, shape) -> head
+_PACK_HEADS: dict[tuple, bytes] = {}  # (np.dtype, shape) -> head
 
 
 def _json_default(x: Any) -> Any:
@@ -384,6 +384,8 @@ def to_wire(x: Any) -> Any:
     if kind in _AS_IS:
         return x
     if kind is dict:
+        if all(type(v) in _AS_IS for v in x.values()):
+            return x  # nothing to convert (a call of the client's, read only)
         return {k: to_wire(v) for k, v in x.items()}
     if isinstance(x, np.generic):  # before Mapping, whose check is slow
         return x.item()
