@@ -155,8 +155,7 @@ class ExternalEnv(PollingEnv):
 
     def pending_steps(self) -> int:
         """Observations reported and not yet polled by the sampler (a PolicyServer holds clients to a limit)."""
-        with self._book.cond:
-            return sum(len(ep.items) for ep in (*self._book.episodes.values(), *self._book.finished.values()))
+        return self._book.pending
 
     # --- PollingEnv ---------------------------------------------------------------------------------------------
     def poll(self) -> tuple[dict, dict, dict, dict, dict, dict]:

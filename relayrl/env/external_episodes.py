@@ -134,6 +134,7 @@ class _EpisodeBook:
         self.owed: dict[str, tuple[ActionFuture, list]] = {}  # polled get_actions: env_id -> (future, agents to act)
         self.ended: collections.OrderedDict[str, bool] = collections.OrderedDict()  # id -> training_enabled
         self.finished: dict[str, _Episode] = {}  # ended episodes whose last news is not polled yet
+        self.pending = 0  # observations queued and not polled yet, over all episodes
         self.closed = False
         self.last_news = time.monotonic()
 
@@ -202,6 +203,7 @@ class _EpisodeBook:
                 terminateds, truncateds = {ALL: False}, {ALL: False}
             logged = dict(off_policy) if off_policy else _NO_ACTIONS
             ep.items.append((dict(obs), rewards, terminateds, truncateds, infos, logged, future))
+            self.pending += 1
             ep.waiting = future
             self.last_news = ep.last_call
             if episode_id not in self.owed:
@@ -266,6 +268,7 @@ class _EpisodeBook:
             for episode_id in list(self.ready):
                 ep = self.episodes.get(episode_id) or self.finished[episode_id]
                 obs, rewards, terminateds, truncateds, infos, off_policy, future = ep.items.popleft()
+                self.pending -= 1
                 out[0][episode_id], out[1][episode_id], out[2][episode_id] = obs, rewards, terminateds
                 out[3][episode_id], out[4][episode_id] = truncateds, infos
                 if off_policy:

@@ -254,6 +254,24 @@ def test_run_returning_and_poll_timeout_are_errors():
         Silent(ACT_SPACE, OBS_SPACE, poll_timeout_s=0.5).poll()
 
 
+def test_pending_steps_counts_what_the_sampler_has_not_polled_over_all_episodes_ended_ones_too():
+    env = ExternalEnv(ACT_SPACE, OBS_SPACE, poll_timeout_s=10)
+    env.start = lambda: None
+    a, b = env.start_episode(), env.start_episode()
+    obs = np.zeros(4, np.float32)
+    for _ in range(3):
+        env.log_action(a, obs, 1)
+    env.log_action(b, obs, 0)
+    env.end_episode(b, obs)
+    assert env.pending_steps() == 5
+    polled = env.poll()[0]  # one item per episode
+    assert sorted(polled) == sorted([a, b]) and env.pending_steps() == 3
+    while env.pending_steps():
+        env.poll()
+    env.request_action(a, obs)
+    assert env.pending_steps() == 1
+
+
 def test_close_fails_a_waiting_get_action_and_idle_episodes_end_truncated():
     env = ExternalEnv(ACT_SPACE, OBS_SPACE, poll_timeout_s=10)
     env.start = lambda: None
