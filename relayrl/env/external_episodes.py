@@ -161,7 +161,7 @@ class _EpisodeBook:
     def observe(
         self, episode_id: str, obs: dict, off_policy: dict | None = None, final: bool = False, truncated: bool = False
     ) -> ActionFuture | None:
-        """Queues an observation (get_action: returns the Future of its action; log_action; end_episode)."""
+        """Queues an observation (get_action: returns the future of its action; log_action; end_episode)."""
         if not (type(obs) is dict or isinstance(obs, Mapping)) or (not obs and not final):
             raise ValueError(f"{self.owner}: episode {episode_id!r}: the observation dict is empty or not a dict")
         if ALL in obs:
