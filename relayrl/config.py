@@ -13,6 +13,8 @@ import importlib.util
 import logging
 from typing import Any, Callable
 
+import numpy as np
+
 from relayrl.models.catalog import MODEL_DEFAULTS, validate_model_config
 from relayrl.multiagent_config import normalize_multiagent
 from relayrl.utils.filters import FILTERS
@@ -204,7 +206,7 @@ def prepare_config(
     (ValueError naming the key), merges the config onto ``defaults``, then checks the values of the merged config
     (the common keys here, the algorithm's keys with ``check_values(merged)``). Returns the merged config, which
     everything downstream reads as ``config[key]``."""
-    user = translate_legacy_keys(dict(config or {}), defaults)
+    user = translate_legacy_keys(_plain_scalars(dict(config or {})), defaults)
     _check_keys_and_types(user, defaults, name, prefix="")
     merged = merge_dicts(defaults, user)
     _check_common_values(merged, name)
@@ -216,6 +218,19 @@ def prepare_config(
     if user.get("use_pytorch") is False:
         logger.warning("%s config: 'use_pytorch': False is ignored: relayrl's policies are always PyTorch", name)
     return merged
+
+
+def _plain_scalars(value: Any) -> Any:
+    """numpy scalars (``np.int64(4)`` from ``np.arange``, a search library or a sweep script) as the Python int /
+    float / bool they hold, in nested dicts, lists and tuples: the type checks take them, and the config stays
+    JSON for params.json and checkpoint manifests."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if type(value) is dict:
+        return {k: _plain_scalars(v) for k, v in value.items()}
+    if type(value) in (list, tuple):  # not their subclasses (a namedtuple is not made from one iterable)
+        return type(value)(_plain_scalars(v) for v in value)
+    return value
 
 
 def merge_dicts(base: dict, override: dict) -> dict:

@@ -126,6 +126,7 @@ def _episodes(trainer: Any, env: Any, args: argparse.Namespace, episodes: int | 
     """Rolls out a Gymnasium env with the trainer's policy (greedily); prints each episode's return; returns them."""
     import numpy as np
 
+    from relayrl.models.spaces import clip_action
     from relayrl.policy.sample_batch import DEFAULT_POLICY_ID
 
     returns, steps = [], 0
@@ -139,7 +140,7 @@ def _episodes(trainer: Any, env: Any, args: argparse.Namespace, episodes: int | 
         done = False
         while not done and (args.steps is None or steps < args.steps):
             action = act(trainer, obs, DEFAULT_POLICY_ID, memory)
-            env_action = _clip_action(action, env.action_space) if trainer.config.get("clip_actions") else action
+            env_action = clip_action(action, env.action_space) if trainer.config.get("clip_actions") else action
             next_obs, reward, terminated, truncated, _ = env.step(env_action)
             if memory is not None and "prev_reward" in memory:  # clipped as the sampler feeds it (clip_rewards)
                 memory["prev_reward"] = _clip_reward(reward, trainer.config.get("clip_rewards"))
@@ -170,6 +171,7 @@ def _multi_agent_episodes(trainer: Any, env: Any, args: argparse.Namespace, epis
     from relayrl.env.multi_agent_env import ALL
     from relayrl.evaluation.episode import MultiAgentEpisode
     from relayrl.evaluation.multi_agent_sampler import mapping_caller
+    from relayrl.models.spaces import clip_action
 
     worker = trainer.workers.local_worker()
     mapping, seed = mapping_caller(worker.policy_mapping_fn, worker), trainer.config.get("seed")
@@ -192,7 +194,7 @@ def _multi_agent_episodes(trainer: Any, env: Any, args: argparse.Namespace, epis
                     memories[agent] = start_memory(worker.policy_map.get(pid))  # unknown: compute_action says so
                 action = act(trainer, agent_obs, pid, memories[agent])
                 space = env.get_action_space(agent)
-                actions[agent] = _clip_action(action, space) if clip else action
+                actions[agent] = clip_action(action, space) if clip else action
             obs, rewards, terminateds, truncateds, _ = env.step(actions)
             if args.render:
                 env.render()
@@ -317,19 +319,6 @@ def _space_mismatch(trainer: Any, env: Any) -> str:
         if not _fits(have, want):
             problems.append(f"its {what.replace('_', ' ')} is {have}, the checkpoint's is {want}")
     return "; ".join(problems)
-
-
-def _clip_action(action: Any, space: Any) -> Any:
-    import gymnasium as gym
-    import numpy as np
-
-    if isinstance(space, gym.spaces.Box):
-        return np.clip(action, space.low, space.high)
-    if isinstance(space, (gym.spaces.Tuple, gym.spaces.Dict)):  # the Box leaves of a nested action
-        from relayrl.models.spaces import flatten_action, unflatten_action
-
-        return unflatten_action(flatten_action(action, space), space, clip=True)
-    return action
 
 
 def _jsonable(value: Any) -> Any:

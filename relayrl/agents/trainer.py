@@ -47,7 +47,7 @@ from relayrl.env.registry import get_env_creator
 from relayrl.evaluation.metrics import MetricsWindow, RolloutMetrics
 from relayrl.evaluation.rollout_worker import RolloutWorker
 from relayrl.evaluation.worker_set import WorkerSet
-from relayrl.models.spaces import UnsupportedSpaceException, is_nested, unflatten_action
+from relayrl.models.spaces import UnsupportedSpaceException, clip_action, is_nested, unflatten_action
 from relayrl.policy.sample_batch import DEFAULT_POLICY_ID
 
 logger = logging.getLogger(__name__)
@@ -217,7 +217,8 @@ class Trainer:
         explore: bool | None = None,
     ) -> Any:
         """The policy's action for one raw observation (preprocessed and filtered like in training, without
-        updating the filter). Returns ``(action, state_out, extra)`` when ``state`` is given or ``full_fetch``,
+        updating the filter; Box values clipped to their bounds when ``clip_actions``, as the sampler steps the
+        env). Returns ``(action, state_out, extra)`` when ``state`` is given or ``full_fetch``,
         else the action alone. Multi-agent: ``policy_id`` is the policy of the agent (``policy_mapping_fn``); it
         may be left out when the trainer has one policy.
 
@@ -244,6 +245,8 @@ class Trainer:
         )
         if is_nested(policy.action_space):  # the policy's flat row -> the env's tuple / dict
             action = unflatten_action(action, policy.action_space)
+        if self.config["clip_actions"]:  # as the sampler steps the env
+            action = clip_action(action, policy.action_space)
         if state is not None or full_fetch:
             return action, state_out, extra
         return action

@@ -12,6 +12,7 @@ in other processes find them.
 from __future__ import annotations
 
 import difflib
+import inspect
 import sys
 from typing import Any, Callable
 
@@ -140,10 +141,29 @@ def get_env_creator(env: Any) -> Callable[[EnvContext], Any]:
             )
         return _GymMaker(env)
     if isinstance(env, type):
-        return lambda ctx: env(ctx)
+        return _class_creator(env)
     if callable(env):
         return env
     raise ValueError(f"env must be a name or a creator, got {env!r}")
+
+
+def _class_creator(env: type) -> Callable[[EnvContext], Any]:
+    """An env class's creator: called with the env config (RLlib's convention), or with nothing when its
+    constructor takes no argument (a plain Gymnasium env class)."""
+    try:
+        signature = inspect.signature(env)
+    except (TypeError, ValueError):  # no signature to read (a builtin): RLlib's convention
+        return lambda ctx: env(ctx)
+    for args in ((None,), ()):
+        try:
+            signature.bind(*args)
+        except TypeError:
+            continue
+        return (lambda ctx: env(ctx)) if args else (lambda ctx: env())
+    raise ValueError(
+        f"env class {env.__name__} cannot be made: its constructor {env.__name__}{signature} takes neither the"
+        " env config (one argument, RLlib's convention) nor no argument; wrap it: env=lambda config: ..."
+    )
 
 
 def _prefixed_creator(env: str) -> Callable | None:

@@ -43,6 +43,10 @@ class Episode:
     def last_observation_for(self, agent_id: Any = 0) -> Any:
         return self._last_obs
 
+    def last_raw_obs_for(self, agent_id: Any = 0) -> Any:
+        """RLlib 0.7's name: the env's last observation, before preprocessing and filtering."""
+        return self.last_observation_for(agent_id)
+
     def last_action_for(self, agent_id: Any = 0) -> Any:
         return self._last_action
 

@@ -7,6 +7,7 @@ one-hot, Dict / Tuple -> their parts flattened and concatenated (Dict keys in so
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -19,7 +20,9 @@ class Preprocessor:
     def __init__(self, obs_space: gym.Space, options: dict | None = None):
         self.obs_space = obs_space
         self.options = options or {}
-        self.shape = self._init_shape()
+        # RLlib 0.7's custom preprocessors define _init_shape(self, obs_space, options); relayrl's take no arguments.
+        takes_args = len(inspect.signature(self._init_shape).parameters) >= 2
+        self.shape = self._init_shape(obs_space, self.options) if takes_args else self._init_shape()
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, self.shape, dtype=np.float32)
 
     def _init_shape(self) -> tuple[int, ...]:
@@ -67,6 +70,16 @@ class OneHotPreprocessor(Preprocessor):
             offsets = np.concatenate([[0], np.cumsum(self.obs_space.nvec)[:-1]])
             out[offsets + np.asarray(obs, dtype=np.int64)] = 1.0
         return out
+
+
+class MultiBinaryPreprocessor(Preprocessor):
+    """MultiBinary observations as float32 0/1 arrays of the same shape."""
+
+    def _init_shape(self) -> tuple[int, ...]:
+        return tuple(self.obs_space.shape)
+
+    def transform(self, obs: Any) -> np.ndarray:
+        return np.asarray(obs, dtype=np.float32)
 
 
 class FlattenPreprocessor(Preprocessor):
@@ -149,4 +162,8 @@ def get_preprocessor(space: gym.Space, options: dict | None = None) -> type[Prep
         return FlattenPreprocessor
     if isinstance(space, gym.spaces.Box):
         return NoPreprocessor
-    raise ValueError(f"observation space {space} is not supported (Box, Discrete, MultiDiscrete, Dict, Tuple are)")
+    if isinstance(space, gym.spaces.MultiBinary):
+        return MultiBinaryPreprocessor
+    raise ValueError(
+        f"observation space {space} is not supported (Box, Discrete, MultiDiscrete, MultiBinary, Dict, Tuple are)"
+    )

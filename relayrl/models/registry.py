@@ -68,7 +68,8 @@ def resolve_model_config(model_config: dict | None) -> dict | None:
 def resolve_config(config: dict) -> dict:
     """A copy of a trainer config whose model configs (top level and per-policy overrides) name classes."""
     out = dict(config)
-    out["model"] = resolve_model_config(config.get("model"))
+    if "model" in config:  # absent stays absent: a None here would replace MODEL_DEFAULTS when merged
+        out["model"] = resolve_model_config(config["model"])
     ma = config.get("multiagent") or {}
     if ma.get("policies"):
         policies = {}

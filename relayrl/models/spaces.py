@@ -142,6 +142,16 @@ def unflatten_action(row: np.ndarray, space: gym.Space, clip: bool = False) -> A
     return action_unflattener(space, clip)(np.asarray(row))
 
 
+def clip_action(action: Any, space: gym.Space) -> Any:
+    """``action`` with its Box values clipped to their bounds (a Box, or the Box leaves of a Tuple / Dict), as the
+    sampler steps the env when ``clip_actions``; other actions as they are."""
+    if isinstance(space, gym.spaces.Box):
+        return np.clip(action, space.low, space.high)
+    if isinstance(space, (gym.spaces.Tuple, gym.spaces.Dict)):
+        return unflatten_action(flatten_action(action, space), space, clip=True)
+    return action
+
+
 def flatten_action(action: Any, space: gym.Space) -> np.ndarray:
     """An action in the structure of ``space`` -> its flat float32 row (the inverse of ``unflatten_action``)."""
     if isinstance(space, gym.spaces.Dict):

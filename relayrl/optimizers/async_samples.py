@@ -51,6 +51,17 @@ logger = logging.getLogger(__name__)
 _STOP = object()
 
 
+def _load(policy: Any, batch: Any) -> Any:
+    """A torch policy's batch as tensors on its device; a framework-free Policy (seed 001's ``CustomPolicy``, no
+    ``load_batch``) gets the batch itself."""
+    return policy.load_batch(batch) if hasattr(policy, "load_batch") else batch
+
+
+def _learn(policy: Any, data: Any) -> dict:
+    """``learn_on_tensors`` on what ``_load`` made; ``learn_on_batch`` for a policy without ``load_batch``."""
+    return policy.learn_on_tensors(data) if hasattr(policy, "load_batch") else policy.learn_on_batch(data)
+
+
 class LearnerThread(threading.Thread):
     """Learns on every train batch of ``inqueue`` (``(batch, weight_versions)`` items), one optimizer step per
     trained policy each (a single-agent batch: the default policy's).
@@ -95,7 +106,7 @@ class LearnerThread(threading.Thread):
                     return
                 batch, versions = item
                 with self.load_timer:
-                    data = {pid: self.local_worker.policy_map[pid].load_batch(b) for pid, b in _trained(self, batch)}
+                    data = {pid: _load(self.local_worker.policy_map[pid], b) for pid, b in _trained(self, batch)}
                 self.loaded.put((data, batch.count, versions))
         except BaseException as e:  # noqa: BLE001 - reported to the driver by step()
             self.error = e
@@ -112,7 +123,7 @@ class LearnerThread(threading.Thread):
                 with self.grad_timer:
                     with self.lock:
                         policies = self.local_worker.policy_map
-                        fetch = {pid: get_learner_stats(policies[pid].learn_on_tensors(t)) for pid, t in data.items()}
+                        fetch = {pid: get_learner_stats(_learn(policies[pid], t)) for pid, t in data.items()}
                         lag = self.weights_version - float(np.mean(versions))
                         self.weights_version += 1
                 self.grad_timer.push_units_processed(count)

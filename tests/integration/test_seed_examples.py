@@ -1,11 +1,13 @@
 """The seeds' code examples, with only imports and environment names changed."""
 
+import time
+
 import gymnasium as gym
 import numpy as np
 import ray
 
 from relayrl import Policy, PolicyEvaluator, SampleBatch
-from relayrl.optimizers import SyncSamplesOptimizer
+from relayrl.optimizers import AsyncSamplesOptimizer, SyncSamplesOptimizer
 
 
 # --- seed 001: a policy written from scratch ------------------------------------------------------------------
@@ -90,6 +92,40 @@ def test_seed_001_with_a_policy_optimizer(ray_session):
     got = optimizer.foreach_evaluator(lambda ev: ev.for_policy(lambda p: p.get_weights()))
     assert got[0] == {"w": 3.0} and got[1:] == [{"w": 2.0}, {"w": 2.0}]
     assert "sample_time_ms" in optimizer.stats()
+
+
+def test_seed_001_with_the_async_samples_optimizer_as_written(ray_session):
+    # seed 001's own lines: "this optimizer implements the IMPALA architecture", with the from-scratch policy
+    local_evaluator = PolicyEvaluator(lambda c: gym.make("CartPole-v0"), CustomPolicy)
+    remote_evaluators = [
+        PolicyEvaluator.as_remote().remote(lambda c: gym.make("CartPole-v0"), CustomPolicy) for _ in range(2)
+    ]
+    optimizer = AsyncSamplesOptimizer(local_evaluator, remote_evaluators, train_batch_size=500)
+    try:
+        deadline = time.monotonic() + 60
+        while optimizer.num_steps_trained < 1000 and time.monotonic() < deadline:
+            optimizer.step()
+        assert optimizer.num_steps_trained >= 1000
+        assert local_evaluator.get_weights()["default_policy"]["w"] >= 3.0  # learn_on_batch ran on each train batch
+    finally:
+        optimizer.stop()
+
+
+def test_seed_003_async_gradients_optimizer_on_a_bare_worker_set(ray_session):
+    # seed 003: AsyncGradientsOptimizer(workers, grads_per_step), the workers made without a trainer's config
+    from relayrl import WorkerSet
+    from relayrl.agents.pg import PGTorchPolicy
+    from relayrl.optimizers import AsyncGradientsOptimizer
+
+    workers = WorkerSet(lambda c: gym.make("CartPole-v1"), PGTorchPolicy, num_workers=2)
+    try:
+        optimizer = AsyncGradientsOptimizer(workers, grads_per_step=4)
+        optimizer.step()
+        assert optimizer.num_steps_sampled >= 4 * 200
+        hidden = workers.foreach_worker(lambda w: w.policy_map["default_policy"].config["model"]["fcnet_hiddens"])
+        assert hidden == [[256, 256]] * 3  # the model defaults, on the remote workers too
+    finally:
+        workers.stop()
 
 
 def test_seed_001_local_only_optimizer_no_ray_needed():
