@@ -68,6 +68,9 @@ class ExternalEnv(PollingEnv):
     """
 
     multiagent = False
+    # The simulator owns its episodes: the sampler must not cut one at ``horizon`` (it would end an episode the
+    # simulator still logs to, and sampling would stall on it). MultiAgentSampler reads this.
+    can_reset = False
 
     def __init__(
         self,

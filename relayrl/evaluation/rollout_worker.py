@@ -316,6 +316,11 @@ class RolloutWorker:
                 check_nan=config.get("check_nan", False),
                 action_mask_key=(config.get("model") or {}).get("action_mask_key", "action_mask"),
             )
+        if config["horizon"] is not None and not getattr(env, "can_reset", True):
+            logger.warning(
+                "horizon=%s does not apply to %s: its simulator starts and ends the episodes (end_episode(...,"
+                " truncated=True) cuts one short)", config["horizon"], type(env).__name__,
+            )  # fmt: skip
         sampler = MultiAgentSampler(
             env,
             self.policy_map,

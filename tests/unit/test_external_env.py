@@ -388,3 +388,25 @@ def test_a_worker_hands_back_what_it_has_when_its_simulator_goes_quiet():
         assert [m.episode_length for m in worker.get_metrics()] == [5]
     finally:
         worker.stop()
+
+
+def test_the_config_horizon_does_not_cut_an_external_env_s_episodes(caplog):
+    """The simulator owns its episodes: cutting one at ``horizon`` would end an episode it still logs to."""
+    from relayrl.evaluation import RolloutWorker
+
+    config = {**DEFAULT_CONFIG, "sample_batch_size": 60, "horizon": 5, "seed": 0}
+    sim = CartPoleSim(threads=2, episodes=3, max_steps=20, poll_timeout_s=20)
+    with caplog.at_level("WARNING"):
+        worker = RolloutWorker(lambda ctx: sim, PPOTorchPolicy, policy_config=config)
+    try:
+        start = time.monotonic()
+        batch = worker.sample()
+        assert time.monotonic() - start < 20 and batch.count >= 60
+        while not sim.done.is_set() and time.monotonic() - start < 30:  # the simulator plays all its episodes
+            worker.sample()
+        assert sim.done.is_set()
+        lengths = [m.episode_length for m in worker.get_metrics()]
+        assert lengths and max(lengths) > 5  # episodes ran past the horizon: the simulator ended them
+    finally:
+        worker.stop()
+    assert "horizon=5 does not apply to CartPoleSim" in caplog.text
