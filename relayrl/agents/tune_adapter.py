@@ -3,7 +3,8 @@
 ``register_all()`` runs when ``ray.tune`` is imported after relayrl (an import hook set in
 ``relayrl/__init__.py``) or at once if Tune was already imported. So RLlib 0.7's documentation's
 ``tune.run_experiments({"exp": {"run": "PPO", ...}})`` finds our trainers, and Tune never falls back to
-looking the name up elsewhere.
+looking the name up elsewhere. ``tune.run(PPOTrainer, ...)`` (a trainer class, as RLlib-era code passes it, a
+user's ``build_trainer`` class too) runs the same adapter, registered under the trainer's name.
 """
 
 from __future__ import annotations
@@ -25,17 +26,39 @@ _TUNE_CATEGORIES = {"model": "rllib_model", "preprocessor": "rllib_preprocessor"
 _WRAPPED: dict[str, type] = {}
 
 
-def as_trainable(name: str) -> type[tune.Trainable]:
-    """The Tune Trainable class for trainer ``name`` (created once)."""
-    if name not in _WRAPPED:
-        trainer_cls = get_trainer_class(name)
+def as_trainable(name: str, trainer_cls: type | None = None) -> type[tune.Trainable]:
+    """The Tune Trainable class for trainer ``name`` (created once); ``trainer_cls``: a class not in the registry
+    (a user's ``build_trainer`` result)."""
+    if name not in _WRAPPED or (trainer_cls is not None and _WRAPPED[name]._trainer_cls is not trainer_cls):
+        cls = trainer_cls or get_trainer_class(name)
 
         class _Trainable(_TrainerTrainable):
-            _trainer_cls = trainer_cls
+            _trainer_cls = cls
 
         _Trainable.__name__ = _Trainable.__qualname__ = name
         _WRAPPED[name] = _Trainable
     return _WRAPPED[name]
+
+
+def _accept_trainer_classes() -> None:
+    """``tune.run(PPOTrainer, config=...)`` as in RLlib: Tune takes only Trainable subclasses, so a relayrl
+    Trainer class passed to ``tune.run`` runs as its Trainable, registered under the trainer's name."""
+    from ray.tune.experiment import Experiment
+
+    from relayrl.agents.trainer import Trainer
+
+    original = Experiment.register_if_needed.__func__
+    if getattr(original, "relayrl", False):
+        return
+
+    def register_if_needed(cls: type, run_object: Any) -> Any:
+        if isinstance(run_object, type) and issubclass(run_object, Trainer):
+            register_trainable(run_object._name, as_trainable(run_object._name, run_object), warn=False)
+            return run_object._name
+        return original(cls, run_object)
+
+    register_if_needed.relayrl = True
+    Experiment.register_if_needed = classmethod(register_if_needed)
 
 
 class _TrainerTrainable(tune.Trainable):
@@ -109,6 +132,7 @@ def _lookup_component(kind: str, name: str) -> Any:
 
 
 def register_all() -> None:
+    _accept_trainer_classes()
     for name in available_algorithms():
         if name in ALGORITHMS:
             register_trainable(name, as_trainable(name), warn=False)

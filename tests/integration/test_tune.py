@@ -47,3 +47,28 @@ def test_seed_002_grid_search_runs_both_trials(ray_session, tmp_path):
             rows = [json.loads(line) for line in f if line.strip()]
         assert [r["training_iteration"] for r in rows] == [1, 2]
         assert "episode_reward_mean" in rows[-1] and "info" in rows[-1]
+
+
+def test_tune_run_takes_a_trainer_class_and_a_users_own_trainer(ray_session, tmp_path):
+    import ray.tune as tune
+
+    from relayrl.agents.pg import DEFAULT_CONFIG, PGTorchPolicy
+    from relayrl.agents.ppo import PPOTrainer
+    from relayrl.agents.trainer_template import build_trainer
+
+    small = {"env": "CartPole-v1", "num_workers": 0, "train_batch_size": 128, "sample_batch_size": 64}
+    analysis = tune.run(
+        PPOTrainer,  # as RLlib-era code passes it; a string name works as before
+        config={**small, "sgd_minibatch_size": 64, "num_sgd_iter": 1},
+        stop={"training_iteration": 1},
+        storage_path=str(tmp_path),
+        verbose=0,
+    )
+    (trial,) = analysis.trials
+    assert trial.status == "TERMINATED" and trial.last_result["timesteps_total"] >= 128
+
+    MyPG = build_trainer(name="MyPG", default_config=DEFAULT_CONFIG, default_policy=PGTorchPolicy)
+    analysis = tune.run(MyPG, config=small, stop={"training_iteration": 1}, storage_path=str(tmp_path), verbose=0)
+    (trial,) = analysis.trials
+    assert trial.status == "TERMINATED" and trial.trainable_name == "MyPG"
+    assert trial.last_result["timesteps_total"] >= 128
