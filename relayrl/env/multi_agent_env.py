@@ -225,6 +225,8 @@ class MultiAgentEpisodeChecker:
             got = f"{len(result)} values" if isinstance(result, (tuple, list)) else _kind(result)
             raise self.error(f"step() returned {got}; {MA_API}")
         obs, rewards, terminateds, truncateds, infos = result
+        if isinstance(rewards, Mapping) and any(r is None for r in rewards.values()):  # RLlib-era: no reward
+            rewards = {agent: r for agent, r in rewards.items() if r is not None}
         self._dicts(
             ("obs", obs),
             ("rewards", rewards),

@@ -329,3 +329,22 @@ def test_rnn_state_starts_at_the_initial_state_for_every_agent_and_episode():
     traj = next(t for t in b.split_trajectories() if t[SB.T][0] == 0 and t.count > 3)
     _, out, _ = policy.compute_actions(traj[SB.OBS][:1], [traj["state_in_0"][:1], traj["state_in_1"][:1]])
     np.testing.assert_allclose(out[0][0], traj["state_in_0"][1], atol=1e-5)
+
+
+def test_a_none_reward_is_no_reward_as_rllib_era_envs_report_it():
+    """RLlib-era turn-based envs report None for the agents with nothing this step; it counts as no reward."""
+    none_turns = (
+        TURNS[0],
+        [
+            (["y"], {"x": None}, [], False),
+            (["x"], {"x": None, "y": None}, [], False),
+            (["y"], {"x": 0.5, "y": None}, [], False),
+            (["x", "y"], {"y": 1.0, "x": -1.0}, [], True),
+        ],
+        TURNS[2],
+    )
+    batch = worker(none_turns, batch_mode="complete_episodes").sample()
+    b = batch.policy_batches["pa"]
+    x, y = b[SB.AGENT_INDEX] == 0, b[SB.AGENT_INDEX] == 1
+    # x's first step gets steps 1-2 (None, None), its second 3-4 (0.5, -1); y's: 2-3 (None, None), then 4 (1.0)
+    assert b[SB.REWARDS][x].tolist() == [0.0, -0.5] * 2 and b[SB.REWARDS][y].tolist() == [0.0, 1.0] * 2
