@@ -191,6 +191,11 @@ def translate_legacy_keys(config: dict, defaults: dict) -> dict:
         out["gpu_fraction"] = out["gpu_fraction"] if gpu else 0
     if isinstance(out.get("gpu"), bool) and "gpu" not in defaults:
         out["gpu"] = int(out["gpu"])
+    ma = out.get("multiagent")
+    if isinstance(ma, dict) and "policy_graphs" in ma:  # RLlib 0.7's name of multiagent.policies
+        if "policies" in ma:
+            raise ValueError("config has both multiagent.policy_graphs and its new name policies; keep policies")
+        out["multiagent"] = {("policies" if k == "policy_graphs" else k): v for k, v in ma.items()}
     for old, new in LEGACY_KEYS.items():
         if old in out and old not in defaults and new in defaults:
             if new in out:

@@ -1,7 +1,7 @@
 """Sampling: rollout workers, the sampler loop, postprocessing, episode metrics, worker sets."""
 
 from relayrl.evaluation.episode import Episode
-from relayrl.evaluation.metrics import RolloutMetrics, summarize_episodes
+from relayrl.evaluation.metrics import RolloutMetrics, collect_metrics, summarize_episodes
 from relayrl.evaluation.postprocessing import Postprocessing, compute_advantages, discount_cumsum
 from relayrl.evaluation.rollout_worker import PolicyEvaluator, RolloutWorker
 from relayrl.evaluation.worker_set import WorkerSet
@@ -10,6 +10,7 @@ __all__ = [
     "Episode",
     "RolloutMetrics",
     "summarize_episodes",
+    "collect_metrics",
     "Postprocessing",
     "compute_advantages",
     "discount_cumsum",

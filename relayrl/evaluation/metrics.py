@@ -50,6 +50,20 @@ def summarize_episodes(episodes: list[RolloutMetrics], new_episodes: list[Rollou
     }
 
 
+def collect_metrics(local_worker: Any, remote_workers: Any = (), timeout_seconds: float = 180) -> dict:
+    """RLlib 0.7's helper: ``summarize_episodes`` of the episodes the workers finished since they were last asked
+    (``get_metrics``); remote workers that do not answer within ``timeout_seconds`` are left out."""
+    episodes = list(local_worker.get_metrics()) if local_worker is not None else []
+    if remote_workers:
+        import ray
+
+        pending = [w.get_metrics.remote() for w in remote_workers]
+        ready, _ = ray.wait(pending, num_returns=len(pending), timeout=timeout_seconds)
+        for metrics in ray.get(ready):
+            episodes.extend(metrics)
+    return summarize_episodes(episodes)
+
+
 class MetricsWindow:
     """Keeps the last ``size`` finished episodes across iterations (``metrics_smoothing_episodes``)."""
 

@@ -340,6 +340,11 @@ class RolloutWorker:
     def async_env(self) -> VectorEnv:
         return self.sampler.env
 
+    @property
+    def sample_batch_size(self) -> int:
+        """Env steps per sub-env in one ``sample()`` (the config's ``sample_batch_size``; RLlib 0.7's attribute)."""
+        return self.config["sample_batch_size"]
+
     # --- sampling ------------------------------------------------------------------------------------------
     def sample(self) -> SampleBatch | MultiAgentBatch:
         batch = self.sampler.sample()

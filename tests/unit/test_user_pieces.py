@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from relayrl.agents.pg import PGTrainer
-from relayrl.agents.ppo import PPOTrainer
+from relayrl.agents.ppo import PPOTorchPolicy, PPOTrainer
 from relayrl.models import ModelCatalog, Preprocessor
 
 SMALL = {"num_workers": 0, "train_batch_size": 64, "sample_batch_size": 32, "seed": 0}
@@ -140,3 +140,24 @@ def test_an_env_class_is_made_with_its_config_or_with_nothing_else_a_clear_error
     assert get_env_creator(WithConfig)(EnvContext({"size": 3})).config == {"size": 3}
     with pytest.raises(ValueError, match=r"env class TwoArguments cannot be made: its constructor"):
         get_env_creator(TwoArguments)
+
+
+def test_rllib_0_7_names_collect_metrics_sample_batch_size_and_policy_graphs():
+    from relayrl.evaluation import RolloutWorker, collect_metrics
+
+    worker = RolloutWorker(lambda ctx: gym.make("CartPole-v1"), PPOTorchPolicy, batch_steps=100)
+    assert worker.sample_batch_size == 100
+    for _ in range(3):  # 300 steps of a fresh policy: CartPole episodes end
+        worker.sample()
+    result = collect_metrics(worker)
+    assert result["episodes_this_iter"] >= 1 and result["episode_reward_mean"] > 0
+
+    policies = {"p0": (None, None, None, {}), "p1": (None, None, None, {})}
+    config = {**SMALL, "multiagent": {"policy_graphs": policies, "policy_mapping_fn": lambda agent: f"p{agent}"}}
+    trainer = PPOTrainer(env="multi_agent:CartPole-v1", config={**config, "sgd_minibatch_size": 32})
+    try:
+        assert sorted(trainer.workers.local_worker().policy_map) == ["p0", "p1"]
+    finally:
+        trainer.stop()
+    with pytest.raises(ValueError, match="both multiagent.policy_graphs and its new name policies"):
+        PPOTrainer(env="multi_agent:CartPole-v1", config={"multiagent": {"policy_graphs": {}, "policies": {}}})
