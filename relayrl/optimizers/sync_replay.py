@@ -209,7 +209,7 @@ class SyncReplayOptimizer(PolicyOptimizer):
             self.grad_timer.push_units_processed(o.train_batch_size)
             if isinstance(buffer, PrioritizedReplayBuffer):
                 with self.update_priorities_timer:
-                    buffer.update_priorities(idx, np.abs(info["td_error"]))
+                    buffer.update_priorities(idx, np.abs(_td_errors(info, pid)))
             stats[pid] = info.get(LEARNER_STATS_KEY, {})
             self.num_steps_trained += o.train_batch_size
         if stats:
@@ -270,3 +270,13 @@ def buffer_stats(buffer: ReplayBuffer) -> dict:
 
 
 LocalSyncReplayOptimizer = SyncReplayOptimizer
+
+
+def _td_errors(info: dict, pid: str) -> np.ndarray:
+    """The per-row TD errors a prioritised replay buffer needs from ``learn_on_batch`` (its ``"td_error"``)."""
+    if "td_error" not in info:
+        raise ValueError(
+            f"prioritized_replay: policy {pid!r}'s learn_on_batch returned no 'td_error' (one per row, for the"
+            f" priorities; it returned {sorted(info)}); return it, or set prioritized_replay: False"
+        )
+    return info["td_error"]

@@ -4,6 +4,7 @@ import time
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import ray
 
 from relayrl import Policy, PolicyEvaluator, SampleBatch
@@ -162,3 +163,21 @@ def test_seed_002_agent_api(tmp_path):
     w4 = agent.optimizer.foreach_evaluator_with_index(lambda ev, i: ev.for_policy(lambda p: p.get_weights()))
     for w in (w2, w3[0], w4[0]):
         assert all(np.array_equal(w1[k], w[k]) for k in w1)
+
+
+def test_seed_001_custom_policy_with_prioritized_replay_gets_a_clear_error():
+    from relayrl.optimizers import SyncReplayOptimizer
+
+    local_evaluator = PolicyEvaluator(lambda c: gym.make("CartPole-v0"), CustomPolicy, batch_steps=50)
+    optimizer = SyncReplayOptimizer(
+        local_evaluator, [], learning_starts=50, buffer_size=1000, train_batch_size=32, prioritized_replay=True
+    )
+    with pytest.raises(ValueError, match="learn_on_batch returned no 'td_error'.*prioritized_replay: False"):
+        for _ in range(3):
+            optimizer.step()
+    uniform = SyncReplayOptimizer(
+        local_evaluator, [], learning_starts=50, buffer_size=1000, train_batch_size=32, prioritized_replay=False
+    )
+    for _ in range(3):
+        uniform.step()
+    assert uniform.num_steps_trained >= 32
