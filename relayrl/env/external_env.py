@@ -36,6 +36,7 @@ number of threads at once. An episode that has had no observation when it ends i
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import traceback
 from collections.abc import Hashable, Mapping
@@ -65,6 +66,8 @@ class ExternalEnv(PollingEnv):
         poll_timeout_s: ``poll()`` raises ExternalEnvError when no episode sent anything for this long.
         idle_s: ``poll()`` returns no news (empty dicts) after waiting this long (None: waits up to
             ``poll_timeout_s``), and the sampler hands back the fragment it has, even an empty one.
+        max_pending_steps: ``log_action`` waits while this many reported steps wait for the sampler (None: never
+            waits; the queue then grows as long as the simulator outruns the trainer).
     """
 
     multiagent = False
@@ -80,6 +83,7 @@ class ExternalEnv(PollingEnv):
         *,
         poll_timeout_s: float = 3600.0,
         idle_s: float | None = 1.0,
+        max_pending_steps: int | None = 1000,
     ):
         if not isinstance(max_concurrent, int) or max_concurrent < 1:
             raise ValueError(f"max_concurrent must be an int >= 1, got {max_concurrent!r}")
@@ -87,11 +91,14 @@ class ExternalEnv(PollingEnv):
             raise ValueError(f"poll_timeout_s must be > 0, got {poll_timeout_s!r}")
         if idle_s is not None and not idle_s > 0:
             raise ValueError(f"idle_s must be > 0 or None, got {idle_s!r}")
+        if max_pending_steps is not None and (not isinstance(max_pending_steps, int) or max_pending_steps < 1):
+            raise ValueError(f"max_pending_steps must be an int >= 1 or None, got {max_pending_steps!r}")
         self.action_space = action_space
         self.observation_space = observation_space
         self.max_concurrent = max_concurrent
         self.poll_timeout_s = float(poll_timeout_s)
         self.idle_s = idle_s
+        self.max_pending_steps = max_pending_steps
         self.served_policy: Any = None  # a serving.ServedPolicy for local-inference clients (the worker sets it)
         self._book = _EpisodeBook(type(self).__name__, max_concurrent, self._unwrap)
         self._thread: threading.Thread | None = None
@@ -126,7 +133,11 @@ class ExternalEnv(PollingEnv):
         return self._book.observe(episode_id, self._wrap(observation, "observation"))
 
     def log_action(self, episode_id: str, observation: Any, action: Any) -> None:
-        """Records an observation and the action the simulator took itself (off-policy); does not block."""
+        """Records an observation and the action the simulator took itself (off-policy). Waits while
+        ``max_pending_steps`` steps wait for the sampler (a simulator faster than the trainer is held back, not
+        queued without bound); never on an event loop's thread (a PolicyServer holds its clients back itself)."""
+        if self.max_pending_steps is not None and not _on_event_loop():
+            self._book.wait_for_room(self.max_pending_steps)
         self._book.observe(episode_id, self._wrap(observation, "observation"), self._wrap(action, "action"))
 
     def log_returns(self, episode_id: str, reward: Any, info: Any = None) -> None:
@@ -258,3 +269,12 @@ def _space_of(spaces: Any, agent_id: Hashable, kind: str) -> Any:
             raise KeyError(f"no {kind} space for agent {agent_id!r}; the {kind} spaces are for {sorted(spaces)}")
         return spaces[agent_id]
     return spaces
+
+
+def _on_event_loop() -> bool:
+    """Whether the caller runs on an asyncio event loop's thread (where nothing may block)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

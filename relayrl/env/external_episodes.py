@@ -135,6 +135,7 @@ class _EpisodeBook:
         self.ended: collections.OrderedDict[str, bool] = collections.OrderedDict()  # id -> training_enabled
         self.finished: dict[str, _Episode] = {}  # ended episodes whose last news is not polled yet
         self.pending = 0  # observations queued and not polled yet, over all episodes
+        self.waiting_for_room = 0  # log_action calls held back by max_pending_steps
         self.closed = False
         self.last_news = time.monotonic()
 
@@ -212,6 +213,16 @@ class _EpisodeBook:
                 self.ready[episode_id] = None
             return future
 
+    def wait_for_room(self, max_pending: int) -> None:
+        """Blocks while ``max_pending`` observations wait for the sampler (until it polls, or the env closes)."""
+        with self.cond:
+            while self.pending >= max_pending and not self.closed:
+                self.waiting_for_room += 1
+                try:
+                    self.cond.wait(1.0)
+                finally:
+                    self.waiting_for_room -= 1
+
     def reward(self, episode_id: str, rewards: Mapping, infos: Mapping | None) -> None:
         for agent, r in rewards.items():
             if isinstance(r, bool) or not isinstance(r, (int, float)) and not hasattr(r, "__float__"):
@@ -279,6 +290,8 @@ class _EpisodeBook:
                     del self.ready[episode_id]
                 if not ep.items and episode_id not in self.episodes:
                     self.finished.pop(episode_id, None)
+            if self.waiting_for_room:
+                self.cond.notify_all()
             return out
 
     def send(self, actions: Mapping) -> None:

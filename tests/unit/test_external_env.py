@@ -410,3 +410,45 @@ def test_the_config_horizon_does_not_cut_an_external_env_s_episodes(caplog):
     finally:
         worker.stop()
     assert "horizon=5 does not apply to CartPoleSim" in caplog.text
+
+
+def test_log_action_waits_while_max_pending_steps_wait_for_the_sampler_and_nothing_is_lost():
+    class FastSim(ExternalEnv):
+        """Logs 3000 random steps as fast as it can (an off-policy simulator that does not wait for actions)."""
+
+        def __init__(self, **kwargs):
+            super().__init__(ACT_SPACE, OBS_SPACE, **kwargs)
+            self.logged, self.done = 0, threading.Event()
+
+        def run(self):
+            env = gym.make("CartPole-v1")
+            eid, (obs, _) = self.start_episode(), env.reset(seed=0)
+            for _ in range(3000):
+                action = int(env.action_space.sample())
+                self.log_action(eid, obs, action)
+                self.logged += 1
+                obs, reward, terminated, truncated, _ = env.step(action)
+                self.log_returns(eid, reward)
+                if terminated or truncated:
+                    self.end_episode(eid, obs, truncated=not terminated)
+                    eid, (obs, _) = self.start_episode(), env.reset()
+            self.done.set()
+            threading.Event().wait()
+
+    sim = FastSim(max_pending_steps=100, idle_s=0.5)
+    sim.start()
+    deadline = time.monotonic() + 5
+    while sim.pending_steps() < 100 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    held = sim.logged
+    assert 90 <= held <= 100 and sim.pending_steps() == 100  # logged steps and ended episodes: the sampler has not
+    time.sleep(0.2)  # polled, and the simulator is held back
+    assert sim.logged == held
+    polled = 0
+    while not (sim.done.is_set() and sim.pending_steps() == 0) and time.monotonic() < deadline + 20:
+        obs, _, terms, _, _, off = sim.poll()
+        polled += sum(1 for e in obs if e in off)  # each logged step, once
+        assert sim.pending_steps() <= 100
+    assert sim.done.is_set() and polled == 3000
+    sim.close()
