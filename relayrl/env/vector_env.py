@@ -8,6 +8,7 @@ obs, info = env.reset_at(i)          # the sampler resets each finished sub-env 
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Sequence
 
 import gymnasium as gym
@@ -46,6 +47,24 @@ class VectorEnv:
     def close(self) -> None:
         for env in self.get_sub_environments():
             env.close()
+
+
+def check_vector_api(env: VectorEnv) -> VectorEnv:
+    """``env`` when its methods take what the sampler passes (``vector_reset(seeds)``, ``reset_at(i, seed)``);
+    else a TypeError naming the method (RLlib 0.7's ``vector_reset(self)`` / ``reset_at(self, index)`` returned
+    observations without infos and stepped with ``dones``: the Gymnasium-era API is another one)."""
+    for name, args in (("vector_reset", ([None] * env.num_envs,)), ("reset_at", (0, None))):
+        try:
+            inspect.signature(getattr(env, name)).bind(*args)
+        except TypeError:
+            raise TypeError(
+                f"{type(env).__name__}.{name}{inspect.signature(getattr(env, name))} cannot take what the sampler"
+                " passes; a VectorEnv implements vector_reset(seeds=None) -> [obs], reset_at(index, seed=None) ->"
+                " (obs, info) and vector_step(actions) -> (obs, rewards, terminateds, truncateds, infos)"
+            ) from None
+        except ValueError:  # no signature to read (a builtin): trusted
+            pass
+    return env
 
 
 class _VectorizedGymEnv(VectorEnv):

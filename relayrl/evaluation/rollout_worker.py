@@ -27,7 +27,7 @@ from relayrl.env.base_env import PollingEnv
 from relayrl.env.multi_agent_env import MultiAgentEnv
 from relayrl.env.multi_agent_vector_env import MultiAgentVectorEnv
 from relayrl.env.registry import EnvContext, make_env
-from relayrl.env.vector_env import VectorEnv
+from relayrl.env.vector_env import VectorEnv, check_vector_api
 from relayrl.evaluation.metrics import RolloutMetrics
 from relayrl.evaluation.multi_agent_sampler import MultiAgentSampler
 from relayrl.evaluation.policy_specs import default_mapping_fn, mapping_caller, resolve_policy_specs
@@ -235,7 +235,7 @@ class RolloutWorker:
 
     def _vectorize(self, env: Any, num_envs: int) -> VectorEnv:
         if isinstance(env, VectorEnv):
-            return env
+            return check_vector_api(env)
         if not isinstance(env, gym.Env) and not hasattr(env, "step"):
             raise ValueError(f"the env creator returned {env!r}, which is not an environment")
 

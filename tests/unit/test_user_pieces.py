@@ -161,3 +161,21 @@ def test_rllib_0_7_names_collect_metrics_sample_batch_size_and_policy_graphs():
         trainer.stop()
     with pytest.raises(ValueError, match="both multiagent.policy_graphs and its new name policies"):
         PPOTrainer(env="multi_agent:CartPole-v1", config={"multiagent": {"policy_graphs": {}, "policies": {}}})
+
+
+def test_a_vector_env_with_rllib_0_7_signatures_is_a_clear_error():
+    from relayrl.env import VectorEnv
+    from relayrl.evaluation import RolloutWorker
+
+    class OldVectorEnv(VectorEnv):
+        def __init__(self):
+            super().__init__(gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(2), 2)
+
+        def vector_reset(self):  # RLlib 0.7: no seeds
+            return [np.zeros(2, np.float32)] * 2
+
+        def reset_at(self, index):
+            return np.zeros(2, np.float32)
+
+    with pytest.raises(TypeError, match=r"OldVectorEnv.vector_reset\(\) cannot take what the sampler passes"):
+        RolloutWorker(lambda ctx: OldVectorEnv(), PPOTorchPolicy).sample()
