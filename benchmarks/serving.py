@@ -394,11 +394,34 @@ def serve_rows(n: int) -> dict[str, dict]:
             served.stop()
 
 
+def batch_rounds(rounds: int, n: int) -> None:
+    """``relayrl serve``'s batch-of-64 row alone: per round a fresh server, ``n`` batched requests timed 3 times."""
+    with tempfile.TemporaryDirectory(prefix="relayrl-bench-") as directory:
+        checkpoint = train_checkpoint(directory)
+        for r in range(rounds):
+            served = RelayrlServe(checkpoint)
+            try:
+                for _ in range(3):
+                    m = _time_client(served.port, served.pid, "relayrl", "relayrl", "msgpack", n, 64)
+                    print(
+                        f"round {r}: {64 * m['calls_per_s']:8,.0f} agent-steps/s, p50 {m['p50_ms']:.2f} ms, server"
+                        f" {m['server_cpu_us']:.0f} us, client {m['client_cpu_us']:.0f} us per request",
+                        flush=True,
+                    )
+            finally:
+                served.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=3000, help="timed get_action calls per row and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all rows; the table shows medians")
+    parser.add_argument(
+        "--batch-only", action="store_true", help="only relayrl serve's batch-of-64 row, timed 3 times per round"
+    )
     args = parser.parse_args()
+    if args.batch_only:
+        return batch_rounds(args.rounds, batch_calls(args.calls))
     rows = [
         ("training server + PolicyClient, JSON", "relayrl", "relayrl", "json", 0),
         ("relayrl serve (inference only) + PolicyClient, JSON", "serve", "relayrl", "json", 0),
