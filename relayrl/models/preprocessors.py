@@ -126,8 +126,9 @@ def obs_restorer(obs_space: gym.Space) -> Callable[[Any], Any] | None:
             return lambda x: tuple(f(x) for f in parts_t)
         start, size = pos, get_preprocessor(s)(s).size
         pos += size
-        # Box leaves get their shape back; Discrete / MultiDiscrete leaves stay one-hot ([..., n] / [..., sum nvec]).
-        shape = tuple(s.shape) if isinstance(s, gym.spaces.Box) else (size,)
+        # Box and MultiBinary leaves get their shape back; Discrete / MultiDiscrete leaves stay one-hot ([..., n] /
+        # [..., sum nvec]).
+        shape = tuple(s.shape) if isinstance(s, (gym.spaces.Box, gym.spaces.MultiBinary)) else (size,)
         if len(shape) == 1:
             return lambda x: x[..., start : start + size]
         return lambda x: x[..., start : start + size].reshape(*x.shape[:-1], *shape)
@@ -138,8 +139,9 @@ def obs_restorer(obs_space: gym.Space) -> Callable[[Any], Any] | None:
 def restore_original_dimensions(obs_flat: Any, obs_space: gym.Space) -> Any:
     """Slices a batch of flat observations (torch tensor or numpy array, ``[..., size]``) back into the structure
     of the Dict / Tuple space that FlattenPreprocessor flattened (``obs_space`` is that space or the flat Box
-    carrying it as ``original_space``): dicts (keys sorted) and tuples of per-leaf batches, Box leaves reshaped
-    to ``[..., *shape]``, Discrete / MultiDiscrete leaves as their one-hot. Other spaces: ``obs_flat`` as is."""
+    carrying it as ``original_space``): dicts (keys sorted) and tuples of per-leaf batches, Box and MultiBinary
+    leaves reshaped to ``[..., *shape]``, Discrete / MultiDiscrete leaves as their one-hot. Other spaces:
+    ``obs_flat`` as is."""
     restore = obs_restorer(obs_space)
     return obs_flat if restore is None else restore(obs_flat)
 

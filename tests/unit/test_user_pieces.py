@@ -179,3 +179,16 @@ def test_a_vector_env_with_rllib_0_7_signatures_is_a_clear_error():
 
     with pytest.raises(TypeError, match=r"OldVectorEnv.vector_reset\(\) cannot take what the sampler passes"):
         RolloutWorker(lambda ctx: OldVectorEnv(), PPOTorchPolicy).sample()
+
+
+def test_a_multibinary_leaf_of_a_dict_observation_is_flattened_and_restored_with_its_shape():
+    from relayrl.models.preprocessors import get_preprocessor, restore_original_dimensions
+
+    space = gym.spaces.Dict({"bits": gym.spaces.MultiBinary((2, 3)), "x": gym.spaces.Box(-1, 1, (2,), np.float32)})
+    prep = get_preprocessor(space)(space)
+    obs = space.sample()
+    flat = prep.transform(obs)
+    assert flat.shape == (8,) and prep.observation_space.shape == (8,)
+    restored = restore_original_dimensions(flat[None], prep.observation_space)
+    np.testing.assert_array_equal(restored["bits"][0], obs["bits"].astype(np.float32))
+    np.testing.assert_array_equal(restored["x"][0], obs["x"])
