@@ -213,6 +213,45 @@ class _EpisodeBook:
                 self.ready[episode_id] = None
             return future
 
+    def ask(self, episode_id: str, obs: dict) -> tuple[dict, ActionFuture]:
+        """A get_action that its caller answers itself (``answer``), not queued for ``poll()``: an env acting on
+        the server's own thread (``relayrl serve``). The same checks and book-keeping as ``observe``; returns the
+        rewards logged since the episode's last observation ({agent: reward}, only those logged) and the future."""
+        if not (type(obs) is dict or isinstance(obs, Mapping)) or not obs:
+            raise ValueError(f"{self.owner}: episode {episode_id!r}: the observation dict is empty or not a dict")
+        if ALL in obs:
+            raise ValueError(f"{self.owner}: {ALL!r} is not an agent id")
+        with self.cond:
+            ep = self._get(episode_id)
+            if ep.waiting is not None:
+                raise EpisodeStateError(
+                    f"{self.owner}: episode {episode_id!r}: get_action is still waiting for its action; calls for"
+                    " one episode must not overlap"
+                )
+            ep.last_call = self.last_news = time.monotonic()
+            ep.waiting = future = ActionFuture()
+            ep.last_obs.update(obs)
+            rewards = ep.rewards
+            if rewards:
+                ep.rewards = {}
+            if ep.infos:
+                ep.infos = {}
+            return rewards, future
+
+    def answer(self, asked: list) -> None:
+        """Settles asked get_actions: ``asked`` holds (episode id, future, action) triples."""
+        with self.cond:
+            now = time.monotonic()
+            for episode_id, future, _ in asked:
+                ep = self.episodes.get(episode_id)
+                if ep is not None and ep.waiting is future:
+                    ep.waiting = None
+                    ep.last_call = now
+                    if ep.items:
+                        self.ready[episode_id] = None
+        for _, future, action in asked:
+            _settle(future, result=action)
+
     def wait_for_room(self, max_pending: int) -> None:
         """Blocks while ``max_pending`` observations wait for the sampler (until it polls, or the env closes)."""
         with self.cond:

@@ -40,19 +40,28 @@ _NONE: dict = {}  # no logged actions (read only)
 
 class _Inline:
     """What makes a served env act on the event loop's thread (mixed into ExternalEnv / ExternalMultiAgentEnv):
-    every call that queues news (get_action, log_action, end_episode, an idle episode's end), made by the
-    PolicyServer on its loop, schedules one ``flush`` (``loop.call_soon``) unless one is due; the flush polls
-    everything queued by then (all the requests of this loop iteration) and hands it to ``actor``, whose one batched
-    forward pass per policy settles the get_actions' futures on the loop's thread: no thread hand-off."""
+    every call that brings news (get_action, log_action, end_episode, an idle episode's end), made by the
+    PolicyServer on its loop, schedules one ``flush`` (``loop.call_soon``) unless one is due. A get_action is not
+    queued for ``poll()``: the flush hands the get_actions of this loop iteration, with the queued logged steps and
+    ended episodes (polled), to ``actor``, whose one batched forward pass per policy settles their futures on the
+    loop's thread: no thread hand-off."""
 
     actor: Any = None  # the PolicyActor (set by it)
     _flush_due = False
+    _asks: list  # get_actions since the last flush: (episode id, {agent: observation}, rewards, future)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._asks = []
 
     def start(self) -> None:
         """No run() thread: the PolicyServer's handlers drive the episodes."""
 
     def request_action(self, episode_id: str, observation: Any) -> ActionFuture:
-        future = super().request_action(episode_id, observation)
+        """Not queued for ``poll()``: the next flush answers it directly (``PolicyActor.act``)."""
+        obs = self._wrap(observation, "observation")
+        rewards, future = self._book.ask(episode_id, obs)
+        self._asks.append((episode_id, obs, rewards, future))
         self._due()
         return future
 
@@ -77,11 +86,27 @@ class _Inline:
 
     def _flush(self) -> None:
         self._flush_due = False
+        asks, self._asks = self._asks, []
         try:
-            while self.has_news():  # several polls when an episode's get_action came after its log_action
-                self.actor.step(*self.poll())
+            while True:  # once, unless an episode's get_action follows its own logged step(s) in this flush
+                news = self.poll() if self.has_news() else None
+                now, asks = _after_news(asks, news, self._book.ready)
+                self._book.answer(self.actor.step(news, now))
+                if not asks and not self.has_news():
+                    return
         except Exception as e:  # noqa: BLE001 - a bug: the waiting calls answer 503, serving stops (serve_forever)
             self.actor.fail(e)
+
+
+def _after_news(asks: list, news: tuple | None, queued: dict) -> tuple[list, list]:
+    """The get_actions to act on with ``news`` (one poll) and those that wait for a later pass: an episode whose
+    logged step is in ``news``, or still ``queued``, acts after it (its recurrent memory advances with it first)."""
+    if news is None or not asks:
+        return asks, []
+    now, later = [], []
+    for ask in asks:
+        (later if ask[0] in news[0] or ask[0] in queued else now).append(ask)
+    return now, later
 
 
 class _Served(_Inline, ExternalEnv):
@@ -173,41 +198,63 @@ class PolicyActor:
         self.failed = threading.Event()
         self.error: Exception | None = None
 
-    def step(self, obs: dict, rewards: dict, terms: dict, truncs: dict, infos: dict, off_policy: dict) -> None:
-        """Answers one poll: every waiting agent's action, computed in one batch per policy."""
+    def step(self, news: tuple | None, asks: list) -> list:
+        """One batched forward pass per policy for ``news`` (one poll of the env's queue: logged actions, ended
+        episodes; None: nothing) and ``asks``, the get_actions taken directly (``_Inline.request_action``): (episode
+        id, {agent: observation}, {agent: reward logged since its last observation}, future). A recurrent policy's
+        memory advances with the logged actions. Returns (episode id, future, action) for each ask."""
         rows: dict[str, list] = collections.defaultdict(list)
-        steps = logged_actions = 0
+        if news is not None:
+            self._take_news(rows, *news)
+        for eid, agent_obs, reward, _ in asks:
+            if reward:
+                self._returns[eid] = self._returns.get(eid, 0.0) + float(sum(reward.values()))
+            self._add_rows(rows, eid, agent_obs, reward, _NONE)
+        self.stats["steps"] += len(asks)
+        acted = self._act(rows)
+        if news is not None and len(acted) > len(asks):  # get_actions queued for poll() (not _Inline's)
+            self.env.send_actions({eid: acted[eid] for eid in news[0] if eid in acted})
+        unwrap = self.env._unwrap
+        return [(eid, future, unwrap(acted[eid])) for eid, _, _, future in asks]
+
+    def _take_news(self, rows: dict, obs: dict, rewards: dict, terms: dict, truncs: dict, infos: dict, off: dict):
         for eid, agent_obs in obs.items():
             reward = rewards[eid]
             self._returns[eid] = self._returns.get(eid, 0.0) + float(sum(reward.values()))
             if terms[eid][ALL] or truncs[eid][ALL]:
                 self._end(eid)
                 continue
-            steps += 1
-            logged = off_policy.get(eid, _NONE)
-            agents = self._memory.setdefault(eid, {})
-            for agent, o in agent_obs.items():
-                pid, memory = agents.get(agent) or self._first(agents, agent)
-                if memory is not None and "prev_reward" in memory:
-                    memory["prev_reward"] = float(reward.get(agent, 0.0))
-                if agent in logged:
-                    logged_actions += 1
-                    if memory is None:
-                        continue  # a feed-forward policy has nothing to carry to the next step
-                rows[pid].append((eid, agent, o, memory, logged.get(agent)))
-        self.stats["steps"] += steps
-        self.stats["logged_actions"] += logged_actions
-        to_send: dict = {}
+            logged = off.get(eid, _NONE)
+            self.stats["steps"] += 1
+            self.stats["logged_actions"] += len(logged)
+            self._add_rows(rows, eid, agent_obs, reward, logged)
+
+    def _add_rows(self, rows: dict, eid: str, agent_obs: dict, reward: dict, logged: dict) -> None:
+        """The rows to compute for one episode's step, by policy: every agent without a logged action, and those
+        with one when their policy is recurrent (its memory advances with the logged action)."""
+        agents = self._memory.setdefault(eid, {})
+        for agent, o in agent_obs.items():
+            pid, memory = agents.get(agent) or self._first(agents, agent)
+            if memory is not None and "prev_reward" in memory:
+                memory["prev_reward"] = float(reward.get(agent, 0.0))
+            if memory is None and agent in logged:
+                continue  # a feed-forward policy has nothing to carry to the next step
+            rows[pid].append((eid, agent, o, memory, logged.get(agent)))
+
+    def _act(self, rows: dict) -> dict:
+        """{episode id: {agent: action}} for the rows without a logged action."""
+        acted: dict = {}
+        n = 0
         for pid, batch in rows.items():
             for (eid, agent, _, _, logged), action in zip(batch, self._actions(pid, batch)):
                 if logged is None:
-                    if eid in to_send:
-                        to_send[eid][agent] = action
+                    n += 1
+                    if eid in acted:
+                        acted[eid][agent] = action
                     else:
-                        to_send[eid] = {agent: action}
-        self.stats["actions"] += sum(map(len, to_send.values()))
-        if to_send:
-            self.env.send_actions(to_send)
+                        acted[eid] = {agent: action}
+        self.stats["actions"] += n
+        return acted
 
     def _first(self, agents: dict, agent: Hashable) -> tuple:
         """An agent's first step in its episode: its policy and fresh recurrent memory (None: feed-forward)."""

@@ -307,6 +307,35 @@ def test_recurrent_state_per_episode_through_batched_passes(lstm_checkpoint):
         assert sizes == [2] * 4 + [3] * 8
 
 
+def test_a_get_action_after_its_own_logged_step_in_one_batch_sees_the_advanced_state(lstm_checkpoint):
+    observations = np.random.default_rng(5).normal(0, 0.5, size=(8, 2)).astype(np.float32)
+    trainer = Trainer.from_checkpoint(lstm_checkpoint, {"num_workers": 0})
+    state, states = trainer.get_policy().get_initial_state(), []
+    for o in observations:
+        _, state, _ = trainer.compute_action(o, state, explore=False)
+        states.append(state)
+    trainer.stop()
+    with served_in_process(lstm_checkpoint, "relayrl.examples.stateless_cartpole:StatelessCartPole") as (
+        server,
+        actor,
+        sizes,
+    ):
+        client = PolicyClient(server.url, encoding="msgpack")
+        mine, other = client.start_episode(), client.start_episode()
+        for i in range(0, 8, 2):  # my logged step, then my get_action, in one batch; another episode acts alongside
+            calls = [
+                {"command": "log_action", "episode_id": mine, "observation": observations[i], "action": 1},
+                {"command": "get_action", "episode_id": mine, "observation": observations[i + 1]},
+                {"command": "get_action", "episode_id": other, "observation": observations[i // 2]},
+            ]
+            assert [set(r) for r in client.batch(calls)] == [set(), {"action"}, {"action"}]
+            memory = actor._memory[mine]["agent0"][1]
+            for got, want in zip(memory["state"], states[i + 1]):
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        # each batch: the logged step and the other episode's get_action in one pass, then my get_action after it
+        assert sizes == [2, 1] * 4
+
+
 def test_a_failing_forward_pass_answers_503_and_stops_serving(checkpoint):
     with served_in_process(checkpoint) as (server, actor, sizes):
         client = PolicyClient(server.url)

@@ -452,3 +452,32 @@ def test_log_action_waits_while_max_pending_steps_wait_for_the_sampler_and_nothi
         assert sim.pending_steps() <= 100
     assert sim.done.is_set() and polled == 3000
     sim.close()
+
+
+def test_asked_get_actions_are_answered_by_their_caller_not_polled():
+    """The book's ask / answer pair (an env that acts on the server's thread): the checks of get_action, the
+    rewards since the last observation handed over once, nothing queued for poll(), close() fails what waits."""
+    env = ExternalEnv(ACT_SPACE, OBS_SPACE)
+    book, obs = env._book, {A: np.zeros(4, np.float32)}
+    eid = env.start_episode()
+    with pytest.raises(UnknownEpisodeError, match="never started"):
+        book.ask("nope", obs)
+    rewards, future = book.ask(eid, obs)
+    assert rewards == {} and not env.has_news() and env.pending_steps() == 0
+    with pytest.raises(EpisodeStateError, match="still waiting"):
+        book.ask(eid, obs)
+    with pytest.raises(EpisodeStateError, match="still waiting"):
+        env.log_action(eid, obs[A], 1)
+    assert env.end_idle_episodes(0.0) == []  # a waiting episode is not idle
+    book.answer([(eid, future, 1)])
+    assert future.result(0) == 1
+    env.log_returns(eid, 0.5)
+    env.log_returns(eid, 0.25)
+    rewards, future = book.ask(eid, obs)
+    assert rewards == {A: 0.75}
+    env.close()
+    with pytest.raises(ExternalEnvError, match="closed"):
+        future.result(0)
+    book.answer([(eid, future, 0)])  # a late answer changes nothing
+    with pytest.raises(ExternalEnvError, match="closed"):
+        future.result(0)
