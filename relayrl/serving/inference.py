@@ -47,6 +47,7 @@ class _Inline:
     loop's thread: no thread hand-off."""
 
     actor: Any = None  # the PolicyActor (set by it)
+    acts_on_loop = True  # a PolicyServer's get_action yields once to the loop, then finds its action there
     _flush_due = False
     _asks: list  # get_actions since the last flush: (episode id, {agent: observation}, rewards, future)
 

@@ -166,9 +166,14 @@ class PolicyServer:
         from aiohttp import web
 
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        app = web.Application(client_max_size=self.max_request_bytes)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, auto_decompress=False, shutdown_timeout=1.0)
+        loop, limit = self._loop, self.max_request_bytes
+
+        def request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+            return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=limit)
+
+        # aiohttp's low-level server: every path comes to _handle, without an Application's router and middleware
+        server = web.Server(self._handle, request_factory=request, access_log=None, auto_decompress=False)
+        runner = web.ServerRunner(server, shutdown_timeout=1.0)
         await runner.setup()
         await web.SockSite(runner, self._sock).start()
         reaper = asyncio.create_task(self._end_idle_episodes()) if self.episode_timeout_s else None
@@ -206,6 +211,8 @@ class PolicyServer:
             else:
                 if request.content_length is not None and request.content_length > self.max_request_bytes:
                     raise _too_large(self.max_request_bytes)
+                if "Expect" in request.headers:
+                    await _continue(request)
                 try:
                     body = await request.read()
                 except web.HTTPRequestEntityTooLarge:
@@ -328,7 +335,9 @@ class PolicyServer:
         """Each call's answer, the get_actions' once their actions all came (or action_timeout_s passed): one
         wake-up of the event loop per request, however many actions it waits for."""
         futures = [p for p in pending if isinstance(p, ActionFuture)]
-        if futures:
+        if futures and getattr(self.env, "acts_on_loop", False):
+            await asyncio.sleep(0)  # the env's flush, scheduled before this, acts in the loop's next iteration
+        if futures and not all(f.done() for f in futures):
             await _all_done(futures, self.action_timeout_s)
         out = []
         for p in pending:
@@ -386,6 +395,15 @@ async def _all_done(futures: list[ActionFuture], timeout_s: float) -> None:
         raise
     finally:
         timer.cancel()
+
+
+async def _continue(request: Any) -> None:
+    """Answers ``Expect: 100-continue`` (curl sends it before a large body, and waits a second for the answer)."""
+    expect = request.headers["Expect"]
+    if expect.lower() != "100-continue" or request.version < (1, 1):
+        raise ProtocolError(417, f"Expect: {expect[:100]!r} is not supported (only 100-continue, on HTTP/1.1)")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # as aiohttp's router does: the answer's own bytes have not started
 
 
 _GETS, _POSTS = ("info", "policy", "weights"), (*COMMANDS, "batch")

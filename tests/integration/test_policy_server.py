@@ -276,6 +276,27 @@ def test_oversized_request_heads_are_refused_and_the_server_keeps_serving(serve)
         assert sock.recv(100).startswith(b"HTTP/1.1 200")
 
 
+def test_expect_100_continue_is_answered_before_the_body_and_a_too_large_one_is_refused_at_once(serve):
+    """curl sends ``Expect: 100-continue`` before a large body and waits a second for the interim answer."""
+    server, _ = serve(max_request_bytes=4096)
+    host, port = server.url.removeprefix("http://").split(":")
+    body = json.dumps({"training_enabled": True}).encode()
+    head = b"POST /v1/start_episode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 200") and b'"episode_id"' in answer, answer
+        sock.sendall(head + b"Expect: 100-continue\r\nContent-Length: 5000\r\n\r\n")  # over the limit
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 413") and b"max_request_bytes=4096" in answer, answer
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + b"Expect: something-else\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 417") and b"100-continue" in answer, answer
+
+
 def test_auth_token_and_non_loopback_binding(serve):
     server, _ = serve(auth_token=TOKEN)
     info = server.url + "/v1/info"
