@@ -92,3 +92,19 @@ def bootstrap_values(policy, batch: SampleBatch) -> np.ndarray:
 def bootstrap_value(policy, batch: SampleBatch) -> float:
     """``bootstrap_values`` of a single trajectory."""
     return float(bootstrap_values(policy, batch)[-1])
+
+
+def previous_step_columns(actions: np.ndarray, rewards: np.ndarray, t: np.ndarray, last: tuple | None) -> tuple:
+    """RLlib's ``prev_actions`` / ``prev_rewards`` columns of a fragment of ``[T, num_envs, ...]`` rows, from its
+    (clipped) ``rewards`` and ``t`` (the step in the episode): each row's previous step in its episode, zeros at an
+    episode's first step. ``last``: the final row's action and reward of the previous fragment (None at the start).
+    Returns the two columns and this fragment's ``last``; per fragment, no work per step."""
+    prev_actions, prev_rewards = np.empty_like(actions), np.empty(rewards.shape, np.float32)
+    prev_actions[1:], prev_rewards[1:] = actions[:-1], rewards[:-1]
+    if last is None:
+        prev_actions[0], prev_rewards[0] = 0, 0.0
+    else:
+        prev_actions[0], prev_rewards[0] = last
+    first = t == 0
+    prev_actions[first], prev_rewards[first] = 0, 0.0
+    return prev_actions, prev_rewards, (actions[-1], rewards[-1])

@@ -30,6 +30,7 @@ from relayrl.env.env_checks import EnvChecker, describe_env
 from relayrl.env.vector_env import CheckedVectorEnv, VectorEnv
 from relayrl.evaluation.episode import Episode
 from relayrl.evaluation.metrics import RolloutMetrics
+from relayrl.evaluation.postprocessing import previous_step_columns
 from relayrl.models.preprocessors import Preprocessor
 from relayrl.policy.policy import Policy
 from relayrl.policy.sample_batch import DEFAULT_POLICY_ID, SampleBatch
@@ -113,6 +114,7 @@ class SyncSampler(SamplerStats):
         self._metrics: list[RolloutMetrics] = []
         self._carry: list[dict | None] = [None] * self.num_envs  # complete_episodes: rows of unfinished episodes
         self._unroll_id = 0
+        self._last_step: tuple | None = None  # the previous fragment's last action and reward (prev_* columns)
         self._perf = {"env_wait": 0.0, "inference": 0.0, "processing": 0.0, "postprocessing": 0.0, "steps": 0}
         self._initial_state = policy.get_initial_state()
         # A recurrent model that reads the previous action and reward (model.lstm_use_prev_action_reward) gets them
@@ -304,6 +306,9 @@ class SyncSampler(SamplerStats):
             SB.INFOS: np.fromiter(itertools.chain.from_iterable(info_rows), dtype=object, count=T * n).reshape(T, n),
         }
         cols.update((k, _stack(v)) for k, v in extra_rows.items())
+        if SB.PREV_ACTIONS not in cols:  # the policy does not take them; RLlib's batches hold them all the same
+            prev = previous_step_columns(cols[SB.ACTIONS], cols[SB.REWARDS], cols[SB.T], self._last_step)
+            cols[SB.PREV_ACTIONS], cols[SB.PREV_REWARDS], self._last_step = prev
         cols.update((f"state_in_{j}", _stack(rows)) for j, rows in enumerate(state_rows))
         if self._check_nan:
             self._scan_fragment(rewards, cols)

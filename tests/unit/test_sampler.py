@@ -110,3 +110,44 @@ def test_same_seed_same_rewards(trainer_cls):
     assert r1 == r2
     assert all(np.array_equal(w1[k], w2[k]) for k in w1)
     assert r1 != r3
+
+
+def _previous_in_episode(values, eps_id, t):
+    """Each row's previous row of the same episode (rows of one env in time order), zero at an episode's start."""
+    out = np.zeros_like(values)
+    for i in range(1, len(values)):
+        if t[i] != 0 and eps_id[i] == eps_id[i - 1]:
+            out[i] = values[i - 1]
+    return out
+
+
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_batches_hold_prev_actions_and_prev_rewards_for_every_policy(num_envs):
+    """RLlib's batches always carry the previous step's action and (clipped) reward, zeros at an episode's start;
+    across fragments, a running episode's first row of the next fragment holds its last step."""
+    worker = RolloutWorker(cartpole, RecordingPolicy, num_envs_per_worker=num_envs, sample_batch_size=30,
+                           clip_rewards=0.5, seed=1)  # fmt: skip
+    first, second = worker.sample(), worker.sample()
+    for batch in (first, second):
+        eps, t = batch[SampleBatch.EPS_ID], batch[SampleBatch.T]
+        rows = batch.count // num_envs
+        for e in range(num_envs):
+            part = slice(e * rows, (e + 1) * rows)
+            for key, column in ((SampleBatch.PREV_ACTIONS, SampleBatch.ACTIONS),
+                                (SampleBatch.PREV_REWARDS, SampleBatch.REWARDS)):  # fmt: skip
+                want = _previous_in_episode(batch[column][part], eps[part], t[part])
+                got = batch[key][part]
+                assert got[1:].tolist() == want[1:].tolist(), key
+    assert set(first[SampleBatch.PREV_REWARDS].tolist()) <= {0.0, 0.5}
+    assert first[SampleBatch.PREV_ACTIONS].dtype == first[SampleBatch.ACTIONS].dtype
+    continued = 0
+    for e in range(num_envs):  # the second fragment's first row continues the first fragment's last
+        end, start = (e + 1) * 30 - 1, e * 30
+        continues = second[SampleBatch.T][start] != 0
+        continued += continues
+        want_action = first[SampleBatch.ACTIONS][end] if continues else 0
+        want_reward = first[SampleBatch.REWARDS][end] if continues else 0.0
+        assert second[SampleBatch.PREV_ACTIONS][start] == want_action
+        assert second[SampleBatch.PREV_REWARDS][start] == want_reward
+    assert first[SampleBatch.PREV_ACTIONS][0] == 0 and first[SampleBatch.PREV_REWARDS][0] == 0.0
+    assert num_envs == 1 or continued  # seed 1: episodes run on across the fragments
