@@ -175,6 +175,7 @@ LEGACY_KEYS = {
     "sgd_stepsize": "lr",
     "sgd_batchsize": "sgd_minibatch_size",
     "timesteps_per_batch": "train_batch_size",
+    "rollout_fragment_length": "sample_batch_size",  # RLlib 0.8's name
     # RLlib 0.7's documentation: `gpu: true` asks for one GPU, `gpu_fraction: f` for a fraction of one (both: the
     # fraction when gpu is true, none when it is false).
     "gpu": "num_gpus",
@@ -191,6 +192,8 @@ def translate_legacy_keys(config: dict, defaults: dict) -> dict:
         out["gpu_fraction"] = out["gpu_fraction"] if gpu else 0
     if isinstance(out.get("gpu"), bool) and "gpu" not in defaults:
         out["gpu"] = int(out["gpu"])
+    if "framework" in out and "framework" not in defaults:  # RLlib 0.8: "torch", or a TensorFlow one ("tf", ...)
+        out.setdefault("use_pytorch", out.pop("framework") == "torch")
     ma = out.get("multiagent")
     if isinstance(ma, dict) and "policy_graphs" in ma:  # RLlib 0.7's name of multiagent.policies
         if "policies" in ma:

@@ -102,5 +102,14 @@ class MultiAgentVectorEnv(PollingEnv):
 
     # --- parts ------------------------------------------------------------------------------------------------
     def _reset(self, i: int, seed: int | None) -> tuple:
-        obs, infos = self.checkers[i].reset(self.envs[i].reset(seed=seed))
+        try:
+            result = self.envs[i].reset(seed=seed)
+        except TypeError as e:  # the old gym API's reset(self): a clear error, as for single-agent envs
+            if "seed" not in str(e):
+                raise
+            raise self.checkers[i].error(
+                f"reset(seed={seed!r}) failed ({e}); MultiAgentEnv.reset(*, seed=None, options=None) returns"
+                " (obs_dict, info_dict)"
+            ) from e
+        obs, infos = self.checkers[i].reset(result)
         return obs, {}, {"__all__": False}, {"__all__": False}, infos

@@ -107,11 +107,9 @@ def registered_envs() -> dict[str, Callable]:
 
 
 def _tune_env_creator(name: str) -> Callable | None:
-    if "ray" not in sys.modules:
-        return None
-    import ray
-
-    if not ray.is_initialized():
+    """An env registered with ``ray.tune.registry.register_env`` (Tune's registry answers before ``ray.init`` too:
+    it keeps what it has not yet written to Ray's store)."""
+    if "ray.tune.registry" not in sys.modules:
         return None
     from ray.tune.registry import ENV_CREATOR, _global_registry
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import gymnasium as gym
 
 from relayrl.env.env_checks import RESET_URL, STEP_API, EnvChecker
+from relayrl.env.old_gym import gymnasium_api
 
 
 class VectorEnv:
@@ -69,11 +70,16 @@ def check_vector_api(env: VectorEnv) -> VectorEnv:
 
 class _VectorizedGymEnv(VectorEnv):
     def __init__(self, make_env: Callable[[int], gym.Env], existing_envs: list[gym.Env], num_envs: int):
-        self.envs = list(existing_envs)
+        self.envs = [gymnasium_api(env) for env in existing_envs]
         while len(self.envs) < num_envs:
-            self.envs.append(make_env(len(self.envs)))
+            self.envs.append(gymnasium_api(make_env(len(self.envs))))
         first = self.envs[0]
         super().__init__(first.observation_space, first.action_space, num_envs)
+
+    @property
+    def vector_env(self) -> VectorEnv:
+        """This env: RLlib 0.7's ``worker.async_env.vector_env.envs`` (its async env wrapped the VectorEnv)."""
+        return self
 
     def vector_reset(self, seeds: list[int | None] | None = None) -> list[Any]:
         seeds = seeds or [None] * self.num_envs

@@ -48,10 +48,16 @@ def discount_cumsum(x: np.ndarray, gamma: float, ends: np.ndarray | None = None)
 
 
 def compute_advantages(
-    rollout: SampleBatch, last_r: float | np.ndarray, gamma: float = 0.9, lambda_: float = 1.0, use_gae: bool = True
+    rollout: SampleBatch,
+    last_r: float | np.ndarray,
+    gamma: float = 0.9,
+    lambda_: float = 1.0,
+    use_gae: bool = True,
+    use_critic: bool = True,
 ) -> SampleBatch:
     """Adds ``advantages`` and ``value_targets`` columns (in place) to a batch of one or more trajectories;
-    ``last_r`` is one value, or one per trajectory."""
+    ``last_r`` is one value, or one per trajectory. ``use_critic=False`` (RLlib 0.8's flag, with ``use_gae=False``)
+    ignores any ``vf_preds`` column: the advantages are the discounted returns."""
     rewards = np.asarray(rollout[SampleBatch.REWARDS], dtype=np.float64)
     ends = rollout.trajectory_ends()
     after_end = np.zeros(len(rewards))
@@ -67,7 +73,7 @@ def compute_advantages(
         # Monte-Carlo returns, bootstrapped at a cut; with a value function it is the baseline.
         value_targets = discount_cumsum(rewards + gamma * after_end, gamma, ends)
         advantages = value_targets
-        if SampleBatch.VF_PREDS in rollout:
+        if use_critic and SampleBatch.VF_PREDS in rollout:
             advantages = value_targets - np.asarray(rollout[SampleBatch.VF_PREDS], dtype=np.float64)
     rollout[Postprocessing.ADVANTAGES] = advantages.astype(np.float32)
     rollout[Postprocessing.VALUE_TARGETS] = value_targets.astype(np.float32)

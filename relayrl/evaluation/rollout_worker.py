@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
+import os
 import threading
 from typing import Any, Callable
 
@@ -42,9 +43,9 @@ logger = logging.getLogger(__name__)
 
 
 class PolicyMap(dict):
-    """policy id -> Policy; the RLlib 0.7-era id "default" finds "default_policy"."""
+    """policy id -> Policy (or its Filter); the RLlib 0.6-era id "default" finds "default_policy"."""
 
-    def __missing__(self, key: str) -> Policy:
+    def __missing__(self, key: str) -> Any:
         if key == "default" and DEFAULT_POLICY_ID in self:
             return self[DEFAULT_POLICY_ID]
         raise KeyError(key)
@@ -52,6 +53,7 @@ class PolicyMap(dict):
 
 _LEGACY_NAMES = {
     "batch_steps": "sample_batch_size",
+    "rollout_fragment_length": "sample_batch_size",  # RLlib 0.8's name
     "episode_horizon": "horizon",
     "num_envs": "num_envs_per_worker",
     "model_config": "model",
@@ -60,10 +62,21 @@ _LEGACY_NAMES = {
 _DROPPED_NAMES = ("tf_session_creator", "preprocessor_pref", "monitor_path", "log_dir", "input_creator")
 
 
+def _legacy_policy(policy: Any, overrides: dict) -> Any:
+    """``policy``, or the policy class RLlib 0.7 (2019) passed as ``policy_graph=`` (taken out of ``overrides``)."""
+    graph = overrides.pop("policy_graph", None)
+    if (policy is None) == (graph is None):
+        raise TypeError("RolloutWorker() takes one policy: pass policy (policy_graph is its RLlib 0.7 name)")
+    return graph if policy is None else policy
+
+
 def _keyword_overrides(overrides: dict, policy_config: dict | None) -> dict:
     """The constructor's ``**overrides`` as config keys: RLlib 0.7 (2019) names translated, dropped ones removed, and a
     keyword that is no config key a TypeError (with the closest name) instead of an option silently ignored."""
     known = set(COMMON_CONFIG) | set(policy_config or {})
+    if overrides.pop("soft_horizon", False):  # RLlib 0.8; False is what horizon does here
+        raise ValueError("soft_horizon=True is not supported: horizon cuts an episode and resets its env")
+    os.environ.update(overrides.pop("extra_python_environs", None) or {})  # RLlib 0.8: set in this process
     out = {}
     for key, value in overrides.items():
         if key in _DROPPED_NAMES:
@@ -105,7 +118,7 @@ class RolloutWorker:
         env_creator: ``env_creator(EnvContext) -> env``: a gymnasium.Env, a relayrl VectorEnv, a Gymnasium vector
             env (its sub-envs become the worker's) or a MultiAgentEnv.
         policy: a Policy class (one policy, id ``default_policy``) or a multi-agent dict
-            ``{policy_id: (cls, obs_space, act_space, config_overrides)}``.
+            ``{policy_id: (cls, obs_space, act_space, config_overrides)}``; RLlib 0.7's ``policy_graph=`` names it too.
         policy_mapping_fn: agent id -> policy id (multi-agent).
         policies_to_train: policy ids that learn (default: all).
         policy_config: a trainer config; missing keys take the common defaults (``relayrl.config.COMMON_CONFIG``).
@@ -132,13 +145,14 @@ class RolloutWorker:
     def __init__(
         self,
         env_creator: Callable[[EnvContext], Any],
-        policy: type[Policy] | dict,
+        policy: type[Policy] | dict | None = None,
         policy_mapping_fn: Callable | None = None,
         policies_to_train: list[str] | None = None,
         policy_config: dict | None = None,
         worker_index: int = 0,
         **overrides: Any,
     ):
+        policy = _legacy_policy(policy, overrides)
         overrides = _keyword_overrides(overrides, policy_config)
         config = merge_dicts(COMMON_CONFIG, policy_config or {})
         config = merge_dicts(config, overrides)
@@ -181,10 +195,10 @@ class RolloutWorker:
                 f"multiagent.policies_to_train names {unknown}, which are not among the policies "
                 f"{sorted(self.policy_map)}"
             )
-        self.filters: dict[str, Filter] = {
-            pid: get_filter(config["observation_filter"], self.preprocessors[pid].shape, self._mask_columns(pid))
+        self.filters: dict[str, Filter] = PolicyMap(
+            (pid, get_filter(config["observation_filter"], self.preprocessors[pid].shape, self._mask_columns(pid)))
             for pid in self.policy_map
-        }
+        )
         if getattr(self.env, "served_policy", False) is None:  # an ExternalEnv: what local-inference clients pull
             self._serve_policy()
         self.global_vars: dict = {}  # the latest global vars (e.g. {"timestep": ...}) from the trainer
@@ -342,8 +356,11 @@ class RolloutWorker:
 
     @property
     def sample_batch_size(self) -> int:
-        """Env steps per sub-env in one ``sample()`` (the config's ``sample_batch_size``; RLlib 0.7's attribute)."""
-        return self.config["sample_batch_size"]
+        """Env steps in one ``sample()``: the config's ``sample_batch_size`` per sub-env times
+        ``num_envs_per_worker`` (RLlib 0.7's attribute; ``rollout_fragment_length`` is RLlib 0.8's name)."""
+        return self.config["sample_batch_size"] * self.config["num_envs_per_worker"]
+
+    rollout_fragment_length = sample_batch_size
 
     # --- sampling ------------------------------------------------------------------------------------------
     def sample(self) -> SampleBatch | MultiAgentBatch:
@@ -421,7 +438,7 @@ class RolloutWorker:
 
     # --- filters ------------------------------------------------------------------------------------------
     def get_filters(self, flush_after: bool = False) -> dict[str, Filter]:
-        out = {pid: f.copy() for pid, f in self.filters.items()}
+        out = PolicyMap((pid, f.copy()) for pid, f in self.filters.items())
         if flush_after:
             for f in self.filters.values():
                 f.clear_buffer()

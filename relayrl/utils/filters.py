@@ -57,6 +57,15 @@ class RunningStat:
         return self.m2 / (self.n - 1) if self.n > 1 else np.square(self.mean)
 
     @property
+    def _n(self) -> int:
+        """RLlib's name of the count (its tests set ``rs._n``)."""
+        return self.n
+
+    @_n.setter
+    def _n(self, value: int) -> None:
+        self.n = value
+
+    @property
     def std(self) -> np.ndarray:
         return np.sqrt(self.var)
 

@@ -249,13 +249,56 @@ def test_checker_messages(space, result, expected):
     assert expected in str(info.value)
 
 
-def test_old_gym_reset_without_seed_keyword():
-    class OldReset(BadEnv):
-        def reset(self):
-            return super().reset()
+class OldGymEnv(gym.Env):
+    """An env of the old gym API as RLlib 0.7-era code wrote it: reset() -> obs, seed(n), 4-tuple steps; its
+    episodes end after ``length`` steps, by a time limit (info["TimeLimit.truncated"]) when ``cut``."""
 
-    worker = RolloutWorker(OldReset, PGTorchPolicy, policy_config={**SMALL, "env_config": {"mode": "none"}, "seed": 1})
-    with pytest.raises(EnvCheckError, match=r"sub-env 0, first reset: reset\(seed=1\) failed .*unexpected keyword"):
+    observation_space = gym.spaces.Box(-10.0, 10.0, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, ctx):
+        self.length, self.cut, self.seeds = ctx.get("length", 5), ctx.get("cut", False), []
+
+    def seed(self, n=None):
+        self.seeds.append(n)
+
+    def reset(self):
+        self.t = 0
+        return np.zeros(2, np.float32)
+
+    def step(self, action):
+        self.t += 1
+        done = self.t >= self.length
+        return np.full(2, self.t, np.float32), 1.0, done, {"TimeLimit.truncated": True} if done and self.cut else {}
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_an_old_gym_api_env_is_adapted_with_a_warning(cut, caplog):
+    config = {**SMALL, "env_config": {"length": 5, "cut": cut}, "seed": 3, "sample_batch_size": 12}
+    env_class = type(f"OldGymEnv{cut}", (OldGymEnv,), {})  # warned once per class
+    with caplog.at_level("WARNING"):
+        worker = RolloutWorker(env_class, PGTorchPolicy, policy_config=config, num_envs_per_worker=2)
+        batch = worker.sample()
+    assert batch.count == 24
+    assert f"OldGymEnv{cut} has the old gym API" in caplog.text and "TimeLimit.truncated" in caplog.text
+    ends = batch[SampleBatch.T] == 4  # every episode's 5th and last step
+    assert ends.sum() == 4 and batch[SampleBatch.DONES][ends].all()
+    assert batch[SampleBatch.TRUNCATEDS][ends].all() == cut and batch[SampleBatch.TERMINATEDS][ends].all() != cut
+    assert not batch[SampleBatch.DONES][~ends].any()
+    subs = worker.foreach_env(lambda env: env)
+    assert [sub.seeds for sub in subs] == [[3], [4]]  # the first reset seeds each sub-env through env.seed(n)
+    assert all(isinstance(sub.unwrapped, OldGymEnv) and sub.length == 5 for sub in subs)  # the env's own attributes
+
+
+def test_an_env_with_gymnasiums_reset_and_a_4_tuple_step_is_still_an_error():
+    """Only an env whose reset() has the old signature is adapted; a half-ported one is named (the cases above)."""
+
+    class HalfPorted(OldGymEnv):
+        def reset(self, *, seed=None, options=None):
+            return super().reset(), {}
+
+    worker = RolloutWorker(HalfPorted, PGTorchPolicy, policy_config={**SMALL, "seed": 1})
+    with pytest.raises(EnvCheckError, match=r"step\(\) returned 4 values \(the old gym API"):
         worker.sample()
 
 
