@@ -197,6 +197,11 @@ class ExternalEnv(PollingEnv):
 
     # --- parts ------------------------------------------------------------------------------------------------
     def _wrap(self, value: Any, what: str) -> dict:
+        if what == "observation" and type(value) is tuple and _obs_info_pair(value, self.observation_space):
+            raise ValueError(
+                f"{type(self).__name__}: the observation is an (obs, info) pair, as Gymnasium's reset() returns it;"
+                " pass obs (obs, info = env.reset())"
+            )
         return {_DUMMY_AGENT_ID: value}
 
     def _unwrap(self, actions: dict) -> Any:
@@ -269,6 +274,11 @@ def _space_of(spaces: Any, agent_id: Hashable, kind: str) -> Any:
             raise KeyError(f"no {kind} space for agent {agent_id!r}; the {kind} spaces are for {sorted(spaces)}")
         return spaces[agent_id]
     return spaces
+
+
+def _obs_info_pair(value: tuple, space: Any) -> bool:
+    """Whether an observation tuple is Gymnasium's ``(obs, info)`` (not an observation of a Tuple space)."""
+    return len(value) == 2 and isinstance(value[1], dict) and type(space).__name__ != "Tuple"
 
 
 def _on_event_loop() -> bool:

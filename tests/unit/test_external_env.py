@@ -481,3 +481,14 @@ def test_asked_get_actions_are_answered_by_their_caller_not_polled():
     book.answer([(eid, future, 0)])  # a late answer changes nothing
     with pytest.raises(ExternalEnvError, match="closed"):
         future.result(0)
+
+
+def test_an_obs_info_pair_from_gymnasiums_reset_is_named():
+    env = ExternalEnv(ACT_SPACE, OBS_SPACE)
+    eid = env.start_episode()
+    pair = CARTPOLE.reset(seed=0)
+    for call in (lambda: env.request_action(eid, pair), lambda: env.log_action(eid, pair, 0),
+                 lambda: env.end_episode(eid, pair)):  # fmt: skip
+        with pytest.raises(ValueError, match=r"an \(obs, info\) pair, as Gymnasium's reset\(\) returns it"):
+            call()
+    env.request_action(eid, pair[0])  # the observation itself is fine
