@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from relayrl.env.base_env import PollingEnv
 from relayrl.env.multi_agent_env import MultiAgentEpisodeChecker, _space
+from relayrl.env.old_gym import multi_agent_api
 
 
 class MultiAgentVectorEnv(PollingEnv):
@@ -34,7 +35,7 @@ class MultiAgentVectorEnv(PollingEnv):
         check_nan: bool = False,
         action_mask_key: str | None = "action_mask",
     ):
-        self.envs = list(envs)
+        self.envs = [multi_agent_api(env) for env in envs]  # RLlib 0.7's API adapted, with a warning
         self.num_envs = len(self.envs)
         self.checkers = [
             MultiAgentEpisodeChecker(

@@ -4,7 +4,8 @@ The old API: ``reset()`` returns the observation alone (seeding through ``env.se
 ``reset(seed=..., return_info=False)``), and ``step()`` returns ``(obs, reward, done, info)``. An env whose ``reset``
 takes no ``seed`` (or still takes ``return_info``) is wrapped in ``OldGymEnv`` when a worker makes it, with one
 warning per env class; any other env is held to Gymnasium's API by the env checks (a 4-tuple from an env with
-Gymnasium's ``reset`` is an error there, not adapted).
+Gymnasium's ``reset`` is an error there, not adapted). RLlib 0.7's MultiAgentEnv API (``reset() -> obs dict``,
+``step() -> (obs, rewards, dones, infos)``) is adapted the same way (``OldMultiAgentEnv``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 from typing import Any
 
 import gymnasium as gym
+
+from relayrl.env.multi_agent_env import MultiAgentEnv
 
 logger = logging.getLogger(__name__)
 _warned: set[type] = set()
@@ -92,6 +95,79 @@ class OldGymEnv(gym.Env):
         return getattr(self.env, "unwrapped", self.env)
 
     def __getattr__(self, name: str) -> Any:  # the env's own attributes (not called for this class's own)
+        if name == "env":
+            raise AttributeError(name)
+        return getattr(self.env, name)
+
+
+def multi_agent_api(env: Any) -> Any:
+    """``env``, or ``OldMultiAgentEnv(env)`` when its ``reset`` has the old signature (warned once per class)."""
+    if not is_old_gym_env(env):
+        return env
+    if type(env) not in _warned:
+        _warned.add(type(env))
+        logger.warning(
+            "%s has RLlib 0.7's MultiAgentEnv API (reset() -> obs dict, step() -> (obs, rewards, dones, infos));"
+            " relayrl adapts it: dones are terminateds. Today's API: reset(*, seed=None, options=None) -> (obs,"
+            " infos), step() -> (obs, rewards, terminateds, truncateds, infos)",
+            type(env).__name__,
+        )
+    return OldMultiAgentEnv(env)
+
+
+class OldMultiAgentEnv(MultiAgentEnv):
+    """An RLlib 0.7-era multi-agent env as today's ``MultiAgentEnv``: ``reset`` returns ``(obs, {})`` (a seed goes
+    to ``env.seed(n)`` when it has one), ``step`` returns ``(obs, rewards, dones, all-False truncateds, infos)``.
+    Spaces, agent ids and other attributes are the env's own.
+
+    Args:
+        env: the old-API multi-agent env.
+    """
+
+    def __init__(self, env: Any):
+        self.env = env
+        for name in ("observation_space", "action_space", "observation_spaces", "action_spaces", "possible_agents"):
+            setattr(self, name, getattr(env, name, None))
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        if seed is not None and callable(getattr(self.env, "seed", None)):
+            self.env.seed(seed)
+        return self.env.reset(), {}
+
+    def step(self, action_dict: dict) -> tuple[dict, dict, dict, dict, dict]:
+        result = self.env.step(action_dict)
+        if not isinstance(result, (tuple, list)) or len(result) != 4:
+            return result  # not the old API after all: the episode checks name what it is
+        obs, rewards, dones, infos = result
+        truncateds = dict.fromkeys(dones, False) if isinstance(dones, dict) else dones
+        return obs, rewards, dones, truncateds, infos
+
+    def close(self) -> None:
+        close = getattr(self.env, "close", None)
+        if callable(close):
+            close()
+
+    def render(self) -> Any:
+        return self.env.render() if callable(getattr(self.env, "render", None)) else None
+
+    def get_agent_ids(self) -> list:
+        return (
+            self.env.get_agent_ids() if callable(getattr(self.env, "get_agent_ids", None)) else super().get_agent_ids()
+        )
+
+    def get_observation_space(self, agent_id: Any) -> Any:
+        get = getattr(self.env, "get_observation_space", None)
+        return get(agent_id) if callable(get) else super().get_observation_space(agent_id)
+
+    def get_action_space(self, agent_id: Any) -> Any:
+        get = getattr(self.env, "get_action_space", None)
+        return get(agent_id) if callable(get) else super().get_action_space(agent_id)
+
+    @property
+    def unwrapped(self) -> Any:
+        return getattr(self.env, "unwrapped", self.env)
+
+    def __getattr__(self, name: str) -> Any:  # the env's own attributes
         if name == "env":
             raise AttributeError(name)
         return getattr(self.env, name)

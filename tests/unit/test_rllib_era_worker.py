@@ -1,7 +1,7 @@
 """RLlib 0.6-0.8-era code calling the worker as it did then: ``PolicyEvaluator(env_creator, policy_graph=...)``, its
 filters by the id "default", ``sample_batch_size`` as the steps of one ``sample()``, the 0.8 names
 (``rollout_fragment_length``, ``framework``, ``compute_advantages(use_critic=...)``, ``soft_horizon=False``), an env
-registered with Tune before ``ray.init`` and an old-API multi-agent env's clear error."""
+registered with Tune before ``ray.init`` and an RLlib 0.7-API multi-agent env (adapted)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from relayrl.agents.pg import PGTrainer
-from relayrl.env import EnvCheckError, MultiAgentEnv
+from relayrl.env import MultiAgentEnv
 from relayrl.evaluation import PolicyEvaluator, RolloutWorker, compute_advantages
 from relayrl.policy import Policy, SampleBatch
 
@@ -107,20 +107,36 @@ def test_an_env_registered_with_tune_before_ray_init_is_found():
 
 
 class OldMultiAgent(MultiAgentEnv):
-    """RLlib 0.6's multi-agent API: reset() without a seed, returning the observation dict alone."""
+    """RLlib 0.6's multi-agent API: reset() without a seed returns the observation dict alone; step() returns
+    (obs, rewards, dones, infos). Agent "b" leaves after 2 steps, the episode ends after ``length``."""
 
-    observation_space = gym.spaces.Discrete(2)
+    observation_space = gym.spaces.Discrete(10)
     action_space = gym.spaces.Discrete(2)
 
+    def __init__(self, length=4):
+        self.length, self.seeds = length, []
+
+    def seed(self, n=None):
+        self.seeds.append(n)
+
     def reset(self):
+        self.t = 0
         return {"a": 0, "b": 0}
 
     def step(self, actions):
-        obs = {"a": 0, "b": 0}
-        return obs, dict.fromkeys(obs, 1.0), {"__all__": True}, dict.fromkeys(obs, {})
+        self.t += 1
+        obs = {"a": self.t} if self.t > 2 else {"a": self.t, "b": self.t}
+        dones = {"__all__": self.t >= self.length, **({"b": True} if self.t == 2 else {})}
+        return obs, dict.fromkeys(obs, 1.0), dones, dict.fromkeys(obs, {})
 
 
-def test_an_old_api_multi_agent_env_gets_a_clear_error():
-    worker = RolloutWorker(lambda ctx: OldMultiAgent(), RandomPolicy, seed=0)
-    with pytest.raises(EnvCheckError, match=r"reset\(seed=.*MultiAgentEnv.reset\(\*, seed=None, options=None\)"):
-        worker.sample()
+def test_an_old_api_multi_agent_env_is_adapted_with_a_warning(caplog):
+    with caplog.at_level("WARNING"):
+        worker = RolloutWorker(lambda ctx: OldMultiAgent(), RandomPolicy, seed=7, sample_batch_size=8)
+        batch = worker.sample()
+    assert "OldMultiAgent has RLlib 0.7's MultiAgentEnv API" in caplog.text
+    assert batch.count == 8  # env steps: two episodes of 4
+    rows = batch.policy_batches["default_policy"]
+    assert rows.count == 8 + 4  # "a" acts 4 times per episode, "b" twice
+    assert rows[SampleBatch.TERMINATEDS].sum() == 4 and not rows[SampleBatch.TRUNCATEDS].any()
+    assert worker.foreach_env(lambda env: env.seeds) == [[7]]
