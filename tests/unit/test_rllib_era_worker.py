@@ -6,6 +6,8 @@ registered with Tune before ``ray.init`` and an RLlib 0.7-API multi-agent env (a
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -93,17 +95,23 @@ def test_compute_advantages_without_the_critic_ignores_vf_preds():
     np.testing.assert_allclose(with_critic["advantages"], [-3.25, -3.5, -4.0])
 
 
-def test_an_env_registered_with_tune_before_ray_init_is_found():
-    import ray
-    from ray.tune.registry import register_env
+TUNE_REGISTERED = """
+import gymnasium as gym, ray
+from ray.tune.registry import register_env
+from relayrl.agents.pg import PGTrainer
 
-    assert not ray.is_initialized()
-    register_env("rllib_era_tune_env", lambda config: gym.make("CartPole-v1"))
-    trainer = PGTrainer(env="rllib_era_tune_env", config={"num_workers": 0, "train_batch_size": 50})
-    try:
-        assert trainer.train()["timesteps_this_iter"] >= 50
-    finally:
-        trainer.stop()
+assert not ray.is_initialized()
+register_env("rllib_era_tune_env", lambda config: gym.make("CartPole-v1"))
+trainer = PGTrainer(env="rllib_era_tune_env", config={"num_workers": 0, "train_batch_size": 50})
+print("steps", trainer.train()["timesteps_this_iter"])
+trainer.stop()
+"""
+
+
+def test_an_env_registered_with_tune_before_ray_init_is_found():
+    out = subprocess.run([sys.executable, "-c", TUNE_REGISTERED], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split("steps")[-1]) >= 50
 
 
 class OldMultiAgent(MultiAgentEnv):
