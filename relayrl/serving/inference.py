@@ -59,7 +59,7 @@ class _Inline:
         """No run() thread: the PolicyServer's handlers drive the episodes."""
 
     def request_action(self, episode_id: str, observation: Any) -> ActionFuture:
-        """Not queued for ``poll()``: the next flush answers it directly (``PolicyActor.act``)."""
+        """Not queued for ``poll()``: the next flush answers it directly (``PolicyActor.step``'s asks)."""
         obs = self._wrap(observation, "observation")
         rewards, future = self._book.ask(episode_id, obs)
         self._asks.append((episode_id, obs, rewards, future))
@@ -218,7 +218,9 @@ class PolicyActor:
         unwrap = self.env._unwrap
         return [(eid, future, unwrap(acted[eid])) for eid, _, _, future in asks]
 
-    def _take_news(self, rows: dict, obs: dict, rewards: dict, terms: dict, truncs: dict, infos: dict, off: dict):
+    def _take_news(
+        self, rows: dict, obs: dict, rewards: dict, terms: dict, truncs: dict, infos: dict, off: dict
+    ) -> None:
         for eid, agent_obs in obs.items():
             reward = rewards[eid]
             self._returns[eid] = self._returns.get(eid, 0.0) + float(sum(reward.values()))
