@@ -163,22 +163,14 @@ class _EpisodeBook:
         self, episode_id: str, obs: dict, off_policy: dict | None = None, final: bool = False, truncated: bool = False
     ) -> ActionFuture | None:
         """Queues an observation (get_action: returns the future of its action; log_action; end_episode)."""
-        if not (type(obs) is dict or isinstance(obs, Mapping)) or (not obs and not final):
-            raise ValueError(f"{self.owner}: episode {episode_id!r}: the observation dict is empty or not a dict")
-        if ALL in obs:
-            raise ValueError(f"{self.owner}: {ALL!r} is not an agent id")
+        self._check_obs(episode_id, obs, final)
         if off_policy is not None and set(off_policy) != set(obs):
             raise ValueError(
                 f"{self.owner}: episode {episode_id!r}: log_action needs one action per agent observed, got actions"
                 f" for {sorted(off_policy, key=str)} and observations of {sorted(obs, key=str)}"
             )
         with self.cond:
-            ep = self._get(episode_id)
-            if ep.waiting is not None:
-                raise EpisodeStateError(
-                    f"{self.owner}: episode {episode_id!r}: get_action is still waiting for its action; calls for"
-                    " one episode must not overlap"
-                )
+            ep = self._idle(episode_id)
             ep.last_call = time.monotonic()
             if final:
                 self._end(ep)
@@ -217,17 +209,9 @@ class _EpisodeBook:
         """A get_action that its caller answers itself (``answer``), not queued for ``poll()``: an env acting on
         the server's own thread (``relayrl serve``). The same checks and book-keeping as ``observe``; returns the
         rewards logged since the episode's last observation ({agent: reward}, only those logged) and the future."""
-        if not (type(obs) is dict or isinstance(obs, Mapping)) or not obs:
-            raise ValueError(f"{self.owner}: episode {episode_id!r}: the observation dict is empty or not a dict")
-        if ALL in obs:
-            raise ValueError(f"{self.owner}: {ALL!r} is not an agent id")
+        self._check_obs(episode_id, obs, False)
         with self.cond:
-            ep = self._get(episode_id)
-            if ep.waiting is not None:
-                raise EpisodeStateError(
-                    f"{self.owner}: episode {episode_id!r}: get_action is still waiting for its action; calls for"
-                    " one episode must not overlap"
-                )
+            ep = self._idle(episode_id)
             ep.last_call = self.last_news = time.monotonic()
             ep.waiting = future = ActionFuture()
             ep.last_obs.update(obs)
@@ -383,6 +367,23 @@ class _EpisodeBook:
         self.ended[ep.episode_id] = ep.training_enabled
         while len(self.ended) > _KEEP_ENDED:
             self.ended.popitem(last=False)
+
+    def _check_obs(self, episode_id: str, obs: Any, final: bool) -> None:
+        """An observation dict of one or more agents (empty only for an episode's end), ``ALL`` not among them."""
+        if not (type(obs) is dict or isinstance(obs, Mapping)) or (not obs and not final):
+            raise ValueError(f"{self.owner}: episode {episode_id!r}: the observation dict is empty or not a dict")
+        if ALL in obs:
+            raise ValueError(f"{self.owner}: {ALL!r} is not an agent id")
+
+    def _idle(self, episode_id: Any) -> _Episode:
+        """The running episode ``episode_id``, which must not be waiting for an action (under ``cond``)."""
+        ep = self._get(episode_id)
+        if ep.waiting is not None:
+            raise EpisodeStateError(
+                f"{self.owner}: episode {episode_id!r}: get_action is still waiting for its action; calls for one"
+                " episode must not overlap"
+            )
+        return ep
 
     def _get(self, episode_id: Any) -> _Episode:
         self._check_open()

@@ -37,15 +37,20 @@ def gymnasium_api(env: Any) -> Any:
     """``env``, or ``OldGymEnv(env)`` when it has the old gym API (warned once per env class)."""
     if not is_old_gym_env(env):
         return env
+    _warn_once(
+        env,
+        "has the old gym API (reset() -> obs, step() -> (obs, reward, done, info)); relayrl adapts it: done is"
+        " terminated, or truncated when info['TimeLimit.truncated'] is true. Gymnasium's API:"
+        " https://gymnasium.farama.org/api/env/",
+    )
+    return OldGymEnv(env)
+
+
+def _warn_once(env: Any, message: str) -> None:
+    """Logs ``message`` about ``env``'s class, once per class."""
     if type(env) not in _warned:
         _warned.add(type(env))
-        logger.warning(
-            "%s has the old gym API (reset() -> obs, step() -> (obs, reward, done, info)); relayrl adapts it:"
-            " done is terminated, or truncated when info['TimeLimit.truncated'] is true. Gymnasium's API:"
-            " https://gymnasium.farama.org/api/env/",
-            type(env).__name__,
-        )
-    return OldGymEnv(env)
+        logger.warning("%s %s", type(env).__name__, message)
 
 
 class OldGymEnv(gym.Env):
@@ -104,14 +109,12 @@ def multi_agent_api(env: Any) -> Any:
     """``env``, or ``OldMultiAgentEnv(env)`` when its ``reset`` has the old signature (warned once per class)."""
     if not is_old_gym_env(env):
         return env
-    if type(env) not in _warned:
-        _warned.add(type(env))
-        logger.warning(
-            "%s has RLlib 0.7's MultiAgentEnv API (reset() -> obs dict, step() -> (obs, rewards, dones, infos));"
-            " relayrl adapts it: dones are terminateds. Today's API: reset(*, seed=None, options=None) -> (obs,"
-            " infos), step() -> (obs, rewards, terminateds, truncateds, infos)",
-            type(env).__name__,
-        )
+    _warn_once(
+        env,
+        "has RLlib 0.7's MultiAgentEnv API (reset() -> obs dict, step() -> (obs, rewards, dones, infos)); relayrl"
+        " adapts it: dones are terminateds. Today's API: reset(*, seed=None, options=None) -> (obs, infos), step()"
+        " -> (obs, rewards, terminateds, truncateds, infos)",
+    )
     return OldMultiAgentEnv(env)
 
 
