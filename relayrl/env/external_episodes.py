@@ -227,12 +227,7 @@ class _EpisodeBook:
         with self.cond:
             now = time.monotonic()
             for episode_id, future, _ in asked:
-                ep = self.episodes.get(episode_id)
-                if ep is not None and ep.waiting is future:
-                    ep.waiting = None
-                    ep.last_call = now
-                    if ep.items:
-                        self.ready[episode_id] = None
+                self._answered(episode_id, future, now)
         for _, future, action in asked:
             _settle(future, result=action)
 
@@ -335,12 +330,7 @@ class _EpisodeBook:
             now = time.monotonic()
             for env_id, agent_actions in actions.items():
                 future, _ = self.owed.pop(env_id)
-                ep = self.episodes.get(env_id)
-                if ep is not None and ep.waiting is future:
-                    ep.waiting = None
-                    ep.last_call = now
-                    if ep.items:
-                        self.ready[env_id] = None
+                self._answered(env_id, future, now)
                 _settle(future, result=self.unwrap(agent_actions))
 
     def training_enabled(self, episode_id: str) -> bool:
@@ -384,6 +374,16 @@ class _EpisodeBook:
                 " episode must not overlap"
             )
         return ep
+
+    def _answered(self, episode_id: str, future: ActionFuture, now: float) -> None:
+        """The episode whose get_action ``future`` is answered waits no more; its queued news is ready (under
+        ``cond``)."""
+        ep = self.episodes.get(episode_id)
+        if ep is not None and ep.waiting is future:
+            ep.waiting = None
+            ep.last_call = now
+            if ep.items:
+                self.ready[episode_id] = None
 
     def _get(self, episode_id: Any) -> _Episode:
         self._check_open()
